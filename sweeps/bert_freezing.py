@@ -1,0 +1,53 @@
+"""S3. BERT fine-tuning strategies on Persian NLI (FarsTail).
+
+Five arms, each a way to fine-tune ParsBERT: full fine-tuning; freeze the first 9 layers
+(Lee et al. 2019); freeze all but the last layer and the embeddings; keep only the first 9
+layers; prune 50% of the heads of every layer at random (Michel et al. 2019). Layer counts
+scale with the model's depth. Searched: learning rate, batch size, epochs, warmup, weight decay.
+
+    python sweeps/bert_freezing.py            # offline default: embedded FarsTail, CPU subset
+    python sweeps/bert_freezing.py --smoke    # tiny random BERT, about a minute
+"""
+from ray import tune
+
+from sweeps.runner import Study, main
+from workloads import bert_nli
+
+STUDY = Study(
+    name="bert_freezing",
+    workload=bert_nli.WORKLOAD,
+    description=__doc__,
+    trainable=bert_nli.train,
+    prepare=bert_nli.prepare,
+    arms={
+        "full": {"strategy": "full"},
+        "freeze_first_9": {"strategy": "freeze_first", "layers": 9},
+        "freeze_all_but_last": {"strategy": "freeze_all_but_last"},
+        "keep_first_9": {"strategy": "keep_first", "layers": 9},
+        "prune_heads_50": {"strategy": "prune_heads", "prune_fraction": 0.5},
+    },
+    space={
+        "lr": tune.loguniform(1e-5, 1e-4),
+        "batch_size": tune.choice([16, 32]),
+        "epochs": tune.choice([2, 3, 4]),
+        "warmup_ratio": tune.uniform(0.0, 0.2),
+        "weight_decay": tune.choice([0.0, 0.01, 0.1]),
+    },
+    defaults={
+        "model": "HooshvareLab/bert-base-parsbert-uncased",
+        "data_dir": None,  # None: the FarsTail copy embedded in the package
+        "lr": 3e-5, "batch_size": 16, "epochs": 3, "warmup_ratio": 0.1, "weight_decay": 0.01,
+        "max_length": 128, "grad_clip": 1.0,
+        "train_size": None, "val_size": None, "test_size": None,  # None: the whole split
+    },
+    # No GPU: a stratified subset sized so the five-arm default run ends in under 10 minutes
+    # on a 2-core CPU. --full-data lifts it.
+    cpu_subset={"train_size": 480, "val_size": 160, "test_size": 320, "epochs": 2},
+    # A random tiny BERT learns nothing at a fine-tuning rate; smoke checks the machinery.
+    smoke={"train_size": 96, "val_size": 48, "test_size": 48, "epochs": 2, "max_length": 64, "lr": 5e-4},
+    table_columns=["strategy", "layers_frozen", "layers_kept", "heads_per_layer_after", "lr", "batch_size",
+                   "epochs", "warmup_ratio", "weight_decay"],
+)
+
+if __name__ == "__main__":
+    main(STUDY)

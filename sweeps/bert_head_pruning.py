@@ -1,0 +1,28 @@
+"""S3, widened: how much of ParsBERT's attention can be pruned at random before NLI suffers?
+
+Arms prune 0%, 25%, 50% and 75% of the heads of every layer (random, seeded, structural),
+then fine-tune; the learning rate is searched.
+
+    python sweeps/bert_head_pruning.py --smoke
+"""
+from ray import tune
+
+from sweeps.bert_freezing import STUDY as FREEZING
+from sweeps.runner import Study, main
+
+STUDY = Study(
+    name="bert_head_pruning",
+    workload=FREEZING.workload,
+    description=__doc__,
+    trainable=FREEZING.trainable,
+    prepare=FREEZING.prepare,
+    arms={f"prune_{int(f * 100)}": {"strategy": "prune_heads", "prune_fraction": f} for f in (0.0, 0.25, 0.5, 0.75)},
+    space={"lr": tune.loguniform(1e-5, 1e-4)},
+    defaults=FREEZING.defaults,
+    cpu_subset=FREEZING.cpu_subset,
+    smoke=FREEZING.smoke,
+    table_columns=["prune_fraction", "heads_per_layer_before", "heads_per_layer_after", "lr", "batch_size", "epochs"],
+)
+
+if __name__ == "__main__":
+    main(STUDY)

@@ -1,0 +1,453 @@
+"""The one sweep engine every study calls.
+
+A study is arms × a searched space × fixed defaults, with a metric and a mode. `main(study)`
+parses the common flags, starts (or joins) Ray and an MLflow server, runs a Ray Tune Tuner
+whose searcher keeps one seeded Optuna sampler per arm (a real grid over the arms crossed
+with a searched space; the first trial of every arm is the study's reproduction config),
+with an early-stopping scheduler, a checkpoint per epoch, retries from checkpoints and
+--resume. It ends with the study's results table, printed and written as CSV and Markdown,
+and logged to the sweep's parent MLflow run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from ray import tune
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from workloads.core.seeding import derive_seed
+from workloads.core.tracking import MlflowServer, TrackingContext, find_child_run, git_commit, start_parent_run
+
+STATE_FILE = "emosweep.json"  # beside Tune's own state in the experiment folder
+RESULT_COLUMNS = ["epochs_done", "best_epoch", "best_val_acc", "test_acc", "test_macro_f1",
+                  "trainable_params", "total_params", "wall_s"]
+
+
+@dataclass
+class Study:
+    """What a study file declares. `trainable(config, tracking)` trains one trial."""
+
+    name: str
+    workload: str
+    trainable: Callable
+    arms: dict  # arm name → config overrides (the arm's fixed knobs)
+    space: dict  # searched hyper-parameters: name → ray.tune domain
+    defaults: dict  # the report's setup; also the first value tried for every searched knob
+    metric: str = "best_val_acc"
+    mode: str = "max"
+    smoke: dict = field(default_factory=dict)  # overrides for --smoke: tiny data and model
+    cpu_subset: dict = field(default_factory=dict)  # overrides on a machine with no GPU, unless --full-data
+    prepare: Callable | None = None  # (config, opts) → config: resolve models/data once, in the driver
+    table_columns: list = field(default_factory=list)  # config keys shown in the results table
+    description: str = ""
+
+
+class ArmGridSearch(Searcher):
+    """Every arm × `samples_per_arm` trials. Each arm has its own Optuna TPE sampler (seeded
+    from the sweep seed and the arm name), because the best hyper-parameters of one arm say
+    little about another's; its first suggestion is the study's default configuration, so
+    every arm always includes the reproduction of the original setup."""
+
+    def __init__(self, arms: dict, space: dict, base: dict, samples_per_arm: int, metric: str, mode: str,
+                 seed: int):
+        super().__init__(metric=metric, mode=mode)
+        self.arms, self.base, self.samples_per_arm = arms, base, samples_per_arm
+        self.counts = {arm: 0 for arm in arms}
+        self.trial_arm: dict = {}
+        self.seeds = {arm: derive_seed(seed, "optuna", arm) for arm in arms}
+        self.searchers = {}
+        if space:
+            first = {k: base[k] for k in space if k in base}
+            for arm in arms:
+                self.searchers[arm] = OptunaSearch(space=dict(space), metric=metric, mode=mode,
+                                                   points_to_evaluate=[first] if first else None,
+                                                   seed=self.seeds[arm])
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space is ours; Tune's param_space is empty
+
+    def suggest(self, trial_id: str):
+        pending = [a for a in self.arms if self.counts[a] < self.samples_per_arm]
+        if not pending:
+            return Searcher.FINISHED
+        arm = min(pending, key=lambda a: self.counts[a])  # round-robin: early waves span the arms
+        sampled = {}
+        if arm in self.searchers:
+            sampled = self.searchers[arm].suggest(trial_id)
+            if sampled is None or sampled == Searcher.FINISHED:
+                return sampled
+        self.counts[arm] += 1
+        self.trial_arm[trial_id] = arm
+        return {**self.base, **self.arms[arm], **sampled, "arm": arm}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        arm = self.trial_arm.get(trial_id)
+        if arm in self.searchers and self.metric in result:
+            self.searchers[arm].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        arm = self.trial_arm.get(trial_id)
+        if arm in self.searchers:
+            ok = result is not None and self.metric in result
+            self.searchers[arm].on_trial_complete(trial_id, result if ok else None, error=error or not ok)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class ChildRunStatus(tune.Callback):
+    """Closes each trial's MLflow run when Tune is done with it: FINISHED, stopped early by
+    the scheduler (tagged), or FAILED after its last retry. Runs in the driver, so it reads
+    the tracking URI from the environment: a resumed sweep may serve MLflow on a new port."""
+
+    def __init__(self, experiment_id: str, parent_run_id: str, epochs_key: str = "epochs"):
+        self.experiment_id, self.parent_run_id, self.epochs_key = experiment_id, parent_run_id, epochs_key
+
+    def _close(self, trial, status: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("EMOSWEEP_TRACKING_URI")
+        if not uri:
+            return
+        ctx = TrackingContext(uri, self.experiment_id, self.parent_run_id)
+        client = MlflowClient(uri)
+        try:
+            run = find_child_run(client, ctx, trial.trial_id)
+            if run is None:
+                return
+            done = int((trial.last_result or {}).get("epoch", 0))
+            planned = int(trial.config.get(self.epochs_key, done))
+            client.set_tag(run.info.run_id, "num_failures", str(trial.num_failures))
+            if status == "FINISHED" and done < planned:
+                client.set_tag(run.info.run_id, "stopped_early", f"after epoch {done} of {planned}")
+            client.set_terminated(run.info.run_id, status)
+        except Exception as e:  # tracking must never take the sweep down
+            print(f"[emosweep] could not close the MLflow run of trial {trial.trial_id}: {e}", file=sys.stderr)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._close(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "FAILED")
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def trial_name(trial) -> str:
+    return f"{trial.config.get('arm', 'trial')}_{trial.trial_id.split('_')[-1]}"
+
+
+# ----------------------------------------------------------------------------- options
+
+def emosweep_home() -> Path:
+    return Path(os.environ.get("EMOSWEEP_HOME", Path.home() / "emosweep")).expanduser()
+
+
+def build_parser(study: Study) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=study.name, description=study.description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny data and model; about a minute on a laptop CPU")
+    p.add_argument("--full-data", action="store_true", help="use all the data even without a GPU")
+    p.add_argument("--data-dir", help="corpus in its native layout (default: the study's embedded data)")
+    p.add_argument("--model", help="hub id, local model folder, or 'offline' for the packaged model")
+    p.add_argument("--arms", help=f"comma-separated subset of: {', '.join(study.arms)}")
+    p.add_argument("--num-samples", type=int, default=1, help="trials per arm (the first is the reproduction)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a fixed config value (JSON values: --set max_length=64)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"],
+                   help="early stopping (default: asha when --num-samples > 1, else fifo so every arm finishes)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial, from its last checkpoint")
+    p.add_argument("--address", help="join an existing Ray cluster ('auto' on a node of `ray up`)")
+    p.add_argument("--storage-path", help="where Tune keeps trials and checkpoints (local path or URI)")
+    p.add_argument("--tracking-uri", help="MLflow server to log to (default: start one on loopback)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: the study name)")
+    p.add_argument("--name", help="name of this sweep (default: study name + timestamp)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="NAME",
+                   help="resume an interrupted sweep: its name, its folder, or the latest of this study")
+    p.add_argument("--results-out", help="results table CSV path (a .md is written beside it)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    return p
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
+    """(arms, base config) for this run: defaults ← cpu subset ← smoke ← flags."""
+    base = dict(study.defaults)
+    if not has_gpu and not opts.full_data and not opts.smoke:
+        base.update(study.cpu_subset)
+    if opts.smoke:
+        base.update(study.smoke)
+    for item in opts.set:
+        key, _, value = item.partition("=")
+        base[key] = _parse_value(value)
+    if opts.epochs:
+        base["epochs"] = opts.epochs
+    base["seed"] = opts.seed
+    base["data_dir"] = str(Path(opts.data_dir).resolve()) if opts.data_dir else base.get("data_dir")
+    arms = study.arms
+    if opts.arms:
+        wanted = [a.strip() for a in opts.arms.split(",") if a.strip()]
+        unknown = [a for a in wanted if a not in study.arms]
+        if unknown:
+            raise SystemExit(f"unknown arm(s) {unknown}; {study.name} has {list(study.arms)}")
+        arms = {a: study.arms[a] for a in wanted}
+    if study.prepare is not None:
+        base = study.prepare(base, opts)
+    return arms, base
+
+
+def _find_resume_dir(storage: Path, study: Study, resume: str) -> Path:
+    candidate = Path(resume).expanduser()
+    if candidate.is_dir():
+        return candidate.resolve()
+    if resume != "latest":
+        path = storage / resume
+        if not path.is_dir():
+            raise SystemExit(f"no sweep named {resume!r} under {storage}")
+        return path
+    runs = sorted((p for p in storage.glob(f"{study.name}-*") if (p / STATE_FILE).exists()),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise SystemExit(f"nothing to resume: no sweep of {study.name} under {storage}")
+    return runs[-1]
+
+
+# ----------------------------------------------------------------------------- results
+
+def results_table(study: Study, result_grid, arms: dict) -> pd.DataFrame:
+    rows = []
+    for result in result_grid:
+        cfg, m = result.config or {}, result.metrics or {}
+        row = {"arm": cfg.get("arm"), "trial": result.path and Path(result.path).name}
+        row.update({k: m.get(k, cfg.get(k)) for k in study.table_columns})  # what was used, else asked
+        row.update({
+            "epochs_done": m.get("epoch", 0), "best_epoch": m.get("best_epoch"),
+            "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"),
+            "test_macro_f1": m.get("test_macro_f1"), "trainable_params": m.get("trainable_params"),
+            "total_params": m.get("total_params"), "wall_s": m.get("time_total_s"),
+            "model": cfg.get("model_id"), "random_init": bool(cfg.get("random_init")),
+            "status": "ERROR" if result.error else ("STOPPED" if m.get("epoch", 0) < cfg.get("epochs", 0) else "OK"),
+        })
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    order = {a: i for i, a in enumerate(arms)}
+    df["_order"] = df["arm"].map(order)
+    return df.sort_values(["_order", "test_acc"], ascending=[True, False]).drop(columns="_order").reset_index(drop=True)
+
+
+def format_table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt=".4g") if not df.empty else "(no trials)"
+
+
+def plot_arms(df: pd.DataFrame, path: Path, metric: str = "test_acc") -> Path:
+    """Best test accuracy per arm: the picture of the study's final table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = df.groupby("arm", sort=False)[[metric, "test_macro_f1"]].max()
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(best), 3.6))
+    x = range(len(best))
+    ax.bar([i - 0.2 for i in x], best[metric], width=0.4, label=metric)
+    ax.bar([i + 0.2 for i in x], best["test_macro_f1"], width=0.4, label="test_macro_f1")
+    ax.set_xticks(list(x), best.index, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- the engine
+
+def _init_ray(address: str | None):
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False)
+
+
+def run_study(study: Study, opts) -> pd.DataFrame:
+    """Run (or resume) one sweep of `study`; returns the results table."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    t_start = time.perf_counter()
+    home = emosweep_home()
+    storage = Path(opts.storage_path).expanduser().resolve() if opts.storage_path else home / "ray"
+    storage.mkdir(parents=True, exist_ok=True)
+
+    state: dict = {}
+    exp_dir = None
+    if opts.resume:
+        exp_dir = _find_resume_dir(storage, study, opts.resume)
+        state = json.loads((exp_dir / STATE_FILE).read_text())
+        opts.tracking_uri = opts.tracking_uri or state.get("tracking_uri")
+
+    # The MLflow server boots while Ray starts.
+    server = None
+    if not opts.tracking_uri:
+        server = MlflowServer(home / "mlflow", port=state.get("mlflow_port")).start()
+    timings = {}
+    t = time.perf_counter()
+    _init_ray(opts.address)
+    timings["ray_init_s"] = time.perf_counter() - t
+    try:
+        t = time.perf_counter()
+        if server is not None:
+            server.wait_ready()
+        uri = opts.tracking_uri or server.uri
+        os.environ["EMOSWEEP_TRACKING_URI"] = uri
+        timings["mlflow_ready_s"] = time.perf_counter() - t
+
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1 if has_gpu else 0)
+        commit = git_commit()
+        tags = {"study": study.name, "workload": study.workload, "git_commit": commit}
+
+        if opts.resume:
+            name = exp_dir.name
+            tracking = start_parent_run(uri, state["experiment"], name, {}, tags,
+                                        resume_run_id=state["parent_run_id"])
+            arms = state["arms"]
+        else:
+            arms, base = study_config(study, opts, has_gpu)
+            name = opts.name or f"{study.name}-{datetime.now():%Y%m%d-%H%M%S}"
+            exp_dir = storage / name
+            samples = opts.num_samples
+            scheduler = opts.scheduler or ("asha" if samples > 1 else "fifo")
+            sweep_params = {
+                "study": study.name, "arms": ",".join(arms), "samples_per_arm": samples, "metric": study.metric,
+                "mode": study.mode, "scheduler": scheduler, "seed": opts.seed, "cpus_per_trial": opts.cpus_per_trial,
+                "gpus_per_trial": gpus, "max_failures": opts.max_failures, "smoke": opts.smoke,
+                **{f"optuna_seed.{a}": derive_seed(opts.seed, "optuna", a) for a in arms},
+                **{f"base.{k}": v for k, v in base.items()},
+                **{f"space.{k}": repr(v) for k, v in study.space.items()},
+            }
+            experiment = opts.experiment or study.name
+            tracking = start_parent_run(uri, experiment, name, sweep_params,
+                                        {**tags, "random_init": str(bool(base.get("random_init"))).lower(),
+                                         "model_id": base.get("model_id", "")})
+            state = {"study": study.name, "experiment": experiment, "parent_run_id": tracking.parent_run_id,
+                     "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
+                     "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": samples}
+
+        trainable = tune.with_resources(tune.with_parameters(study.trainable, tracking=tracking),
+                                        {"cpu": opts.cpus_per_trial, "gpu": gpus})
+        if opts.resume:
+            print(f"[emosweep] resuming {exp_dir} (MLflow parent run {tracking.parent_run_id})")
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            searcher = ArmGridSearch(arms, study.space, base, samples, study.metric, study.mode, opts.seed)
+            sched = None
+            if scheduler == "asha":
+                from ray.tune.schedulers import ASHAScheduler
+
+                max_epochs = max([int(base.get("epochs", 1))] +
+                                 [int(c) for c in getattr(study.space.get("epochs"), "categories", [])])
+                sched = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                                      grace_period=1, reduction_factor=2)
+            tuner = tune.Tuner(
+                trainable,
+                param_space={},
+                tune_config=tune.TuneConfig(
+                    metric=study.metric, mode=study.mode, search_alg=searcher, scheduler=sched,
+                    num_samples=len(arms) * samples, max_concurrent_trials=opts.max_concurrent,
+                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(storage), verbose=opts.verbose,
+                    failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[ChildRunStatus(tracking.experiment_id, tracking.parent_run_id)]),
+            )
+        state["mlflow_port"] = server.port if server else state.get("mlflow_port")
+        (exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+
+        t = time.perf_counter()
+        try:
+            result_grid = tuner.fit()
+        except BaseException:
+            MlflowClient(uri).set_terminated(tracking.parent_run_id, "FAILED")
+            raise
+        timings["tune_fit_s"] = time.perf_counter() - t
+
+        table = results_table(study, result_grid, arms)
+        expected = len(arms) * int(state["samples_per_arm"])
+        finished = result_grid.num_terminated + result_grid.num_errors >= expected
+        if not finished:
+            print(f"[emosweep] sweep interrupted: {result_grid.num_terminated + result_grid.num_errors} of "
+                  f"{expected} trials done. Continue with: --resume {exp_dir}", file=sys.stderr)
+        out = Path(opts.results_out) if opts.results_out else exp_dir / "results.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+        md = out.with_suffix(".md")
+        md.write_text(f"# {study.name}: {name}\n\n{format_table(table)}\n")
+        client = MlflowClient(uri)
+        run_id = tracking.parent_run_id
+        client.log_artifact(run_id, str(out))
+        client.log_artifact(run_id, str(md))
+        if not table.empty and table["test_acc"].notna().any():
+            client.log_artifact(run_id, str(plot_arms(table, exp_dir / "arms.png")))
+            client.log_metric(run_id, "best_test_acc", float(table["test_acc"].max()))
+        timings["total_s"] = time.perf_counter() - t_start
+        for k, v in timings.items():
+            client.log_metric(run_id, f"driver_{k}", v)
+        client.set_terminated(run_id, "FINISHED" if finished else "KILLED")
+
+        print(f"\n{study.name} — {name}\n{format_table(table)}\n")
+        print(f"results: {out} and {md}")
+        print(f"MLflow: {uri}  (experiment '{state['experiment']}', parent run {run_id})")
+        if server is not None:
+            print(f"  browse later: mlflow ui --backend-store-uri sqlite:///{server.root / 'mlflow.db'}"
+                  f" --artifacts-destination {server.root / 'mlartifacts'}")
+        print("driver timings: " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
+        table.attrs.update(timings=timings, experiment_dir=str(exp_dir), tracking_uri=uri, parent_run_id=run_id)
+        return table
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def main(study: Study, argv: list[str] | None = None) -> pd.DataFrame:
+    opts = build_parser(study).parse_args(argv)
+    return run_study(study, opts)

@@ -1,0 +1,130 @@
+"""S3: BERT fine-tuning strategies on NLI (FarsTail) as a Ray Tune trainable.
+
+`train(config)` reads FarsTail, tokenizes premise/hypothesis pairs, loads the encoder, applies
+one strategy (full, freeze_first, freeze_all_but_last, keep_first, prune_heads) and hands the
+rest to the shared epoch loop.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch.utils.data import DataLoader
+
+from .core.loop import TrainSetup, fit
+from .core.seeding import seed_everything
+from .core.tracking import TrackingContext
+from .data.farstail import LABEL_NAMES, LABELS, read_farstail
+from .data.manifest import stratified_subset
+from .models.encoders import load_sequence_classifier, load_tokenizer
+from .models.strategies import apply_strategy
+
+WORKLOAD = "bert_nli"
+
+
+@lru_cache(maxsize=4)
+def _manifest(data_dir: str | None):
+    return read_farstail(data_dir)
+
+
+def dataset_fingerprint(config: dict) -> str:
+    """Corpus content hash plus the subset drawn from it: equal fingerprints, equal data."""
+    sizes = "-".join(str(config.get(f"{s}_size") or "all") for s in ("train", "val", "test"))
+    return f"{_manifest(config.get('data_dir')).fingerprint()}:{sizes}:s{config['seed']}"
+
+
+def _encode(tokenizer, frame, max_length: int) -> list[dict]:
+    enc = tokenizer(list(frame["text"]), list(frame["text_b"]), truncation=True, max_length=max_length)
+    labels = [LABELS.index(x) for x in frame["label"]]
+    return [{"input_ids": ids, "attention_mask": am, "labels": y}
+            for ids, am, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+
+
+def build_loaders(config: dict, tokenizer) -> dict:
+    manifest = _manifest(config.get("data_dir"))
+    pad_id = tokenizer.pad_token_id or 0
+
+    def collate(items):  # dynamic padding: pad to the longest pair in the batch
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, it in enumerate(items):
+            ids[i, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
+            mask[i, : len(it["attention_mask"])] = torch.tensor(it["attention_mask"])
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.tensor([it["labels"] for it in items])}
+
+    loaders = {}
+    for split in ("train", "val", "test"):
+        frame = stratified_subset(manifest.split(split), config.get(f"{split}_size"), seed=config["seed"])
+        loaders[split] = DataLoader(_encode(tokenizer, frame, config["max_length"]),
+                                    batch_size=config["batch_size"], shuffle=split == "train",
+                                    collate_fn=collate)
+    return loaders
+
+
+def build_model(config: dict):
+    """Encoder + fresh 3-way head, then the arm's strategy. Deterministic from the config, so
+    a resumed trial rebuilds the same structure (same pruned heads) before loading weights."""
+    seed_everything(config["seed"])
+    model = load_sequence_classifier(config["model_path"], num_labels=len(LABELS))
+    info = apply_strategy(model, config["strategy"], layers=config.get("layers", 9),
+                          prune_fraction=config.get("prune_fraction", 0.5), seed=config["seed"])
+    return model, info
+
+
+def _step(model, batch, device):
+    batch = {k: v.to(device) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    logits = model(**batch).logits
+    return torch.nn.functional.cross_entropy(logits, labels), logits, labels
+
+
+def run_name(config: dict) -> str:
+    return f"{config['arm']} lr={config['lr']:.0e} bs={config['batch_size']}"
+
+
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    tokenizer = load_tokenizer(config["model_path"])
+    loaders = build_loaders(config, tokenizer)
+    model, info = build_model(config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    total_steps = config["epochs"] * len(loaders["train"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * total_steps), total_steps)
+    setup = TrainSetup(
+        model=model, optimizer=optimizer, scheduler=scheduler, loaders=loaders, step=_step,
+        class_names=LABEL_NAMES, epochs=config["epochs"], grad_clip=config.get("grad_clip", 1.0),
+        info=info,
+        tags={"workload": WORKLOAD, "arm": config["arm"], "model_id": config["model_id"],
+              "random_init": str(bool(config.get("random_init"))).lower(),
+              "dataset_fingerprint": dataset_fingerprint(config)},
+    )
+    fit(config, setup, tracking, run_name(config))  # returns nothing: Tune would read it as a result
+
+
+def prepare(config: dict, opts) -> dict:
+    """Driver-side, once per sweep: check the data (fail fast, report bad rows) and decide the
+    model. --smoke builds a tiny random BERT over FarsTail's characters; otherwise the study's
+    default (ParsBERT) or --model is resolved, falling back to the packaged offline model."""
+    from .models.encoders import make_tiny_bert, resolve_model
+
+    manifest = read_farstail(config.get("data_dir"))
+    if len(manifest.problems):
+        print(f"[emosweep] {len(manifest.problems)} FarsTail rows skipped:\n"
+              f"{manifest.problems.to_string(max_rows=20)}")
+    config = dict(config)
+    if getattr(opts, "smoke", False) and not getattr(opts, "model", None):
+        from sweeps.runner import emosweep_home
+
+        texts = list(manifest.items["text"].head(2000)) + list(manifest.items["text_b"].head(2000))
+        path = make_tiny_bert(emosweep_home() / "models" / f"tiny-bert-farstail-s{config['seed']}", texts,
+                              seed=config["seed"])
+        config.update(model_path=path, model_id="tiny-random-bert", model_source="tiny-random", random_init=True)
+        return config
+    resolved = resolve_model(getattr(opts, "model", None), default=config["model"])
+    config.update(model_path=resolved.path, model_id=resolved.model_id, model_source=resolved.source,
+                  random_init=resolved.random_init)
+    return config

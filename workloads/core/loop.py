@@ -1,0 +1,232 @@
+"""The epoch loop every workload shares: train, validate, keep the best, checkpoint, report.
+
+A workload builds its model, optimizer and data loaders and hands them to `fit` with a
+`step` function that turns one batch into (loss, logits, labels). `fit` does the rest:
+restores from the checkpoint Tune hands back (a retried or resumed trial continues where
+it stopped), seeds each epoch from (seed, epoch) so a resumed run replays the same batches,
+evaluates the test split whenever validation accuracy improves (so a trial stopped early by
+the scheduler still has test numbers for its best epoch), logs to MLflow and reports to Tune.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from ray import tune
+
+from .metrics import classification_metrics, plot_confusion, plot_learning_curves
+from .seeding import derive_seed, seed_everything
+from .tracking import TrackingContext, TrialRun
+
+StepFn = Callable[[torch.nn.Module, object, torch.device], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
+
+
+@dataclass
+class TrainSetup:
+    """What a workload hands to `fit`."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loaders: dict  # "train", "val", "test" → iterable of batches
+    step: StepFn
+    class_names: list
+    epochs: int
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped once per batch
+    grad_clip: float | None = 1.0
+    info: dict = field(default_factory=dict)  # logged once as params: parameter counts, layers kept…
+    tags: dict = field(default_factory=dict)  # MLflow tags: arm, model id, dataset fingerprint…
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def pick_device() -> torch.device:
+    """The GPU Ray assigned to this trial, else the CPU. Ray sets CUDA_VISIBLE_DEVICES to the
+    assigned ids, so cuda:0 is always one of ours."""
+    if torch.cuda.is_available():
+        try:
+            import ray
+
+            if ray.is_initialized() and not ray.get_gpu_ids():
+                return torch.device("cpu")
+        except Exception:  # outside a Ray worker: any visible GPU is ours
+            pass
+        return torch.device("cuda:0")
+    return torch.device("cpu")
+
+
+def configure_threads() -> int:
+    """Use as many intra-op threads as CPUs Ray gave this trial (never the whole node)."""
+    try:
+        import ray
+
+        n = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
+    except Exception:
+        n = 0
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def _maybe_inject_fault(config: dict, epoch: int, batch_index: int) -> None:
+    """Fault injection for the fault-tolerance tests: fail once, mid-epoch, at a chosen epoch.
+    A marker file makes it fire only on the first attempt."""
+    fault = config.get("inject_fault")
+    if not fault or epoch != fault["epoch"] or batch_index != fault.get("batch", 1):
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"fired at epoch {epoch} batch {batch_index} pid {os.getpid()}\n")
+    if fault.get("kind", "raise") == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"injected fault at epoch {epoch}, batch {batch_index}")
+
+
+def run_epoch(setup: TrainSetup, loader: Iterable, device: torch.device, train: bool,
+              config: dict | None = None, epoch: int = 0) -> dict:
+    """One pass over a loader. Returns mean loss, accuracy, predictions and labels."""
+    model = setup.model
+    model.train(train)
+    total_loss, n = 0.0, 0
+    preds, labels = [], []
+    with torch.set_grad_enabled(train):
+        for i, batch in enumerate(loader):
+            if train and config is not None:
+                _maybe_inject_fault(config, epoch, i)
+            loss, logits, y = setup.step(model, batch, device)
+            if train:
+                setup.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if setup.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], setup.grad_clip)
+                setup.optimizer.step()
+                if setup.scheduler is not None:
+                    setup.scheduler.step()
+            total_loss += float(loss.detach()) * len(y)
+            n += len(y)
+            preds.append(logits.detach().argmax(-1).cpu())
+            labels.append(y.detach().cpu())
+    y_pred = torch.cat(preds).tolist() if preds else []
+    y_true = torch.cat(labels).tolist() if labels else []
+    acc = sum(int(a == b) for a, b in zip(y_true, y_pred)) / max(n, 1)
+    return {"loss": total_loss / max(n, 1), "acc": acc, "y_true": y_true, "y_pred": y_pred}
+
+
+def _save_checkpoint(setup: TrainSetup, state: dict, directory: str) -> None:
+    torch.save({
+        "model": setup.model.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "scheduler": setup.scheduler.state_dict() if setup.scheduler is not None else None,
+    }, os.path.join(directory, "weights.pt"))
+    with open(os.path.join(directory, "progress.json"), "w") as f:
+        json.dump(state, f)
+
+
+def _load_checkpoint(setup: TrainSetup, directory: str, device: torch.device) -> dict:
+    # weights_only=True: a checkpoint is data, never code.
+    blob = torch.load(os.path.join(directory, "weights.pt"), map_location=device, weights_only=True)
+    setup.model.load_state_dict(blob["model"])
+    setup.optimizer.load_state_dict(blob["optimizer"])
+    if setup.scheduler is not None and blob["scheduler"] is not None:
+        setup.scheduler.load_state_dict(blob["scheduler"])
+    with open(os.path.join(directory, "progress.json")) as f:
+        return json.load(f)
+
+
+def trial_id() -> str:
+    try:
+        return tune.get_context().get_trial_id() or "local"
+    except Exception:
+        return "local"
+
+
+def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_name: str) -> dict:
+    """Train for setup.epochs, reporting every epoch to Tune (with a checkpoint) and MLflow."""
+    device = pick_device()
+    threads = configure_threads()
+    setup.model.to(device)
+    trainable, total = count_parameters(setup.model)
+    info = {"trainable_params": trainable, "total_params": total, "device": str(device), "torch_threads": threads,
+            **setup.info}
+
+    state = {"epoch": 0, "history": [], "best": None}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = _load_checkpoint(setup, d, device)
+    resumed_from = state["epoch"]  # 0 for a fresh start; > 0 when a retry or --resume continued
+
+    t0 = time.perf_counter()
+    run = TrialRun(tracking, trial_id(), run_name, {**config, **info}, setup.tags) if tracking else None
+    time_tracking = time.perf_counter() - t0
+
+    for epoch in range(state["epoch"] + 1, setup.epochs + 1):
+        seed_everything(derive_seed(int(config.get("seed", 0)), "epoch", epoch))
+        timings = {}
+        t = time.perf_counter()
+        tr = run_epoch(setup, setup.loaders["train"], device, train=True, config=config, epoch=epoch)
+        timings["time_train_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        va = run_epoch(setup, setup.loaders["val"], device, train=False)
+        val = classification_metrics(va["y_true"], va["y_pred"], setup.class_names)
+        improved = state["best"] is None or val["acc"] > state["best"]["val_acc"]
+        if improved:
+            te = run_epoch(setup, setup.loaders["test"], device, train=False)
+            test = classification_metrics(te["y_true"], te["y_pred"], setup.class_names)
+            state["best"] = {
+                "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
+                "test_loss": te["loss"], "test_acc": test["acc"], "test_macro_f1": test["macro_f1"],
+                "test_weighted_f1": test["weighted_f1"],
+                **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
+            }
+        timings["time_eval_s"] = time.perf_counter() - t
+
+        row = {
+            "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+            "val_loss": va["loss"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
+            **{f"val_f1_{c}": v for c, v in val["per_class_f1"].items()},
+        }
+        state["history"].append(row)
+        state["epoch"] = epoch
+        best = state["best"]
+        metrics = {**row, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+                   **{k: v for k, v in best.items() if k.startswith("test_")},
+                   "trainable_params": trainable, "total_params": total, "resumed_from_epoch": resumed_from,
+                   # what the arm actually did (layers frozen/kept, heads left), for the results table
+                   **{k: v for k, v in setup.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+
+        t = time.perf_counter()
+        if run is not None:
+            run.log_epoch(epoch, {**metrics, **timings})
+            with tempfile.TemporaryDirectory() as art:
+                run.log_artifact(plot_learning_curves(state["history"], run_name,
+                                                      os.path.join(art, "learning_curves.png")))
+                if improved:
+                    title = f"{run_name}: test, best epoch {epoch}, acc {test['acc']:.3f}"
+                    run.log_artifact(plot_confusion(test["confusion"], setup.class_names, title,
+                                                    os.path.join(art, "confusion_matrix.png")))
+                    run.log_text(test["report"], "classification_report.txt")
+                    run.log_dict({"best": best, "confusion": test["confusion"],
+                                  "class_names": list(setup.class_names)}, "test_metrics.json")
+        timings["time_tracking_s"] = time.perf_counter() - t + (time_tracking if epoch == 1 else 0.0)
+
+        t = time.perf_counter()
+        with tempfile.TemporaryDirectory() as ckpt_dir:
+            _save_checkpoint(setup, state, ckpt_dir)
+            timings["time_checkpoint_s"] = time.perf_counter() - t
+            tune.report({**metrics, **timings}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+    return state

@@ -1,0 +1,207 @@
+"""MLflow tracking: one parent run per sweep, one nested child run per trial.
+
+Concurrent trials write to MLflow at the same time. A bare SQLite file written by several
+processes loses metrics ("database is locked"), so every write goes through one
+`mlflow server` on loopback, which owns the SQLite database and the artifact store. The
+runner starts it when no --tracking-uri is given; on a cluster the head node runs it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+# Tag keys are plain words so that they read well as columns in the MLflow UI.
+TAG_TRIAL_ID = "trial_id"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on a free loopback port, SQLite backend, proxied artifacts.
+
+    `start()` returns at once so the server boots while Ray starts; `wait_ready()` blocks
+    until its /health endpoint answers. Nothing listens beyond 127.0.0.1.
+    """
+
+    def __init__(self, root: str | os.PathLike, port: int | None = None):
+        self.root = Path(root).resolve()
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "mlflow-server.log", "ab")
+        cmd = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "mlartifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> "MlflowServer":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with code {self._proc.returncode}; "
+                    f"see {self.root / 'mlflow-server.log'}"
+                )
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.25)
+        raise TimeoutError(f"mlflow server at {self.uri} not ready after {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    """The commit the code runs from (with '-dirty' for uncommitted changes), or 'unknown'."""
+    cwd = str(path or Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=5)
+        sha = head.stdout.strip()
+        if head.returncode != 0 or not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config → flat `a.b` keys; private keys (leading underscore) are left out."""
+    out = {}
+    for k, v in d.items():
+        if str(k).startswith("_"):
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _params(d: dict) -> list[Param]:
+    return [Param(k, str(v)[:6000]) for k, v in flatten(d).items()]
+
+
+@dataclass
+class TrackingContext:
+    """What a trial needs to log under the sweep's parent run. Plain data: it travels to
+    Ray workers on any node, and every worker talks to the same server over HTTP."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    tags: dict = field(default_factory=dict)  # study, workload, git_commit: the same for every trial
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return client.create_experiment(name)
+
+
+def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict,
+                     resume_run_id: str | None = None) -> TrackingContext:
+    """Create the sweep's parent run, or reopen it when a sweep is resumed."""
+    client = MlflowClient(uri)
+    exp_id = ensure_experiment(client, experiment)
+    if resume_run_id:
+        client.update_run(resume_run_id, status="RUNNING")
+        return TrackingContext(uri, exp_id, resume_run_id, dict(tags))
+    run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+    client.log_batch(run.info.run_id, params=_params(params))
+    return TrackingContext(uri, exp_id, run.info.run_id, dict(tags))
+
+
+def find_child_run(client: MlflowClient, ctx: TrackingContext, trial_id: str):
+    runs = client.search_runs(
+        [ctx.experiment_id],
+        filter_string=f"tags.{TAG_TRIAL_ID} = '{trial_id}' and tags.`{TAG_PARENT}` = '{ctx.parent_run_id}'",
+        max_results=2,
+    )
+    return runs[0] if runs else None
+
+
+class TrialRun:
+    """The child run of one trial. Attaching is idempotent: a retried or resumed trial
+    finds its run by trial id (even if it crashed before its first checkpoint) and never
+    logs an epoch twice."""
+
+    def __init__(self, ctx: TrackingContext, trial_id: str, run_name: str, params: dict, tags: dict):
+        self.client = MlflowClient(ctx.uri)
+        existing = find_child_run(self.client, ctx, trial_id)
+        if existing is not None:
+            self.run_id = existing.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "val_loss")}
+        else:
+            all_tags = {**ctx.tags, **tags, TAG_TRIAL_ID: trial_id, TAG_PARENT: ctx.parent_run_id}
+            run = self.client.create_run(ctx.experiment_id, run_name=run_name,
+                                         tags={k: str(v) for k, v in all_tags.items()})
+            self.run_id = run.info.run_id
+            self.client.log_batch(self.run_id, params=_params(params))
+            self.logged_steps = set()
+
+    def log_epoch(self, epoch: int, metrics: dict) -> bool:
+        """Log one epoch's scalar metrics at step=epoch, unless that epoch is already there."""
+        if epoch in self.logged_steps:
+            return False
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if isinstance(v, (int, float))]
+        for i in range(0, len(batch), 900):  # the server takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+        self.logged_steps.add(epoch)
+        return True
+
+    def set_tags(self, tags: dict) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def log_dict(self, d: dict, name: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(d, indent=2, default=str), name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
