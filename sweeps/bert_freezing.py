@@ -44,7 +44,7 @@ STUDY = Study(
     # on a 2-core CPU. --full-data lifts it.
     cpu_subset={"train_size": 480, "val_size": 160, "test_size": 320, "epochs": 2},
     # A random tiny BERT learns nothing at a fine-tuning rate; smoke checks the machinery.
-    smoke={"train_size": 96, "val_size": 48, "test_size": 48, "epochs": 2, "max_length": 64, "lr": 5e-4},
+    smoke={"train_size": 96, "val_size": 48, "test_size": 48, "epochs": 2, "max_length": 64, "lr": 1e-4},
     table_columns=["strategy", "layers_frozen", "layers_kept", "heads_per_layer_after", "lr", "batch_size",
                    "epochs", "warmup_ratio", "weight_decay"],
 )

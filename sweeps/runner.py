@@ -69,8 +69,9 @@ class ArmGridSearch(Searcher):
         self.searchers = {}
         if space:
             first = {k: base[k] for k in space if k in base}
+            optuna_space = OptunaSearch.convert_search_space(dict(space))
             for arm in arms:
-                self.searchers[arm] = OptunaSearch(space=dict(space), metric=metric, mode=mode,
+                self.searchers[arm] = OptunaSearch(space=optuna_space, metric=metric, mode=mode,
                                                    points_to_evaluate=[first] if first else None,
                                                    seed=self.seeds[arm])
 
@@ -199,6 +200,16 @@ def _parse_value(text: str):
         return text
 
 
+def select_arms(study: Study, opts) -> dict:
+    if not opts.arms:
+        return study.arms
+    wanted = [a.strip() for a in opts.arms.split(",") if a.strip()]
+    unknown = [a for a in wanted if a not in study.arms]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; {study.name} has {list(study.arms)}")
+    return {a: study.arms[a] for a in wanted}
+
+
 def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     """(arms, base config) for this run: defaults ← cpu subset ← smoke ← flags."""
     base = dict(study.defaults)
@@ -213,13 +224,7 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
         base["epochs"] = opts.epochs
     base["seed"] = opts.seed
     base["data_dir"] = str(Path(opts.data_dir).resolve()) if opts.data_dir else base.get("data_dir")
-    arms = study.arms
-    if opts.arms:
-        wanted = [a.strip() for a in opts.arms.split(",") if a.strip()]
-        unknown = [a for a in wanted if a not in study.arms]
-        if unknown:
-            raise SystemExit(f"unknown arm(s) {unknown}; {study.name} has {list(study.arms)}")
-        arms = {a: study.arms[a] for a in wanted}
+    arms = select_arms(study, opts)
     if study.prepare is not None:
         base = study.prepare(base, opts)
     return arms, base
@@ -311,6 +316,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     t_start = time.perf_counter()
+    if not opts.resume:
+        select_arms(study, opts)  # a typo fails here, before Ray or MLflow start
     home = emosweep_home()
     storage = Path(opts.storage_path).expanduser().resolve() if opts.storage_path else home / "ray"
     storage.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,138 @@
+"""What does running a job as a sweep trial cost?
+
+The same small training job (the packaged MiniLM, full fine-tuning on a FarsTail subset) runs
+twice, side by side in one invocation, each as a fresh process timed end to end:
+  (a) a plain PyTorch loop: data, model, epochs, evaluation; nothing else;
+  (b) a one-trial sweep through the runner: Ray, Tune, Optuna, an MLflow server, a checkpoint
+      and MLflow logging every epoch.
+It prints the wall-time ratio (b)/(a) and where the extra time goes.
+
+    python bench/trial_overhead.py                   # a job of about a minute on 2 CPU cores
+    python bench/trial_overhead.py --train-size 200  # shorter
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def job_config(args) -> dict:
+    return {"train_size": args.train_size, "val_size": args.eval_size, "test_size": args.eval_size,
+            "epochs": args.epochs, "max_length": args.max_length, "batch_size": 16, "lr": 3e-5,
+            "warmup_ratio": 0.1, "weight_decay": 0.01}
+
+
+def plain(args) -> None:
+    """(a): the job as a plain PyTorch loop, using the workload's own data and model builders."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from workloads import bert_nli
+    from workloads.models.encoders import load_tokenizer, offline_model_path
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    config = {**job_config(args), "seed": 42, "data_dir": None, "model_path": offline_model_path(),
+              "strategy": "full"}
+    loaders = bert_nli.build_loaders(config, load_tokenizer(config["model_path"]))
+    model, _ = bert_nli.build_model(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    total = config["epochs"] * len(loaders["train"])
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * total), total)
+    setup_s = time.perf_counter() - t0
+    device = torch.device("cpu")
+    for epoch in range(config["epochs"]):
+        model.train()
+        for batch in loaders["train"]:
+            loss, _, _ = bert_nli._step(model, batch, device)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.no_grad():
+            for split in ("val", "test"):
+                correct = n = 0
+                for batch in loaders[split]:
+                    _, logits, y = bert_nli._step(model, batch, device)
+                    correct += int((logits.argmax(-1) == y).sum())
+                    n += len(y)
+    print(json.dumps({"setup_s": setup_s, "train_eval_s": time.perf_counter() - t0 - setup_s}))
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, str]:
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t
+    if out.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return wall, out.stdout + out.stderr
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-size", type=int, default=320)
+    p.add_argument("--eval-size", type=int, default=96)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (and CPUs per trial)")
+    p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.plain:
+        return plain(args)
+
+    work = Path(tempfile.mkdtemp(prefix="emosweep-bench-"))
+    env = {**os.environ, "EMOSWEEP_HOME": str(work), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    size = ["--train-size", str(args.train_size), "--eval-size", str(args.eval_size), "--epochs", str(args.epochs),
+            "--max-length", str(args.max_length), "--threads", str(args.threads)]
+    plain_wall, plain_out = timed([sys.executable, __file__, "--plain", *size], env)
+    plain_parts = json.loads(plain_out.strip().splitlines()[-1])
+
+    sets = [x for k, v in job_config(args).items() for x in ("--set", f"{k}={v}")]
+    sweep_wall, sweep_out = timed([sys.executable, "sweeps/bert_freezing.py", "--arms", "full", "--model", "offline",
+                                   "--cpus-per-trial", str(args.threads), "--name", "overhead", "--verbose", "0",
+                                   *sets], env)
+    driver = dict(re.findall(r"(\w+_s)=([\d.]+)", sweep_out.split("driver timings:")[-1]))
+    driver = {k: float(v) for k, v in driver.items()}
+    results = [json.loads(line) for line in next((work / "ray" / "overhead").glob("*/result.json")).read_text().splitlines()]
+    per_epoch = {k: sum(r.get(k, 0.0) for r in results) for k in
+                 ("time_train_s", "time_eval_s", "time_tracking_s", "time_checkpoint_s")}
+    trial_total = results[-1]["time_total_s"]
+    trial_setup = trial_total - sum(per_epoch.values())
+
+    ratio = sweep_wall / plain_wall
+    print(f"\njob: MiniLM full fine-tuning, {args.train_size} train / {args.eval_size} val+test pairs, "
+          f"{args.epochs} epochs, max_length {args.max_length}, {args.threads} threads")
+    print(f"{'(a) plain PyTorch loop, end to end':48s} {plain_wall:8.1f} s")
+    print(f"{'(b) one-trial sweep via the runner, end to end':48s} {sweep_wall:8.1f} s")
+    print(f"{'ratio (b)/(a)':48s} {ratio:8.2f}   (target <= 1.15)\n")
+    print("where (b) spends its time:")
+    rows = [
+        ("driver: ray.init (MLflow server boots meanwhile)", driver.get("ray_init_s", 0)),
+        ("driver: further wait for the MLflow server", driver.get("mlflow_ready_s", 0)),
+        ("trial: worker start, imports, data + model setup", trial_setup),
+        ("trial: training", per_epoch["time_train_s"]),
+        ("trial: evaluation (val every epoch, test on improvement)", per_epoch["time_eval_s"]),
+        ("trial: MLflow logging (metrics, plots, reports)", per_epoch["time_tracking_s"]),
+        ("trial: checkpoint written each epoch", per_epoch["time_checkpoint_s"]),
+        ("driver: everything else (Tune scheduling, table, shutdown)",
+         sweep_wall - driver.get("ray_init_s", 0) - driver.get("mlflow_ready_s", 0) - trial_total),
+    ]
+    for name, secs in rows:
+        print(f"  {name:58s} {secs:7.1f} s")
+    print(f"plain loop for comparison: setup {plain_parts['setup_s']:.1f} s, train+eval "
+          f"{plain_parts['train_eval_s']:.1f} s (+ interpreter start and imports)")
+
+
+if __name__ == "__main__":
+    main()

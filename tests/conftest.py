@@ -1,0 +1,49 @@
+"""Shared, real fixtures: a local Ray cluster, an MLflow server on loopback, a tiny BERT saved
+and loaded through the project's own loading code. Nothing is mocked."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def emosweep_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("emosweep_home")
+    os.environ["EMOSWEEP_HOME"] = str(home)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    from workloads.core.tracking import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def farstail():
+    from workloads.data.farstail import read_farstail
+
+    return read_farstail()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_12(tmp_path_factory, farstail):
+    """A 12-layer, 4-head tiny BERT: the study's layer counts apply without scaling."""
+    from workloads.models.encoders import make_tiny_bert
+
+    texts = list(farstail.items["text"].head(500))
+    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny12", texts, layers=12, hidden=32, heads=4,
+                          intermediate=64, seed=0)

@@ -1,0 +1,32 @@
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_emosweep_studies_lists_the_runnable_studies():
+    out = subprocess.run(["emosweep", "studies"], capture_output=True, text=True, check=True).stdout
+    assert "bert_freezing" in out and "bert_head_pruning" in out
+    assert "python sweeps/bert_freezing.py" in out
+
+
+def test_unknown_study_is_a_clear_error():
+    out = subprocess.run(["emosweep", "run", "nope"], capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown study 'nope'" in out.stderr
+
+
+def test_study_script_shows_the_common_flags():
+    out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "bert_freezing.py"), "--help"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    for flag in ("--smoke", "--data-dir", "--model", "--num-samples", "--max-concurrent", "--gpus-per-trial",
+                 "--address", "--storage-path", "--tracking-uri", "--experiment", "--resume", "--results-out",
+                 "--seed"):
+        assert flag in out
+
+
+def test_unknown_arm_is_rejected_before_anything_starts(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "bert_freezing.py"), "--arms", "full,bogus",
+                          "--storage-path", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode != 0 and "unknown arm(s) ['bogus']" in out.stderr

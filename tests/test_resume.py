@@ -1,0 +1,75 @@
+"""An interrupted sweep resumes: finished trials are not re-run and no MLflow run or epoch
+is duplicated. The driver is a real subprocess joined to the test's Ray cluster and
+interrupted with SIGINT (Ctrl-C) after its first trial finished."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = "full,keep_first_9,prune_heads_50"
+
+
+def _driver(args, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "bert_freezing.py"), *args],
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
+
+
+def _children(client, exp_id):
+    return [r for r in client.search_runs([exp_id]) if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server.uri)
+    common = ["--address", ray_cluster, "--tracking-uri", mlflow_server.uri, "--storage-path", str(tmp_path),
+              "--verbose", "0"]
+    log = tmp_path / "driver.log"
+    first = _driver(["--smoke", "--arms", ARMS, "--max-concurrent", "1", "--experiment", "test-resume",
+                     "--name", "resume-me", "--set", "epochs=3", *common], log)
+
+    deadline = time.monotonic() + 240
+    finished = []
+    while time.monotonic() < deadline and first.poll() is None:
+        exp = client.get_experiment_by_name("test-resume")
+        finished = [r for r in _children(client, exp.experiment_id)] if exp else []
+        finished = [r for r in finished if r.info.status == "FINISHED"]
+        if finished:
+            break
+        time.sleep(0.5)
+    assert finished, f"no trial finished before the deadline:\n{log.read_text()[-3000:]}"
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) is not None
+
+    exp_id = client.get_experiment_by_name("test-resume").experiment_id
+    done_before = {r.data.tags["trial_id"]: r for r in _children(client, exp_id) if r.info.status == "FINISHED"}
+    assert 1 <= len(done_before) < 3, "the interruption must leave unfinished trials"
+    exp_dir = tmp_path / "resume-me"
+    rows_before = {t: len((exp_dir / t / "result.json").read_text().splitlines()) for t in done_before}
+
+    second = _driver(["--resume", "resume-me", *common], log)
+    assert second.wait(timeout=400) == 0, log.read_text()[-4000:]
+
+    children = _children(client, exp_id)
+    assert len(children) == 3, "one MLflow run per trial, none duplicated"
+    assert len({c.data.tags["trial_id"] for c in children}) == 3
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert sorted(steps) == [1, 2, 3], (child.info.run_name, steps)
+    for trial_id, run_before in done_before.items():  # not re-run: Tune added no result, MLflow no epoch
+        assert len((exp_dir / trial_id / "result.json").read_text().splitlines()) == rows_before[trial_id]
+        after = client.get_run(run_before.info.run_id)
+        assert after.info.end_time == run_before.info.end_time
+    parents = [r for r in client.search_runs([exp_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    table = (exp_dir / "results.csv").read_text().splitlines()
+    assert len(table) == 4  # header + 3 trials
+    state = json.loads((exp_dir / "emosweep.json").read_text())
+    assert state["parent_run_id"] == parents[0].info.run_id

@@ -1,0 +1,103 @@
+"""A real sweep: Ray Tune + Optuna + the MLflow server, on a tiny BERT and FarsTail.
+
+One sweep, three arms × two trials, with a fault planted so that one trial crashes once
+mid-epoch and must be retried from its last checkpoint."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.bert_freezing import STUDY
+from sweeps.runner import main
+
+ARMS = ["full", "freeze_first_9", "prune_heads_50"]
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, mlflow_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    fault = {"epoch": 2, "batch": 1, "marker": str(tmp / "fault-fired")}
+    table = main(STUDY, [
+        "--smoke", "--arms", ",".join(ARMS), "--num-samples", "2", "--scheduler", "fifo",
+        "--tracking-uri", mlflow_server.uri, "--experiment", "test-sweep", "--name", "smoke-sweep",
+        "--storage-path", str(tmp / "ray"), "--results-out", str(tmp / "table.csv"),
+        "--set", f"inject_fault={json.dumps(fault)}", "--verbose", "0",
+    ])
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("test-sweep")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return {"table": table, "client": client, "parent": parent, "children": children, "tmp": tmp, "fault": fault}
+
+
+def test_results_table_has_every_trial(sweep):
+    table = sweep["table"]
+    assert len(table) == 6
+    assert table.groupby("arm").size().to_dict() == {a: 2 for a in ARMS}
+    assert (table["status"] == "OK").all()
+    assert table["test_acc"].between(0, 1).all() and table["test_macro_f1"].between(0, 1).all()
+    assert (table["epochs_done"] == table["epochs"]).all()
+    full = table[table["arm"] == "full"]
+    frozen = table[table["arm"] == "freeze_first_9"]
+    assert (full["trainable_params"] == full["total_params"]).all()
+    assert (frozen["trainable_params"] < frozen["total_params"]).all()
+    assert (frozen["layers_frozen"] == 3).all()  # 9 of 12 scaled to the tiny model's 4 layers
+    assert (table.loc[table["arm"] == "prune_heads_50", "heads_per_layer_after"] == 2).all()
+    assert (sweep["tmp"] / "table.csv").exists() and (sweep["tmp"] / "table.md").exists()
+    assert "| arm" in (sweep["tmp"] / "table.md").read_text()
+
+
+def test_first_trial_of_each_arm_reproduces_defaults_and_optuna_searches_the_rest(sweep):
+    table = sweep["table"]
+    for arm in ARMS:
+        lrs = set(table.loc[table["arm"] == arm, "lr"])
+        assert STUDY.smoke["lr"] in lrs  # the reproduction config
+        others = lrs - {STUDY.smoke["lr"]}
+        assert len(others) == 1 and 1e-5 <= others.pop() <= 1e-4  # sampled from the searched space
+
+
+def test_parent_run_holds_the_sweep(sweep):
+    client = sweep["client"]
+    (parent,) = sweep["parent"]
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "smoke-sweep"
+    assert parent.data.tags["study"] == "bert_freezing" and parent.data.tags["random_init"] == "true"
+    assert parent.data.params["seed"] == "42" and "optuna_seed.full" in parent.data.params
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"table.csv", "table.md", "arms.png"} <= artifacts
+
+
+def test_one_child_run_per_trial_with_params_metrics_and_artifacts(sweep):
+    client, children = sweep["client"], sweep["children"]
+    (parent,) = sweep["parent"]
+    assert len(children) == 6
+    assert len({c.data.tags["trial_id"] for c in children}) == 6
+    names = {c.info.run_name for c in children}
+    assert any(n.startswith(f"freeze_first_9 lr={STUDY.smoke['lr']:.0e}") for n in names)
+    for child in children:
+        tags, params = child.data.tags, child.data.params
+        assert child.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["arm"] in ARMS and tags["model_id"] == "tiny-random-bert" and tags["random_init"] == "true"
+        assert tags["dataset_fingerprint"].startswith("c2c94a6e31de:96-48-48")
+        assert {"lr", "batch_size", "strategy", "seed", "trainable_params", "total_params"} <= set(params)
+        epochs = int(params["epochs"])
+        for key in ("train_loss", "val_loss", "val_acc", "val_macro_f1"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)  # every epoch, once
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"confusion_matrix.png", "learning_curves.png", "classification_report.txt",
+                "test_metrics.json"} <= artifacts
+
+
+def test_crashed_trial_is_retried_from_its_checkpoint(sweep):
+    assert (sweep["tmp"] / "fault-fired").exists()
+    client = sweep["client"]
+    failed_once = [c for c in sweep["children"] if c.data.tags.get("num_failures") == "1"]
+    assert len(failed_once) == 1, "exactly one trial crashed once"
+    (run,) = failed_once
+    resumed = client.get_metric_history(run.info.run_id, "resumed_from_epoch")
+    assert {m.step: m.value for m in resumed}[2] == 1  # epoch 2 ran after restoring epoch 1's checkpoint
+    assert all(c.data.tags.get("num_failures") == "0" for c in sweep["children"] if c is not run)
