@@ -27,7 +27,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from workloads.core.seeding import derive_seed
-from workloads.core.tracking import MlflowServer, TrackingContext, find_child_run, git_commit, start_parent_run
+from workloads.core.tracking import (MlflowServer, TrackingContext, find_child_run, git_commit, port_free,
+                                     start_parent_run)
 
 STATE_FILE = "emosweep.json"  # beside Tune's own state in the experiment folder
 RESULT_COLUMNS = ["epochs_done", "best_epoch", "best_val_acc", "test_acc", "test_macro_f1",
@@ -200,6 +201,31 @@ def _parse_value(text: str):
         return text
 
 
+def _in_domain(domain, value) -> bool:
+    if hasattr(domain, "categories"):
+        return value in domain.categories
+    lower, upper = getattr(domain, "lower", None), getattr(domain, "upper", None)
+    try:
+        return lower is None or lower <= value <= upper
+    except TypeError:
+        return False
+
+
+def searched_space(study: Study, base: dict) -> dict:
+    """The study's space less what is pinned: keys set on the command line, and defaults that
+    lie outside their domain (the reproduction config must run as written; say so)."""
+    space = {}
+    for key, domain in study.space.items():
+        if key in base.get("_pinned", ()):
+            continue
+        if key in base and not _in_domain(domain, base[key]):
+            print(f"[emosweep] {key}={base[key]!r} lies outside the searched {domain!r}; "
+                  f"every trial uses {base[key]!r}", file=sys.stderr)
+            continue
+        space[key] = domain
+    return space
+
+
 def select_arms(study: Study, opts) -> dict:
     if not opts.arms:
         return study.arms
@@ -217,11 +243,15 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
         base.update(study.cpu_subset)
     if opts.smoke:
         base.update(study.smoke)
+    pinned = set()  # set on the command line: the same for every trial, no longer searched
     for item in opts.set:
         key, _, value = item.partition("=")
         base[key] = _parse_value(value)
+        pinned.add(key)
     if opts.epochs:
         base["epochs"] = opts.epochs
+        pinned.add("epochs")
+    base["_pinned"] = sorted(pinned)
     base["seed"] = opts.seed
     base["data_dir"] = str(Path(opts.data_dir).resolve()) if opts.data_dir else base.get("data_dir")
     arms = select_arms(study, opts)
@@ -332,12 +362,18 @@ def run_study(study: Study, opts) -> pd.DataFrame:
     # The MLflow server boots while Ray starts.
     server = None
     if not opts.tracking_uri:
-        server = MlflowServer(home / "mlflow", port=state.get("mlflow_port")).start()
+        port = state.get("mlflow_port")
+        server = MlflowServer(home / "mlflow", port=port if port and port_free(port) else None).start()
     timings = {}
     t = time.perf_counter()
     _init_ray(opts.address)
     timings["ray_init_s"] = time.perf_counter() - t
     try:
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        if not opts.resume:  # data checks and model resolution overlap the MLflow server's boot
+            t = time.perf_counter()
+            arms, base = study_config(study, opts, has_gpu)
+            timings["prepare_s"] = time.perf_counter() - t
         t = time.perf_counter()
         if server is not None:
             server.wait_ready()
@@ -345,7 +381,6 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         os.environ["EMOSWEEP_TRACKING_URI"] = uri
         timings["mlflow_ready_s"] = time.perf_counter() - t
 
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1 if has_gpu else 0)
         commit = git_commit()
         tags = {"study": study.name, "workload": study.workload, "git_commit": commit}
@@ -356,7 +391,6 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                                         resume_run_id=state["parent_run_id"])
             arms = state["arms"]
         else:
-            arms, base = study_config(study, opts, has_gpu)
             name = opts.name or f"{study.name}-{datetime.now():%Y%m%d-%H%M%S}"
             exp_dir = storage / name
             samples = opts.num_samples
@@ -385,13 +419,14 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                                        resume_errored=True)
         else:
             exp_dir.mkdir(parents=True, exist_ok=True)
-            searcher = ArmGridSearch(arms, study.space, base, samples, study.metric, study.mode, opts.seed)
+            space = searched_space(study, base)
+            searcher = ArmGridSearch(arms, space, base, samples, study.metric, study.mode, opts.seed)
             sched = None
             if scheduler == "asha":
                 from ray.tune.schedulers import ASHAScheduler
 
                 max_epochs = max([int(base.get("epochs", 1))] +
-                                 [int(c) for c in getattr(study.space.get("epochs"), "categories", [])])
+                                 [int(c) for c in getattr(space.get("epochs"), "categories", [])])
                 sched = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
                                       grace_period=1, reduction_factor=2)
             tuner = tune.Tuner(
@@ -452,7 +487,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         return table
     finally:
         if server is not None:
-            server.stop()
+            server.stop(wait=False)
 
 
 def main(study: Study, argv: list[str] | None = None) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 class MlflowServer:
@@ -71,13 +81,23 @@ class MlflowServer:
                 time.sleep(0.25)
         raise TimeoutError(f"mlflow server at {self.uri} not ready after {timeout:.0f}s")
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """SIGTERM to the server's whole process group: `mlflow server` runs uvicorn and a job
+        runner as children, and signalling only the parent leaves it waiting on them. With
+        wait=False the server finishes its shutdown on its own (every write is already
+        committed: SQLite commits per request)."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
             try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+                if not wait:
+                    self._proc = None
+                    return
                 self._proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
         self._proc = None
 
     def __enter__(self) -> "MlflowServer":
