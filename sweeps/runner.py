@@ -113,10 +113,13 @@ class ArmGridSearch(Searcher):
             self.__dict__.update(pickle.load(f))
 
 
+_CURRENT_TRACKING_URI: str | None = None  # this driver's tracking URI (a resumed sweep may get a new port)
+
+
 class ChildRunStatus(tune.Callback):
     """Closes each trial's MLflow run when Tune is done with it: FINISHED, stopped early by
-    the scheduler (tagged), or FAILED after its last retry. Runs in the driver, so it reads
-    the tracking URI from the environment: a resumed sweep may serve MLflow on a new port."""
+    the scheduler (tagged), or FAILED after its last retry. Tune pickles callbacks with the
+    sweep, so it reads the tracking URI of the current driver rather than keeping one."""
 
     def __init__(self, experiment_id: str, parent_run_id: str, epochs_key: str = "epochs"):
         self.experiment_id, self.parent_run_id, self.epochs_key = experiment_id, parent_run_id, epochs_key
@@ -124,7 +127,7 @@ class ChildRunStatus(tune.Callback):
     def _close(self, trial, status: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("EMOSWEEP_TRACKING_URI")
+        uri = _CURRENT_TRACKING_URI
         if not uri:
             return
         ctx = TrackingContext(uri, self.experiment_id, self.parent_run_id)
@@ -182,8 +185,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    help="early stopping (default: asha when --num-samples > 1, else fifo so every arm finishes)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial, from its last checkpoint")
     p.add_argument("--address", help="join an existing Ray cluster ('auto' on a node of `ray up`)")
-    p.add_argument("--storage-path", help="where Tune keeps trials and checkpoints (local path or URI)")
-    p.add_argument("--tracking-uri", help="MLflow server to log to (default: start one on loopback)")
+    p.add_argument("--storage-path", help="where Tune keeps trials and checkpoints: local path or URI "
+                   "(default: $EMOSWEEP_STORAGE_PATH, else $EMOSWEEP_HOME/ray)")
+    p.add_argument("--tracking-uri", help="MLflow server to log to (default: $EMOSWEEP_TRACKING_URI, else start "
+                   "one on loopback)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the study name)")
     p.add_argument("--name", help="name of this sweep (default: study name + timestamp)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="NAME",
@@ -260,19 +265,65 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     return arms, base
 
 
-def _find_resume_dir(storage: Path, study: Study, resume: str) -> Path:
+class Storage:
+    """Where Tune keeps a sweep: a local folder or an object-store URI (s3://, gs://, …), read
+    and written through pyarrow's filesystems, as Tune itself does."""
+
+    def __init__(self, root: str):
+        import pyarrow.fs
+
+        if "://" not in root:
+            root = str(Path(root).expanduser().resolve())
+            Path(root).mkdir(parents=True, exist_ok=True)
+        self.root = root.rstrip("/")
+        self.fs, self.base = pyarrow.fs.FileSystem.from_uri(self.root)
+        self.local = "://" not in root
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _fs_path(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def exists(self, name: str) -> bool:
+        import pyarrow.fs
+
+        return self.fs.get_file_info(self._fs_path(name)).type != pyarrow.fs.FileType.NotFound
+
+    def read_text(self, name: str) -> str:
+        with self.fs.open_input_stream(self._fs_path(name)) as f:
+            return f.read().decode()
+
+    def write_text(self, name: str, text: str) -> None:
+        self.fs.create_dir(self._fs_path(name).rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(self._fs_path(name)) as f:
+            f.write(text.encode())
+
+    def sweeps(self, prefix: str) -> list[str]:
+        """Names of the sweeps under root whose name starts with prefix, oldest first."""
+        import pyarrow.fs
+
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.base, allow_not_found=True))
+        found = [(i.mtime_ns or 0, i.base_name) for i in infos
+                 if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(prefix)
+                 and self.exists(f"{i.base_name}/{STATE_FILE}")]
+        return [name for _, name in sorted(found)]
+
+
+def _find_resume(storage: Storage, study: Study, resume: str) -> str:
+    """The name of the sweep to resume under storage (`resume` may be a local folder path)."""
     candidate = Path(resume).expanduser()
-    if candidate.is_dir():
-        return candidate.resolve()
+    if storage.local and candidate.is_dir() and (candidate / STATE_FILE).exists():
+        if str(candidate.resolve().parent) != storage.root:
+            raise SystemExit(f"{candidate} is not under the storage path {storage.root}; pass --storage-path")
+        return candidate.name
     if resume != "latest":
-        path = storage / resume
-        if not path.is_dir():
-            raise SystemExit(f"no sweep named {resume!r} under {storage}")
-        return path
-    runs = sorted((p for p in storage.glob(f"{study.name}-*") if (p / STATE_FILE).exists()),
-                  key=lambda p: p.stat().st_mtime)
+        if not storage.exists(f"{resume}/{STATE_FILE}"):
+            raise SystemExit(f"no sweep named {resume!r} under {storage.root}")
+        return resume
+    runs = storage.sweeps(f"{study.name}-")
     if not runs:
-        raise SystemExit(f"nothing to resume: no sweep of {study.name} under {storage}")
+        raise SystemExit(f"nothing to resume: no sweep of {study.name} under {storage.root}")
     return runs[-1]
 
 
@@ -290,6 +341,7 @@ def results_table(study: Study, result_grid, arms: dict) -> pd.DataFrame:
             "test_macro_f1": m.get("test_macro_f1"), "trainable_params": m.get("trainable_params"),
             "total_params": m.get("total_params"), "wall_s": m.get("time_total_s"),
             "model": cfg.get("model_id"), "random_init": bool(cfg.get("random_init")),
+            "mlflow_unlogged_epochs": m.get("mlflow_unlogged_epochs", 0),
             "status": "ERROR" if result.error else ("STOPPED" if m.get("epoch", 0) < cfg.get("epochs", 0) else "OK"),
         })
         rows.append(row)
@@ -329,6 +381,21 @@ def plot_arms(df: pd.DataFrame, path: Path, metric: str = "test_acc") -> Path:
 
 # ----------------------------------------------------------------------------- the engine
 
+def warn_if_unreachable(uri: str) -> None:
+    """A loopback MLflow server serves trials on this machine only. Several nodes on several
+    hosts need the head's server (cluster.yaml exports EMOSWEEP_TRACKING_URI for that)."""
+    import ray
+    from urllib.parse import urlparse
+
+    if urlparse(uri).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return
+    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    if len(hosts) > 1:
+        print(f"[emosweep] warning: MLflow at {uri} is loopback-only but the cluster spans {len(hosts)} hosts; "
+              f"trials elsewhere cannot log. Pass --tracking-uri http://<head-ip>:5000 or set "
+              f"EMOSWEEP_TRACKING_URI.", file=sys.stderr)
+
+
 def _init_ray(address: str | None):
     import ray
 
@@ -342,6 +409,8 @@ def _init_ray(address: str | None):
 
 def run_study(study: Study, opts) -> pd.DataFrame:
     """Run (or resume) one sweep of `study`; returns the results table."""
+    # Short epochs checkpoint often by design; Tune's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -349,14 +418,14 @@ def run_study(study: Study, opts) -> pd.DataFrame:
     if not opts.resume:
         select_arms(study, opts)  # a typo fails here, before Ray or MLflow start
     home = emosweep_home()
-    storage = Path(opts.storage_path).expanduser().resolve() if opts.storage_path else home / "ray"
-    storage.mkdir(parents=True, exist_ok=True)
+    storage = Storage(opts.storage_path or os.environ.get("EMOSWEEP_STORAGE_PATH") or str(home / "ray"))
+    opts.tracking_uri = opts.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")
 
     state: dict = {}
-    exp_dir = None
+    name = None
     if opts.resume:
-        exp_dir = _find_resume_dir(storage, study, opts.resume)
-        state = json.loads((exp_dir / STATE_FILE).read_text())
+        name = _find_resume(storage, study, opts.resume)
+        state = json.loads(storage.read_text(f"{name}/{STATE_FILE}"))
         opts.tracking_uri = opts.tracking_uri or state.get("tracking_uri")
 
     # The MLflow server boots while Ray starts.
@@ -378,7 +447,9 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         if server is not None:
             server.wait_ready()
         uri = opts.tracking_uri or server.uri
-        os.environ["EMOSWEEP_TRACKING_URI"] = uri
+        warn_if_unreachable(uri)
+        global _CURRENT_TRACKING_URI
+        _CURRENT_TRACKING_URI = uri
         timings["mlflow_ready_s"] = time.perf_counter() - t
 
         gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1 if has_gpu else 0)
@@ -386,13 +457,11 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         tags = {"study": study.name, "workload": study.workload, "git_commit": commit}
 
         if opts.resume:
-            name = exp_dir.name
             tracking = start_parent_run(uri, state["experiment"], name, {}, tags,
                                         resume_run_id=state["parent_run_id"])
             arms = state["arms"]
         else:
             name = opts.name or f"{study.name}-{datetime.now():%Y%m%d-%H%M%S}"
-            exp_dir = storage / name
             samples = opts.num_samples
             scheduler = opts.scheduler or ("asha" if samples > 1 else "fifo")
             sweep_params = {
@@ -414,11 +483,10 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         trainable = tune.with_resources(tune.with_parameters(study.trainable, tracking=tracking),
                                         {"cpu": opts.cpus_per_trial, "gpu": gpus})
         if opts.resume:
-            print(f"[emosweep] resuming {exp_dir} (MLflow parent run {tracking.parent_run_id})")
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+            print(f"[emosweep] resuming {storage.path(name)} (MLflow parent run {tracking.parent_run_id})")
+            tuner = tune.Tuner.restore(storage.path(name), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
-            exp_dir.mkdir(parents=True, exist_ok=True)
             space = searched_space(study, base)
             searcher = ArmGridSearch(arms, space, base, samples, study.metric, study.mode, opts.seed)
             sched = None
@@ -437,13 +505,13 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                     num_samples=len(arms) * samples, max_concurrent_trials=opts.max_concurrent,
                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(storage), verbose=opts.verbose,
+                    name=name, storage_path=storage.root, verbose=opts.verbose,
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[ChildRunStatus(tracking.experiment_id, tracking.parent_run_id)]),
             )
         state["mlflow_port"] = server.port if server else state.get("mlflow_port")
-        (exp_dir / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+        storage.write_text(f"{name}/{STATE_FILE}", json.dumps(state, indent=2, default=str))
 
         t = time.perf_counter()
         try:
@@ -458,8 +526,12 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         finished = result_grid.num_terminated + result_grid.num_errors >= expected
         if not finished:
             print(f"[emosweep] sweep interrupted: {result_grid.num_terminated + result_grid.num_errors} of "
-                  f"{expected} trials done. Continue with: --resume {exp_dir}", file=sys.stderr)
-        out = Path(opts.results_out) if opts.results_out else exp_dir / "results.csv"
+                  f"{expected} trials done. Continue with: --resume {name}", file=sys.stderr)
+        # The table lands in the sweep's folder when that is local, else under EMOSWEEP_HOME/results;
+        # either way it is also logged to the parent run.
+        local_dir = Path(storage.path(name)) if storage.local else home / "results" / name
+        local_dir.mkdir(parents=True, exist_ok=True)
+        out = Path(opts.results_out) if opts.results_out else local_dir / "results.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
         md = out.with_suffix(".md")
@@ -469,7 +541,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         client.log_artifact(run_id, str(out))
         client.log_artifact(run_id, str(md))
         if not table.empty and table["test_acc"].notna().any():
-            client.log_artifact(run_id, str(plot_arms(table, exp_dir / "arms.png")))
+            client.log_artifact(run_id, str(plot_arms(table, local_dir / "arms.png")))
             client.log_metric(run_id, "best_test_acc", float(table["test_acc"].max()))
         timings["total_s"] = time.perf_counter() - t_start
         for k, v in timings.items():
@@ -483,7 +555,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             print(f"  browse later: mlflow ui --backend-store-uri sqlite:///{server.root / 'mlflow.db'}"
                   f" --artifacts-destination {server.root / 'mlartifacts'}")
         print("driver timings: " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
-        table.attrs.update(timings=timings, experiment_dir=str(exp_dir), tracking_uri=uri, parent_run_id=run_id)
+        table.attrs.update(timings=timings, experiment_dir=storage.path(name), tracking_uri=uri, parent_run_id=run_id)
         return table
     finally:
         if server is not None:

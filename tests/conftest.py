@@ -12,16 +12,21 @@ def emosweep_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("emosweep_home")
     os.environ["EMOSWEEP_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
-    return home
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
+    yield home
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A one-node local Ray. Module-scoped: the simulated multi-node tests replace it with a
+    `ray.cluster_utils.Cluster` and shut that down; the next module starts a fresh one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="session")

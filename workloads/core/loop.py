@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,18 @@ def configure_threads() -> int:
     if n > 0:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def placement() -> dict:
+    """Where this trial runs: Ray node and the GPU ids Ray assigned (CUDA_VISIBLE_DEVICES)."""
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    except Exception:
+        return {"node_id": "", "gpu_ids": "", "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
 def _maybe_inject_fault(config: dict, epoch: int, batch_index: int) -> None:
@@ -147,6 +160,27 @@ def _load_checkpoint(setup: TrainSetup, directory: str, device: torch.device) ->
         return json.load(f)
 
 
+def _write(directory: str, name: str, text: str) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _save_unlogged(run: TrialRun, history: list) -> None:
+    """MLflow stayed unreachable past the patience: keep what it lacks beside the trial."""
+    try:
+        directory = tune.get_context().get_trial_dir()
+    except Exception:
+        directory = run.artifact_dir
+    path = os.path.join(directory, "mlflow_unlogged.json")
+    _write(directory, "mlflow_unlogged.json", json.dumps(
+        {"run_id": run.run_id, "error": run.last_error,
+         "epochs": [h for h in history if h["epoch"] in set(run.unlogged(history))]}, indent=2, default=str))
+    print(f"[emosweep] MLflow unreachable: epochs {run.unlogged(history)} of trial {run.trial_id} were not "
+          f"logged; saved to {path}", file=sys.stderr)
+
+
 def trial_id() -> str:
     try:
         return tune.get_context().get_trial_id() or "local"
@@ -160,6 +194,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
     threads = configure_threads()
     setup.model.to(device)
     trainable, total = count_parameters(setup.model)
+    where = placement()
     info = {"trainable_params": trainable, "total_params": total, "device": str(device), "torch_threads": threads,
             **setup.info}
 
@@ -170,9 +205,9 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             state = _load_checkpoint(setup, d, device)
     resumed_from = state["epoch"]  # 0 for a fresh start; > 0 when a retry or --resume continued
 
-    t0 = time.perf_counter()
-    run = TrialRun(tracking, trial_id(), run_name, {**config, **info}, setup.tags) if tracking else None
-    time_tracking = time.perf_counter() - t0
+    art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
+    run = (TrialRun(tracking, trial_id(), run_name, {**config, **info}, {**setup.tags, **where}, art_dir)
+           if tracking else None)
 
     for epoch in range(state["epoch"] + 1, setup.epochs + 1):
         seed_everything(derive_seed(int(config.get("seed", 0)), "epoch", epoch))
@@ -195,38 +230,45 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             }
         timings["time_eval_s"] = time.perf_counter() - t
 
-        row = {
+        row = {  # the curve values; the full metrics of the epoch go into the history below
             "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
             "val_loss": va["loss"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
             **{f"val_f1_{c}": v for c, v in val["per_class_f1"].items()},
         }
-        state["history"].append(row)
-        state["epoch"] = epoch
         best = state["best"]
         metrics = {**row, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
                    **{k: v for k, v in best.items() if k.startswith("test_")},
                    "trainable_params": trainable, "total_params": total, "resumed_from_epoch": resumed_from,
                    # what the arm actually did (layers frozen/kept, heads left), for the results table
                    **{k: v for k, v in setup.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        placed = {**where, "device": str(device)}  # reported to Tune, not plotted in MLflow (strings)
 
+        state["history"].append({**metrics, **timings})
+        state["epoch"] = epoch
         t = time.perf_counter()
         if run is not None:
-            run.log_epoch(epoch, {**metrics, **timings})
-            with tempfile.TemporaryDirectory() as art:
-                run.log_artifact(plot_learning_curves(state["history"], run_name,
-                                                      os.path.join(art, "learning_curves.png")))
-                if improved:
-                    title = f"{run_name}: test, best epoch {epoch}, acc {test['acc']:.3f}"
-                    run.log_artifact(plot_confusion(test["confusion"], setup.class_names, title,
-                                                    os.path.join(art, "confusion_matrix.png")))
-                    run.log_text(test["report"], "classification_report.txt")
-                    run.log_dict({"best": best, "confusion": test["confusion"],
-                                  "class_names": list(setup.class_names)}, "test_metrics.json")
-        timings["time_tracking_s"] = time.perf_counter() - t + (time_tracking if epoch == 1 else 0.0)
+            run.add_artifact(plot_learning_curves(state["history"], run_name,
+                                                  os.path.join(art_dir, "learning_curves.png")))
+            if improved:
+                title = f"{run_name}: test, best epoch {epoch}, acc {test['acc']:.3f}"
+                run.add_artifact(plot_confusion(test["confusion"], setup.class_names, title,
+                                                os.path.join(art_dir, "confusion_matrix.png")))
+                run.add_artifact(_write(art_dir, "classification_report.txt", test["report"]))
+                run.add_artifact(_write(art_dir, "test_metrics.json", json.dumps(
+                    {"best": best, "confusion": test["confusion"], "class_names": list(setup.class_names)},
+                    indent=2)))
+            last = epoch == setup.epochs
+            synced = (run.sync_until(state["history"], float(config.get("tracking_patience_s", 120)))
+                      if last else run.sync(state["history"]))
+            metrics["mlflow_sync_failures"] = run.failures
+            if last and not synced:  # never silent: the loss is in Tune's result and beside the trial
+                metrics["mlflow_unlogged_epochs"] = len(run.unlogged(state["history"]))
+                _save_unlogged(run, state["history"])
+        timings["time_tracking_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         with tempfile.TemporaryDirectory() as ckpt_dir:
             _save_checkpoint(setup, state, ckpt_dir)
             timings["time_checkpoint_s"] = time.perf_counter() - t
-            tune.report({**metrics, **timings}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+            tune.report({**metrics, **timings, **placed}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
     return state

@@ -184,44 +184,82 @@ def find_child_run(client: MlflowClient, ctx: TrackingContext, trial_id: str):
 
 
 class TrialRun:
-    """The child run of one trial. Attaching is idempotent: a retried or resumed trial
-    finds its run by trial id (even if it crashed before its first checkpoint) and never
-    logs an epoch twice."""
+    """The child run of one trial, kept in step with the trial's history.
 
-    def __init__(self, ctx: TrackingContext, trial_id: str, run_name: str, params: dict, tags: dict):
+    `sync(history)` logs every epoch of the history that MLflow does not have yet. The same
+    call serves a first start, a retry after a crash, a resumed sweep and an MLflow outage:
+    the run is found by trial id (never a duplicate run), an epoch already logged is never
+    logged again, and epochs that could not be logged while the server was away are logged
+    when it is back. Requests fail fast (few retries) so an outage costs the trial seconds,
+    not minutes; training goes on meanwhile."""
+
+    def __init__(self, ctx: TrackingContext, trial_id: str, run_name: str, params: dict, tags: dict,
+                 artifact_dir: str):
+        # Fail fast per request; the next sync retries. Only this process is affected.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        self.ctx, self.trial_id, self.run_name = ctx, trial_id, run_name
+        self.params, self.tags = params, tags
         self.client = MlflowClient(ctx.uri)
-        existing = find_child_run(self.client, ctx, trial_id)
+        self.run_id: str | None = None
+        self.logged_steps: set = set()
+        self.artifact_dir = artifact_dir  # files waiting to be uploaded: the latest version of each
+        self.pending_artifacts: set = set()
+        self.failures = 0
+        self.last_error = ""
+
+    def _attach(self) -> None:
+        if self.run_id is not None:
+            return
+        existing = find_child_run(self.client, self.ctx, self.trial_id)
         if existing is not None:
+            self.client.update_run(existing.info.run_id, status="RUNNING")
+            self.logged_steps = {m.step for m in self.client.get_metric_history(existing.info.run_id, "val_loss")}
             self.run_id = existing.info.run_id
-            self.client.update_run(self.run_id, status="RUNNING")
-            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "val_loss")}
-        else:
-            all_tags = {**ctx.tags, **tags, TAG_TRIAL_ID: trial_id, TAG_PARENT: ctx.parent_run_id}
-            run = self.client.create_run(ctx.experiment_id, run_name=run_name,
-                                         tags={k: str(v) for k, v in all_tags.items()})
-            self.run_id = run.info.run_id
-            self.client.log_batch(self.run_id, params=_params(params))
-            self.logged_steps = set()
+            return
+        all_tags = {**self.ctx.tags, **self.tags, TAG_TRIAL_ID: self.trial_id, TAG_PARENT: self.ctx.parent_run_id}
+        run = self.client.create_run(self.ctx.experiment_id, run_name=self.run_name,
+                                     tags={k: str(v) for k, v in all_tags.items()})
+        self.client.log_batch(run.info.run_id, params=_params(self.params))
+        self.run_id = run.info.run_id
 
-    def log_epoch(self, epoch: int, metrics: dict) -> bool:
-        """Log one epoch's scalar metrics at step=epoch, unless that epoch is already there."""
-        if epoch in self.logged_steps:
+    def add_artifact(self, path: str) -> None:
+        """Queue a file (written under artifact_dir) for upload at the next sync."""
+        self.pending_artifacts.add(os.path.relpath(path, self.artifact_dir))
+
+    def sync(self, history: list[dict]) -> bool:
+        """Log what MLflow lacks. True when the run is fully up to date."""
+        try:
+            self._attach()
+            for row in history:
+                if row["epoch"] in self.logged_steps:
+                    continue
+                now = int(time.time() * 1000)
+                batch = [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                for i in range(0, len(batch), 900):  # the server takes at most 1000 metrics per batch
+                    self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+                self.logged_steps.add(row["epoch"])
+            for rel in sorted(self.pending_artifacts):
+                self.client.log_artifact(self.run_id, os.path.join(self.artifact_dir, rel))
+                self.pending_artifacts.discard(rel)
+            return True
+        except Exception as e:  # the server is unreachable or failing: keep training, retry later
+            self.failures += 1
+            self.last_error = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"[emosweep] MLflow logging failed for trial {self.trial_id} ({self.last_error}); "
+                  f"will retry", file=sys.stderr)
             return False
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if isinstance(v, (int, float))]
-        for i in range(0, len(batch), 900):  # the server takes at most 1000 metrics per batch
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
-        self.logged_steps.add(epoch)
+
+    def unlogged(self, history: list[dict]) -> list[int]:
+        return [row["epoch"] for row in history if row["epoch"] not in self.logged_steps]
+
+    def sync_until(self, history: list[dict], patience_s: float, interval_s: float = 5.0) -> bool:
+        """At the end of a trial: keep trying for up to patience_s seconds."""
+        deadline = time.monotonic() + patience_s
+        while not self.sync(history):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval_s)
         return True
-
-    def set_tags(self, tags: dict) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, path, artifact_path)
-
-    def log_dict(self, d: dict, name: str) -> None:
-        self.client.log_text(self.run_id, json.dumps(d, indent=2, default=str), name)
-
-    def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
