@@ -134,7 +134,7 @@ class ChildRunStatus(tune.Callback):
         client = MlflowClient(uri)
         try:
             run = find_child_run(client, ctx, trial.trial_id)
-            if run is None:
+            if run is None or run.info.status == "FINISHED":  # a resumed sweep re-announces finished trials
                 return
             done = int((trial.last_result or {}).get("epoch", 0))
             planned = int(trial.config.get(self.epochs_key, done))
@@ -411,6 +411,9 @@ def run_study(study: Study, opts) -> pd.DataFrame:
     """Run (or resume) one sweep of `study`; returns the results table."""
     # Short epochs checkpoint often by design; Tune's warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow's client retries a dead server for minutes by default; the driver's own calls
+    # (parent run, closing child runs) should fail in seconds and say so.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -536,17 +539,21 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         table.to_csv(out, index=False)
         md = out.with_suffix(".md")
         md.write_text(f"# {study.name}: {name}\n\n{format_table(table)}\n")
-        client = MlflowClient(uri)
         run_id = tracking.parent_run_id
-        client.log_artifact(run_id, str(out))
-        client.log_artifact(run_id, str(md))
-        if not table.empty and table["test_acc"].notna().any():
-            client.log_artifact(run_id, str(plot_arms(table, local_dir / "arms.png")))
-            client.log_metric(run_id, "best_test_acc", float(table["test_acc"].max()))
         timings["total_s"] = time.perf_counter() - t_start
-        for k, v in timings.items():
-            client.log_metric(run_id, f"driver_{k}", v)
-        client.set_terminated(run_id, "FINISHED" if finished else "KILLED")
+        try:
+            client = MlflowClient(uri)
+            client.log_artifact(run_id, str(out))
+            client.log_artifact(run_id, str(md))
+            if not table.empty and table["test_acc"].notna().any():
+                client.log_artifact(run_id, str(plot_arms(table, local_dir / "arms.png")))
+                client.log_metric(run_id, "best_test_acc", float(table["test_acc"].max()))
+            for k, v in timings.items():
+                client.log_metric(run_id, f"driver_{k}", v)
+            client.set_terminated(run_id, "FINISHED" if finished else "KILLED")
+        except Exception as e:  # the table is on disk either way; say what MLflow is missing
+            print(f"[emosweep] could not log the results table to MLflow ({type(e).__name__}: {str(e)[:200]}); "
+                  f"it is at {out}", file=sys.stderr)
 
         print(f"\n{study.name} — {name}\n{format_table(table)}\n")
         print(f"results: {out} and {md}")

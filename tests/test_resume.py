@@ -1,6 +1,7 @@
 """An interrupted sweep resumes: finished trials are not re-run and no MLflow run or epoch
-is duplicated. The driver is a real subprocess joined to the test's Ray cluster and
-interrupted with SIGINT (Ctrl-C) after its first trial finished."""
+is duplicated. The driver is a real subprocess joined to the test's Ray cluster, stopped
+after its first trial finished: by Ctrl-C (SIGINT, Tune saves its state) or killed outright
+(SIGKILL, no chance to save anything)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,28 +28,30 @@ def _children(client, exp_id):
     return [r for r in client.search_runs([exp_id]) if "mlflow.parentRunId" in r.data.tags]
 
 
-def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, mlflow_server, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, mlflow_server, tmp_path, sig):
+    experiment = f"test-resume-{sig.name.lower()}"
     client = MlflowClient(mlflow_server.uri)
     common = ["--address", ray_cluster, "--tracking-uri", mlflow_server.uri, "--storage-path", str(tmp_path),
               "--verbose", "0"]
     log = tmp_path / "driver.log"
-    first = _driver(["--smoke", "--arms", ARMS, "--max-concurrent", "1", "--experiment", "test-resume",
+    first = _driver(["--smoke", "--arms", ARMS, "--max-concurrent", "1", "--experiment", experiment,
                      "--name", "resume-me", "--set", "epochs=3", *common], log)
 
     deadline = time.monotonic() + 240
     finished = []
     while time.monotonic() < deadline and first.poll() is None:
-        exp = client.get_experiment_by_name("test-resume")
+        exp = client.get_experiment_by_name(experiment)
         finished = [r for r in _children(client, exp.experiment_id)] if exp else []
         finished = [r for r in finished if r.info.status == "FINISHED"]
         if finished:
             break
         time.sleep(0.5)
     assert finished, f"no trial finished before the deadline:\n{log.read_text()[-3000:]}"
-    first.send_signal(signal.SIGINT)
+    first.send_signal(sig)
     assert first.wait(timeout=120) is not None
 
-    exp_id = client.get_experiment_by_name("test-resume").experiment_id
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
     done_before = {r.data.tags["trial_id"]: r for r in _children(client, exp_id) if r.info.status == "FINISHED"}
     assert 1 <= len(done_before) < 3, "the interruption must leave unfinished trials"
     exp_dir = tmp_path / "resume-me"

@@ -1,0 +1,76 @@
+"""The MLflow server goes away mid-sweep. Trials keep training; what they could not log is
+logged when the server is back, once; and if it never comes back, the loss is reported."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from mlflow.tracking import MlflowClient
+
+from sweeps.bert_freezing import STUDY
+from sweeps.runner import main
+from workloads.core.tracking import MlflowServer, TrackingContext, TrialRun, free_port
+
+EPOCHS = 5
+
+
+def _outage(server: MlflowServer, down_s: float, log: dict) -> None:
+    """Once the first epoch is logged, stop the server for down_s seconds, then restart it
+    on the same port and database."""
+    client = MlflowClient(server.uri)
+    while True:
+        exp = client.get_experiment_by_name("test-outage")
+        runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags] if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "val_loss"):
+            break
+        time.sleep(0.2)
+    server.stop()
+    log["down"] = time.time()
+    time.sleep(down_s)
+    server.start().wait_ready()
+    log["up"] = time.time()
+
+
+def test_trials_train_through_an_outage_and_nothing_is_lost(ray_cluster, tmp_path):
+    server = MlflowServer(tmp_path / "mlflow").start().wait_ready()
+    log: dict = {}
+    outage = threading.Thread(target=_outage, args=(server, 8.0, log), daemon=True)
+    outage.start()
+    try:
+        table = main(STUDY, [
+            "--smoke", "--arms", "full", "--set", f"epochs={EPOCHS}", "--set", "train_size=192",
+            "--storage-path", str(tmp_path / "ray"), "--tracking-uri", server.uri, "--experiment", "test-outage",
+            "--name", "outage", "--verbose", "0",
+        ])
+        outage.join(timeout=60)
+        assert "up" in log, "the outage never happened"
+        assert table.loc[0, "status"] == "OK" and table.loc[0, "mlflow_unlogged_epochs"] == 0
+
+        rows = [json.loads(x) for x in next((tmp_path / "ray" / "outage").glob("*/result.json")).read_text().splitlines()]
+        assert rows[-1]["mlflow_sync_failures"] >= 1, "the trial did hit the outage"
+        during = [r for r in rows if log["down"] <= r["timestamp"] <= log["up"]]
+        assert during, "training went on while MLflow was down"
+
+        client = MlflowClient(server.uri)
+        exp = client.get_experiment_by_name("test-outage")
+        (child,) = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+        assert child.info.status == "FINISHED"
+        for key in ("train_loss", "val_loss", "val_acc"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)
+        assert {"learning_curves.png", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+    finally:
+        server.stop()
+
+
+def test_an_unrecoverable_outage_is_reported_not_hidden(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    run = TrialRun(TrackingContext(dead, "0", "parent"), "t1", "name", {"lr": 1}, {}, str(tmp_path))
+    history = [{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_loss": 0.9}]
+    start = time.monotonic()
+    assert run.sync(history) is False
+    assert run.sync_until(history, patience_s=1.0, interval_s=0.5) is False
+    assert time.monotonic() - start < 60, "fails fast instead of retrying for minutes"
+    assert run.unlogged(history) == [1, 2] and run.failures >= 2
+    assert "Connection" in run.last_error or "connect" in run.last_error.lower()
