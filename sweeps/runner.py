@@ -181,6 +181,8 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
     p.add_argument("--cpus-per-trial", type=float, default=1)
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help="data-parallel workers per trial (Ray Train, DDP); each gets the CPUs/GPUs above")
     p.add_argument("--scheduler", choices=["asha", "fifo"],
                    help="early stopping (default: asha when --num-samples > 1, else fifo so every arm finishes)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial, from its last checkpoint")
@@ -258,6 +260,9 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
         pinned.add("epochs")
     base["_pinned"] = sorted(pinned)
     base["seed"] = opts.seed
+    if opts.workers_per_trial > 1:
+        base.update(workers_per_trial=opts.workers_per_trial, cpus_per_worker=opts.cpus_per_trial,
+                    gpus_per_worker=opts.gpus_per_trial if opts.gpus_per_trial is not None else int(has_gpu))
     base["data_dir"] = str(Path(opts.data_dir).resolve()) if opts.data_dir else base.get("data_dir")
     arms = select_arms(study, opts)
     if study.prepare is not None:
@@ -479,12 +484,17 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             tracking = start_parent_run(uri, experiment, name, sweep_params,
                                         {**tags, "random_init": str(bool(base.get("random_init"))).lower(),
                                          "model_id": base.get("model_id", "")})
-            state = {"study": study.name, "experiment": experiment, "parent_run_id": tracking.parent_run_id,
+            state = {"study": study.name, "experiment": experiment, "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
                      "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
                      "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": samples}
 
-        trainable = tune.with_resources(tune.with_parameters(study.trainable, tracking=tracking),
-                                        {"cpu": opts.cpus_per_trial, "gpu": gpus})
+        workers = int(state.get("workers_per_trial", opts.workers_per_trial))
+        # A data-parallel trial is a coordinator that holds nothing; its Ray Train workers hold
+        # the CPUs and GPUs (--cpus/--gpus-per-trial each).
+        # (Tune needs a non-empty request: a little memory, which costs no CPU.)
+        resources = ({"cpu": 0, "gpu": 0, "memory": 64 * 2**20} if workers > 1
+                     else {"cpu": opts.cpus_per_trial, "gpu": gpus})
+        trainable = tune.with_resources(tune.with_parameters(study.trainable, tracking=tracking), resources)
         if opts.resume:
             print(f"[emosweep] resuming {storage.path(name)} (MLflow parent run {tracking.parent_run_id})")
             tuner = tune.Tuner.restore(storage.path(name), trainable=trainable, resume_unfinished=True,

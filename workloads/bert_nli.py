@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 from torch.utils.data import DataLoader
 
-from .core.loop import TrainSetup, fit
+from .core.loop import EpochShardSampler, TrainSession, TrainSetup, distributed_rank, fit, run_data_parallel
 from .core.seeding import seed_everything
 from .core.tracking import TrackingContext
 from .data.farstail import LABEL_NAMES, LABELS, read_farstail
@@ -40,8 +40,11 @@ def _encode(tokenizer, frame, max_length: int) -> list[dict]:
             for ids, am, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
 
 
-def build_loaders(config: dict, tokenizer) -> dict:
+def build_loaders(config: dict, tokenizer, rank: int = 0, world: int = 1) -> dict:
+    """Loaders over this rank's shard; a data-parallel rank takes batch_size / world items."""
     manifest = _manifest(config.get("data_dir"))
+    if config["batch_size"] % world:
+        raise ValueError(f"batch_size {config['batch_size']} is not divisible by {world} workers")
     pad_id = tokenizer.pad_token_id or 0
 
     def collate(items):  # dynamic padding: pad to the longest pair in the batch
@@ -57,8 +60,9 @@ def build_loaders(config: dict, tokenizer) -> dict:
     loaders = {}
     for split in ("train", "val", "test"):
         frame = stratified_subset(manifest.split(split), config.get(f"{split}_size"), seed=config["seed"])
-        loaders[split] = DataLoader(_encode(tokenizer, frame, config["max_length"]),
-                                    batch_size=config["batch_size"], shuffle=split == "train",
+        items = _encode(tokenizer, frame, config["max_length"])
+        sampler = EpochShardSampler(len(items), config["seed"], rank, world, shuffle=split == "train")
+        loaders[split] = DataLoader(items, batch_size=config["batch_size"] // world, sampler=sampler,
                                     collate_fn=collate)
     return loaders
 
@@ -67,7 +71,9 @@ def build_model(config: dict):
     """Encoder + fresh 3-way head, then the arm's strategy. Deterministic from the config, so
     a resumed trial rebuilds the same structure (same pruned heads) before loading weights."""
     seed_everything(config["seed"])
-    model = load_sequence_classifier(config["model_path"], num_labels=len(LABELS))
+    dropout = config.get("dropout")  # None: the model's own
+    overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    model = load_sequence_classifier(config["model_path"], num_labels=len(LABELS), **overrides)
     info = apply_strategy(model, config["strategy"], layers=config.get("layers", 9),
                           prune_fraction=config.get("prune_fraction", 0.5), seed=config["seed"])
     return model, info
@@ -85,10 +91,23 @@ def run_name(config: dict) -> str:
 
 
 def train(config: dict, tracking: TrackingContext | None = None) -> None:
+    """The Tune trainable. With workers_per_trial > 1 the trial runs data-parallel on Ray Train."""
+    if int(config.get("workers_per_trial", 1)) > 1:
+        run_data_parallel(_train_rank, config, tracking)
+    else:
+        _train(config, tracking)
+
+
+def _train_rank(loop_config: dict) -> None:
+    _train(loop_config["config"], loop_config["tracking"], TrainSession(loop_config["trial_id"]))
+
+
+def _train(config: dict, tracking: TrackingContext | None, session=None) -> None:
     from transformers import get_linear_schedule_with_warmup
 
+    rank, world = distributed_rank()
     tokenizer = load_tokenizer(config["model_path"])
-    loaders = build_loaders(config, tokenizer)
+    loaders = build_loaders(config, tokenizer, rank, world)
     model, info = build_model(config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
@@ -102,7 +121,7 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
               "random_init": str(bool(config.get("random_init"))).lower(),
               "dataset_fingerprint": dataset_fingerprint(config)},
     )
-    fit(config, setup, tracking, run_name(config))  # returns nothing: Tune would read it as a result
+    fit(config, setup, tracking, run_name(config), session)  # returns nothing: Tune would read it as a result
 
 
 def prepare(config: dict, opts) -> dict:

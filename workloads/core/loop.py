@@ -45,6 +45,125 @@ class TrainSetup:
     tags: dict = field(default_factory=dict)  # MLflow tags: arm, model id, dataset fingerprint…
 
 
+class EpochShardSampler(torch.utils.data.Sampler):
+    """One permutation per (seed, epoch), dealt round-robin to `world` ranks. A rank's k-th
+    batch of size B/world together with the other ranks' k-th batches is exactly the k-th
+    batch of size B that a single worker sees, so data-parallel training takes the same
+    steps as single-process training. Evaluation splits are sharded without shuffling."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+        self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "sampler", self.epoch))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        return iter(order[self.rank::self.world])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+class TuneSession:
+    """A trial that is one process: reports go straight to Tune."""
+
+    rank, world = 0, 1
+
+    def __init__(self):
+        self.trial_id = trial_id()
+
+    def get_checkpoint(self):
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+    def gather(self, obj) -> list:
+        return [obj]
+
+    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        return model.to(device)
+
+
+class TrainSession(TuneSession):
+    """One rank of a data-parallel trial run by Ray Train: rank 0 checkpoints and logs, every
+    rank reports (Train forwards rank 0's metrics to Tune), evaluation is gathered."""
+
+    def __init__(self, trial: str):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.trial_id = ctx.get_world_rank(), ctx.get_world_size(), trial
+
+    def get_checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir and self.rank == 0 else None)
+
+    def gather(self, obj) -> list:
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=device)
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) inside a Ray Train worker, else (0, 1): workloads shard data by it."""
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+    except Exception:
+        return 0, 1
+
+
+def run_data_parallel(worker_fn: Callable, config: dict, tracking: TrackingContext | None) -> None:
+    """Run `worker_fn({"config", "tracking", "trial_id"})` on config["workers_per_trial"] Ray
+    Train workers (DDP; gloo on CPU, NCCL on GPU) inside this Tune trial. Train restarts
+    failed workers from the latest checkpoint; a retried trial resumes from it too."""
+    from ray.train import FailureConfig as TrainFailureConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    n = int(config["workers_per_trial"])
+    gpus = float(config.get("gpus_per_worker", 0) or 0)
+    cpus = float(config.get("cpus_per_worker", 1) or 1)
+    tid = trial_id()
+    storage = tune.get_context().get_trial_dir()
+    name = f"data-parallel-{tid}"
+    latest = sorted(Path(storage, name).glob("checkpoint_*")) if "://" not in storage else []
+    trainer = TorchTrainer(
+        worker_fn,
+        train_loop_config={"config": config, "tracking": tracking, "trial_id": tid},
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=gpus > 0,
+                                     resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
+        run_config=TrainRunConfig(name=name, storage_path=storage, callbacks=[TuneReportCallback()],
+                                  failure_config=TrainFailureConfig(max_failures=int(config.get("worker_retries", 2)))),
+        resume_from_checkpoint=tune.Checkpoint(str(latest[-1])) if latest else None,
+    )
+    trainer.fit()
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -108,11 +227,14 @@ def _maybe_inject_fault(config: dict, epoch: int, batch_index: int) -> None:
     raise RuntimeError(f"injected fault at epoch {epoch}, batch {batch_index}")
 
 
-def run_epoch(setup: TrainSetup, loader: Iterable, device: torch.device, train: bool,
-              config: dict | None = None, epoch: int = 0) -> dict:
-    """One pass over a loader. Returns mean loss, accuracy, predictions and labels."""
-    model = setup.model
+def run_epoch(setup: TrainSetup, model: torch.nn.Module, loader: Iterable, device: torch.device, train: bool,
+              session: TuneSession, config: dict | None = None, epoch: int = 0) -> dict:
+    """One pass over this rank's shard of a loader; loss, accuracy and predictions are
+    gathered over all ranks. `model` may be the DDP wrapper of setup.model."""
     model.train(train)
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
     total_loss, n = 0.0, 0
     preds, labels = [], []
     with torch.set_grad_enabled(train):
@@ -131,10 +253,12 @@ def run_epoch(setup: TrainSetup, loader: Iterable, device: torch.device, train: 
                     setup.scheduler.step()
             total_loss += float(loss.detach()) * len(y)
             n += len(y)
-            preds.append(logits.detach().argmax(-1).cpu())
-            labels.append(y.detach().cpu())
-    y_pred = torch.cat(preds).tolist() if preds else []
-    y_true = torch.cat(labels).tolist() if labels else []
+            preds.extend(logits.detach().argmax(-1).cpu().tolist())
+            labels.extend(y.detach().cpu().tolist())
+    shards = session.gather((total_loss, n, labels, preds))
+    total_loss, n = sum(s[0] for s in shards), sum(s[1] for s in shards)
+    y_true = [v for s in shards for v in s[2]]
+    y_pred = [v for s in shards for v in s[3]]
     acc = sum(int(a == b) for a, b in zip(y_true, y_pred)) / max(n, 1)
     return {"loss": total_loss / max(n, 1), "acc": acc, "y_true": y_true, "y_pred": y_pred}
 
@@ -188,8 +312,11 @@ def trial_id() -> str:
         return "local"
 
 
-def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_name: str) -> dict:
-    """Train for setup.epochs, reporting every epoch to Tune (with a checkpoint) and MLflow."""
+def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_name: str,
+        session: TuneSession | None = None) -> dict:
+    """Train for setup.epochs, reporting every epoch to Tune (with a checkpoint) and MLflow.
+    With a TrainSession it runs as one rank of a data-parallel trial."""
+    session = session or TuneSession()
     device = pick_device()
     threads = configure_threads()
     setup.model.to(device)
@@ -199,28 +326,30 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             **setup.info}
 
     state = {"epoch": 0, "history": [], "best": None}
-    checkpoint = tune.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = _load_checkpoint(setup, d, device)
     resumed_from = state["epoch"]  # 0 for a fresh start; > 0 when a retry or --resume continued
 
     art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
-    run = (TrialRun(tracking, trial_id(), run_name, {**config, **info}, {**setup.tags, **where}, art_dir)
-           if tracking else None)
+    model = session.prepare_model(setup.model, device)  # DDP wrapper in a data-parallel trial
+    run = (TrialRun(tracking, session.trial_id, run_name, {**config, **info, "world_size": session.world},
+                    {**setup.tags, **where}, art_dir)
+           if tracking and session.rank == 0 else None)
 
     for epoch in range(state["epoch"] + 1, setup.epochs + 1):
         seed_everything(derive_seed(int(config.get("seed", 0)), "epoch", epoch))
         timings = {}
         t = time.perf_counter()
-        tr = run_epoch(setup, setup.loaders["train"], device, train=True, config=config, epoch=epoch)
+        tr = run_epoch(setup, model, setup.loaders["train"], device, True, session, config=config, epoch=epoch)
         timings["time_train_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        va = run_epoch(setup, setup.loaders["val"], device, train=False)
+        va = run_epoch(setup, model, setup.loaders["val"], device, False, session)
         val = classification_metrics(va["y_true"], va["y_pred"], setup.class_names)
         improved = state["best"] is None or val["acc"] > state["best"]["val_acc"]
         if improved:
-            te = run_epoch(setup, setup.loaders["test"], device, train=False)
+            te = run_epoch(setup, model, setup.loaders["test"], device, False, session)
             test = classification_metrics(te["y_true"], te["y_pred"], setup.class_names)
             state["best"] = {
                 "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
@@ -268,7 +397,8 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
 
         t = time.perf_counter()
         with tempfile.TemporaryDirectory() as ckpt_dir:
-            _save_checkpoint(setup, state, ckpt_dir)
+            if session.rank == 0:
+                _save_checkpoint(setup, state, ckpt_dir)
             timings["time_checkpoint_s"] = time.perf_counter() - t
-            tune.report({**metrics, **timings, **placed}, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+            session.report({**metrics, **timings, **placed}, ckpt_dir if session.rank == 0 else None)
     return state

@@ -121,15 +121,16 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=os.path.isdir(path))
 
 
-def load_sequence_classifier(path: str, num_labels: int):
-    """A pretrained encoder with a fresh classification head; safetensors only, no remote code."""
+def load_sequence_classifier(path: str, num_labels: int, **config_overrides):
+    """A pretrained encoder with a fresh classification head; safetensors only, no remote code.
+    `config_overrides` (dropout rates, say) replace values of the model's config."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected here
     return AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=num_labels, use_safetensors=True, trust_remote_code=False,
-        local_files_only=os.path.isdir(path))
+        local_files_only=os.path.isdir(path), **config_overrides)
 
 
 def make_tiny_bert(out_dir: str | os.PathLike, texts: list[str], *, layers: int = 4, hidden: int = 64,
