@@ -20,6 +20,7 @@ from sweeps.runner import main
 
 ARMS = ["full", "freeze_first_9", "keep_first_9"]
 EPOCHS = 4
+KILLED_ARM = "full"  # its worker is SIGKILLed; another arm's node is removed
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,8 @@ def _remove_node_mid_trial(cluster, workers, exp_dir: Path, removed: dict, stop:
             if not rows:
                 continue
             last = rows[-1]
+            if last["config"]["arm"] == KILLED_ARM:  # the other fault's target
+                continue
             if last.get("epoch") == 1 and last.get("node_id") in by_id and not last.get("done"):
                 node = by_id[last["node_id"]]
                 cluster.remove_node(node)
@@ -66,7 +69,7 @@ def test_sweep_on_simulated_cluster_survives_killed_worker_and_lost_node(sim_clu
     storage = tmp_path / "shared"
     storage.mkdir()
     exp_dir = storage / "sim"
-    fault = {"epoch": 2, "batch": 1, "kind": "kill", "marker": str(tmp_path / "killed")}
+    fault = {"epoch": 2, "batch": 1, "kind": "kill", "arm": KILLED_ARM, "marker": str(tmp_path / "killed")}
     removed: dict = {}
     stop = threading.Event()
     remover = threading.Thread(target=_remove_node_mid_trial, args=(cluster, workers, exp_dir, removed, stop),
@@ -110,7 +113,9 @@ def test_sweep_on_simulated_cluster_survives_killed_worker_and_lost_node(sim_clu
     children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3 and len({c.data.tags["trial_id"] for c in children}) == 3, "no duplicated run"
     failures = {c.data.tags["trial_id"]: int(c.data.tags["num_failures"]) for c in children}
-    assert sum(failures.values()) >= 2 and failures[removed["trial"]] >= 1
+    killed = table.loc[table["arm"] == KILLED_ARM, "trial"].item()
+    assert removed["trial"] != killed
+    assert failures[killed] >= 1 and failures[removed["trial"]] >= 1
     epochs_lost = 0
     for child in children:
         assert child.info.status == "FINISHED"

@@ -217,6 +217,8 @@ def _maybe_inject_fault(config: dict, epoch: int, batch_index: int) -> None:
     fault = config.get("inject_fault")
     if not fault or epoch != fault["epoch"] or batch_index != fault.get("batch", 1):
         return
+    if fault.get("arm") and config.get("arm") != fault["arm"]:  # aim at one arm's trials
+        return
     marker = Path(fault["marker"])
     if marker.exists():
         return
