@@ -442,10 +442,10 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         port = state.get("mlflow_port")
         server = MlflowServer(home / "mlflow", port=port if port and port_free(port) else None).start()
     timings = {}
-    t = time.perf_counter()
-    _init_ray(opts.address)
-    timings["ray_init_s"] = time.perf_counter() - t
     try:
+        t = time.perf_counter()
+        _init_ray(opts.address)
+        timings["ray_init_s"] = time.perf_counter() - t
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         if not opts.resume:  # data checks and model resolution overlap the MLflow server's boot
             t = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -403,4 +404,6 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 _save_checkpoint(setup, state, ckpt_dir)
             timings["time_checkpoint_s"] = time.perf_counter() - t
             session.report({**metrics, **timings, **placed}, ckpt_dir if session.rank == 0 else None)
+    if run is None or not run.pending_artifacts:
+        shutil.rmtree(art_dir, ignore_errors=True)
     return state
