@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
+from workloads.core.loop import _save_unlogged
 from workloads.core.tracking import MlflowServer, TrackingContext, TrialRun, free_port
 
 EPOCHS = 5
@@ -74,3 +75,7 @@ def test_an_unrecoverable_outage_is_reported_not_hidden(tmp_path):
     assert time.monotonic() - start < 60, "fails fast instead of retrying for minutes"
     assert run.unlogged(history) == [1, 2] and run.failures >= 2
     assert "Connection" in run.last_error or "connect" in run.last_error.lower()
+
+    _save_unlogged(run, history)  # outside a Tune trial it lands beside the trial's artifacts
+    saved = json.loads((tmp_path / "mlflow_unlogged.json").read_text())
+    assert [h["epoch"] for h in saved["epochs"]] == [1, 2] and saved["error"] == run.last_error

@@ -297,7 +297,7 @@ def _write(directory: str, name: str, text: str) -> str:
 def _save_unlogged(run: TrialRun, history: list) -> None:
     """MLflow stayed unreachable past the patience: keep what it lacks beside the trial."""
     try:
-        directory = tune.get_context().get_trial_dir()
+        directory = tune.get_context().get_trial_dir() or run.artifact_dir  # None outside a trial
     except Exception:
         directory = run.artifact_dir
     path = os.path.join(directory, "mlflow_unlogged.json")
@@ -404,6 +404,6 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 _save_checkpoint(setup, state, ckpt_dir)
             timings["time_checkpoint_s"] = time.perf_counter() - t
             session.report({**metrics, **timings, **placed}, ckpt_dir if session.rank == 0 else None)
-    if run is None or not run.pending_artifacts:
-        shutil.rmtree(art_dir, ignore_errors=True)
+    if run is None or not (run.pending_artifacts or run.unlogged(state["history"])):
+        shutil.rmtree(art_dir, ignore_errors=True)  # kept while it holds what MLflow still lacks
     return state
