@@ -1,12 +1,14 @@
 """Classification metrics and the pictures people read instead of tables."""
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # trials run headless on Ray workers
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
@@ -33,7 +35,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     cm = np.asarray(confusion, dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.7 * n))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.8 * n), max(3.8, 1.2 + 0.7 * n)))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
@@ -43,7 +45,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 48), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -61,6 +63,7 @@ def plot_learning_curves(history: Sequence[dict], title: str, path: str) -> str:
     ax_acc.set_title("accuracy")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
