@@ -19,6 +19,7 @@ STUDY = Study(
     description=__doc__,
     trainable=bert_nli.train,
     prepare=bert_nli.prepare,
+    describe=bert_nli.describe,
     arms={
         "full": {"strategy": "full"},
         "freeze_first_9": {"strategy": "freeze_first", "layers": 9},

@@ -16,6 +16,7 @@ STUDY = Study(
     description=__doc__,
     trainable=FREEZING.trainable,
     prepare=FREEZING.prepare,
+    describe=FREEZING.describe,
     arms={f"prune_{int(f * 100)}": {"strategy": "prune_heads", "prune_fraction": f} for f in (0.0, 0.25, 0.5, 0.75)},
     space={"lr": tune.loguniform(1e-5, 1e-4)},
     defaults=FREEZING.defaults,

@@ -50,6 +50,7 @@ class Study:
     smoke: dict = field(default_factory=dict)  # overrides for --smoke: tiny data and model
     cpu_subset: dict = field(default_factory=dict)  # overrides on a machine with no GPU, unless --full-data
     prepare: Callable | None = None  # (config, opts) → config: resolve models/data once, in the driver
+    describe: Callable | None = None  # config → {artifact name: text}: the data report, on the parent run
     table_columns: list = field(default_factory=list)  # config keys shown in the results table
     description: str = ""
 
@@ -484,6 +485,10 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             tracking = start_parent_run(uri, experiment, name, sweep_params,
                                         {**tags, "random_init": str(bool(base.get("random_init"))).lower(),
                                          "model_id": base.get("model_id", "")})
+            if study.describe is not None:
+                for artifact, text in study.describe(base).items():
+                    print(text)
+                    MlflowClient(uri).log_text(tracking.parent_run_id, text, artifact)
             state = {"study": study.name, "experiment": experiment, "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
                      "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
                      "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": samples}

@@ -66,7 +66,11 @@ def test_parent_run_holds_the_sweep(sweep):
     assert parent.data.tags["study"] == "bert_freezing" and parent.data.tags["random_init"] == "true"
     assert parent.data.params["seed"] == "42" and "optuna_seed.full" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"table.csv", "table.md", "arms.png"} <= artifacts
+    assert {"table.csv", "table.md", "arms.png", "dataset_report.md"} <= artifacts
+    report = client.download_artifacts(parent.info.run_id, "dataset_report.md", str(sweep["tmp"]))
+    text = open(report).read()
+    assert "| train | 96 | 32 | 32 | 32 |" in text and "| val | 48 |" in text  # class distribution
+    assert "tokens (median / p95)" in text
 
 
 def test_one_child_run_per_trial_with_params_metrics_and_artifacts(sweep):

@@ -124,6 +124,30 @@ def _train(config: dict, tracking: TrackingContext | None, session=None) -> None
     fit(config, setup, tracking, run_name(config), session)  # returns nothing: Tune would read it as a result
 
 
+def describe(config: dict) -> dict:
+    """S3 asks for the class distribution and the sentence lengths in tokens (of this model's
+    tokenizer), per split, for the data the trials actually use."""
+    import numpy as np
+
+    manifest = _manifest(config.get("data_dir"))
+    tokenizer = load_tokenizer(config["model_path"])
+    lines = [f"# FarsTail as used: {dataset_fingerprint(config)}, tokenizer of {config['model_id']}", "",
+             "| split | pairs | e | c | n | premise tokens (median / p95) | hypothesis tokens (median / p95) "
+             f"| pairs longer than max_length={config['max_length']} |", "|---|---|---|---|---|---|---|---|"]
+    for split in ("train", "val", "test"):
+        frame = stratified_subset(manifest.split(split), config.get(f"{split}_size"), seed=config["seed"])
+        counts = frame["label"].value_counts()
+        premise = np.array([len(x) for x in tokenizer(list(frame["text"]), add_special_tokens=False)["input_ids"]])
+        hypo = np.array([len(x) for x in tokenizer(list(frame["text_b"]), add_special_tokens=False)["input_ids"]])
+        over = float(np.mean(premise + hypo + 3 > config["max_length"]))
+        lines.append(f"| {split} | {len(frame)} | {counts.get('e', 0)} | {counts.get('c', 0)} | {counts.get('n', 0)} "
+                     f"| {np.median(premise):.0f} / {np.percentile(premise, 95):.0f} "
+                     f"| {np.median(hypo):.0f} / {np.percentile(hypo, 95):.0f} | {over:.0%} |")
+    if len(manifest.problems):
+        lines += ["", f"{len(manifest.problems)} rows skipped:", "", manifest.problems.to_markdown(index=False)]
+    return {"dataset_report.md": "\n".join(lines) + "\n"}
+
+
 def prepare(config: dict, opts) -> dict:
     """Driver-side, once per sweep: check the data (fail fast, report bad rows) and decide the
     model. --smoke builds a tiny random BERT over FarsTail's characters; otherwise the study's
