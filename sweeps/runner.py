@@ -27,8 +27,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from workloads.core.seeding import derive_seed
-from workloads.core.tracking import (MlflowServer, TrackingContext, find_child_run, git_commit, port_free,
-                                     start_parent_run)
+from workloads.core.tracking import (MlflowServer, TrackingContext, fail_fast_requests, find_child_run, git_commit,
+                                     port_free, start_parent_run)
 
 STATE_FILE = "emosweep.json"  # beside Tune's own state in the experiment folder
 RESULT_COLUMNS = ["epochs_done", "best_epoch", "best_val_acc", "test_acc", "test_macro_f1",
@@ -417,9 +417,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
     """Run (or resume) one sweep of `study`; returns the results table."""
     # Short epochs checkpoint often by design; Tune's warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # MLflow's client retries a dead server for minutes by default; the driver's own calls
-    # (parent run, closing child runs) should fail in seconds and say so.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    fail_fast_requests()  # the driver's own MLflow calls fail in seconds and say so
     import ray
     from mlflow.tracking import MlflowClient
 

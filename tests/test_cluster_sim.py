@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlflow_runs import child_runs
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
 
@@ -109,8 +110,7 @@ def test_sweep_on_simulated_cluster_survives_killed_worker_and_lost_node(sim_clu
     assert any(r["resumed_from_epoch"] >= 1 for r in moved), "continued from its checkpoint"
 
     client = MlflowClient(mlflow_server.uri)
-    exp = client.get_experiment_by_name("test-sim-cluster")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    children = child_runs(client, "test-sim-cluster")
     assert len(children) == 3 and len({c.data.tags["trial_id"] for c in children}) == 3, "no duplicated run"
     failures = {c.data.tags["trial_id"]: int(c.data.tags["num_failures"]) for c in children}
     killed = table.loc[table["arm"] == KILLED_ARM, "trial"].item()

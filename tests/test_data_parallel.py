@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
+from mlflow_runs import child_runs
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
 
@@ -13,8 +14,7 @@ KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
 
 
 def _curves(client, experiment: str) -> tuple[dict, dict]:
-    exp = client.get_experiment_by_name(experiment)
-    (child,) = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    (child,) = child_runs(client, experiment)
     curves = {k: [m.value for m in sorted(client.get_metric_history(child.info.run_id, k), key=lambda m: m.step)]
               for k in KEYS}
     return curves, child.data.params

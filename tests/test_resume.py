@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_runs import child_runs, sweep_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = "full,keep_first_9,prune_heads_50"
@@ -22,10 +23,6 @@ ARMS = "full,keep_first_9,prune_heads_50"
 def _driver(args, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "bert_freezing.py"), *args],
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
-
-
-def _children(client, exp_id):
-    return [r for r in client.search_runs([exp_id]) if "mlflow.parentRunId" in r.data.tags]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
@@ -41,9 +38,7 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
     deadline = time.monotonic() + 240
     finished = []
     while time.monotonic() < deadline and first.poll() is None:
-        exp = client.get_experiment_by_name(experiment)
-        finished = [r for r in _children(client, exp.experiment_id)] if exp else []
-        finished = [r for r in finished if r.info.status == "FINISHED"]
+        finished = [r for r in child_runs(client, experiment) if r.info.status == "FINISHED"]
         if finished:
             break
         time.sleep(0.5)
@@ -51,8 +46,7 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
     first.send_signal(sig)
     assert first.wait(timeout=120) is not None
 
-    exp_id = client.get_experiment_by_name(experiment).experiment_id
-    done_before = {r.data.tags["trial_id"]: r for r in _children(client, exp_id) if r.info.status == "FINISHED"}
+    done_before = {r.data.tags["trial_id"]: r for r in child_runs(client, experiment) if r.info.status == "FINISHED"}
     assert 1 <= len(done_before) < 3, "the interruption must leave unfinished trials"
     exp_dir = tmp_path / "resume-me"
     rows_before = {t: len((exp_dir / t / "result.json").read_text().splitlines()) for t in done_before}
@@ -60,7 +54,7 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
     second = _driver(["--resume", "resume-me", *common], log)
     assert second.wait(timeout=400) == 0, log.read_text()[-4000:]
 
-    children = _children(client, exp_id)
+    parents, children = sweep_runs(client, experiment)
     assert len(children) == 3, "one MLflow run per trial, none duplicated"
     assert len({c.data.tags["trial_id"] for c in children}) == 3
     assert all(c.info.status == "FINISHED" for c in children)
@@ -71,7 +65,6 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
         assert len((exp_dir / trial_id / "result.json").read_text().splitlines()) == rows_before[trial_id]
         after = client.get_run(run_before.info.run_id)
         assert after.info.end_time == run_before.info.end_time
-    parents = [r for r in client.search_runs([exp_id]) if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     table = (exp_dir / "results.csv").read_text().splitlines()
     assert len(table) == 4  # header + 3 trials

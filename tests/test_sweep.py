@@ -9,6 +9,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlflow_runs import sweep_runs
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
 
@@ -26,10 +27,7 @@ def sweep(ray_cluster, mlflow_server, tmp_path_factory):
         "--set", f"inject_fault={json.dumps(fault)}", "--verbose", "0",
     ])
     client = MlflowClient(mlflow_server.uri)
-    exp = client.get_experiment_by_name("test-sweep")
-    runs = client.search_runs([exp.experiment_id])
-    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parent, children = sweep_runs(client, "test-sweep")
     return {"table": table, "client": client, "parent": parent, "children": children, "tmp": tmp, "fault": fault}
 
 

@@ -8,6 +8,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
+from mlflow_runs import child_runs
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
 from workloads.core.loop import _save_unlogged
@@ -21,8 +22,7 @@ def _outage(server: MlflowServer, down_s: float, log: dict) -> None:
     on the same port and database."""
     client = MlflowClient(server.uri)
     while True:
-        exp = client.get_experiment_by_name("test-outage")
-        runs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags] if exp else []
+        runs = child_runs(client, "test-outage")
         if runs and client.get_metric_history(runs[0].info.run_id, "val_loss"):
             break
         time.sleep(0.2)
@@ -54,8 +54,7 @@ def test_trials_train_through_an_outage_and_nothing_is_lost(ray_cluster, tmp_pat
         assert during, "training went on while MLflow was down"
 
         client = MlflowClient(server.uri)
-        exp = client.get_experiment_by_name("test-outage")
-        (child,) = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+        (child,) = child_runs(client, "test-outage")
         assert child.info.status == "FINISHED"
         for key in ("train_loss", "val_loss", "val_acc"):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]

@@ -154,7 +154,7 @@ def prepare(config: dict, opts) -> dict:
     default (ParsBERT) or --model is resolved, falling back to the packaged offline model."""
     from .models.encoders import make_tiny_bert, resolve_model
 
-    manifest = read_farstail(config.get("data_dir"))
+    manifest = _manifest(config.get("data_dir"))  # cached: describe() and trials' fingerprint reuse it
     if len(manifest.problems):
         print(f"[emosweep] {len(manifest.problems)} FarsTail rows skipped:\n"
               f"{manifest.problems.to_string(max_rows=20)}")

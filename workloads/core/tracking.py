@@ -7,7 +7,6 @@ runner starts it when no --tracking-uri is given; on a cluster the head node run
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -18,12 +17,21 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 # Tag keys are plain words so that they read well as columns in the MLflow UI.
 TAG_TRIAL_ID = "trial_id"
 TAG_PARENT = "mlflow.parentRunId"
+
+
+def fail_fast_requests() -> None:
+    """MLflow's client retries an unreachable server for minutes by default. Emosweep's callers
+    (the driver, every trial) retry on their own schedule instead, so each request gives up in
+    seconds. Applies to this process; Ray workers started after it inherit the setting."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
 def free_port() -> int:
@@ -195,10 +203,7 @@ class TrialRun:
 
     def __init__(self, ctx: TrackingContext, trial_id: str, run_name: str, params: dict, tags: dict,
                  artifact_dir: str):
-        # Fail fast per request; the next sync retries. Only this process is affected.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        fail_fast_requests()  # the next sync retries
         self.ctx, self.trial_id, self.run_name = ctx, trial_id, run_name
         self.params, self.tags = params, tags
         self.client = MlflowClient(ctx.uri)
