@@ -26,6 +26,7 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from workloads.core.paths import emosweep_home
 from workloads.core.seeding import derive_seed
 from workloads.core.tracking import (MlflowServer, TrackingContext, fail_fast_requests, find_child_run, git_commit,
                                      port_free, start_parent_run)
@@ -162,10 +163,6 @@ def trial_name(trial) -> str:
 
 
 # ----------------------------------------------------------------------------- options
-
-def emosweep_home() -> Path:
-    return Path(os.environ.get("EMOSWEEP_HOME", Path.home() / "emosweep")).expanduser()
-
 
 def build_parser(study: Study) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=study.name, description=study.description,

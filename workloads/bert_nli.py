@@ -160,7 +160,7 @@ def prepare(config: dict, opts) -> dict:
               f"{manifest.problems.to_string(max_rows=20)}")
     config = dict(config)
     if getattr(opts, "smoke", False) and not getattr(opts, "model", None):
-        from sweeps.runner import emosweep_home
+        from workloads.core.paths import emosweep_home
 
         texts = list(manifest.items["text"].head(2000)) + list(manifest.items["text_b"].head(2000))
         path = make_tiny_bert(emosweep_home() / "models" / f"tiny-bert-farstail-s{config['seed']}", texts,

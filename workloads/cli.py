@@ -2,6 +2,8 @@
 
     emosweep studies                 list the runnable studies
     emosweep run STUDY [flags]       run one (the same flags as python sweeps/STUDY.py)
+    emosweep data prepare CORPUS --root DIR --features STAGE [STAGE ...]
+                                     decode a corpus and cache its features (Ray Data)
 """
 from __future__ import annotations
 
@@ -33,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("studies", help="list the runnable studies")
     run = sub.add_parser("run", help="run a study (pass --help after the name for its flags)", add_help=False)
     run.add_argument("study")
+    data = sub.add_parser("data", help="corpus readers, feature extraction and the cache")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    add_prepare_parser(data_sub)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "data":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return data_prepare(args)
 
     studies = discover_studies()
     if args.command == "studies":
@@ -47,6 +56,84 @@ def main(argv: list[str] | None = None) -> int:
     from sweeps.runner import main as run_main
 
     run_main(studies[args.study][1], rest)
+    return 0
+
+
+def _param(text: str):
+    """stage.key=value → (stage, key, value); value parsed as JSON when it can be."""
+    import json
+
+    try:
+        target, value = text.split("=", 1)
+        stage, key = target.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STAGE.KEY=VALUE, got {text!r}") from None
+    try:
+        value = json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    return stage, key, value
+
+
+def add_prepare_parser(sub) -> None:
+    from workloads.data.corpora import READERS
+    from workloads.data.features import STAGES
+
+    p = sub.add_parser("prepare", help="decode a corpus with FFmpeg on Ray Data and cache its features",
+                       description="Read CORPUS in its native layout, decode every file to mono at the "
+                                   "target rate, compute the feature stages and cache them as Parquet. "
+                                   "A second run with the same corpus and stages does no decoding; a run "
+                                   "cut short resumes.")
+    p.add_argument("corpus", choices=sorted(READERS))
+    p.add_argument("--root", required=True, help="the corpus folder in its native layout")
+    p.add_argument("--features", nargs="+", required=True, choices=sorted(STAGES), metavar="STAGE",
+                   help=f"one or more of: {', '.join(STAGES)}")
+    p.add_argument("--param", action="append", type=_param, default=[], metavar="STAGE.KEY=VALUE",
+                   help="override a stage parameter, e.g. waveform.seconds=5")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache root, a folder or a URI (default: $EMOSWEEP_HOME/cache)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (auto, or host:port)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unusable input instead of reporting it")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--shard-size", type=int, default=32, help="items per task and per cached shard")
+    p.add_argument("--split-seed", type=int, default=42,
+                   help="seed of the stratified train/val/test split for corpora without an official one")
+    p.add_argument("--by-speaker", action="store_true", help="speaker-independent split")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def data_prepare(args) -> int:
+    import ray
+
+    from workloads.data.corpora import read_corpus
+    from workloads.data.manifest import assign_splits
+    from workloads.data.pipeline import StrictModeError, prepare
+
+    try:
+        manifest = read_corpus(args.corpus, args.root)
+        manifest.items = assign_splits(manifest.items, seed=args.split_seed, by_speaker=args.by_speaker)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"emosweep data prepare: {e}", file=sys.stderr)
+        return 2
+    stages = {name: {} for name in args.features}
+    for stage, key, value in args.param:
+        if stage not in stages:
+            print(f"emosweep data prepare: --param {stage}.{key}: {stage} is not among --features", file=sys.stderr)
+            return 2
+        stages[stage][key] = value
+    print(manifest.summary())
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    try:
+        result = prepare(manifest, stages, cache_dir=args.cache_dir, strict=args.strict,
+                         sr=args.sample_rate, shard_size=args.shard_size, progress=not args.no_progress)
+    except StrictModeError as e:
+        print(f"emosweep data prepare --strict: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"emosweep data prepare: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
     return 0
 
 

@@ -5,15 +5,13 @@ Fields may be double-quoted with doubled inner quotes, and a quoted field may sp
 The data set itself (MIT licence) ships inside this package as the offline default."""
 from __future__ import annotations
 
-import csv
-import io
 import re
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest
+from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest, invalid_utf8, read_text_records
 
 LABELS = ["e", "c", "n"]
 LABEL_NAMES = ["entailment", "contradiction", "neutral"]
@@ -51,19 +49,15 @@ def read_farstail(root: str | Path | None = None) -> Manifest:
             f"Test-word.csv (tab-separated, header 'premise hypothesis label')")
     items, problems = [], []
     for split, path in files.items():
-        # surrogateescape keeps undecodable bytes visible so that row alone is reported.
-        text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quotechar='"')
-        header = next(reader, None)
+        records = read_text_records(path, delimiter="\t")
+        _, header = next(records, (0, None))
         if header is None or [h.strip() for h in header[:3]] != ["premise", "hypothesis", "label"]:
             raise ValueError(f"{path}: header must start with 'premise<TAB>hypothesis<TAB>label', got {header}")
-        start = 1
-        for row in reader:
-            line, start = start + 1, reader.line_num  # first physical line of this record
+        for line, row in records:
             reason = None
             if len(row) < 3:
                 reason = f"expected at least 3 tab-separated fields, got {len(row)}"
-            elif any("\udc80" <= ch <= "\udcff" for field in row for ch in field):
+            elif invalid_utf8(row):
                 reason = "not valid UTF-8"
             elif not row[0].strip() or not row[1].strip():
                 reason = "empty premise or hypothesis"
@@ -82,4 +76,5 @@ def read_farstail(root: str | Path | None = None) -> Manifest:
         items=pd.DataFrame(items, columns=ITEM_COLUMNS + ["text_b", "line"]),
         problems=pd.DataFrame(problems, columns=PROBLEM_COLUMNS),
         sources=[str(p) for p in files.values()],
+        classes=LABELS,
     )

@@ -2,9 +2,13 @@
 problems table for everything that could not be used (never a silent drop)."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,17 +22,29 @@ class Manifest:
     name: str
     items: pd.DataFrame  # ITEM_COLUMNS + corpus-specific columns
     problems: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROBLEM_COLUMNS))
-    sources: list = field(default_factory=list)  # files the manifest was read from
+    sources: list = field(default_factory=list)  # text files the manifest was read from
+    classes: list = field(default_factory=list)  # label order (class index = position)
 
     def fingerprint(self) -> str:
-        """Content hash of the source files: the same bytes give the same id on any machine."""
+        """Content hash: the same corpus gives the same id on any machine, wherever it lies.
+        Text sources (CSV/TSV) are hashed whole. Media files are hashed by name, size and
+        their first and last 4 KiB (reading every byte of a 10 GB corpus would cost more
+        than decoding it), together with each item's label and split."""
         h = hashlib.sha256(self.name.encode())
         for path in sorted(self.sources):
             h.update(os.path.basename(path).encode())
             with open(path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
+        media = self.items[self.items["path"].astype(bool) & ~self.items["path"].isin(self.sources)]
+        for uid, path, label, split in sorted(zip(media["uid"], media["path"], media["label"], media["split"])):
+            h.update(f"{uid}\0{os.path.basename(path)}\0{label}\0{split}\0".encode())
+            h.update(_file_sample(path))
         return h.hexdigest()[:12]
+
+    @property
+    def class_index(self) -> dict:
+        return {c: i for i, c in enumerate(self.classes or sorted(self.items["label"].unique()))}
 
     def split(self, name: str) -> pd.DataFrame:
         return self.items[self.items["split"] == name].reset_index(drop=True)
@@ -39,6 +55,75 @@ class Manifest:
         if len(self.problems):
             text += "\nproblems by reason:\n" + self.problems["reason"].value_counts().to_string()
         return text
+
+
+def _file_sample(path: str, edge: int = 4096) -> bytes:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(edge)
+        if size > 2 * edge:
+            f.seek(-edge, os.SEEK_END)
+        return str(size).encode() + head + f.read(edge)
+
+
+def read_text_records(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(first physical line, fields) for every record of a delimited UTF-8 text file, quoted
+    fields spanning lines included. Undecodable bytes are kept as surrogates (see
+    `invalid_utf8`) so that one bad row is reported on its own instead of failing the file."""
+    text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"')
+    start = 0
+    for row in reader:
+        line, start = start + 1, reader.line_num
+        yield line, row
+
+
+def invalid_utf8(fields) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for field in fields for ch in field)
+
+
+SPLITS = ("train", "val", "test")
+
+
+def assign_splits(items: pd.DataFrame, seed: int, fractions=(0.8, 0.1, 0.1),
+                  by_speaker: bool = False, label: str = "label") -> pd.DataFrame:
+    """train/val/test for every row whose split is empty, from a seed.
+    Default: stratified per class (class proportions preserved, cut points rounded).
+    by_speaker: speaker-independent (no speaker in two splits) with sklearn's
+    StratifiedGroupKFold, keeping class proportions as close as the speakers allow."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    items = items.copy()
+    todo = items.index[items["split"].fillna("") == ""]
+    if len(todo) == 0:
+        return items
+    rng = np.random.default_rng(seed)
+    if not by_speaker:
+        for cls in sorted(items.loc[todo, label].unique()):
+            idx = rng.permutation(todo[items.loc[todo, label] == cls])
+            cuts = np.round(np.cumsum(fractions) * len(idx)).astype(int)
+            for name, part in zip(SPLITS, np.split(idx, cuts[:2])):
+                items.loc[part, "split"] = name
+        return items
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = items.loc[todo, "speaker"].fillna("").astype(str)
+    if (groups == "").any():
+        raise ValueError("speaker-independent split needs a speaker for every item; some are empty")
+    n_speakers = groups.nunique()
+    folds = min(10, n_speakers)
+    if n_speakers < 3:
+        raise ValueError(f"speaker-independent split needs at least 3 speakers, found {n_speakers}")
+    per_split = np.maximum(np.round(np.array(fractions) * folds).astype(int), [1 if f > 0 else 0 for f in fractions])
+    per_split[0] = folds - per_split[1:].sum()
+    if per_split[0] < 1:
+        raise ValueError(f"{n_speakers} speakers cannot make a speaker-independent {fractions} split")
+    fold_split = np.repeat(["test", "val", "train"], per_split[::-1])
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    labels = items.loc[todo, label].astype(str).to_numpy()
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(todo)), labels, groups.to_numpy())):
+        items.loc[todo[held], "split"] = fold_split[fold]
+    return items
 
 
 def stratified_subset(df: pd.DataFrame, n: int | None, seed: int, label: str = "label") -> pd.DataFrame:

@@ -1,0 +1,66 @@
+"""Decoding through FFmpeg's libraries (PyAV wheel, no system install): any container
+(mp4 with video, wav, flac, ogg, mp3; any channel count and rate) → mono float32 at the
+target rate, resampled and down-mixed by FFmpeg's swresample."""
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+
+TARGET_SR = 16000
+SILENCE_PEAK = 1e-4  # below this peak amplitude a clip carries no usable signal
+
+
+class MediaError(ValueError):
+    """A file that cannot be used; `reason` is short and stable so errors group by it."""
+
+    def __init__(self, path: str, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = path, reason, detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = None,
+                 reject_silent: bool = True) -> np.ndarray:
+    """The first audio stream of `source` (file bytes or a path) as mono float32 at `sr`.
+    Raises MediaError with reason unreadable / no audio stream / corrupt audio / empty audio
+    / silent audio."""
+    name = name or (source if isinstance(source, str) else "<bytes>")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise MediaError(name, "unreadable", "empty file (0 bytes)")
+        source = io.BytesIO(source)
+    try:
+        container = av.open(source, mode="r")
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise MediaError(name, "unreadable", str(e)) from None
+    with container:
+        if not container.streams.audio:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+            raise MediaError(name, "no audio stream", f"streams: {kinds}")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        chunks = []
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as e:
+            raise MediaError(name, "corrupt audio", str(e)) from None
+    wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if wave.size == 0:
+        raise MediaError(name, "empty audio", "0 samples decoded")
+    if reject_silent and float(np.max(np.abs(wave))) < SILENCE_PEAK:
+        raise MediaError(name, "silent audio", f"peak amplitude < {SILENCE_PEAK:g}")
+    return wave
+
+
+def fit_length(wave: np.ndarray, n: int | None) -> np.ndarray:
+    """Clip to the first n samples, or zero-pad at the end to n (S1 and S4: 5 s)."""
+    if n is None:
+        return wave
+    if len(wave) >= n:
+        return wave[:n]
+    return np.pad(wave, (0, n - len(wave)))

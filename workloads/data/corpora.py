@@ -1,0 +1,237 @@
+"""Corpus readers: each corpus in its native layout → Manifest (items + problems).
+
+Media are found through one index of the whole tree (file name → paths), so nested
+folders, upper-case extensions and doubled suffixes such as `dia0_utt0.mp4.wav` are found
+wherever they sit. Anything that cannot be used goes to the problems table with its path
+and reason; nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest, invalid_utf8, read_text_records
+
+MEDIA_EXTENSIONS = (".wav", ".mp4", ".flac", ".ogg", ".mp3", ".m4a", ".mkv", ".avi", ".webm", ".opus", ".aac")
+
+
+def media_key(name: str) -> str:
+    """`Dia0_Utt0.MP4.wav` → `dia0_utt0`: lower case, every trailing media suffix removed."""
+    key = name.lower()
+    while True:
+        stem, ext = os.path.splitext(key)
+        if ext not in MEDIA_EXTENSIONS or not stem:
+            return key
+        key = stem
+
+
+def index_media(root: Path) -> dict[str, list[str]]:
+    """Every media file under root by media_key, in a stable order."""
+    index = defaultdict(list)
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if os.path.splitext(name.lower())[1] in MEDIA_EXTENSIONS:
+                index[media_key(name)].append(os.path.join(folder, name))
+    return index
+
+
+def _require_dir(root, corpus: str, expected: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{corpus}: folder not found: {root} (expected {expected})")
+    return root
+
+
+def _manifest(name, items, problems, classes, sources=()) -> Manifest:
+    columns = ITEM_COLUMNS + sorted({k for row in items for k in row} - set(ITEM_COLUMNS))
+    return Manifest(name=name, items=pd.DataFrame(items, columns=columns),
+                    problems=pd.DataFrame(problems, columns=PROBLEM_COLUMNS),
+                    sources=[str(s) for s in sources], classes=list(classes))
+
+
+# --- MELD -----------------------------------------------------------------------------
+MELD_LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
+MELD_SPLITS = {"train": ("train", "train"), "dev": ("val", "dev"), "test": ("test", "test")}
+MELD_COLUMNS = ["Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"]
+
+
+def _find_meld_csvs(root: Path) -> dict:
+    found = {}
+    for path in sorted(root.rglob("*.csv"), key=lambda p: (len(p.parts), str(p))):
+        for prefix in MELD_SPLITS:
+            if path.name.lower() == f"{prefix}_sent_emo.csv" and prefix not in found:
+                found[prefix] = path
+    return found
+
+
+def _pick_media(candidates: list[str], hint: str, root: Path) -> str | None:
+    """One file among same-named candidates: MELD reuses dia/utt ids across splits, so
+    prefer the one under a folder named for the split (train_splits, dev_splits_complete,
+    output_repeated_splits_test)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    matching = [c for c in candidates
+                if any(hint in part.lower() for part in Path(c).relative_to(root).parts[:-1])]
+    return matching[0] if len(matching) == 1 else None
+
+
+def read_meld(root, media_root=None, require_media: bool = True) -> Manifest:
+    """MELD: `{train,dev,test}_sent_emo.csv` anywhere under root, media
+    `dia{D}_utt{U}.mp4` anywhere under media_root (default: root). Official splits
+    (dev → val). require_media=False reads the transcripts alone (path left empty)."""
+    root = _require_dir(root, "MELD", "train/dev/test_sent_emo.csv and the mp4 folders")
+    csvs = _find_meld_csvs(root)
+    missing = [p for p in MELD_SPLITS if p not in csvs]
+    if missing:
+        raise FileNotFoundError(f"MELD: no {', '.join(f'{m}_sent_emo.csv' for m in missing)} under {root}")
+    media_root = Path(media_root) if media_root else root
+    index = index_media(media_root) if require_media else {}
+    items, problems = [], []
+    for prefix, (split, hint) in MELD_SPLITS.items():
+        path = csvs[prefix]
+        records = read_text_records(path, delimiter=",")
+        _, header = next(records, (0, []))
+        header = [h.strip() for h in header]
+        absent = [c for c in MELD_COLUMNS if c not in header]
+        if absent:
+            raise ValueError(f"{path}: missing column(s) {absent}; header is {header}")
+        col = {c: header.index(c) for c in MELD_COLUMNS}
+        for line, row in records:
+            if not any(f.strip() for f in row):
+                continue
+            reason, media = None, ""
+            if len(row) != len(header):
+                reason = f"expected {len(header)} fields, got {len(row)}"
+            elif invalid_utf8(row):
+                reason = "not valid UTF-8"
+            elif row[col["Emotion"]].strip().lower() not in MELD_LABELS:
+                reason = f"unknown label {row[col['Emotion']].strip()!r} (expected one of {MELD_LABELS})"
+            elif not (row[col["Dialogue_ID"]].strip().isdigit() and row[col["Utterance_ID"]].strip().isdigit()):
+                reason = "Dialogue_ID / Utterance_ID not integers"
+            name = f"dia{row[col['Dialogue_ID']].strip()}_utt{row[col['Utterance_ID']].strip()}" if len(row) == len(header) else ""
+            if reason is None and require_media:
+                candidates = index.get(name.lower(), [])
+                media = _pick_media(candidates, hint, media_root) if candidates else None
+                if not candidates:
+                    reason = f"media not found: {name}.mp4 (no file of that name under {media_root})"
+                elif media is None:
+                    reason = f"ambiguous media for {name}: {len(candidates)} files, none under a '{hint}' folder"
+            if reason:
+                problems.append({"path": str(path), "line": line, "reason": reason})
+                continue
+            items.append({"uid": f"{split}/{name}", "path": media, "label": row[col["Emotion"]].strip().lower(),
+                          "split": split, "speaker": row[col["Speaker"]].strip(),
+                          "text": row[col["Utterance"]].strip(), "csv_line": line})
+    return _manifest("meld", items, problems, MELD_LABELS, sources=csvs.values())
+
+
+# --- corpora labelled by file or folder name -------------------------------------------
+def _read_named(corpus: str, root, expected: str, classes, parse: Callable[[Path, Path], dict]) -> Manifest:
+    """Every media file under root; parse(path, root) → {label, speaker, ...} or raises
+    ValueError(reason) for a file that is not an item of this corpus."""
+    root = _require_dir(root, corpus, expected)
+    items, problems = [], []
+    for key, paths in sorted(index_media(root).items()):
+        for path in paths:
+            try:
+                fields = parse(Path(path), root)
+            except ValueError as e:
+                problems.append({"path": path, "line": 0, "reason": str(e)})
+                continue
+            uid = os.path.relpath(path, root)
+            items.append({"uid": uid, "path": path, "split": "", "text": "", **fields})
+    if not items and not problems:
+        raise FileNotFoundError(f"{corpus}: no media files under {root} (expected {expected})")
+    return _manifest(corpus, items, problems, classes)
+
+
+SHEMO_LABELS = {"A": "anger", "H": "happiness", "N": "neutral", "S": "sadness", "W": "surprise", "F": "fear"}
+EMODB_LABELS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness",
+                "N": "neutral"}
+GTZAN_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+
+
+def _letter_label(stem: str, position: int, table: dict, corpus: str) -> str:
+    if len(stem) <= position or stem[position].upper() not in table:
+        got = stem[position] if len(stem) > position else "nothing"
+        raise ValueError(f"unknown label {got!r} at character {position + 1} of the {corpus} file name "
+                         f"(expected one of {''.join(table)})")
+    return table[stem[position].upper()]
+
+
+def read_shemo(root) -> Manifest:
+    """ShEMO: `F01A01.wav` = gender, speaker number, emotion letter (4th character), index."""
+    def parse(path, root):
+        stem = media_key(path.name)
+        return {"label": _letter_label(stem.upper(), 3, SHEMO_LABELS, "ShEMO"), "speaker": stem[:3].upper()}
+    return _read_named("shemo", root, "files like F01A01.wav", list(SHEMO_LABELS.values()), parse)
+
+
+def read_emodb(root) -> Manifest:
+    """EmoDB (Berlin): `03a01Fa.wav` = speaker, text, version; emotion letter is the 6th character."""
+    def parse(path, root):
+        stem = media_key(path.name)
+        return {"label": _letter_label(stem.upper(), 5, EMODB_LABELS, "EmoDB"), "speaker": stem[:2]}
+    return _read_named("emodb", root, "files like 03a01Fa.wav", list(EMODB_LABELS.values()), parse)
+
+
+AUDIOMNIST_NAME = re.compile(r"^(\d)_(\d+)_(\d+)$")
+
+
+def read_audiomnist(root) -> Manifest:
+    """AudioMNIST: `{digit}_{speaker}_{index}.wav` in one folder per speaker."""
+    def parse(path, root):
+        m = AUDIOMNIST_NAME.match(media_key(path.name))
+        if not m:
+            raise ValueError("file name is not {digit}_{speaker}_{index}.wav")
+        return {"label": m.group(1), "speaker": m.group(2)}
+    return _read_named("audiomnist", root, "speaker folders of {digit}_{speaker}_{index}.wav",
+                       [str(d) for d in range(10)], parse)
+
+
+def _folder_label(path: Path, root: Path) -> str:
+    if path.parent == root:
+        raise ValueError("file at the corpus root; expected one folder per class")
+    return path.parent.name
+
+
+def read_gtzan(root) -> Manifest:
+    """GTZAN: one folder per genre (`genres_original/jazz/jazz.00054.wav`); root may be the
+    release's top folder (holding `genres_original/`) or the genre folders' parent."""
+    if (Path(root) / "genres_original").is_dir():
+        root = Path(root) / "genres_original"
+
+    def parse(path, root):
+        return {"label": _folder_label(path, root), "speaker": ""}
+    m = _read_named("gtzan", root, "one folder per genre", [], parse)
+    found = sorted(m.items["label"].unique())
+    m.classes = [g for g in GTZAN_GENRES if g in found] + [g for g in found if g not in GTZAN_GENRES]
+    return m
+
+
+def read_speakers(root) -> Manifest:
+    """Speaker identification: one folder per speaker of short clips; label = speaker."""
+    def parse(path, root):
+        name = _folder_label(path, root)
+        return {"label": name, "speaker": name}
+    m = _read_named("speakers", root, "one folder per speaker", [], parse)
+    m.classes = sorted(m.items["label"].unique())
+    return m
+
+
+READERS: dict[str, Callable[..., Manifest]] = {
+    "meld": read_meld, "shemo": read_shemo, "emodb": read_emodb,
+    "audiomnist": read_audiomnist, "gtzan": read_gtzan, "speakers": read_speakers,
+}
+
+
+def read_corpus(corpus: str, root, **kwargs) -> Manifest:
+    if corpus not in READERS:
+        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(READERS)}")
+    return READERS[corpus](root, **kwargs)

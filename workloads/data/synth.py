@@ -1,0 +1,413 @@
+"""Look-alike corpus generators: each corpus in its exact native layout, deterministic from
+a seed, with class-dependent signal a simple classifier can learn, and `--with-faults` to
+plant every kind of bad input the pipeline must report.
+
+    python -m workloads.data.synth <corpus> --out DIR --n N --seed S [--with-faults]
+
+Audio is a voiced, speech-like signal synthesized in numpy: a glottal harmonic series whose
+pitch level and range, syllable rate, loudness and spectral tilt depend on the class, and
+whose pitch, formant and loudness vary by speaker. Every generated folder holds
+`_synth.json`: the uids of the good items and each planted fault (kind, path, line), so
+tests can check that every good item is kept and every fault reported.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .corpora import EMODB_LABELS, GTZAN_GENRES, MELD_LABELS, SHEMO_LABELS
+
+MANIFEST_NAME = "_synth.json"
+
+
+# --- the voice ---------------------------------------------------------------------------
+@dataclass
+class Voice:
+    f0: float  # Hz
+    f0_range: float  # relative pitch excursion
+    rate: float  # syllables per second
+    loudness: float  # peak amplitude
+    tilt: float  # harmonic k has amplitude k^-tilt
+    formant: float = 600.0  # Hz, the speaker's first resonance
+
+
+def class_voices(n_classes: int, seed: int) -> list[Voice]:
+    """One prosodic profile per class, spread evenly over each dimension in a seeded order so
+    every pair of classes differs in several dimensions at once."""
+    rng = np.random.default_rng(seed)
+    grid = np.linspace(0.0, 1.0, n_classes) if n_classes > 1 else np.array([0.5])
+    p = [rng.permutation(grid) for _ in range(5)]
+    return [Voice(f0=100 + 160 * p[0][c], f0_range=0.05 + 0.35 * p[1][c], rate=2.0 + 5.0 * p[2][c],
+                  loudness=0.15 + 0.45 * p[3][c], tilt=0.6 + 1.6 * p[4][c]) for c in range(n_classes)]
+
+
+def speaker_traits(rng: np.random.Generator) -> dict:
+    return {"f0_scale": float(rng.lognormal(0, 0.08)), "formant": float(rng.uniform(450, 850)),
+            "gain": float(rng.lognormal(0, 0.1))}
+
+
+def synthesize(voice: Voice, speaker: dict, seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    from scipy.signal import lfilter
+
+    n = max(1, int(seconds * sr))
+    t = np.arange(n) / sr
+    f0 = voice.f0 * speaker["f0_scale"] * rng.lognormal(0, 0.04)
+    contour = f0 * (1 + voice.f0_range * np.sin(2 * np.pi * rng.uniform(0.3, 0.9) * t + rng.uniform(0, 6.3)))
+    contour *= 1 + 0.01 * rng.standard_normal(n).cumsum() / np.sqrt(n)  # slow jitter
+    phase = 2 * np.pi * np.cumsum(contour) / sr
+    harmonics = np.arange(1, int(0.45 * sr / contour.max()) + 1)[:40]
+    wave = (harmonics[:, None] ** -voice.tilt * np.sin(harmonics[:, None] * phase[None, :])).sum(0)
+    # a two-pole resonance at the speaker's first formant
+    r, theta = 0.97, 2 * np.pi * speaker["formant"] / sr
+    wave = 0.5 * wave + 0.5 * lfilter([1 - r], [1, -2 * r * np.cos(theta), r * r], wave)
+    syllables = 0.5 * (1 - np.cos(2 * np.pi * voice.rate * rng.uniform(0.9, 1.1) * t + rng.uniform(0, 6.3)))
+    wave = wave * syllables ** 1.5 + 0.01 * rng.standard_normal(n)
+    wave = wave / (np.abs(wave).max() + 1e-9) * voice.loudness * speaker["gain"]
+    return np.clip(wave, -0.99, 0.99).astype(np.float32)
+
+
+# --- writers -----------------------------------------------------------------------------
+def write_wav(path: Path, wave: np.ndarray, sr: int, channels: int = 1) -> None:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.repeat(wave[:, None], channels, axis=1) if channels > 1 else wave
+    sf.write(str(path), data, sr, subtype="PCM_16", format="WAV")
+
+
+def encode_media(path: Path, wave: np.ndarray | None, sr: int, container: str = "mp4",
+                 audio_codec: str = "aac", video: bool = True, channels: int = 2, seconds: float | None = None) -> None:
+    """A real container through FFmpeg (PyAV): optional small H.264 video track and an audio
+    track (AAC in mp4 by default; any codec the container takes)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seconds = seconds if seconds is not None else len(wave) / sr
+    with av.open(str(path), mode="w", format=container) as out:
+        vstream = astream = None
+        if video:
+            vstream = out.add_stream("libx264", rate=10, options={"preset": "ultrafast"})
+            vstream.width, vstream.height, vstream.pix_fmt = 64, 48, "yuv420p"
+        if wave is not None:
+            astream = out.add_stream(audio_codec, rate=sr)
+            astream.layout = "stereo" if channels == 2 else "mono"
+        if vstream is not None:
+            for i in range(max(1, int(seconds * 10))):
+                img = np.full((48, 64, 3), (i * 7) % 255, dtype=np.uint8)
+                for packet in vstream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+            for packet in vstream.encode():
+                out.mux(packet)
+        if astream is not None:
+            fmt = astream.codec_context.format.name
+            frame_size = astream.codec_context.frame_size or 1024
+            layout = astream.layout.name
+            pcm = np.repeat(wave[None, :], channels, axis=0).astype(np.float32)
+            for start in range(0, pcm.shape[1], frame_size):
+                chunk = np.ascontiguousarray(pcm[:, start:start + frame_size])
+                if fmt.endswith("p"):
+                    frame = av.AudioFrame.from_ndarray(chunk.astype(_np_dtype(fmt)), format=fmt, layout=layout)
+                else:
+                    frame = av.AudioFrame.from_ndarray(chunk.T.reshape(1, -1).astype(_np_dtype(fmt)),
+                                                       format=fmt, layout=layout)
+                frame.sample_rate = sr
+                frame.pts = start
+                for packet in astream.encode(frame):
+                    out.mux(packet)
+            for packet in astream.encode():
+                out.mux(packet)
+
+
+def _np_dtype(fmt: str):
+    base = fmt.rstrip("p")
+    return {"flt": np.float32, "dbl": np.float64, "s16": np.int16, "s32": np.int32}.get(base, np.float32) \
+        if base in ("flt", "dbl") else {"s16": np.int16, "s32": np.int32}[base]
+
+
+# --- faults ------------------------------------------------------------------------------
+class Faults:
+    """Plants bad inputs and records each one for the tests."""
+
+    def __init__(self, out: Path):
+        self.out, self.planted = out, []
+
+    def add(self, kind: str, path: Path, line: int = 0):
+        self.planted.append({"kind": kind, "path": str(path), "line": line})
+
+    def unreadable(self, path: Path, rng):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.bytes(2048))
+        self.add("unreadable", path)
+
+    def zero_bytes(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        self.add("unreadable", path)
+
+    def no_audio_stream(self, path: Path):
+        encode_media(path, None, 16000, video=True, seconds=1.0)
+        self.add("no audio stream", path)
+
+    def empty_audio(self, path: Path):
+        write_wav(path, np.zeros(0, np.float32), 16000)
+        self.add("empty audio", path)
+
+    def silent(self, path: Path, sr: int):
+        write_wav(path, np.zeros(sr, np.float32), sr)
+        self.add("silent audio", path)
+
+
+def _write_manifest(out: Path, corpus: str, seed: int, good: list, faults: Faults, **extra):
+    (out / MANIFEST_NAME).write_text(json.dumps(
+        {"corpus": corpus, "seed": seed, "good": sorted(good), "faults": faults.planted, **extra}, indent=1))
+
+
+def _class_sizes(n: int, weights) -> list[int]:
+    w = np.asarray(weights, dtype=float) / np.sum(weights)
+    sizes = np.maximum(1, np.floor(w * n)).astype(int)
+    for i in np.argsort(-(w * n - np.floor(w * n)))[: max(0, n - sizes.sum())]:
+        sizes[i] += 1
+    return sizes.tolist()
+
+
+def _uttered(rng, classes, weights, n):
+    labels = np.repeat(np.arange(len(classes)), _class_sizes(n, weights))[:n]
+    return rng.permutation(labels)
+
+
+# --- corpora -----------------------------------------------------------------------------
+def _file_corpus(out, seed, n, with_faults, corpus, classes, weights, n_speakers, sr, seconds,
+                 name_of, channels=1):
+    """Shared body of the corpora labelled by file/folder name: name_of(label_idx, speaker,
+    counter) → relative path. Returns the Faults for corpus-specific extras."""
+    rng = np.random.default_rng(seed)
+    voices = class_voices(len(classes), seed + 1)
+    speakers = [speaker_traits(rng) for _ in range(n_speakers)]
+    good, counters = [], {}
+    for i, c in enumerate(_uttered(rng, classes, weights, n)):
+        spk = i % n_speakers
+        k = counters[(c, spk)] = counters.get((c, spk), 0) + 1
+        rel = name_of(int(c), spk, k)
+        dur = rng.uniform(*seconds) if isinstance(seconds, tuple) else seconds
+        write_wav(out / rel, synthesize(voices[c], speakers[spk], dur, sr, rng), sr, channels)
+        good.append(rel)
+    faults = Faults(out)
+    if with_faults:
+        spare = lambda tag: name_of(0, 0, 900 + len(faults.planted) + tag)  # noqa: E731
+        faults.unreadable(out / spare(0), rng)
+        faults.zero_bytes(out / spare(0))
+        faults.no_audio_stream(out / spare(0))
+        faults.empty_audio(out / spare(0))
+        faults.silent(out / spare(0), sr)
+    return rng, good, faults
+
+
+def gen_shemo(out: Path, n: int, seed: int, with_faults: bool):
+    letters = list(SHEMO_LABELS)
+    # ShEMO is dominated by anger and neutral; fear is rare
+    weights = {"A": 1059, "H": 201, "N": 1028, "S": 449, "W": 225, "F": 38}
+    n_spk = max(4, min(87, n // 12))
+    genders = ["F" if s % 2 else "M" for s in range(n_spk)]
+
+    def name(c, spk, k):
+        g = genders[spk]
+        return f"{'female' if g == 'F' else 'male'}/{g}{spk + 1:02d}{letters[c]}{k:02d}.wav"
+    rng, good, faults = _file_corpus(out, seed, n, with_faults, "shemo", letters, [weights[x] for x in letters],
+                                     n_spk, 44100, (0.8, 2.0), name)
+    if with_faults:
+        write_wav(out / "female/F01X01.wav", synthesize(class_voices(6, 1)[0], speaker_traits(rng), 1.0, 44100, rng), 44100)
+        faults.add("unknown label", out / "female/F01X01.wav")
+    _write_manifest(out, "shemo", seed, good, faults)
+
+
+def gen_emodb(out: Path, n: int, seed: int, with_faults: bool):
+    letters = list(EMODB_LABELS)
+    weights = [127, 81, 46, 69, 71, 62, 79]  # W L E A F T N, as in EmoDB's 535 files
+    speakers = ["03", "08", "09", "10", "11", "12", "13", "14", "15", "16"]
+    texts = ["a01", "a02", "a04", "a05", "a07", "b01", "b02", "b03", "b09", "b10"]
+
+    def name(c, spk, k):
+        version = "abcdefghijklmnopqrstuvwxyz"[(k - 1) // len(texts) % 26]
+        return f"wav/{speakers[spk]}{texts[(k - 1) % len(texts)]}{letters[c]}{version}.wav" if k < 900 else \
+            f"wav/{speakers[spk]}x{k % 100:02d}{letters[c]}a.wav"  # planted faults: the label letter stays 6th
+    rng, good, faults = _file_corpus(out, seed, n, with_faults, "emodb", letters, weights, len(speakers), 16000,
+                                     (1.0, 2.5), name)
+    if with_faults:
+        write_wav(out / "wav/03a01Qa.wav", synthesize(class_voices(7, 1)[0], speaker_traits(rng), 1.0, 16000, rng), 16000)
+        faults.add("unknown label", out / "wav/03a01Qa.wav")
+    _write_manifest(out, "emodb", seed, good, faults)
+
+
+def gen_audiomnist(out: Path, n: int, seed: int, with_faults: bool):
+    n_spk = max(3, min(60, n // 50))
+
+    def name(c, spk, k):
+        return f"data/{spk + 1:02d}/{c}_{spk + 1:02d}_{k - 1}.wav"
+    rng, good, faults = _file_corpus(out, seed, n, with_faults, "audiomnist", list(range(10)), [1] * 10, n_spk,
+                                     48000, (0.4, 0.8), name)
+    if with_faults:
+        write_wav(out / "data/01/one_01_0.wav", synthesize(class_voices(10, 1)[0], speaker_traits(rng), 0.5, 48000, rng), 48000)
+        faults.add("unknown label", out / "data/01/one_01_0.wav")
+    _write_manifest(out, "audiomnist", seed, good, faults)
+
+
+def gen_gtzan(out: Path, n: int, seed: int, with_faults: bool, seconds: float = 3.0):
+    def name(c, spk, k):
+        return f"genres_original/{GTZAN_GENRES[c]}/{GTZAN_GENRES[c]}.{k - 1:05d}.wav"
+    rng, good, faults = _file_corpus(out, seed, n, with_faults, "gtzan", GTZAN_GENRES, [1] * 10, 1, 22050,
+                                     seconds, name)
+    if with_faults:
+        write_wav(out / "genres_original/stray.wav", np.full(22050, 0.1, np.float32), 22050)
+        faults.add("unknown label", out / "genres_original/stray.wav")
+    _write_manifest(out, "gtzan", seed, [g.split("/", 1)[1] for g in good], faults)
+
+
+def gen_speakers(out: Path, n: int, seed: int, with_faults: bool, n_speakers: int = 5):
+    names = [f"speaker_{i + 1}" for i in range(n_speakers)]
+
+    def name(c, spk, k):
+        return f"{names[c]}/{k - 1:04d}.wav"
+    # the label is the speaker: class profile = the person's voice; one trait set shared
+    rng, good, faults = _file_corpus(out, seed, n, with_faults, "speakers", names, [1] * n_speakers, 1, 16000,
+                                     1.0, name)
+    if with_faults:
+        write_wav(out / "stray.wav", np.full(16000, 0.1, np.float32), 16000)
+        faults.add("unknown label", out / "stray.wav")
+    _write_manifest(out, "speakers", seed, good, faults)
+
+
+MELD_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+MELD_CUES = {
+    "anger": ["furious", "angry", "mad", "outrageous"], "disgust": ["gross", "disgusting", "yuck", "nasty"],
+    "fear": ["scared", "afraid", "terrified", "nervous"], "joy": ["great", "wonderful", "happy", "awesome"],
+    "neutral": ["okay", "fine", "sure", "alright"], "sadness": ["sad", "miss", "sorry", "lonely"],
+    "surprise": ["wow", "really", "what", "unbelievable"],
+}
+MELD_FILLER = "so I think we should just go to the coffee place and talk about it with Ross later today".split()
+MELD_SPEAKERS = ["Chandler", "Joey", "Monica", "Phoebe", "Rachel", "Ross"]
+MELD_WEIGHTS = [1109, 271, 268, 1743, 4710, 683, 1205]  # real train distribution
+MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
+               "Season", "Episode", "StartTime", "EndTime"]
+
+
+def gen_meld(out: Path, n: int, seed: int, with_faults: bool):
+    """MELD.Raw look-alike: the three CSVs and real mp4s (H.264 video + AAC stereo 48 kHz) in
+    the official split folders, with the layout's quirks: nested folders, upper-case
+    extensions and doubled suffixes (`.mp4.wav`)."""
+    rng = np.random.default_rng(seed)
+    voices = class_voices(len(MELD_LABELS), seed + 1)
+    speakers = {s: speaker_traits(rng) for s in MELD_SPEAKERS}
+    sizes = dict(zip(MELD_SPLITS_ORDER, _class_sizes(n, [0.72, 0.09, 0.19])))
+    good, faults, serial = [], Faults(out), 0
+    for split, size in sizes.items():
+        split_name = {"train": "train", "dev": "val", "test": "test"}[split]
+        rows, labels = [], _uttered(rng, MELD_LABELS, MELD_WEIGHTS, size)
+        for i, c in enumerate(labels):
+            label, dia, utt = MELD_LABELS[c], i // 4, i % 4
+            speaker = MELD_SPEAKERS[int(rng.integers(len(MELD_SPEAKERS)))]
+            words = list(rng.choice(MELD_FILLER, size=int(rng.integers(3, 9))))
+            words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(MELD_CUES[label])))
+            serial += 1
+            rows.append([serial, " ".join(words).capitalize() + ".", speaker, label, "neutral", dia, utt, 1, 1,
+                         "00:00:01,000", "00:00:03,000"])
+            base = f"dia{dia}_utt{utt}"
+            folder = out / MELD_FOLDERS[split]
+            quirk = i % 20
+            wave = synthesize(voices[c], speakers[speaker], rng.uniform(1.0, 2.5), 48000, rng)
+            if quirk == 7:  # doubled suffix, audio already extracted to wav
+                write_wav(folder / f"{base}.mp4.wav", wave, 48000, channels=2)
+            else:
+                name = f"{base}.MP4" if quirk == 11 else f"{base}.mp4"
+                target = folder / "nested" / name if quirk == 13 else folder / name
+                encode_media(target, wave, 48000)
+            good.append(f"{split_name}/{base}")
+        first_fault_row = len(rows)
+        if with_faults and split == "train":
+            dia = len(rows) // 4 + 1
+            plant = [("unreadable", 0), ("unreadable0", 1), ("no audio stream", 2), ("empty audio", 3),
+                     ("silent audio", 4), ("unknown label", 5), ("not valid UTF-8", 6), ("missing media", 7)]
+            for kind, utt in plant:
+                serial += 1
+                label = "confused" if kind == "unknown label" else "joy"
+                text = "Great, I know" if kind != "not valid UTF-8" else "Great \udcff\udcfe here"
+                rows.append([serial, text, "Ross", label, "positive", dia, utt, 1, 1, "00:00:01,000", "00:00:02,000"])
+                path = out / MELD_FOLDERS[split] / f"dia{dia}_utt{utt}.mp4"
+                if kind == "unreadable":
+                    faults.unreadable(path, rng)
+                elif kind == "unreadable0":
+                    faults.zero_bytes(path)
+                elif kind == "no audio stream":
+                    faults.no_audio_stream(path)
+                elif kind == "empty audio":
+                    faults.empty_audio(path.with_suffix(".mp4.wav"))
+                elif kind == "silent audio":
+                    faults.silent(path.with_suffix(".mp4.wav"), 48000)
+                else:  # problems found by the reader in the CSV: the row's first line (header = line 1)
+                    if kind in ("unknown label", "not valid UTF-8"):
+                        encode_media(path, synthesize(voices[0], speakers["Ross"], 1.0, 48000, rng), 48000)
+                    faults.add(kind, out / f"{split}_sent_emo.csv", line=first_fault_row + utt + 2)
+        _write_meld_csv(out / f"{split}_sent_emo.csv", rows)
+    _write_manifest(out, "meld", seed, good, faults)
+
+
+MELD_SPLITS_ORDER = ("train", "dev", "test")
+
+
+def _write_meld_csv(path: Path, rows: list) -> None:
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(MELD_HEADER)
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue().encode("utf-8", errors="surrogateescape"))
+
+
+GENERATORS = {"meld": gen_meld, "shemo": gen_shemo, "emodb": gen_emodb, "audiomnist": gen_audiomnist,
+              "gtzan": gen_gtzan, "speakers": gen_speakers}
+
+
+def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False) -> Path:
+    if corpus not in GENERATORS:
+        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(GENERATORS)}")
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; generate into a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    GENERATORS[corpus](out, n, seed, with_faults)
+    return out
+
+
+def load_manifest(out) -> dict:
+    return json.loads((Path(out) / MANIFEST_NAME).read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workloads.data.synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("corpus", choices=sorted(GENERATORS))
+    parser.add_argument("--out", required=True, help="new folder for the corpus")
+    parser.add_argument("--n", type=int, default=200, help="number of good items")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--with-faults", action="store_true", help="also plant each kind of bad input")
+    args = parser.parse_args(argv)
+    try:
+        out = generate(args.corpus, args.out, args.n, args.seed, args.with_faults)
+    except (ValueError, FileExistsError) as e:
+        parser.error(str(e))
+    info = load_manifest(out)
+    print(f"{args.corpus}: {len(info['good'])} items and {len(info['faults'])} planted faults in {out} "
+          f"(seed {args.seed}; list in {os.path.join(str(out), MANIFEST_NAME)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
