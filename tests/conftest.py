@@ -52,3 +52,19 @@ def tiny_bert_12(tmp_path_factory, farstail):
     texts = list(farstail.items["text"].head(500))
     return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny12", texts, layers=12, hidden=32, heads=4,
                           intermediate=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """synth(corpus, n, seed, faults) → the folder of a generated look-alike corpus, made once
+    per session for each set of arguments."""
+    from workloads.data.synth import generate
+
+    made = {}
+
+    def make(corpus: str, n: int = 40, seed: int = 0, faults: bool = True):
+        key = (corpus, n, seed, faults)
+        if key not in made:
+            made[key] = generate(corpus, tmp_path_factory.mktemp(f"{corpus}-{n}-{seed}-{int(faults)}"), n, seed, faults)
+        return made[key]
+    return make

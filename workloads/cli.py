@@ -123,7 +123,7 @@ def data_prepare(args) -> int:
         stages[stage][key] = value
     print(manifest.summary())
     if args.address:
-        ray.init(address=args.address, log_to_driver=False)
+        ray.init(address=args.address, log_to_driver=False, ignore_reinit_error=True)
     try:
         result = prepare(manifest, stages, cache_dir=args.cache_dir, strict=args.strict,
                          sr=args.sample_rate, shard_size=args.shard_size, progress=not args.no_progress)

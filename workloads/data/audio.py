@@ -1,6 +1,8 @@
 """Decoding through FFmpeg's libraries (PyAV wheel, no system install): any container
 (mp4 with video, wav, flac, ogg, mp3; any channel count and rate) → mono float32 at the
-target rate, resampled and down-mixed by FFmpeg's swresample."""
+target rate. FFmpeg's swresample converts the sample format and rate; channels are then
+averaged (librosa's to_mono convention: a stereo clip with L = R decodes to the same
+amplitude as its mono original, where swresample's −3 dB downmix would scale it by √2)."""
 from __future__ import annotations
 
 import io
@@ -39,14 +41,14 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
             raise MediaError(name, "no audio stream", f"streams: {kinds}")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        resampler = av.AudioResampler(format="fltp", rate=sr)  # planar: one row per channel
         chunks = []
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0))
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                chunks.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as e:
             raise MediaError(name, "corrupt audio", str(e)) from None
     wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)

@@ -41,10 +41,14 @@ def index_media(root: Path) -> dict[str, list[str]]:
     return index
 
 
+DISPLAY_NAMES = {"meld": "MELD", "shemo": "ShEMO", "emodb": "EmoDB", "audiomnist": "AudioMNIST",
+                 "gtzan": "GTZAN", "speakers": "speaker folders"}
+
+
 def _require_dir(root, corpus: str, expected: str) -> Path:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{corpus}: folder not found: {root} (expected {expected})")
+        raise FileNotFoundError(f"{DISPLAY_NAMES.get(corpus, corpus)}: folder not found: {root} (expected {expected})")
     return root
 
 
@@ -147,7 +151,7 @@ def _read_named(corpus: str, root, expected: str, classes, parse: Callable[[Path
             uid = os.path.relpath(path, root)
             items.append({"uid": uid, "path": path, "split": "", "text": "", **fields})
     if not items and not problems:
-        raise FileNotFoundError(f"{corpus}: no media files under {root} (expected {expected})")
+        raise FileNotFoundError(f"{DISPLAY_NAMES.get(corpus, corpus)}: no media files under {root} (expected {expected})")
     return _manifest(corpus, items, problems, classes)
 
 

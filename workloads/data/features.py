@@ -101,7 +101,7 @@ def frame46(wave, sr, seconds, hop_length, n_fft):
         librosa.feature.spectral_bandwidth(S=S, sr=sr),
         librosa.feature.spectral_rolloff(S=S, sr=sr),
         librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length=hop_length),
-        librosa.feature.rms(S=S, frame_length=n_fft),
+        librosa.feature.rms(y=y, frame_length=n_fft, hop_length=hop_length),
         m,
         librosa.feature.delta(m),
     ]

@@ -29,7 +29,7 @@ class Manifest:
         """Content hash: the same corpus gives the same id on any machine, wherever it lies.
         Text sources (CSV/TSV) are hashed whole. Media files are hashed by name, size and
         their first and last 4 KiB (reading every byte of a 10 GB corpus would cost more
-        than decoding it), together with each item's label and split."""
+        than decoding it). Splits are not part of it: features do not depend on them."""
         h = hashlib.sha256(self.name.encode())
         for path in sorted(self.sources):
             h.update(os.path.basename(path).encode())
@@ -37,8 +37,8 @@ class Manifest:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
         media = self.items[self.items["path"].astype(bool) & ~self.items["path"].isin(self.sources)]
-        for uid, path, label, split in sorted(zip(media["uid"], media["path"], media["label"], media["split"])):
-            h.update(f"{uid}\0{os.path.basename(path)}\0{label}\0{split}\0".encode())
+        for uid, path in sorted(zip(media["uid"], media["path"])):
+            h.update(f"{uid}\0{os.path.basename(path)}\0".encode())
             h.update(_file_sample(path))
         return h.hexdigest()[:12]
 

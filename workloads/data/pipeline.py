@@ -81,14 +81,17 @@ def _shard_name(uids) -> str:
 def featurize_batch(batch: pd.DataFrame, stages: dict, sr: int, fs_uri: str) -> pd.DataFrame:
     """One shard: read each item's bytes, decode once, compute the stages the item still
     needs, write one shard (and one failed file) per stage. Returns one row per item:
-    uid, path, ok, stage, reason, detail."""
+    uid, path, ok, stage, reason, detail, node."""
+    import ray
+
     fs, _ = _fs(fs_uri)
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     results = {name: [] for name in stages}
     failed = {name: [] for name in stages}
     summary = []
     for uid, path, need in zip(batch["uid"], batch["path"], batch["need"]):
         need = need.split(",")
-        row = {"uid": uid, "path": path, "ok": True, "stage": "", "reason": "", "detail": ""}
+        row = {"uid": uid, "path": path, "ok": True, "stage": "", "reason": "", "detail": "", "node": node}
         try:
             try:
                 data = _read_bytes(path)
@@ -116,7 +119,7 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, sr: int, fs_uri: str) -> 
         if failed[name]:
             _write_atomic(fs, f"{folder}/failed-{_shard_name(r['uid'] for r in failed[name])}.parquet",
                           pa.Table.from_pylist(failed[name]))
-    return pd.DataFrame(summary, columns=["uid", "path", "ok", "stage", "reason", "detail"])
+    return pd.DataFrame(summary, columns=["uid", "path", "ok", "stage", "reason", "detail", "node"])
 
 
 def _to_table(rows: list) -> pa.Table:
@@ -153,6 +156,7 @@ class PrepareResult:
     errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ERROR_COLUMNS))
     decoded: int = 0
     seconds: float = 0.0
+    nodes: set = field(default_factory=set)  # Ray nodes that decoded items in this run
 
     @property
     def usable(self) -> int:
@@ -160,8 +164,9 @@ class PrepareResult:
         return int((~self.items["path"].isin(failed)).sum())
 
     def summary(self) -> str:
+        where = f" on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}" if self.nodes else ""
         lines = [f"{self.corpus} ({self.fingerprint}): {len(self.items)} items read, {self.usable} usable, "
-                 f"{len(self.errors)} errors; decoded {self.decoded} files in {self.seconds:.1f} s"
+                 f"{len(self.errors)} errors; decoded {self.decoded} files{where} in {self.seconds:.1f} s"
                  + (f" ({self.decoded / self.seconds:.1f} files/s)" if self.decoded and self.seconds else "")]
         for s in self.stages.values():
             lines.append(f"  {s.key}: {s.computed} computed, {s.cached} from cache → {s.dir}")
@@ -244,6 +249,7 @@ def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bo
                        "sr": sr, "fs_uri": fs_uri})
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             result.decoded += len(batch)
+            result.nodes.update(batch["node"])
             bad = batch[~batch["ok"]]
             if strict and len(bad):
                 b = bad.iloc[0]
@@ -252,7 +258,7 @@ def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bo
         for s in result.stages.values():
             s.computed = len([u for u in need if s.name in need[u]])
 
-    errors = pd.DataFrame(failed_rows, columns=["uid"] + ERROR_COLUMNS).drop_duplicates("uid")
+    errors = pd.DataFrame(failed_rows, columns=["uid"] + ERROR_COLUMNS).drop_duplicates("uid").sort_values("path")
     errors["line"] = 0
     reader = manifest.problems.assign(stage="read", detail="")
     result.errors = pd.concat([reader[ERROR_COLUMNS], errors[ERROR_COLUMNS]], ignore_index=True)

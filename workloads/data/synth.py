@@ -63,7 +63,7 @@ def synthesize(voice: Voice, speaker: dict, seconds: float, sr: int, rng: np.ran
     contour = f0 * (1 + voice.f0_range * np.sin(2 * np.pi * rng.uniform(0.3, 0.9) * t + rng.uniform(0, 6.3)))
     contour *= 1 + 0.01 * rng.standard_normal(n).cumsum() / np.sqrt(n)  # slow jitter
     phase = 2 * np.pi * np.cumsum(contour) / sr
-    harmonics = np.arange(1, int(0.45 * sr / contour.max()) + 1)[:40]
+    harmonics = np.arange(1, int(min(0.45 * sr, 5000) / contour.max()) + 1)  # voice energy lies below 5 kHz
     wave = (harmonics[:, None] ** -voice.tilt * np.sin(harmonics[:, None] * phase[None, :])).sum(0)
     # a two-pole resonance at the speaker's first formant
     r, theta = 0.97, 2 * np.pi * speaker["formant"] / sr
@@ -97,7 +97,8 @@ def encode_media(path: Path, wave: np.ndarray | None, sr: int, container: str = 
             vstream = out.add_stream("libx264", rate=10, options={"preset": "ultrafast"})
             vstream.width, vstream.height, vstream.pix_fmt = 64, 48, "yuv420p"
         if wave is not None:
-            astream = out.add_stream(audio_codec, rate=sr)
+            # the native vorbis encoder is flagged experimental by FFmpeg
+            astream = out.add_stream(audio_codec, rate=sr, options={"strict": "experimental"})
             astream.layout = "stereo" if channels == 2 else "mono"
         if vstream is not None:
             for i in range(max(1, int(seconds * 10))):
@@ -110,14 +111,13 @@ def encode_media(path: Path, wave: np.ndarray | None, sr: int, container: str = 
             fmt = astream.codec_context.format.name
             frame_size = astream.codec_context.frame_size or 1024
             layout = astream.layout.name
-            pcm = np.repeat(wave[None, :], channels, axis=0).astype(np.float32)
+            dtype, scale = _SAMPLE_FORMATS[fmt.rstrip("p")]
+            pcm = (np.repeat(wave[None, :], channels, axis=0) * scale).astype(dtype)
             for start in range(0, pcm.shape[1], frame_size):
                 chunk = np.ascontiguousarray(pcm[:, start:start + frame_size])
-                if fmt.endswith("p"):
-                    frame = av.AudioFrame.from_ndarray(chunk.astype(_np_dtype(fmt)), format=fmt, layout=layout)
-                else:
-                    frame = av.AudioFrame.from_ndarray(chunk.T.reshape(1, -1).astype(_np_dtype(fmt)),
-                                                       format=fmt, layout=layout)
+                if not fmt.endswith("p"):  # packed: channels interleaved in one plane
+                    chunk = chunk.T.reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(chunk, format=fmt, layout=layout)
                 frame.sample_rate = sr
                 frame.pts = start
                 for packet in astream.encode(frame):
@@ -126,10 +126,8 @@ def encode_media(path: Path, wave: np.ndarray | None, sr: int, container: str = 
                 out.mux(packet)
 
 
-def _np_dtype(fmt: str):
-    base = fmt.rstrip("p")
-    return {"flt": np.float32, "dbl": np.float64, "s16": np.int16, "s32": np.int32}.get(base, np.float32) \
-        if base in ("flt", "dbl") else {"s16": np.int16, "s32": np.int32}[base]
+_SAMPLE_FORMATS = {"flt": (np.float32, 1.0), "dbl": (np.float64, 1.0), "s16": (np.int16, 32767.0),
+                   "s32": (np.int32, 2147483647.0)}
 
 
 # --- faults ------------------------------------------------------------------------------
@@ -286,10 +284,9 @@ def gen_speakers(out: Path, n: int, seed: int, with_faults: bool, n_speakers: in
 
 MELD_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 MELD_CUES = {
-    "anger": ["furious", "angry", "mad", "outrageous"], "disgust": ["gross", "disgusting", "yuck", "nasty"],
-    "fear": ["scared", "afraid", "terrified", "nervous"], "joy": ["great", "wonderful", "happy", "awesome"],
-    "neutral": ["okay", "fine", "sure", "alright"], "sadness": ["sad", "miss", "sorry", "lonely"],
-    "surprise": ["wow", "really", "what", "unbelievable"],
+    "anger": ["furious", "angry"], "disgust": ["gross", "disgusting"], "fear": ["scared", "afraid"],
+    "joy": ["great", "wonderful"], "neutral": ["okay", "fine"], "sadness": ["sad", "lonely"],
+    "surprise": ["wow", "unbelievable"],
 }
 MELD_FILLER = "so I think we should just go to the coffee place and talk about it with Ross later today".split()
 MELD_SPEAKERS = ["Chandler", "Joey", "Monica", "Phoebe", "Rachel", "Ross"]
