@@ -58,6 +58,15 @@ class Manifest:
 
 
 def _file_sample(path: str, edge: int = 4096) -> bytes:
+    """Size + first and last `edge` bytes, of a local path or a URI (s3://, gs://, file://)."""
+    if "://" in path:
+        import pyarrow.fs as pafs
+
+        fs, p = pafs.FileSystem.from_uri(path)
+        with fs.open_input_file(p) as f:
+            size = f.size()
+            head = f.read(edge)
+            return str(size).encode() + head + (f.read_at(edge, max(size - edge, edge)) if size > 2 * edge else f.read())
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(edge)
