@@ -51,7 +51,7 @@ class Study:
     smoke: dict = field(default_factory=dict)  # overrides for --smoke: tiny data and model
     cpu_subset: dict = field(default_factory=dict)  # overrides on a machine with no GPU, unless --full-data
     prepare: Callable | None = None  # (config, opts) → config: resolve models/data once, in the driver
-    describe: Callable | None = None  # config → {artifact name: text}: the data report, on the parent run
+    describe: Callable | None = None  # config → {artifact name: text or Path of a file}: the data report, on the parent run
     table_columns: list = field(default_factory=list)  # config keys shown in the results table
     description: str = ""
 
@@ -93,7 +93,9 @@ class ArmGridSearch(Searcher):
                 return sampled
         self.counts[arm] += 1
         self.trial_arm[trial_id] = arm
-        return {**self.base, **self.arms[arm], **sampled, "arm": arm}
+        # values set for this run (--set, --epochs, --smoke, the CPU subset) beat the arm's own
+        forced = {k: self.base[k] for k in self.base.get("_over_arms", ()) if k in self.base}
+        return {**self.base, **self.arms[arm], **sampled, **forced, "arm": arm}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         arm = self.trial_arm.get(trial_id)
@@ -244,10 +246,13 @@ def select_arms(study: Study, opts) -> dict:
 def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     """(arms, base config) for this run: defaults ← cpu subset ← smoke ← flags."""
     base = dict(study.defaults)
+    over_arms = set()  # set for this run: these beat what an arm sets
     if not has_gpu and not opts.full_data and not opts.smoke:
         base.update(study.cpu_subset)
+        over_arms |= set(study.cpu_subset)
     if opts.smoke:
         base.update(study.smoke)
+        over_arms |= set(study.smoke)
     pinned = set()  # set on the command line: the same for every trial, no longer searched
     for item in opts.set:
         key, _, value = item.partition("=")
@@ -257,6 +262,7 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
         base["epochs"] = opts.epochs
         pinned.add("epochs")
     base["_pinned"] = sorted(pinned)
+    base["_over_arms"] = sorted(pinned | over_arms)
     base["seed"] = opts.seed
     if opts.workers_per_trial > 1:
         base.update(workers_per_trial=opts.workers_per_trial, cpus_per_worker=opts.cpus_per_trial,
@@ -481,9 +487,12 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                                         {**tags, "random_init": str(bool(base.get("random_init"))).lower(),
                                          "model_id": base.get("model_id", "")})
             if study.describe is not None:
-                for artifact, text in study.describe(base).items():
-                    print(text)
-                    MlflowClient(uri).log_text(tracking.parent_run_id, text, artifact)
+                for artifact, content in study.describe(base).items():
+                    if isinstance(content, Path):  # a picture: logged as a file, not printed
+                        MlflowClient(uri).log_artifact(tracking.parent_run_id, str(content))
+                        continue
+                    print(content)
+                    MlflowClient(uri).log_text(tracking.parent_run_id, content, artifact)
             state = {"study": study.name, "experiment": experiment, "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
                      "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
                      "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": samples}

@@ -25,7 +25,8 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": never join a cluster some other process started on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     return ray.get_runtime_context().gcs_address
 
 

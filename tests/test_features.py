@@ -94,10 +94,10 @@ def test_ssl_input_is_zero_mean_unit_variance_and_clipped(wave):
 
 def test_stage_key_changes_with_params_and_version():
     stage = get_stage("logmel")
-    base = stage.key(stage.params(), 16000)
-    assert stage.key(stage.params({"size": 64}), 16000) != base
-    assert stage.key(stage.params(), 22050) != base
-    assert stage.key(stage.params(), 16000) == base
+    base = stage.key(stage.params(), sr=16000)
+    assert stage.key(stage.params({"size": 64}), sr=16000) != base
+    assert stage.key(stage.params(), sr=22050) != base
+    assert stage.key(stage.params(), sr=16000) == base
     with pytest.raises(ValueError, match="no parameter"):
         stage.params({"colour": 1})
     with pytest.raises(ValueError, match="unknown feature stage"):

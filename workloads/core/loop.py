@@ -263,7 +263,7 @@ def run_epoch(setup: TrainSetup, model: torch.nn.Module, loader: Iterable, devic
     y_true = [v for s in shards for v in s[2]]
     y_pred = [v for s in shards for v in s[3]]
     acc = sum(int(a == b) for a, b in zip(y_true, y_pred)) / max(n, 1)
-    return {"loss": total_loss / max(n, 1), "acc": acc, "y_true": y_true, "y_pred": y_pred}
+    return {"loss": total_loss / max(n, 1), "acc": acc, "n": n, "y_true": y_true, "y_pred": y_pred}
 
 
 def _save_checkpoint(setup: TrainSetup, state: dict, directory: str) -> None:
@@ -364,6 +364,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
 
         row = {  # the curve values; the full metrics of the epoch go into the history below
             "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+            "train_items_per_s": tr["n"] / max(timings["time_train_s"], 1e-9),  # all ranks together
             "val_loss": va["loss"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
             **{f"val_f1_{c}": v for c, v in val["per_class_f1"].items()},
         }

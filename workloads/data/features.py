@@ -31,14 +31,25 @@ class Stage:
                              f"it takes {sorted(self.defaults)}")
         return {**self.defaults, **(overrides or {})}
 
-    def key(self, params: dict, sr: int) -> str:
-        """Stage part of the cache key: name, version, every parameter and the sample rate."""
-        blob = json.dumps({"stage": self.name, "version": self.version, "sr": sr, "params": params},
+    def key(self, params: dict, **context) -> str:
+        """Stage part of the cache key: name, version, every parameter, and what else the output
+        depends on (the sample rate for audio stages)."""
+        blob = json.dumps({"stage": self.name, "version": self.version, **context, "params": params},
                           sort_keys=True)
         return f"{self.name}-v{self.version}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
+    def __call__(self, item, *context, **params) -> dict:
+        """Floating-point outputs as float32; integer outputs (8-bit images) keep their type."""
+        out = self.fn(item, *context, **self.params(params))
+        return {k: (np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v))
+                for k, v in out.items()}
+
+
+class AudioStage(Stage):
+    """A stage of a decoded mono waveform; its output depends on the sample rate too."""
+
     def __call__(self, wave: np.ndarray, sr: int = TARGET_SR, **params) -> dict:
-        return {k: np.asarray(v, dtype=np.float32) for k, v in self.fn(wave, sr, **self.params(params)).items()}
+        return super().__call__(wave, sr, **params)
 
 
 def _samples(seconds, sr):
@@ -133,18 +144,18 @@ def ssl_input(wave, sr, seconds):
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("waveform", 1, waveform, {"seconds": None}, "mono float32 at the target rate; clip/pad to seconds"),
-    Stage("logmel", 1, logmel, {"n_mels": 128, "n_fft": 2048, "hop_length": 512, "size": 128, "seconds": None},
+    AudioStage("waveform", 1, waveform, {"seconds": None}, "mono float32 at the target rate; clip/pad to seconds"),
+    AudioStage("logmel", 1, logmel, {"n_mels": 128, "n_fft": 2048, "hop_length": 512, "size": 128, "seconds": None},
           "log-mel spectrogram resized to size×size (S5 GTZAN)"),
-    Stage("mfcc", 1, mfcc, {"n_mfcc": 12, "frame_ms": 25, "hop_ms": 10, "n_mels": 24},
+    AudioStage("mfcc", 1, mfcc, {"n_mfcc": 12, "frame_ms": 25, "hop_ms": 10, "n_mels": 24},
           "MFCC + deltas + delta-deltas (S5 AudioMNIST)"),
-    Stage("mfcc_mean", 1, mfcc_mean, {"n_mfcc": 13, "frame_ms": 25, "hop_ms": 10, "n_mels": 40},
+    AudioStage("mfcc_mean", 1, mfcc_mean, {"n_mfcc": 13, "frame_ms": 25, "hop_ms": 10, "n_mels": 40},
           "mean MFCC vector (S5)"),
-    Stage("frame46", 1, frame46, {"seconds": 5.0, "hop_length": 512, "n_fft": 2048},
+    AudioStage("frame46", 1, frame46, {"seconds": 5.0, "hop_length": 512, "n_fft": 2048},
           "46 features per frame, 157 frames for 5 s (S4)"),
-    Stage("spectral_stats", 1, spectral_stats, {"n_fft": 2048, "hop_length": 512},
+    AudioStage("spectral_stats", 1, spectral_stats, {"n_fft": 2048, "hop_length": 512},
           "mean spectral centroid, zero-crossing rate, RMS (S5 speaker ID)"),
-    Stage("ssl_input", 1, ssl_input, {"seconds": 5.0}, "normalized input_values for SSL encoders (S1, S2)"),
+    AudioStage("ssl_input", 1, ssl_input, {"seconds": 5.0}, "normalized input_values for SSL encoders (S1, S2)"),
 ]}
 
 

@@ -76,60 +76,84 @@ def _shard_name(uids) -> str:
     return hashlib.sha256("\0".join(sorted(uids)).encode()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- the worker
+# ----------------------------------------------------------------------------- the workers
 
-def featurize_batch(batch: pd.DataFrame, stages: dict, sr: int, fs_uri: str) -> pd.DataFrame:
-    """One shard: read each item's bytes, decode once, compute the stages the item still
-    needs, write one shard (and one failed file) per stage. Returns one row per item:
-    uid, path, ok, stage, reason, detail, node."""
-    import ray
+SUMMARY_COLUMNS = ["uid", "path", "line", "ok", "stage", "reason", "detail", "node"]
 
-    fs, _ = _fs(fs_uri)
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    results = {name: [] for name in stages}
-    failed = {name: [] for name in stages}
-    summary = []
+
+class ShardWriter:
+    """Collects one shard's outputs in a worker and writes, per stage, one shard file (uid,
+    the arrays flattened with their shapes, and any per-item metadata) and one failed file."""
+
+    def __init__(self, stages: dict, fs_uri: str):
+        import ray
+
+        self.stages, self.fs = stages, _fs(fs_uri)[0]
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self.results = {name: [] for name in stages}
+        self.failures = {name: [] for name in stages}
+        self.summary = []
+
+    def ok(self, uid: str, path: str, outputs: dict, meta: dict | None = None, line: int = 0) -> None:
+        """outputs: stage name → {array name: array}."""
+        for name, arrays in outputs.items():
+            self.results[name].append((uid, arrays, meta or {}))
+        self.summary.append({"uid": uid, "path": path, "line": line, "ok": True, "stage": "", "reason": "",
+                             "detail": "", "node": self.node})
+
+    def failed(self, uid: str, path: str, stages, stage: str, reason: str, detail: str = "", line: int = 0) -> None:
+        row = {"uid": uid, "path": path, "line": line, "stage": stage, "reason": reason, "detail": detail}
+        for name in stages:
+            self.failures[name].append(row)
+        self.summary.append({**row, "ok": False, "node": self.node})
+
+    def close(self) -> pd.DataFrame:
+        for name, rows in self.results.items():
+            folder = self.stages[name]["dir"]
+            if rows:
+                _write_atomic(self.fs, f"{folder}/shard-{_shard_name(u for u, _, _ in rows)}.parquet", _to_table(rows))
+            if self.failures[name]:
+                _write_atomic(self.fs, f"{folder}/failed-{_shard_name(r['uid'] for r in self.failures[name])}.parquet",
+                              pa.Table.from_pylist(self.failures[name]))
+        return pd.DataFrame(self.summary, columns=SUMMARY_COLUMNS)
+
+
+def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int) -> pd.DataFrame:
+    """The media worker, one shard: read each file's bytes, decode once, compute the stages
+    the item still needs. Returns one summary row per item."""
+    writer = ShardWriter(stages, fs_uri)
     for uid, path, need in zip(batch["uid"], batch["path"], batch["need"]):
         need = need.split(",")
-        row = {"uid": uid, "path": path, "ok": True, "stage": "", "reason": "", "detail": "", "node": node}
+        stage = "decode"
         try:
             try:
                 data = _read_bytes(path)
             except OSError as e:
                 raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
             wave = decode_audio(data, sr=sr, name=path)
-            row["stage"] = "features"
-            outputs = {}
+            stage, outputs = "features", {}
             for name in need:
                 try:
                     outputs[name] = get_stage(name)(wave, sr, **stages[name]["params"])
                 except Exception as e:  # a stage that cannot handle this clip (e.g. too short)
                     raise MediaError(path, f"stage {name} failed", f"{type(e).__name__}: {e}") from None
-            for name, arrays in outputs.items():
-                results[name].append((uid, arrays))
+            writer.ok(uid, path, outputs)
         except MediaError as e:
-            row.update(ok=False, stage=row["stage"] or "decode", reason=e.reason, detail=e.detail)
-            for name in need:
-                failed[name].append({"uid": uid, **{k: row[k] for k in ("path", "stage", "reason", "detail")}})
-        summary.append(row)
-    for name, rows in results.items():
-        folder = stages[name]["dir"]
-        if rows:
-            _write_atomic(fs, f"{folder}/shard-{_shard_name(u for u, _ in rows)}.parquet", _to_table(rows))
-        if failed[name]:
-            _write_atomic(fs, f"{folder}/failed-{_shard_name(r['uid'] for r in failed[name])}.parquet",
-                          pa.Table.from_pylist(failed[name]))
-    return pd.DataFrame(summary, columns=["uid", "path", "ok", "stage", "reason", "detail", "node"])
+            writer.failed(uid, path, need, stage, e.reason, e.detail)
+    return writer.close()
 
 
 def _to_table(rows: list) -> pa.Table:
-    columns = {"uid": pa.array([u for u, _ in rows], pa.string())}
+    """rows: (uid, {array name: array}, {meta name: scalar}). Arrays keep their dtype."""
+    columns = {"uid": pa.array([u for u, _, _ in rows], pa.string())}
     for key in rows[0][1]:
-        arrays = [np.asarray(a[key], np.float32) for _, a in rows]
+        arrays = [np.asarray(a[key]) for _, a, _ in rows]
         offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(np.int64)
-        values = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.float32)
+        values = np.concatenate([a.ravel() for a in arrays])
         columns[key] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
         columns[f"{key}_shape"] = pa.array([list(a.shape) for a in arrays], pa.list_(pa.int32()))
+    for key in rows[0][2]:
+        columns[key] = pa.array([m[key] for _, _, m in rows])
     return pa.table(columns)
 
 
@@ -141,7 +165,7 @@ class StageCache:
     params: dict
     key: str
     dir: str
-    computed: int = 0  # items computed by this run
+    computed: int = 0  # items computed (or found unusable) by this run
     cached: int = 0  # items found already done
 
 
@@ -156,18 +180,19 @@ class PrepareResult:
     errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ERROR_COLUMNS))
     decoded: int = 0
     seconds: float = 0.0
-    nodes: set = field(default_factory=set)  # Ray nodes that decoded items in this run
+    nodes: set = field(default_factory=set)  # Ray nodes that worked on items in this run
+    unit: str = "files"
 
     @property
     def usable(self) -> int:
-        failed = set(self.errors.loc[self.errors["stage"] != "read", "path"])
-        return int((~self.items["path"].isin(failed)).sum())
+        return len(self.items) - int((self.errors["stage"] != "read").sum())
 
     def summary(self) -> str:
         where = f" on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}" if self.nodes else ""
+        verb = "decoded" if self.unit == "files" else "parsed"
         lines = [f"{self.corpus} ({self.fingerprint}): {len(self.items)} items read, {self.usable} usable, "
-                 f"{len(self.errors)} errors; decoded {self.decoded} files{where} in {self.seconds:.1f} s"
-                 + (f" ({self.decoded / self.seconds:.1f} files/s)" if self.decoded and self.seconds else "")]
+                 f"{len(self.errors)} errors; {verb} {self.decoded} {self.unit}{where} in {self.seconds:.1f} s"
+                 + (f" ({self.decoded / self.seconds:.1f} {self.unit}/s)" if self.decoded and self.seconds else "")]
         for s in self.stages.values():
             lines.append(f"  {s.key}: {s.computed} computed, {s.cached} from cache → {s.dir}")
         if len(self.errors):
@@ -195,47 +220,51 @@ def _done_uids(fs, folder: str) -> tuple[set, list]:
     return done, failed_rows
 
 
-def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bool = False,
-            sr: int = TARGET_SR, shard_size: int = 32, progress: bool = True) -> PrepareResult:
-    """Compute `stages` ({name: params} or [names]) for every item of the manifest on Ray
-    Data, reusing whatever the cache already holds. Starts a local Ray if none is running."""
+def _strict_message(row) -> str:
+    where = f"{row['path']}" + (f":{int(row['line'])}" if row.get("line") else "")
+    return f"{where}: {row['reason']}" + (f" ({row['detail']})" if row.get("detail") else "")
+
+
+def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.DataFrame, stages: dict,
+               worker, worker_kwargs: dict, cache_dir: str | None = None, strict: bool = False,
+               shard_size: int = 32, progress: bool = True, key_context: dict | None = None,
+               unit: str = "files") -> PrepareResult:
+    """The cache driver every input kind shares. `items` has one row per unit of work (a uid
+    plus whatever `worker` reads); `stages` maps a stage name to (Stage, params overrides).
+    Items no shard or failed file lists yet are handed to `worker(batch, stages, fs_uri,
+    **worker_kwargs)` on Ray Data, `shard_size` per task; the worker writes the shards."""
     import ray
 
     t0 = time.perf_counter()
-    stages = {s: {} for s in stages} if isinstance(stages, (list, tuple)) else dict(stages)
     if not stages:
-        raise ValueError("no feature stage given; choose from the stages in workloads/data/features.py")
+        raise ValueError("no feature stage given")
     fs_uri = cache_dir or default_cache_dir()
     fs, base = _fs(fs_uri)
     if "://" not in fs_uri:
         fs_uri = base
-    if strict and len(manifest.problems):
-        p = manifest.problems.iloc[0]
-        raise StrictModeError(f"{p['path']}" + (f":{p['line']}" if p["line"] else "") + f": {p['reason']}")
-    fingerprint = manifest.fingerprint()
-    corpus_dir = f"{base}/{manifest.name}-{fingerprint}"
-    result = PrepareResult(manifest.name, fingerprint, corpus_dir, fs_uri, manifest.items)
-    for name, params in stages.items():
-        stage = get_stage(name)
-        params = stage.params(params)
-        key = stage.key(params, sr)
-        result.stages[name] = StageCache(name, params, key, f"{corpus_dir}/{key}")
-        fs.create_dir(result.stages[name].dir, recursive=True)
-    _write_atomic(fs, f"{corpus_dir}/manifest.parquet",
-                  pa.Table.from_pandas(manifest.items.astype({"split": str}), preserve_index=False))
+    if strict and len(problems):
+        raise StrictModeError(_strict_message(problems.iloc[0]))
+    corpus_dir = f"{base}/{name}-{fingerprint}"
+    result = PrepareResult(name, fingerprint, corpus_dir, fs_uri, items, unit=unit)
+    for stage_name, (stage, overrides) in stages.items():
+        params = stage.params(overrides)
+        key = stage.key(params, **(key_context or {}))
+        result.stages[stage_name] = StageCache(stage_name, params, key, f"{corpus_dir}/{key}")
+        fs.create_dir(result.stages[stage_name].dir, recursive=True)
 
     need, failed_rows = {}, []
-    uids = manifest.items["uid"].tolist()
+    uids = items["uid"].tolist()
     for s in result.stages.values():
         done, rows = _done_uids(fs, s.dir)
         failed_rows += rows
         todo = [u for u in uids if u not in done]
         s.cached = len(uids) - len(todo)
+        s.computed = len(todo)
         for u in todo:
             need.setdefault(u, []).append(s.name)
 
     if need:
-        pending = manifest.items[manifest.items["uid"].isin(need)][["uid", "path"]].copy()
+        pending = items[items["uid"].isin(need)].copy()
         pending["need"] = [",".join(need[u]) for u in pending["uid"]]
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
@@ -243,51 +272,83 @@ def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bo
         ctx.enable_progress_bars = progress
         ctx.print_on_execution_start = progress
         shards = [pending.iloc[i:i + shard_size] for i in range(0, len(pending), shard_size)]
+        spec = {n: {"params": s.params, "dir": s.dir} for n, s in result.stages.items()}
         ds = ray.data.from_pandas(shards).map_batches(
-            featurize_batch, batch_size=None, batch_format="pandas", num_cpus=1,
-            fn_kwargs={"stages": {n: {"params": s.params, "dir": s.dir} for n, s in result.stages.items()},
-                       "sr": sr, "fs_uri": fs_uri})
+            worker, batch_size=None, batch_format="pandas", num_cpus=1,
+            fn_kwargs={"stages": spec, "fs_uri": fs_uri, **worker_kwargs})
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             result.decoded += len(batch)
             result.nodes.update(batch["node"])
             bad = batch[~batch["ok"]]
             if strict and len(bad):
-                b = bad.iloc[0]
-                raise StrictModeError(f"{b['path']}: {b['reason']}" + (f" ({b['detail']})" if b["detail"] else ""))
+                raise StrictModeError(_strict_message(bad.iloc[0]))
             failed_rows += bad.to_dict("records")
-        for s in result.stages.values():
-            s.computed = len([u for u in need if s.name in need[u]])
 
-    errors = pd.DataFrame(failed_rows, columns=["uid"] + ERROR_COLUMNS).drop_duplicates("uid").sort_values("path")
-    errors["line"] = 0
-    reader = manifest.problems.assign(stage="read", detail="")
+    errors = pd.DataFrame(failed_rows, columns=["uid"] + ERROR_COLUMNS).drop_duplicates("uid")
+    errors = errors.sort_values(["path", "line"])
+    reader = problems.assign(stage="read", detail="")
     result.errors = pd.concat([reader[ERROR_COLUMNS], errors[ERROR_COLUMNS]], ignore_index=True)
+    result.errors["line"] = result.errors["line"].fillna(0).astype(int)
     with fs.open_output_stream(f"{corpus_dir}/errors.csv") as f:
         f.write(result.errors.to_csv(index=False).encode())
     _write_atomic(fs, f"{corpus_dir}/errors.parquet", pa.Table.from_pandas(result.errors, preserve_index=False))
     for s in result.stages.values():
         with fs.open_output_stream(f"{s.dir}/_SUCCESS.json") as f:
-            f.write(json.dumps({"corpus": manifest.name, "fingerprint": fingerprint, "stage": s.name,
-                                "params": s.params, "key": s.key, "items": len(uids), "sr": sr}).encode())
+            f.write(json.dumps({"corpus": name, "fingerprint": fingerprint, "stage": s.name, "params": s.params,
+                                "key": s.key, "items": len(uids), **(key_context or {})}).encode())
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def load_features(result: PrepareResult, stage: str, feature: str | None = None):
-    """(items, arrays) for one stage: the manifest rows that have features, in manifest
-    order, and a list of arrays (np.stack them when the shapes agree)."""
-    s = result.stages[stage]
+def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bool = False,
+            sr: int = TARGET_SR, shard_size: int = 32, progress: bool = True) -> PrepareResult:
+    """Decode every media item of the manifest and compute `stages` ({name: params} or
+    [names]) on Ray Data, reusing whatever the cache already holds. Starts a local Ray if
+    none is running."""
+    stages = {s: {} for s in stages} if isinstance(stages, (list, tuple)) else dict(stages)
+    if not stages:
+        raise ValueError("no feature stage given; choose from the stages in workloads/data/features.py")
+    result = run_cached(
+        manifest.name, manifest.fingerprint(), manifest.items, manifest.problems,
+        {name: (get_stage(name), params) for name, params in stages.items()},
+        featurize_batch, {"sr": sr}, cache_dir=cache_dir, strict=strict, shard_size=shard_size,
+        progress=progress, key_context={"sr": sr})
     fs, _ = _fs(result.fs_uri)
-    tables = [pq.read_table(p, filesystem=fs) for p in _list(fs, s.dir, "shard-")]
+    _write_atomic(fs, f"{result.corpus_dir}/manifest.parquet",
+                  pa.Table.from_pandas(manifest.items.astype({"split": str}), preserve_index=False))
+    return result
+
+
+def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None) -> tuple[pd.DataFrame, list]:
+    """Everything one cached stage holds: (uid + any per-item metadata, arrays), in shard
+    order. Needs no manifest, so a trial can load what the driver prepared."""
+    fs, _ = _fs(fs_uri)
+    tables = [pq.read_table(p, filesystem=fs) for p in _list(fs, stage_dir, "shard-")]
     if not tables:
-        return result.items.iloc[:0], []
+        return pd.DataFrame(columns=["uid"]), []
     table = pa.concat_tables(tables)
-    feature = feature or next(c for c in table.column_names if c != "uid" and not c.endswith("_shape"))
-    uids = table.column("uid").to_pylist()
+    arrays = [c[:-len("_shape")] for c in table.column_names if c.endswith("_shape")]
+    feature = feature or arrays[0]
+    meta = [c for c in table.column_names if c != "uid" and c not in arrays and not c.endswith("_shape")]
     values = table.column(feature).combine_chunks()
     flat = values.values.to_numpy(zero_copy_only=False)
     offsets = values.offsets.to_numpy()
     shapes = table.column(f"{feature}_shape").to_pylist()
-    by_uid = {u: flat[offsets[i]:offsets[i + 1]].reshape(shapes[i]) for i, u in enumerate(uids)}
+    out = [flat[offsets[i]:offsets[i + 1]].reshape(shape) for i, shape in enumerate(shapes)]
+    frame = table.select(["uid"] + meta).to_pandas()
+    # a uid listed twice (a task of a killed run that finished after the resume began) is the same work
+    keep = ~frame["uid"].duplicated().to_numpy()
+    return frame[keep].reset_index(drop=True), [a for a, k in zip(out, keep) if k]
+
+
+def load_features(result: PrepareResult, stage: str, feature: str | None = None):
+    """(items, arrays) for one stage: the manifest rows that have features, in manifest
+    order (with any per-item metadata the worker found), and a list of arrays (np.stack
+    them when the shapes agree)."""
+    frame, arrays = read_stage(result.fs_uri, result.stages[stage].dir, feature)
+    by_uid = dict(zip(frame["uid"], arrays))
     items = result.items[result.items["uid"].isin(by_uid)].reset_index(drop=True)
+    meta = [c for c in frame.columns if c != "uid"]
+    if meta:
+        items = items.drop(columns=[c for c in meta if c in items.columns]).merge(frame, on="uid", how="left")
     return items, [by_uid[u] for u in items["uid"]]
