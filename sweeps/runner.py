@@ -71,9 +71,11 @@ class ArmGridSearch(Searcher):
         self.seeds = {arm: derive_seed(seed, "optuna", arm) for arm in arms}
         self.searchers = {}
         if space:
-            first = {k: base[k] for k in space if k in base}
             optuna_space = OptunaSearch.convert_search_space(dict(space))
             for arm in arms:
+                # the reproduction point: the arm's own values (e.g. its dropout) over the defaults
+                config = {**base, **arms[arm]}
+                first = {k: config[k] for k in space if k in config}
                 self.searchers[arm] = OptunaSearch(space=optuna_space, metric=metric, mode=mode,
                                                    points_to_evaluate=[first] if first else None,
                                                    seed=self.seeds[arm])

@@ -367,8 +367,94 @@ def _write_meld_csv(path: Path, rows: list) -> None:
     path.write_bytes(buf.getvalue().encode("utf-8", errors="surrogateescape"))
 
 
+# --- FER2013 ----------------------------------------------------------------------------
+FER_TRAIN_COUNTS = [3995, 436, 4097, 7215, 4830, 3171, 4965]  # the real training set: disgust is rare
+# per class: mouth curve (+ smile, − frown), mouth openness, brow tilt (+ inner ends down,
+# as in anger), brow height, eye openness
+FER_EXPRESSIONS = [
+    (-0.25, 0.10, 0.9, -0.10, 0.65),  # angry
+    (-0.55, 0.05, 0.4, -0.05, 0.45),  # disgust
+    (-0.05, 0.55, -0.7, 0.30, 1.45),  # fear
+    (0.85, 0.25, 0.0, 0.05, 0.85),  # happy
+    (-0.75, 0.00, -0.8, 0.10, 0.75),  # sad
+    (0.00, 0.95, 0.0, 0.55, 1.60),  # surprise
+    (0.00, 0.00, 0.0, 0.00, 1.00),  # neutral
+]
+
+
+def draw_face(expression: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A 48×48 grey face: the expression sets mouth curve and openness, brow angle and eye
+    openness; identity (face shape, skin tone, feature spacing), pose (tilt, shift, scale),
+    lighting (a gradient) and noise vary per image."""
+    curve, open_, brow_tilt, brow_up, eye_open = (v + rng.normal(0, 0.12) for v in FER_EXPRESSIONS[expression])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    cx, cy = size / 2 + rng.normal(0, 2), size / 2 + rng.normal(0, 2)
+    scale = rng.uniform(0.85, 1.1)
+    angle = rng.normal(0, 0.12)
+    x = ((xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)) / scale  # face coordinates
+    y = (-(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)) / scale
+    background = rng.uniform(20, 120)
+    skin = rng.uniform(120, 220)
+    img = np.full((size, size), background, np.float32)
+    face_w, face_h = rng.uniform(15, 19), rng.uniform(19, 23)
+    img[(x / face_w) ** 2 + (y / face_h) ** 2 <= 1] = skin
+    dark = skin * rng.uniform(0.2, 0.45)
+    eye_dx, eye_y = rng.uniform(6, 8), rng.uniform(-6, -4)
+    eye_h = 1.6 * max(eye_open, 0.2)
+    for side in (-1, 1):
+        img[((x - side * eye_dx) / 2.8) ** 2 + ((y - eye_y) / eye_h) ** 2 <= 1] = dark
+        # brow: a thick segment above the eye; tilt lowers its inner end
+        t = (x - side * eye_dx) * side / 8 + 0.5  # 0 at the inner end, 1 at the outer end
+        by = eye_y - 4.5 - 2.5 * brow_up + brow_tilt * 3.0 * (0.5 - t)
+        img[(t >= 0) & (t <= 1) & (np.abs(y - by) < 0.9)] = dark
+    mouth_y, mouth_w = rng.uniform(8, 10), rng.uniform(5, 7)
+    u = x / mouth_w
+    centre = mouth_y - curve * 3.0 * (u ** 2 - 0.5)
+    inside = np.abs(u) <= 1
+    img[inside & (np.abs(y - centre) < 0.9)] = dark
+    if open_ > 0.15:  # an open mouth: a dark ellipse under the lip line
+        img[(u ** 2 + ((y - centre - open_ * 2.2) / (open_ * 2.6)) ** 2) <= 1] = dark * 0.6
+    img *= 1 + rng.uniform(-0.25, 0.25) * (xx - size / 2) / size  # light from one side
+    img += rng.normal(0, rng.uniform(3, 12), img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def gen_fer2013(out: Path, n: int, seed: int, with_faults: bool):
+    """`fer2013.csv` with the real class imbalance and the real Usage proportions
+    (Training 80%, PublicTest 10%, PrivateTest 10%)."""
+    rng = np.random.default_rng(seed)
+    labels = _uttered(rng, range(7), FER_TRAIN_COUNTS, n)
+    usage = rng.permutation(np.repeat(["Training", "PublicTest", "PrivateTest"], _class_sizes(n, [0.8, 0.1, 0.1])))
+    lines = ["emotion,pixels,Usage"]
+    for c, u in zip(labels, usage):
+        lines.append(f"{c},{' '.join(map(str, draw_face(int(c), rng).ravel()))},{u}")
+    good = [f"L{i + 2}" for i in range(n)]
+    faults = Faults(out)
+    if with_faults:
+        pixels = " ".join(map(str, draw_face(3, rng).ravel()))
+        bad_rows = [
+            ("wrong pixel count", f"3,{' '.join(pixels.split()[:2000])},Training"),
+            ("non-numeric pixel", f"3,{pixels.replace(' ', ' x', 1)},Training"),
+            ("unknown label", f"9,{pixels},Training"),
+            ("unknown usage", f"3,{pixels},Validation"),
+        ]
+        for kind, row in bad_rows:
+            at = int(rng.integers(1, len(lines)))  # anywhere among the good rows
+            lines.insert(at, row)
+        # line numbers after all insertions: find each bad row again
+        good_lines, bad = [], {row: kind for kind, row in bad_rows}
+        for i, line in enumerate(lines[1:], start=2):
+            if line in bad:
+                faults.add(bad[line], out / "fer2013.csv", line=i)
+            else:
+                good_lines.append(f"L{i}")
+        good = good_lines
+    (out / "fer2013.csv").write_text("\n".join(lines) + "\n")
+    _write_manifest(out, "fer2013", seed, good, faults)
+
+
 GENERATORS = {"meld": gen_meld, "shemo": gen_shemo, "emodb": gen_emodb, "audiomnist": gen_audiomnist,
-              "gtzan": gen_gtzan, "speakers": gen_speakers}
+              "gtzan": gen_gtzan, "speakers": gen_speakers, "fer2013": gen_fer2013}
 
 
 def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False) -> Path:

@@ -1,0 +1,225 @@
+"""S6: facial expression recognition on FER2013 as a Ray Tune trainable.
+
+The driver (`prepare`) parses fer2013.csv once on Ray Data into the feature cache, or
+generates a look-alike when no --data-dir is given. Each trial loads the cached 8-bit
+images, handles the class imbalance (S6: up-sample every minority class of the training set
+to the largest, flag the copies, give flagged images a random brightness factor in
+[0.9, 1.1]; or a class-weighted loss; or nothing), builds one of the four CNNs and hands the
+rest to the shared epoch loop.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .core.loop import EpochShardSampler, TrainSetup, fit
+from .core.seeding import derive_seed, seed_everything
+from .core.tracking import TrackingContext
+from .data.fer2013 import LABELS
+from .data.manifest import stratified_subset
+from .models.fer_nets import build_fer_net
+
+WORKLOAD = "fer"
+IMBALANCE = ("upsample", "class_weights", "none")
+
+
+def upsample_minorities(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices that bring every class up to the size of the largest (originals first, then
+    copies drawn with replacement from their class, seeded), and the needs_augmentation
+    flag: True for every copy."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    target = counts.max()
+    index, flags = [np.arange(len(labels))], [np.zeros(len(labels), bool)]
+    for cls, count in zip(classes, counts):
+        if count < target:
+            members = np.flatnonzero(labels == cls)
+            index.append(rng.choice(members, size=target - count, replace=True))
+            flags.append(np.ones(target - count, bool))
+    return np.concatenate(index), np.concatenate(flags)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Weights ∝ 1 / class frequency, scaled to average 1 over the training items."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class FerImages(Dataset):
+    """Pixels scaled to [0, 1]; a flagged (up-sampled) image gets a fresh random brightness
+    factor in `brightness` each time it is drawn, from torch's generator, which the epoch
+    loop reseeds from (seed, epoch)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, flags: np.ndarray | None = None,
+                 brightness: tuple[float, float] = (0.9, 1.1)):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))  # uint8, N × 48 × 48
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.flags = torch.from_numpy(flags if flags is not None else np.zeros(len(labels), bool))
+        self.brightness = brightness
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i].float().div_(255.0).unsqueeze_(0)
+        if self.flags[i]:
+            x = (x * torch.empty(()).uniform_(*self.brightness)).clamp_(0, 1)
+        return x, self.labels[i], self.flags[i]
+
+
+def load_split_arrays(config: dict) -> dict:
+    """split → (images uint8, labels int) from the cache the driver filled, with the
+    stratified subsets of the config (seeded)."""
+    from .data.pipeline import read_stage
+
+    frame, arrays = read_stage(config["cache_fs"], config["fer_stage_dir"])
+    frame = frame.assign(index=np.arange(len(frame)))
+    images = np.stack(arrays) if arrays else np.zeros((0, 48, 48), np.uint8)
+    out = {}
+    for split in ("train", "val", "test"):
+        part = stratified_subset(frame[frame["split"] == split], config.get(f"{split}_size"), seed=config["seed"])
+        part = part.sort_values("index")
+        out[split] = (images[part["index"].to_numpy()], part["label"].to_numpy().astype(np.int64))
+    return out
+
+
+def build_loaders(config: dict, data: dict) -> tuple[dict, dict]:
+    images, labels = data["train"]
+    info = {"train_images": len(labels), "upsampled_copies": 0}
+    flags = None
+    if config["imbalance"] == "upsample":
+        index, flags = upsample_minorities(labels, derive_seed(config["seed"], "upsample"))
+        images, labels = images[index], labels[index]
+        info.update(upsampled_copies=int(flags.sum()), train_images_per_epoch=len(labels))
+    loaders = {}
+    workers = int(config.get("num_workers", 0))
+    for split, ds in (("train", FerImages(images, labels, flags)), ("val", FerImages(*data["val"])),
+                      ("test", FerImages(*data["test"]))):
+        sampler = EpochShardSampler(len(ds), config["seed"], shuffle=split == "train")
+        loaders[split] = DataLoader(ds, batch_size=config["batch_size"], sampler=sampler, num_workers=workers,
+                                    persistent_workers=workers > 0)
+    return loaders, info
+
+
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
+    seed_everything(config["seed"])
+    data = load_split_arrays(config)
+    if not all(len(data[s][1]) for s in data):
+        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
+    loaders, info = build_loaders(config, data)
+    model = build_fer_net(config["architecture"], config["dropout"])
+    weights = class_weights(data["train"][1], len(LABELS)) if config["imbalance"] == "class_weights" else None
+
+    def step(model, batch, device):
+        x, y, _ = batch
+        x, y = x.to(device), y.to(device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        w = weights.to(device) if weights is not None else None
+        return torch.nn.functional.cross_entropy(logits, y, weight=w), logits, y
+
+    if torch.cuda.is_available():
+        model = model.to(memory_format=torch.channels_last)
+    setup = TrainSetup(
+        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=config["lr"]), loaders=loaders, step=step,
+        class_names=LABELS, epochs=config["epochs"], grad_clip=config.get("grad_clip"), info=info,
+        tags={"workload": WORKLOAD, "arm": config["arm"], "architecture": config["architecture"],
+              "imbalance": config["imbalance"], "model_id": config.get("model_id", config["architecture"]),
+              "random_init": "false",
+              "dataset_fingerprint": config["dataset_fingerprint"]},
+    )
+    fit(config, setup, tracking, run_name(config), None)
+
+
+def run_name(config: dict) -> str:
+    return f"{config['arm']} lr={config['lr']:.0e} bs={config['batch_size']} {config['imbalance']}"
+
+
+def prepare(config: dict, opts) -> dict:
+    """Driver-side, once per sweep: find fer2013.csv (or generate a look-alike), parse it on
+    Ray Data into the cache (a warm cache parses nothing) and report malformed rows."""
+    from .core.paths import emosweep_home
+    from .data.fer2013 import read_fer2013
+
+    config = dict(config)
+    if config["imbalance"] not in IMBALANCE:
+        raise SystemExit(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
+    path = config.get("data_dir")
+    if path is None:
+        path = ensure_synthetic(emosweep_home() / "data", int(config["synth_n"]), int(config["seed"]))
+        config["data_source"] = f"generated look-alike, {config['synth_n']} faces, seed {config['seed']}"
+    else:
+        config["data_source"] = str(path)
+    result = read_fer2013(path, progress=False)
+    print(result.summary())
+    config.update(fer_csv=str(result.items["path"].iloc[0]) if len(result.items) else str(path),
+                  cache_fs=result.fs_uri, fer_stage_dir=result.stages["fer_image"].dir,
+                  dataset_fingerprint=result.fingerprint, malformed_rows=len(result.errors))
+    return config
+
+
+def ensure_synthetic(root: Path, n: int, seed: int) -> Path:
+    """The generated fer2013.csv for (n, seed), made once; generated beside and renamed so a
+    run cut short never leaves half a file behind."""
+    import shutil
+    import tempfile
+
+    from .data.synth import generate
+
+    target = root / f"fer2013-synth-n{n}-s{seed}"
+    if not (target / "fer2013.csv").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-fer2013-"))
+        shutil.rmtree(tmp)
+        print(f"[emosweep] generating a FER2013 look-alike ({n} faces, seed {seed}) in {target}")
+        generate("fer2013", tmp, n, seed)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another driver made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target / "fer2013.csv"
+
+
+def describe(config: dict) -> dict:
+    """The data as the trials see it: class counts per split, before and after up-sampling,
+    the malformed rows, and a grid of example faces per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    data = load_split_arrays(config)
+    counts = {s: np.bincount(d[1], minlength=len(LABELS)) for s, d in data.items()}
+    index, _ = upsample_minorities(data["train"][1], 0)
+    counts["train, up-sampled"] = np.bincount(data["train"][1][index], minlength=len(LABELS))
+    table = pd.DataFrame(counts, index=LABELS).T
+    table["total"] = table.sum(axis=1)
+    text = (f"# FER2013 as used: {config['data_source']} (fingerprint {config['dataset_fingerprint']})\n\n"
+            f"{table.to_markdown()}\n\n{config['malformed_rows']} malformed rows skipped "
+            f"(listed in errors.csv beside the cache: {Path(config['fer_stage_dir']).parent})\n")
+    images, labels = data["train"]
+    fig, axes = plt.subplots(4, len(LABELS), figsize=(1.4 * len(LABELS), 6))
+    for c, name in enumerate(LABELS):
+        members = np.flatnonzero(labels == c)[:4]
+        for r in range(4):
+            ax = axes[r, c]
+            ax.axis("off")
+            if r < len(members):
+                ax.imshow(images[members[r]], cmap="gray", vmin=0, vmax=255)
+        axes[0, c].set_title(name, fontsize=9)
+    fig.tight_layout()
+    grid = Path(config["fer_stage_dir"]).parent / "examples.png"
+    if "://" not in str(grid):
+        fig.savefig(grid, dpi=90)
+    plt.close(fig)
+    out = {"dataset_report.md": text}
+    if grid.exists():
+        out["examples.png"] = grid
+    return out
