@@ -46,7 +46,8 @@ def upsample_minorities(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     """Weights ∝ 1 / class frequency, scaled to average 1 over the training items."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    present = int((counts > 0).sum())  # a class absent from training gets weight 0
+    weights = np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
 
 
