@@ -74,7 +74,7 @@ class ArmGridSearch(Searcher):
             optuna_space = OptunaSearch.convert_search_space(dict(space))
             for arm in arms:
                 # the reproduction point: the arm's own values (e.g. its dropout) over the defaults
-                config = {**base, **arms[arm]}
+                config = self.arm_config(arm)
                 first = {k: config[k] for k in space if k in config}
                 self.searchers[arm] = OptunaSearch(space=optuna_space, metric=metric, mode=mode,
                                                    points_to_evaluate=[first] if first else None,
@@ -95,9 +95,13 @@ class ArmGridSearch(Searcher):
                 return sampled
         self.counts[arm] += 1
         self.trial_arm[trial_id] = arm
-        # values set for this run (--set, --epochs, --smoke, the CPU subset) beat the arm's own
+        return {**self.arm_config(arm), **sampled, "arm": arm}
+
+    def arm_config(self, arm: str) -> dict:
+        """Defaults ← the arm's own values ← values set for this run (--set, --epochs, --smoke,
+        the CPU subset), which beat the arm's. The sampler's values go on top."""
         forced = {k: self.base[k] for k in self.base.get("_over_arms", ()) if k in self.base}
-        return {**self.base, **self.arms[arm], **sampled, **forced, "arm": arm}
+        return {**self.base, **self.arms[arm], **forced}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         arm = self.trial_arm.get(trial_id)
