@@ -334,7 +334,10 @@ def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None) -> tuple
     flat = values.values.to_numpy(zero_copy_only=False)
     offsets = values.offsets.to_numpy()
     shapes = table.column(f"{feature}_shape").to_pylist()
-    out = [flat[offsets[i]:offsets[i + 1]].reshape(shape) for i, shape in enumerate(shapes)]
+    if shapes and all(sh == shapes[0] for sh in shapes) and offsets[0] == 0:
+        out = list(flat[:offsets[-1]].reshape(len(shapes), *shapes[0]))  # one reshape, views per item
+    else:
+        out = [flat[offsets[i]:offsets[i + 1]].reshape(shape) for i, shape in enumerate(shapes)]
     frame = table.select(["uid"] + meta).to_pandas()
     # a uid listed twice (a task of a killed run that finished after the resume began) is the same work
     keep = ~frame["uid"].duplicated().to_numpy()
