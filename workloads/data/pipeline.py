@@ -1,20 +1,22 @@
 """The media pipeline: manifest → Ray Data (read file bytes, FFmpeg decode, feature stages,
-across workers) → a content-addressed Parquet cache.
+across workers) → a content-addressed Parquet cache. `run_cached` is the cache driver any
+input kind can use with its own worker (the FER2013 CSV reader does); `prepare` is the one
+for media files.
 
 Cache layout (`cache_dir` is a local folder or a pyarrow URI such as s3://bucket/cache):
 
     {corpus}-{fingerprint}/                 one corpus, identified by its content
         errors.csv / errors.parquet         everything not usable: path, line, stage, reason
-        manifest.parquet                    the items (uid, path, label, split, speaker, text)
+        manifest.parquet                    media corpora: the items (uid, path, label, split, …)
         {stage}-v{version}-{params hash}/   one stage with one set of params
             shard-{hash}.parquet            uid + the stage's arrays (flattened) + their shapes
             failed-{hash}.parquet           items of that shard that could not be used
-            _SUCCESS.json                   written last: every item is in a shard or failed
+            _SUCCESS.json                   written last, for people and tools: the stage is complete
 
 A shard is written by the worker that computed it, to a temporary name and then renamed,
 so no half-written shard is ever read. An item is done when a shard or failed file lists
-it, so a run cut short resumes where it stopped, and a run that finds _SUCCESS.json does
-no decoding at all.
+it, so a run cut short resumes where it stopped, and a run over a complete stage decodes
+nothing (it reads only the uid columns).
 """
 from __future__ import annotations
 
