@@ -26,7 +26,9 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from workloads.core.config import parse_value
 from workloads.core.paths import emosweep_home
+from workloads.core.storage import filesystem
 from workloads.core.seeding import derive_seed
 from workloads.core.tracking import (MlflowServer, TrackingContext, fail_fast_requests, find_child_run, git_commit,
                                      port_free, start_parent_run)
@@ -207,13 +209,6 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     return p
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _in_domain(domain, value) -> bool:
     if hasattr(domain, "categories"):
         return value in domain.categories
@@ -262,7 +257,7 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     pinned = set()  # set on the command line: the same for every trial, no longer searched
     for item in opts.set:
         key, _, value = item.partition("=")
-        base[key] = _parse_value(value)
+        base[key] = parse_value(value)
         pinned.add(key)
     if opts.epochs:
         base["epochs"] = opts.epochs
@@ -285,13 +280,11 @@ class Storage:
     and written through pyarrow's filesystems, as Tune itself does."""
 
     def __init__(self, root: str):
-        import pyarrow.fs
-
         if "://" not in root:
             root = str(Path(root).expanduser().resolve())
             Path(root).mkdir(parents=True, exist_ok=True)
         self.root = root.rstrip("/")
-        self.fs, self.base = pyarrow.fs.FileSystem.from_uri(self.root)
+        self.fs, self.base = filesystem(self.root)
         self.local = "://" not in root
 
     def path(self, name: str) -> str:

@@ -60,19 +60,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _param(text: str):
-    """stage.key=value → (stage, key, value); value parsed as JSON when it can be."""
-    import json
+    """stage.key=value → (stage, key, value); value parsed as the sweeps' --set values are."""
+    from workloads.core.config import parse_value
 
     try:
         target, value = text.split("=", 1)
         stage, key = target.split(".", 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected STAGE.KEY=VALUE, got {text!r}") from None
-    try:
-        value = json.loads(value)
-    except json.JSONDecodeError:
-        pass
-    return stage, key, value
+    return stage, key, parse_value(value)
 
 
 def add_prepare_parser(sub) -> None:

@@ -80,7 +80,7 @@ def load_split_arrays(config: dict) -> dict:
 
     frame, arrays = read_stage(config["cache_fs"], config["fer_stage_dir"])
     frame = frame.assign(index=np.arange(len(frame)))
-    images = np.stack(arrays) if arrays else np.zeros((0, 48, 48), np.uint8)
+    images = np.asarray(arrays) if len(arrays) else np.zeros((0, 48, 48), np.uint8)  # one N×48×48 array: no copy
     out = {}
     for split in ("train", "val", "test"):
         part = stratified_subset(frame[frame["split"] == split], config.get(f"{split}_size"), seed=config["seed"])
@@ -161,8 +161,7 @@ def prepare(config: dict, opts) -> dict:
         config["data_source"] = str(path)
     result = read_fer2013(path, progress=False)
     print(result.summary())
-    config.update(fer_csv=str(result.items["path"].iloc[0]) if len(result.items) else str(path),
-                  cache_fs=result.fs_uri, fer_stage_dir=result.stages["fer_image"].dir,
+    config.update(cache_fs=result.fs_uri, fer_stage_dir=result.stages["fer_image"].dir,
                   dataset_fingerprint=result.fingerprint, malformed_rows=len(result.errors))
     return config
 
@@ -178,8 +177,7 @@ def ensure_synthetic(root: Path, n: int, seed: int) -> Path:
     target = root / f"fer2013-synth-n{n}-s{seed}"
     if not (target / "fer2013.csv").exists():
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-fer2013-"))
-        shutil.rmtree(tmp)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-fer2013-"))  # generate() fills an empty folder
         print(f"[emosweep] generating a FER2013 look-alike ({n} faces, seed {seed}) in {target}")
         generate("fer2013", tmp, n, seed)
         try:
@@ -192,6 +190,8 @@ def ensure_synthetic(root: Path, n: int, seed: int) -> Path:
 def describe(config: dict) -> dict:
     """The data as the trials see it: class counts per split, before and after up-sampling,
     the malformed rows, and a grid of example faces per class."""
+    import tempfile
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,8 +200,8 @@ def describe(config: dict) -> dict:
 
     data = load_split_arrays(config)
     counts = {s: np.bincount(d[1], minlength=len(LABELS)) for s, d in data.items()}
-    index, _ = upsample_minorities(data["train"][1], 0)
-    counts["train, up-sampled"] = np.bincount(data["train"][1][index], minlength=len(LABELS))
+    train = counts["train"]  # up-sampling brings every class present up to the largest
+    counts["train, up-sampled"] = np.where(train > 0, train.max(), 0)
     table = pd.DataFrame(counts, index=LABELS).T
     table["total"] = table.sum(axis=1)
     text = (f"# FER2013 as used: {config['data_source']} (fingerprint {config['dataset_fingerprint']})\n\n"
@@ -218,11 +218,7 @@ def describe(config: dict) -> dict:
                 ax.imshow(images[members[r]], cmap="gray", vmin=0, vmax=255)
         axes[0, c].set_title(name, fontsize=9)
     fig.tight_layout()
-    grid = Path(config["fer_stage_dir"]).parent / "examples.png"
-    if "://" not in str(grid):
-        fig.savefig(grid, dpi=90)
+    grid = Path(tempfile.mkdtemp(prefix="emosweep-fer-")) / "examples.png"  # an artifact of the parent run
+    fig.savefig(grid, dpi=90)
     plt.close(fig)
-    out = {"dataset_report.md": text}
-    if grid.exists():
-        out["examples.png"] = grid
-    return out
+    return {"dataset_report.md": text, "examples.png": grid}

@@ -61,7 +61,7 @@ def _manifest(name, items, problems, classes, sources=()) -> Manifest:
 
 # --- MELD -----------------------------------------------------------------------------
 MELD_LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
-MELD_SPLITS = {"train": ("train", "train"), "dev": ("val", "dev"), "test": ("test", "test")}
+MELD_SPLITS = {"train": "train", "dev": "val", "test": "test"}  # CSV prefix → split
 MELD_COLUMNS = ["Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"]
 
 
@@ -97,8 +97,8 @@ def read_meld(root, media_root=None, require_media: bool = True) -> Manifest:
     media_root = Path(media_root) if media_root else root
     index = index_media(media_root) if require_media else {}
     items, problems = [], []
-    for prefix, (split, hint) in MELD_SPLITS.items():
-        path = csvs[prefix]
+    for prefix, split in MELD_SPLITS.items():
+        path, hint = csvs[prefix], prefix  # the split's media folder carries the CSV's prefix
         records = read_text_records(path, delimiter=",")
         _, header = next(records, (0, []))
         header = [h.strip() for h in header]

@@ -71,18 +71,19 @@ def logmel(wave, sr, n_mels, n_fft, hop_length, size, seconds):
     return {"logmel": zoom(db, (size / db.shape[0], size / db.shape[1]), order=1)}
 
 
-def _mfcc(wave, sr, n_mfcc, n_fft, hop_length, n_mels):
+def _mfcc(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels):
+    """MFCC (n_mfcc, frames) with frame and hop given in milliseconds."""
     import librosa
 
-    return librosa.feature.mfcc(y=wave, sr=sr, n_mfcc=n_mfcc, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
+    return librosa.feature.mfcc(y=wave, sr=sr, n_mfcc=n_mfcc, n_fft=int(sr * frame_ms / 1000),
+                                hop_length=int(sr * hop_ms / 1000), n_mels=n_mels)
 
 
 def mfcc(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels):
     """S5 AudioMNIST (a): MFCC with first and second deltas, (3·n_mfcc, frames)."""
     import librosa
 
-    n_fft, hop = int(sr * frame_ms / 1000), int(sr * hop_ms / 1000)
-    m = _mfcc(wave, sr, n_mfcc, n_fft, hop, n_mels)
+    m = _mfcc(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels)
     width = min(9, m.shape[1] - (1 - m.shape[1] % 2))  # librosa.delta needs width ≤ frames, odd, ≥ 3
     if width < 3:
         d1 = d2 = np.zeros_like(m)
@@ -94,8 +95,7 @@ def mfcc(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels):
 
 def mfcc_mean(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels):
     """S5 AudioMNIST (b) and speaker ID (b): the mean MFCC vector over time."""
-    n_fft, hop = int(sr * frame_ms / 1000), int(sr * hop_ms / 1000)
-    return {"mfcc_mean": _mfcc(wave, sr, n_mfcc, n_fft, hop, n_mels).mean(axis=1)}
+    return {"mfcc_mean": _mfcc(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels).mean(axis=1)}
 
 
 def frame46(wave, sr, seconds, hop_length, n_fft):

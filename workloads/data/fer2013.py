@@ -20,6 +20,7 @@ import pandas as pd
 from .features import Stage
 from .manifest import PROBLEM_COLUMNS
 from .pipeline import PrepareResult, ShardWriter, load_features, run_cached
+from ..core.storage import read_range
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
@@ -27,8 +28,8 @@ SIDE = 48
 HEADER = ["emotion", "pixels", "Usage"]
 
 
-def parse_row(line: str, size: int = SIDE) -> dict:
-    """One CSV line → {"image": uint8[size, size]} plus label and split; ValueError(reason)."""
+def split_row(line: str) -> tuple[int, str, str]:
+    """One CSV line → (label index, split, pixels text); ValueError(reason)."""
     fields = line.rstrip("\r\n").split(",")
     if len(fields) != 3:
         raise ValueError(f"expected 3 comma-separated fields (emotion,pixels,Usage), got {len(fields)}")
@@ -37,6 +38,11 @@ def parse_row(line: str, size: int = SIDE) -> dict:
         raise ValueError(f"unknown label {emotion!r} (expected 0-{len(LABELS) - 1})")
     if usage not in USAGE:
         raise ValueError(f"unknown Usage {usage!r} (expected one of {', '.join(USAGE)})")
+    return int(emotion), USAGE[usage], pixels
+
+
+def pixels_to_image(pixels: str, size: int = SIDE) -> dict:
+    """The stage: a pixels string → {"image": uint8[size, size]}; ValueError(reason)."""
     try:  # numpy's C text parser: 4× faster than split + array; any doubt → the careful path
         image = np.fromstring(pixels, dtype=np.int64, sep=" ")
     except ValueError:
@@ -51,11 +57,16 @@ def parse_row(line: str, size: int = SIDE) -> dict:
         image = np.array(values, dtype=np.int64)
     if image.min() < 0 or image.max() > 255:
         raise ValueError(f"pixel values must lie in 0-255, found {image.min()}..{image.max()}")
-    return {"image": image.astype(np.uint8).reshape(size, size), "label": int(emotion), "split": USAGE[usage]}
+    return {"image": image.astype(np.uint8).reshape(size, size)}
 
 
-FER_IMAGE = Stage("fer_image", 1, lambda line, size: {"image": parse_row(line, size)["image"]}, {"size": SIDE},
-                  "48×48 uint8 face from a fer2013.csv row")
+def parse_row(line: str, size: int = SIDE) -> dict:
+    """One CSV line → {"image": uint8[size, size], "label": int, "split": str}; ValueError(reason)."""
+    label, split, pixels = split_row(line)
+    return {**pixels_to_image(pixels, size), "label": label, "split": split}
+
+
+FER_IMAGE = Stage("fer_image", 1, pixels_to_image, {"size": SIDE}, "48×48 uint8 face from a fer2013.csv row")
 
 
 def find_csv(path) -> Path:
@@ -96,25 +107,19 @@ def parse_batch(batch: pd.DataFrame, stages: dict, fs_uri: str) -> pd.DataFrame:
     """The FER worker: read this shard's byte range once and parse its lines."""
     writer = ShardWriter(stages, fs_uri)
     path = batch["path"].iloc[0]
-    start, stop = int(batch["start"].min()), int(batch["stop"].max())
-    with open(path, "rb") as f:
-        f.seek(start)
-        chunk = f.read(stop - start)
-    size = stages["fer_image"]["params"]["size"]
+    start = int(batch["start"].min())
+    chunk = read_range(path, start, int(batch["stop"].max()))
+    params = stages["fer_image"]["params"]
     for uid, line, a, b in zip(batch["uid"], batch["line"], batch["start"], batch["stop"]):
-        raw = chunk[a - start:b - start]
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
+            label, split, pixels = split_row(chunk[a - start:b - start].decode("utf-8"))
+            outputs = {"fer_image": FER_IMAGE(pixels, **params)}
+        except UnicodeDecodeError:  # a ValueError too, but its message names bytes, not the problem
             writer.failed(uid, path, ["fer_image"], "parse", "not valid UTF-8", line=int(line))
-            continue
-        try:
-            row = parse_row(text, size)
         except ValueError as e:
             writer.failed(uid, path, ["fer_image"], "parse", str(e), line=int(line))
-            continue
-        writer.ok(uid, path, {"fer_image": {"image": row["image"]}},
-                  meta={"label": row["label"], "split": row["split"]}, line=int(line))
+        else:
+            writer.ok(uid, path, outputs, meta={"label": label, "split": split}, line=int(line))
     return writer.close()
 
 
@@ -134,7 +139,7 @@ def load_images(result: PrepareResult) -> tuple[pd.DataFrame, np.ndarray]:
     items, arrays = load_features(result, "fer_image")
     order = np.argsort(items["line"].to_numpy(), kind="stable")
     items = items.iloc[order].reset_index(drop=True)
-    images = np.stack([arrays[i] for i in order]) if len(arrays) else np.zeros((0, SIDE, SIDE), np.uint8)
+    images = np.asarray(arrays)[order] if len(arrays) else np.zeros((0, SIDE, SIDE), np.uint8)
     return items, images
 
 

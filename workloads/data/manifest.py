@@ -13,6 +13,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from ..core.storage import file_sample
+
 ITEM_COLUMNS = ["uid", "path", "label", "split", "speaker", "text"]
 PROBLEM_COLUMNS = ["path", "line", "reason"]
 
@@ -39,12 +41,8 @@ class Manifest:
         media = self.items[self.items["path"].astype(bool) & ~self.items["path"].isin(self.sources)]
         for uid, path in sorted(zip(media["uid"], media["path"])):
             h.update(f"{uid}\0{os.path.basename(path)}\0".encode())
-            h.update(_file_sample(path))
+            h.update(file_sample(path))
         return h.hexdigest()[:12]
-
-    @property
-    def class_index(self) -> dict:
-        return {c: i for i, c in enumerate(self.classes or sorted(self.items["label"].unique()))}
 
     def split(self, name: str) -> pd.DataFrame:
         return self.items[self.items["split"] == name].reset_index(drop=True)
@@ -55,24 +53,6 @@ class Manifest:
         if len(self.problems):
             text += "\nproblems by reason:\n" + self.problems["reason"].value_counts().to_string()
         return text
-
-
-def _file_sample(path: str, edge: int = 4096) -> bytes:
-    """Size + first and last `edge` bytes, of a local path or a URI (s3://, gs://, file://)."""
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_input_file(p) as f:
-            size = f.size()
-            head = f.read(edge)
-            return str(size).encode() + head + (f.read_at(edge, max(size - edge, edge)) if size > 2 * edge else f.read())
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(edge)
-        if size > 2 * edge:
-            f.seek(-edge, os.SEEK_END)
-        return str(size).encode() + head + f.read(edge)
 
 
 def read_text_records(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:

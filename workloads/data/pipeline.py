@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from .audio import TARGET_SR, MediaError, decode_audio
 from .features import get_stage
 from .manifest import Manifest
+from ..core.storage import filesystem, read_bytes
 
 ERROR_COLUMNS = ["path", "line", "stage", "reason", "detail"]
 
@@ -46,16 +47,15 @@ class StrictModeError(RuntimeError):
 
 # ----------------------------------------------------------------------------- storage
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def _write_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    """Write to a temporary name, then rename: readers see the whole file or nothing."""
+def _write_atomic(fs: pafs.FileSystem, path: str, content: pa.Table | bytes) -> None:
+    """Write to a temporary name, then rename: readers see the whole file or nothing.
+    A table is written as Parquet, bytes as they are."""
     tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}-{os.path.basename(path)}"
-    pq.write_table(table, tmp, filesystem=fs)
+    if isinstance(content, pa.Table):
+        pq.write_table(content, tmp, filesystem=fs)
+    else:
+        with fs.open_output_stream(tmp) as f:
+            f.write(content)
     fs.move(tmp, path)
 
 
@@ -63,15 +63,6 @@ def _list(fs: pafs.FileSystem, folder: str, prefix: str) -> list[str]:
     info = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     return sorted(i.path for i in info if i.type == pafs.FileType.File
                   and os.path.basename(i.path).startswith(prefix) and i.path.endswith(".parquet"))
-
-
-def _read_bytes(path: str) -> bytes:
-    if "://" in path:
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_input_stream(p) as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _shard_name(uids) -> str:
@@ -90,7 +81,7 @@ class ShardWriter:
     def __init__(self, stages: dict, fs_uri: str):
         import ray
 
-        self.stages, self.fs = stages, _fs(fs_uri)[0]
+        self.stages, self.fs = stages, filesystem(fs_uri)[0]
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.results = {name: [] for name in stages}
         self.failures = {name: [] for name in stages}
@@ -129,7 +120,7 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int) -> 
         stage = "decode"
         try:
             try:
-                data = _read_bytes(path)
+                data = read_bytes(path)
             except OSError as e:
                 raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
             wave = decode_audio(data, sr=sr, name=path)
@@ -239,9 +230,9 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
 
     t0 = time.perf_counter()
     if not stages:
-        raise ValueError("no feature stage given")
+        raise ValueError("no feature stage given; choose from the stages in workloads/data/features.py")
     fs_uri = cache_dir or default_cache_dir()
-    fs, base = _fs(fs_uri)
+    fs, base = filesystem(fs_uri)
     if "://" not in fs_uri:
         fs_uri = base
     if strict and len(problems):
@@ -291,13 +282,12 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
     reader = problems.assign(stage="read", detail="")
     result.errors = pd.concat([reader[ERROR_COLUMNS], errors[ERROR_COLUMNS]], ignore_index=True)
     result.errors["line"] = result.errors["line"].fillna(0).astype(int)
-    with fs.open_output_stream(f"{corpus_dir}/errors.csv") as f:
-        f.write(result.errors.to_csv(index=False).encode())
+    _write_atomic(fs, f"{corpus_dir}/errors.csv", result.errors.to_csv(index=False).encode())
     _write_atomic(fs, f"{corpus_dir}/errors.parquet", pa.Table.from_pandas(result.errors, preserve_index=False))
     for s in result.stages.values():
-        with fs.open_output_stream(f"{s.dir}/_SUCCESS.json") as f:
-            f.write(json.dumps({"corpus": name, "fingerprint": fingerprint, "stage": s.name, "params": s.params,
-                                "key": s.key, "items": len(uids), **(key_context or {})}).encode())
+        _write_atomic(fs, f"{s.dir}/_SUCCESS.json", json.dumps({
+            "corpus": name, "fingerprint": fingerprint, "stage": s.name, "params": s.params, "key": s.key,
+            "items": len(uids), **(key_context or {})}).encode())
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -308,14 +298,12 @@ def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bo
     [names]) on Ray Data, reusing whatever the cache already holds. Starts a local Ray if
     none is running."""
     stages = {s: {} for s in stages} if isinstance(stages, (list, tuple)) else dict(stages)
-    if not stages:
-        raise ValueError("no feature stage given; choose from the stages in workloads/data/features.py")
     result = run_cached(
         manifest.name, manifest.fingerprint(), manifest.items, manifest.problems,
         {name: (get_stage(name), params) for name, params in stages.items()},
         featurize_batch, {"sr": sr}, cache_dir=cache_dir, strict=strict, shard_size=shard_size,
         progress=progress, key_context={"sr": sr})
-    fs, _ = _fs(result.fs_uri)
+    fs, _ = filesystem(result.fs_uri)
     _write_atomic(fs, f"{result.corpus_dir}/manifest.parquet",
                   pa.Table.from_pandas(manifest.items.astype({"split": str}), preserve_index=False))
     return result
@@ -323,8 +311,10 @@ def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bo
 
 def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None) -> tuple[pd.DataFrame, list]:
     """Everything one cached stage holds: (uid + any per-item metadata, arrays), in shard
-    order. Needs no manifest, so a trial can load what the driver prepared."""
-    fs, _ = _fs(fs_uri)
+    order. Needs no manifest, so a trial can load what the driver prepared. When every item
+    has the same shape the arrays are one ndarray (N × shape, no copy of the column);
+    otherwise a list."""
+    fs, _ = filesystem(fs_uri)
     tables = [pq.read_table(p, filesystem=fs) for p in _list(fs, stage_dir, "shard-")]
     if not tables:
         return pd.DataFrame(columns=["uid"]), []
@@ -336,14 +326,15 @@ def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None) -> tuple
     flat = values.values.to_numpy(zero_copy_only=False)
     offsets = values.offsets.to_numpy()
     shapes = table.column(f"{feature}_shape").to_pylist()
-    if shapes and all(sh == shapes[0] for sh in shapes) and offsets[0] == 0:
-        out = list(flat[:offsets[-1]].reshape(len(shapes), *shapes[0]))  # one reshape, views per item
-    else:
-        out = [flat[offsets[i]:offsets[i + 1]].reshape(shape) for i, shape in enumerate(shapes)]
     frame = table.select(["uid"] + meta).to_pandas()
     # a uid listed twice (a task of a killed run that finished after the resume began) is the same work
     keep = ~frame["uid"].duplicated().to_numpy()
-    return frame[keep].reset_index(drop=True), [a for a, k in zip(out, keep) if k]
+    if shapes and all(sh == shapes[0] for sh in shapes) and offsets[0] == 0:
+        out = flat[:offsets[-1]].reshape(len(shapes), *shapes[0])
+        out = out if keep.all() else out[keep]
+    else:
+        out = [flat[offsets[i]:offsets[i + 1]].reshape(shape) for i, shape in enumerate(shapes) if keep[i]]
+    return frame[keep].reset_index(drop=True), out
 
 
 def load_features(result: PrepareResult, stage: str, feature: str | None = None):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpora import EMODB_LABELS, GTZAN_GENRES, MELD_LABELS, SHEMO_LABELS
+from .corpora import EMODB_LABELS, GTZAN_GENRES, MELD_LABELS, MELD_SPLITS, SHEMO_LABELS
 
 MANIFEST_NAME = "_synth.json"
 
@@ -182,10 +182,12 @@ def _uttered(rng, classes, weights, n):
 
 
 # --- corpora -----------------------------------------------------------------------------
-def _file_corpus(out, seed, n, with_faults, corpus, classes, weights, n_speakers, sr, seconds,
-                 name_of, channels=1):
-    """Shared body of the corpora labelled by file/folder name: name_of(label_idx, speaker,
-    counter) → relative path. Returns the Faults for corpus-specific extras."""
+def _file_corpus(out: Path, corpus: str, seed: int, n: int, with_faults: bool, classes, weights, n_speakers: int,
+                 sr: int, seconds, name_of, misnamed: str, uid_root: str = "") -> None:
+    """The body of every corpus labelled by file or folder name: name_of(label index,
+    speaker, counter) → relative path. With faults, plants the five bad media under names
+    of the corpus and one good clip under `misnamed`, a name the reader cannot label.
+    Uids are paths relative to `uid_root` (the folder the reader takes as the root)."""
     rng = np.random.default_rng(seed)
     voices = class_voices(len(classes), seed + 1)
     speakers = [speaker_traits(rng) for _ in range(n_speakers)]
@@ -195,17 +197,20 @@ def _file_corpus(out, seed, n, with_faults, corpus, classes, weights, n_speakers
         k = counters[(c, spk)] = counters.get((c, spk), 0) + 1
         rel = name_of(int(c), spk, k)
         dur = rng.uniform(*seconds) if isinstance(seconds, tuple) else seconds
-        write_wav(out / rel, synthesize(voices[c], speakers[spk], dur, sr, rng), sr, channels)
-        good.append(rel)
+        write_wav(out / rel, synthesize(voices[c], speakers[spk], dur, sr, rng), sr)
+        good.append(os.path.relpath(rel, uid_root) if uid_root else rel)
     faults = Faults(out)
     if with_faults:
-        spare = lambda tag: name_of(0, 0, 900 + len(faults.planted) + tag)  # noqa: E731
-        faults.unreadable(out / spare(0), rng)
-        faults.zero_bytes(out / spare(0))
-        faults.no_audio_stream(out / spare(0))
-        faults.empty_audio(out / spare(0))
-        faults.silent(out / spare(0), sr)
-    return rng, good, faults
+        def spare() -> Path:
+            return out / name_of(0, 0, 900 + len(faults.planted))
+        faults.unreadable(spare(), rng)
+        faults.zero_bytes(spare())
+        faults.no_audio_stream(spare())
+        faults.empty_audio(spare())
+        faults.silent(spare(), sr)
+        write_wav(out / misnamed, synthesize(voices[0], speakers[0], 1.0, sr, rng), sr)
+        faults.add("unknown label", out / misnamed)
+    _write_manifest(out, corpus, seed, good, faults)
 
 
 def gen_shemo(out: Path, n: int, seed: int, with_faults: bool):
@@ -218,12 +223,8 @@ def gen_shemo(out: Path, n: int, seed: int, with_faults: bool):
     def name(c, spk, k):
         g = genders[spk]
         return f"{'female' if g == 'F' else 'male'}/{g}{spk + 1:02d}{letters[c]}{k:02d}.wav"
-    rng, good, faults = _file_corpus(out, seed, n, with_faults, "shemo", letters, [weights[x] for x in letters],
-                                     n_spk, 44100, (0.8, 2.0), name)
-    if with_faults:
-        write_wav(out / "female/F01X01.wav", synthesize(class_voices(6, 1)[0], speaker_traits(rng), 1.0, 44100, rng), 44100)
-        faults.add("unknown label", out / "female/F01X01.wav")
-    _write_manifest(out, "shemo", seed, good, faults)
+    _file_corpus(out, "shemo", seed, n, with_faults, letters, [weights[x] for x in letters], n_spk, 44100,
+                 (0.8, 2.0), name, misnamed="female/F01X01.wav")
 
 
 def gen_emodb(out: Path, n: int, seed: int, with_faults: bool):
@@ -236,36 +237,22 @@ def gen_emodb(out: Path, n: int, seed: int, with_faults: bool):
         version = "abcdefghijklmnopqrstuvwxyz"[(k - 1) // len(texts) % 26]
         return f"wav/{speakers[spk]}{texts[(k - 1) % len(texts)]}{letters[c]}{version}.wav" if k < 900 else \
             f"wav/{speakers[spk]}x{k % 100:02d}{letters[c]}a.wav"  # planted faults: the label letter stays 6th
-    rng, good, faults = _file_corpus(out, seed, n, with_faults, "emodb", letters, weights, len(speakers), 16000,
-                                     (1.0, 2.5), name)
-    if with_faults:
-        write_wav(out / "wav/03a01Qa.wav", synthesize(class_voices(7, 1)[0], speaker_traits(rng), 1.0, 16000, rng), 16000)
-        faults.add("unknown label", out / "wav/03a01Qa.wav")
-    _write_manifest(out, "emodb", seed, good, faults)
+    _file_corpus(out, "emodb", seed, n, with_faults, letters, weights, len(speakers), 16000, (1.0, 2.5), name,
+                 misnamed="wav/03a01Qa.wav")
 
 
 def gen_audiomnist(out: Path, n: int, seed: int, with_faults: bool):
-    n_spk = max(3, min(60, n // 50))
-
     def name(c, spk, k):
         return f"data/{spk + 1:02d}/{c}_{spk + 1:02d}_{k - 1}.wav"
-    rng, good, faults = _file_corpus(out, seed, n, with_faults, "audiomnist", list(range(10)), [1] * 10, n_spk,
-                                     48000, (0.4, 0.8), name)
-    if with_faults:
-        write_wav(out / "data/01/one_01_0.wav", synthesize(class_voices(10, 1)[0], speaker_traits(rng), 0.5, 48000, rng), 48000)
-        faults.add("unknown label", out / "data/01/one_01_0.wav")
-    _write_manifest(out, "audiomnist", seed, good, faults)
+    _file_corpus(out, "audiomnist", seed, n, with_faults, list(range(10)), [1] * 10, max(3, min(60, n // 50)),
+                 48000, (0.4, 0.8), name, misnamed="data/01/one_01_0.wav")
 
 
 def gen_gtzan(out: Path, n: int, seed: int, with_faults: bool, seconds: float = 3.0):
     def name(c, spk, k):
         return f"genres_original/{GTZAN_GENRES[c]}/{GTZAN_GENRES[c]}.{k - 1:05d}.wav"
-    rng, good, faults = _file_corpus(out, seed, n, with_faults, "gtzan", GTZAN_GENRES, [1] * 10, 1, 22050,
-                                     seconds, name)
-    if with_faults:
-        write_wav(out / "genres_original/stray.wav", np.full(22050, 0.1, np.float32), 22050)
-        faults.add("unknown label", out / "genres_original/stray.wav")
-    _write_manifest(out, "gtzan", seed, [g.split("/", 1)[1] for g in good], faults)
+    _file_corpus(out, "gtzan", seed, n, with_faults, GTZAN_GENRES, [1] * 10, 1, 22050, seconds, name,
+                 misnamed="genres_original/stray.wav", uid_root="genres_original")
 
 
 def gen_speakers(out: Path, n: int, seed: int, with_faults: bool, n_speakers: int = 5):
@@ -273,13 +260,9 @@ def gen_speakers(out: Path, n: int, seed: int, with_faults: bool, n_speakers: in
 
     def name(c, spk, k):
         return f"{names[c]}/{k - 1:04d}.wav"
-    # the label is the speaker: class profile = the person's voice; one trait set shared
-    rng, good, faults = _file_corpus(out, seed, n, with_faults, "speakers", names, [1] * n_speakers, 1, 16000,
-                                     1.0, name)
-    if with_faults:
-        write_wav(out / "stray.wav", np.full(16000, 0.1, np.float32), 16000)
-        faults.add("unknown label", out / "stray.wav")
-    _write_manifest(out, "speakers", seed, good, faults)
+    # the label is the speaker: the class profile is the person's voice
+    _file_corpus(out, "speakers", seed, n, with_faults, names, [1] * n_speakers, 1, 16000, 1.0, name,
+                 misnamed="stray.wav")
 
 
 MELD_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
@@ -302,10 +285,10 @@ def gen_meld(out: Path, n: int, seed: int, with_faults: bool):
     rng = np.random.default_rng(seed)
     voices = class_voices(len(MELD_LABELS), seed + 1)
     speakers = {s: speaker_traits(rng) for s in MELD_SPEAKERS}
-    sizes = dict(zip(MELD_SPLITS_ORDER, _class_sizes(n, [0.72, 0.09, 0.19])))
+    sizes = dict(zip(MELD_SPLITS, _class_sizes(n, [0.72, 0.09, 0.19])))
     good, faults, serial = [], Faults(out), 0
     for split, size in sizes.items():
-        split_name = {"train": "train", "dev": "val", "test": "test"}[split]
+        split_name = MELD_SPLITS[split]
         rows, labels = [], _uttered(rng, MELD_LABELS, MELD_WEIGHTS, size)
         for i, c in enumerate(labels):
             label, dia, utt = MELD_LABELS[c], i // 4, i % 4
@@ -353,9 +336,6 @@ def gen_meld(out: Path, n: int, seed: int, with_faults: bool):
                     faults.add(kind, out / f"{split}_sent_emo.csv", line=first_fault_row + utt + 2)
         _write_meld_csv(out / f"{split}_sent_emo.csv", rows)
     _write_manifest(out, "meld", seed, good, faults)
-
-
-MELD_SPLITS_ORDER = ("train", "dev", "test")
 
 
 def _write_meld_csv(path: Path, rows: list) -> None:
