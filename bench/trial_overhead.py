@@ -37,11 +37,12 @@ def plain(args) -> None:
     from transformers import get_linear_schedule_with_warmup
 
     from workloads import bert_nli
-    from workloads.models.encoders import load_tokenizer, offline_model_path
+    from workloads.models.encoders import load_tokenizer
+    from workloads.models.shelf import shelf_model_path
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    config = {**job_config(args), "seed": 42, "data_dir": None, "model_path": offline_model_path(),
+    config = {**job_config(args), "seed": 42, "data_dir": None, "model_path": shelf_model_path("minilm"),
               "strategy": "full"}
     loaders = bert_nli.build_loaders(config, load_tokenizer(config["model_path"]))
     model, _ = bert_nli.build_model(config)
@@ -116,7 +117,7 @@ def main() -> None:
     plain_parts = json.loads(plain_out.strip().splitlines()[-1])
 
     sets = [x for k, v in job_config(args).items() for x in ("--set", f"{k}={v}")]
-    sweep_cmd = [sys.executable, "sweeps/bert_freezing.py", "--arms", "full", "--model", "offline",
+    sweep_cmd = [sys.executable, "sweeps/bert_freezing.py", "--arms", "full", "--model", "minilm",
                  "--cpus-per-trial", str(args.threads), "--verbose", "0", *sets]
     sweep_wall, sweep_out, _ = timed([*sweep_cmd, "--name", "overhead"], env)
     warm_wall = warm_sweep(sweep_cmd, env, work, args.threads)

@@ -52,6 +52,9 @@ class Study:
     mode: str = "max"
     smoke: dict = field(default_factory=dict)  # overrides for --smoke: tiny data and model
     cpu_subset: dict = field(default_factory=dict)  # overrides on a machine with no GPU, unless --full-data
+    # One line said (printed, on the parent run, in the results file) when cpu_subset is in
+    # force: what the subset is and what it can and cannot show. `{subset}` lists it.
+    cpu_note: str = ""
     prepare: Callable | None = None  # (config, opts) → config: resolve models/data once, in the driver
     describe: Callable | None = None  # config → {artifact name: text or Path of a file}: the data report, on the parent run
     table_columns: list = field(default_factory=list)  # config keys shown in the results table
@@ -251,6 +254,10 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     if not has_gpu and not opts.full_data and not opts.smoke:
         base.update(study.cpu_subset)
         over_arms |= set(study.cpu_subset)
+        if study.cpu_note:
+            subset = ", ".join(f"{k}={v}" for k, v in study.cpu_subset.items())
+            base["_run_note"] = study.cpu_note.format(subset=subset)
+            print(f"[emosweep] {base['_run_note']}")
     if opts.smoke:
         base.update(study.smoke)
         over_arms |= set(study.smoke)
@@ -482,9 +489,10 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                 **{f"space.{k}": repr(v) for k, v in study.space.items()},
             }
             experiment = opts.experiment or study.name
+            note = {"mlflow.note.content": base["_run_note"]} if base.get("_run_note") else {}
             tracking = start_parent_run(uri, experiment, name, sweep_params,
                                         {**tags, "random_init": str(bool(base.get("random_init"))).lower(),
-                                         "model_id": base.get("model_id", "")})
+                                         "model_id": base.get("model_id", ""), **note})
             if study.describe is not None:
                 for artifact, content in study.describe(base).items():
                     if isinstance(content, Path):  # a picture: logged as a file, not printed
@@ -556,7 +564,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
         md = out.with_suffix(".md")
-        md.write_text(f"# {study.name}: {name}\n\n{format_table(table)}\n")
+        run_note = (state.get("base") or {}).get("_run_note")
+        md.write_text(f"# {study.name}: {name}\n\n" + (f"{run_note}\n\n" if run_note else "") + f"{format_table(table)}\n")
         run_id = tracking.parent_run_id
         timings["total_s"] = time.perf_counter() - t_start
         try:
@@ -574,6 +583,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                   f"it is at {out}", file=sys.stderr)
 
         print(f"\n{study.name} — {name}\n{format_table(table)}\n")
+        if run_note:
+            print(f"note: {run_note}")
         print(f"results: {out} and {md}")
         print(f"MLflow: {uri}  (experiment '{state['experiment']}', parent run {run_id})")
         if server is not None:

@@ -6,7 +6,7 @@ pairs identical with different labels.)"""
 import torch
 
 from workloads import bert_nli
-from workloads.core.loop import TrainSetup, TuneSession, run_epoch
+from workloads.core.loop import LocalSession, TrainSetup, run_epoch
 from workloads.data.farstail import LABEL_NAMES
 from workloads.models.encoders import load_tokenizer, make_tiny_bert
 
@@ -20,7 +20,7 @@ def test_tiny_bert_memorises_farstail_pairs(tmp_path, farstail):
     model, _ = bert_nli.build_model(config)
     setup = TrainSetup(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=2e-3), loaders=loaders,
                        step=bert_nli._step, class_names=LABEL_NAMES, epochs=60)
-    session, device = TuneSession(), torch.device("cpu")
+    session, device = LocalSession(), torch.device("cpu")
     first = run_epoch(setup, model, loaders["train"], device, True, session, epoch=1)
     for epoch in range(2, setup.epochs + 1):
         last = run_epoch(setup, model, loaders["train"], device, True, session, epoch=epoch)

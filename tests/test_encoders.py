@@ -3,13 +3,14 @@ import time
 import pytest
 import torch
 
-from workloads.models.encoders import (OFFLINE_MODEL_ID, ModelUnavailable, load_sequence_classifier, load_tokenizer,
-                                       resolve_model)
+from workloads.models.encoders import ModelUnavailable, load_sequence_classifier, load_tokenizer, resolve_model
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def test_packaged_offline_model_is_a_real_pretrained_bert():
-    resolved = resolve_model("offline", default="unused")
-    assert resolved.source == "package" and resolved.model_id == OFFLINE_MODEL_ID and not resolved.random_init
+def test_shelf_minilm_is_a_real_pretrained_bert():
+    resolved = resolve_model("minilm", default="unused")
+    assert resolved.source == "shelf" and resolved.model_id == MINILM and not resolved.random_init
     model = load_sequence_classifier(resolved.path, num_labels=3).eval()
     tok = load_tokenizer(resolved.path)
     assert model.config.num_hidden_layers == 6
@@ -25,8 +26,9 @@ def test_default_model_falls_back_offline_in_seconds(monkeypatch, caplog):
     start = time.monotonic()
     resolved = resolve_model(None, default="HooshvareLab/bert-base-parsbert-uncased")
     assert time.monotonic() - start < 5
-    assert resolved.source == "package" and resolved.requested == "HooshvareLab/bert-base-parsbert-uncased"
-    assert "falling back" in caplog.text
+    assert resolved.source == "shelf" and resolved.requested == "HooshvareLab/bert-base-parsbert-uncased"
+    assert resolved.model_id == MINILM and resolved.stand_in_for == "HooshvareLab/bert-base-parsbert-uncased"
+    assert "in its place" in caplog.text
 
 
 def test_explicit_unreachable_model_fails_at_once_with_what_to_do(monkeypatch):

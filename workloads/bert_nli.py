@@ -7,17 +7,20 @@ rest to the shared epoch loop.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
 
 from .core.loop import EpochShardSampler, TrainSession, TrainSetup, distributed_rank, fit, run_data_parallel
 from .core.seeding import seed_everything
-from .core.tracking import TrackingContext
 from .data.farstail import LABEL_NAMES, LABELS, read_farstail
 from .data.manifest import stratified_subset
 from .models.encoders import load_sequence_classifier, load_tokenizer
 from .models.strategies import apply_strategy
+
+if TYPE_CHECKING:
+    from .core.tracking import TrackingContext
 
 WORKLOAD = "bert_nli"
 
@@ -148,11 +151,17 @@ def describe(config: dict) -> dict:
     return {"dataset_report.md": "\n".join(lines) + "\n"}
 
 
+OFFLINE_FALLBACK = "e5-small"  # multilingual: reads Persian; 12 layers × 12 heads like ParsBERT
+
+
 def prepare(config: dict, opts) -> dict:
     """Driver-side, once per sweep: check the data (fail fast, report bad rows) and decide the
     model. --smoke builds a tiny random BERT over FarsTail's characters; otherwise the study's
-    default (ParsBERT) or --model is resolved, falling back to the packaged offline model."""
+    default (ParsBERT) or --model is resolved; when ParsBERT is unreachable, the shelf's
+    multilingual-e5-small stands in. A shelf model's vocabulary is trimmed to the pieces
+    FarsTail uses (exact on this corpus; 117.5M → 24M parameters for e5-small)."""
     from .models.encoders import make_tiny_bert, resolve_model
+    from .models.vocab_trim import trim_vocabulary
 
     manifest = _manifest(config.get("data_dir"))  # cached: describe() and trials' fingerprint reuse it
     if len(manifest.problems):
@@ -167,7 +176,21 @@ def prepare(config: dict, opts) -> dict:
                               seed=config["seed"])
         config.update(model_path=path, model_id="tiny-random-bert", model_source="tiny-random", random_init=True)
         return config
-    resolved = resolve_model(getattr(opts, "model", None), default=config["model"])
-    config.update(model_path=resolved.path, model_id=resolved.model_id, model_source=resolved.source,
-                  random_init=resolved.random_init)
+    resolved = resolve_model(getattr(opts, "model", None), default=config["model"], fallback=OFFLINE_FALLBACK)
+    model_id, path = resolved.model_id, resolved.path
+    if resolved.source == "shelf" and config.get("trim_vocab", True):
+        trim = trim_vocabulary(path, list(manifest.items["text"]) + list(manifest.items["text_b"]))
+        path = trim["path"]
+        model_id += f" (vocab trimmed to FarsTail: {trim['pieces_kept']} pieces)"
+        config.update(vocab_pieces_kept=trim["pieces_kept"], vocab_pieces_before=trim["pieces_before"],
+                      params_before_trim=trim["params_before"], params_after_trim=trim["params_after"])
+        print(f"[emosweep] {resolved.model_id}: vocabulary trimmed to the {trim['pieces_kept']:,} of "
+              f"{trim['pieces_before']:,} pieces FarsTail uses; {trim['params_before'] / 1e6:.1f}M → "
+              f"{trim['params_after'] / 1e6:.1f}M parameters, same outputs on this corpus")
+    if resolved.stand_in_for:
+        model_id += f", stand-in for {resolved.stand_in_for}"
+        print(f"[emosweep] {resolved.stand_in_for} is unreachable offline: using {resolved.model_id} from the "
+              f"offline shelf in its place (pass --model DIR with a local copy for the real study)")
+    config.update(model_path=path, model_id=model_id, model_source=resolved.source,
+                  random_init=resolved.random_init, stand_in_for=resolved.stand_in_for)
     return config

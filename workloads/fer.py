@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,10 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from .core.loop import EpochShardSampler, TrainSetup, fit
 from .core.seeding import derive_seed, seed_everything
-from .core.tracking import TrackingContext
 from .data.fer2013 import LABELS
 from .data.manifest import stratified_subset
 from .models.fer_nets import build_fer_net
+
+if TYPE_CHECKING:
+    from .core.tracking import TrackingContext
 
 WORKLOAD = "fer"
 IMBALANCE = ("upsample", "class_weights", "none")
@@ -107,6 +110,23 @@ def build_loaders(config: dict, data: dict) -> tuple[dict, dict]:
     return loaders, info
 
 
+def make_step(weights: torch.Tensor | None, mixed_precision: bool = True):
+    """The training step: (model, (images, labels, flags), device) → (loss, logits, labels).
+    On a GPU: channels-last convolutions under bf16 autocast (no loss scaling needed)."""
+    def step(model, batch, device):
+        x, y, _ = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        fast = device.type == "cuda" and mixed_precision
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+            logits = model(x)
+        w = weights.to(device) if weights is not None else None
+        return torch.nn.functional.cross_entropy(logits.float(), y, weight=w), logits, y
+
+    return step
+
+
 def train(config: dict, tracking: TrackingContext | None = None) -> None:
     seed_everything(config["seed"])
     data = load_split_arrays(config)
@@ -116,21 +136,11 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     model = build_fer_net(config["architecture"], config["dropout"])
     weights = class_weights(data["train"][1], len(LABELS)) if config["imbalance"] == "class_weights" else None
 
-    def step(model, batch, device):
-        x, y, _ = batch
-        x, y = x.to(device), y.to(device)
-        fast = device.type == "cuda" and config.get("mixed_precision", True)
-        if fast:  # on a GPU: channels-last convolutions under bf16 autocast (no loss scaling needed)
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
-            logits = model(x)
-        w = weights.to(device) if weights is not None else None
-        return torch.nn.functional.cross_entropy(logits.float(), y, weight=w), logits, y
-
     if torch.cuda.is_available() and config.get("mixed_precision", True):
         model = model.to(memory_format=torch.channels_last)
     setup = TrainSetup(
-        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=config["lr"]), loaders=loaders, step=step,
+        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=config["lr"]), loaders=loaders,
+        step=make_step(weights, config.get("mixed_precision", True)),
         class_names=LABELS, epochs=config["epochs"], grad_clip=config.get("grad_clip"), info=info,
         tags={"workload": WORKLOAD, "arm": config["arm"], "architecture": config["architecture"],
               "imbalance": config["imbalance"], "model_id": config.get("model_id", config["architecture"]),

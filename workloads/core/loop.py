@@ -6,6 +6,12 @@ restores from the checkpoint Tune hands back (a retried or resumed trial continu
 it stopped), seeds each epoch from (seed, epoch) so a resumed run replays the same batches,
 evaluates the test split whenever validation accuracy improves (so a trial stopped early by
 the scheduler still has test numbers for its best epoch), logs to MLflow and reports to Tune.
+
+Ray at the edge: this module, the models and the workloads' data code import with PyTorch
+alone. A session object is the one adapter to the outside: `TuneSession` (a Tune trial),
+`TrainSession` (one rank of a Ray Train data-parallel trial) or `LocalSession` (a plain
+process: a notebook, a bare GPU box), which `fit` picks by itself. Ray and MLflow are
+imported only by the sessions and the tracker that need them.
 """
 from __future__ import annotations
 
@@ -18,14 +24,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
-from ray import tune
 
 from .metrics import classification_metrics, plot_confusion, plot_learning_curves
 from .seeding import derive_seed, seed_everything
-from .tracking import TrackingContext, TrialRun
+
+if TYPE_CHECKING:
+    from .tracking import TrackingContext
+
+
+def _ray():
+    """Ray if this process already runs it (a Tune or Train worker, a driver), else None.
+    Never imports it: a process without Ray never pays for it or needs it."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
 
 StepFn = Callable[[torch.nn.Module, object, torch.device], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
 
@@ -71,25 +85,78 @@ class EpochShardSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.n, self.world))
 
 
-class TuneSession:
-    """A trial that is one process: reports go straight to Tune."""
+class LocalSession:
+    """A plain process, no Ray: the epoch's metrics are kept in `reports` and printed in one
+    line; with `checkpoint_dir` the latest checkpoint is kept there and a new session on the
+    same folder continues from it."""
 
     rank, world = 0, 1
 
-    def __init__(self):
-        self.trial_id = trial_id()
+    def __init__(self, checkpoint_dir: str | None = None, trial: str = "local", quiet: bool = False):
+        self.trial_id, self.checkpoint_dir, self.quiet = trial, checkpoint_dir, quiet
+        self.reports: list[dict] = []
 
     def get_checkpoint(self):
-        return tune.get_checkpoint()
+        if self.checkpoint_dir and os.path.exists(os.path.join(self.checkpoint_dir, "progress.json")):
+            return _LocalCheckpoint(self.checkpoint_dir)
+        return None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        self.reports.append(metrics)
+        if checkpoint_dir and self.checkpoint_dir:
+            tmp = self.checkpoint_dir.rstrip("/") + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, tmp)
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            os.replace(tmp, self.checkpoint_dir)
+        if not self.quiet:
+            keys = ("epoch", "train_loss", "train_acc", "val_acc", "best_val_acc", "test_acc", "train_items_per_s")
+            print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))),
+                  flush=True)
 
     def gather(self, obj) -> list:
         return [obj]
 
     def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model.to(device)
+
+
+class _LocalCheckpoint:
+    def __init__(self, path: str):
+        self.path = path
+
+    def as_directory(self):
+        from contextlib import nullcontext
+
+        return nullcontext(self.path)
+
+
+class TuneSession(LocalSession):
+    """A trial that is one process: reports go straight to Tune."""
+
+    def __init__(self):
+        super().__init__(trial=trial_id())
+
+    def get_checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def in_tune_trial() -> bool:
+    if _ray() is None:
+        return False
+    try:
+        from ray import tune
+
+        return tune.get_context().get_trial_id() is not None
+    except Exception:
+        return False
 
 
 class TrainSession(TuneSession):
@@ -126,6 +193,8 @@ class TrainSession(TuneSession):
 
 def distributed_rank() -> tuple[int, int]:
     """(rank, world size) inside a Ray Train worker, else (0, 1): workloads shard data by it."""
+    if _ray() is None:
+        return 0, 1
     try:
         import ray.train
 
@@ -143,6 +212,7 @@ def run_data_parallel(worker_fn: Callable, config: dict, tracking: TrackingConte
     from ray.train import RunConfig as TrainRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     n = int(config["workers_per_trial"])
@@ -176,10 +246,9 @@ def pick_device() -> torch.device:
     """The GPU Ray assigned to this trial, else the CPU. Ray sets CUDA_VISIBLE_DEVICES to the
     assigned ids, so cuda:0 is always one of ours."""
     if torch.cuda.is_available():
+        ray = _ray()
         try:
-            import ray
-
-            if ray.is_initialized() and not ray.get_gpu_ids():
+            if ray is not None and not ray.get_gpu_ids():
                 return torch.device("cpu")
         except Exception:  # outside a Ray worker: any visible GPU is ours
             pass
@@ -190,10 +259,8 @@ def pick_device() -> torch.device:
 def configure_threads() -> int:
     """Use as many intra-op threads as CPUs Ray gave this trial (never the whole node)."""
     try:
-        import ray
-
-        n = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
-    except Exception:
+        n = int(_ray().get_runtime_context().get_assigned_resources().get("CPU", 0))
+    except Exception:  # not in a Ray worker: torch's own default
         n = 0
     if n > 0:
         torch.set_num_threads(n)
@@ -203,8 +270,7 @@ def configure_threads() -> int:
 def placement() -> dict:
     """Where this trial runs: Ray node and the GPU ids Ray assigned (CUDA_VISIBLE_DEVICES)."""
     try:
-        import ray
-
+        ray = _ray()
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
@@ -231,7 +297,7 @@ def _maybe_inject_fault(config: dict, epoch: int, batch_index: int) -> None:
 
 
 def run_epoch(setup: TrainSetup, model: torch.nn.Module, loader: Iterable, device: torch.device, train: bool,
-              session: TuneSession, config: dict | None = None, epoch: int = 0) -> dict:
+              session: LocalSession, config: dict | None = None, epoch: int = 0) -> dict:
     """One pass over this rank's shard of a loader; loss, accuracy and predictions are
     gathered over all ranks. `model` may be the DDP wrapper of setup.model."""
     model.train(train)
@@ -294,9 +360,11 @@ def _write(directory: str, name: str, text: str) -> str:
     return path
 
 
-def _save_unlogged(run: TrialRun, history: list) -> None:
+def _save_unlogged(run, history: list) -> None:
     """MLflow stayed unreachable past the patience: keep what it lacks beside the trial."""
     try:
+        from ray import tune
+
         directory = tune.get_context().get_trial_dir() or run.artifact_dir  # None outside a trial
     except Exception:
         directory = run.artifact_dir
@@ -309,17 +377,22 @@ def _save_unlogged(run: TrialRun, history: list) -> None:
 
 
 def trial_id() -> str:
+    if _ray() is None:
+        return "local"
     try:
+        from ray import tune
+
         return tune.get_context().get_trial_id() or "local"
     except Exception:
         return "local"
 
 
 def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_name: str,
-        session: TuneSession | None = None) -> dict:
+        session: LocalSession | None = None) -> dict:
     """Train for setup.epochs, reporting every epoch to Tune (with a checkpoint) and MLflow.
-    With a TrainSession it runs as one rank of a data-parallel trial."""
-    session = session or TuneSession()
+    With a TrainSession it runs as one rank of a data-parallel trial; outside Ray, in a plain
+    LocalSession. Returns the final state (epoch, history, best)."""
+    session = session or (TuneSession() if in_tune_trial() else LocalSession())
     device = pick_device()
     threads = configure_threads()
     setup.model.to(device)
@@ -337,6 +410,8 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
 
     art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
     model = session.prepare_model(setup.model, device)  # DDP wrapper in a data-parallel trial
+    if tracking and session.rank == 0:
+        from .tracking import TrialRun  # MLflow only where a tracking server is in use
     run = (TrialRun(tracking, session.trial_id, run_name, {**config, **info, "world_size": session.world},
                     {**setup.tags, **where}, art_dir)
            if tracking and session.rank == 0 else None)

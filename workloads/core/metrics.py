@@ -4,11 +4,6 @@ from __future__ import annotations
 import textwrap
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # trials run headless on Ray workers
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
@@ -30,8 +25,19 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_n
     }
 
 
+def _pyplot():
+    """matplotlib, imported when a picture is drawn (a bare training box may lack it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # trials run headless on Ray workers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str, path: str) -> str:
     """Heatmap of counts, with row-normalised colour so rare classes stay readable."""
+    plt = _pyplot()
     cm = np.asarray(confusion, dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
@@ -54,6 +60,9 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
 
 def plot_learning_curves(history: Sequence[dict], title: str, path: str) -> str:
     """Loss and accuracy per epoch, train against validation."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
     for split, style in (("train", "-o"), ("val", "-s")):

@@ -42,7 +42,7 @@ def index_media(root: Path) -> dict[str, list[str]]:
 
 
 DISPLAY_NAMES = {"meld": "MELD", "shemo": "ShEMO", "emodb": "EmoDB", "audiomnist": "AudioMNIST",
-                 "gtzan": "GTZAN", "speakers": "speaker folders"}
+                 "gtzan": "GTZAN", "speakers": "speaker folders", "ravdess": "RAVDESS"}
 
 
 def _require_dir(root, corpus: str, expected: str) -> Path:
@@ -229,8 +229,34 @@ def read_speakers(root) -> Manifest:
     return m
 
 
+RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
+                    "07": "disgust", "08": "surprised"}
+RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+
+
+def read_ravdess(root) -> Manifest:
+    """RAVDESS: `03-01-05-01-02-01-12.wav` = modality, vocal channel, emotion (3rd), intensity,
+    statement, repetition, actor (7th; odd male, even female), usually in `Actor_NN/` folders
+    but found anywhere under root, in any audio container. Speaker = actor, so splits by
+    speaker keep every actor in one split. Video-only files (modality 02) have no audio."""
+    def parse(path, root):
+        m = RAVDESS_NAME.match(media_key(path.name))
+        if not m:
+            raise ValueError("file name is not seven two-digit fields like 03-01-05-01-02-01-12")
+        modality, channel, emotion, intensity, statement, repetition, actor = m.groups()
+        if emotion not in RAVDESS_EMOTIONS:
+            raise ValueError(f"unknown emotion code {emotion!r} in the 3rd field (expected 01-08)")
+        if modality == "02":
+            raise ValueError("video-only RAVDESS file (modality 02): no audio")
+        return {"label": RAVDESS_EMOTIONS[emotion], "speaker": f"actor{actor}",
+                "gender": "male" if int(actor) % 2 else "female", "intensity": "strong" if intensity == "02" else "normal",
+                "vocal_channel": "song" if channel == "02" else "speech", "statement": statement}
+    return _read_named("ravdess", root, "files like Actor_12/03-01-05-01-02-01-12.wav",
+                       list(RAVDESS_EMOTIONS.values()), parse)
+
+
 READERS: dict[str, Callable[..., Manifest]] = {
-    "meld": read_meld, "shemo": read_shemo, "emodb": read_emodb,
+    "meld": read_meld, "shemo": read_shemo, "emodb": read_emodb, "ravdess": read_ravdess,
     "audiomnist": read_audiomnist, "gtzan": read_gtzan, "speakers": read_speakers,
 }
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpora import EMODB_LABELS, GTZAN_GENRES, MELD_LABELS, MELD_SPLITS, SHEMO_LABELS
+from .corpora import EMODB_LABELS, GTZAN_GENRES, MELD_LABELS, MELD_SPLITS, RAVDESS_EMOTIONS, SHEMO_LABELS
 
 MANIFEST_NAME = "_synth.json"
 
@@ -265,6 +265,60 @@ def gen_speakers(out: Path, n: int, seed: int, with_faults: bool, n_speakers: in
                  misnamed="stray.wav")
 
 
+def gen_ravdess(out: Path, n: int, seed: int, with_faults: bool, difficulty: float = 0.5):
+    """RAVDESS speech: `Actor_NN/03-01-EE-II-SS-RR-NN.wav`, 8 emotions (neutral half as often).
+
+    `difficulty` in [0, 1] decides how much of a clip carries its class: at 0 the whole clip
+    is spoken in the class's voice; at d the class voice is a burst covering (1 - d) of the
+    clip (at least 0.3 s), at a random place, inside speech in a voice shared by all classes,
+    and the class voices are pulled d/2 of the way towards each other. So mean pooling dilutes
+    the cue as d grows while max or attention pooling can find it, and poolings differ."""
+    if not 0 <= difficulty <= 1:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
+    codes = list(RAVDESS_EMOTIONS)
+    weights = [1 if c == "01" else 2 for c in codes]
+    n_actors = max(4, min(24, n // 16))
+    rng = np.random.default_rng(seed)
+    voices = class_voices(len(codes), seed + 1)
+    shared = Voice(f0=180, f0_range=0.2, rate=4.5, loudness=0.35, tilt=1.4)
+    pull = difficulty / 2
+    voices = [Voice(**{f: getattr(v, f) + pull * (getattr(shared, f) - getattr(v, f))
+                       for f in ("f0", "f0_range", "rate", "loudness", "tilt", "formant")}) for v in voices]
+    actors = [speaker_traits(rng) for _ in range(n_actors)]
+    sr, good, counters = 16000, [], {}
+    for i, c in enumerate(_uttered(rng, codes, weights, n)):
+        actor = i % n_actors
+        k = counters[(c, actor)] = counters.get((c, actor), 0)
+        counters[(c, actor)] += 1
+        fields = ["03", "01", codes[c], f"{k % 2 + 1:02d}", f"{k // 2 % 2 + 1:02d}", f"{k // 4 % 2 + 1:02d}",
+                  f"{actor + 1:02d}"]
+        if k >= 8:  # more clips per actor and class than RAVDESS has: extend the repetition field
+            fields[5] = f"{k // 4 + 1:02d}"
+        rel = f"Actor_{actor + 1:02d}/{'-'.join(fields)}.wav"
+        dur = rng.uniform(2.5, 4.0)
+        burst = dur if difficulty == 0 else max(0.3, (1 - difficulty) * dur)
+        wave = synthesize(shared, actors[actor], dur, sr, rng) if burst < dur else np.zeros(int(dur * sr), np.float32)
+        cue = synthesize(voices[c], actors[actor], burst, sr, rng)
+        start = int(rng.uniform(0, dur - burst) * sr) if burst < dur else 0
+        ramp = np.minimum(1, np.minimum(np.arange(len(cue)), np.arange(len(cue))[::-1]) / (0.02 * sr))
+        seg = wave[start:start + len(cue)]
+        wave[start:start + len(cue)] = seg * (1 - ramp[:len(seg)]) + cue[:len(seg)] * ramp[:len(seg)]
+        write_wav(out / rel, wave, sr)
+        good.append(rel)
+    faults = Faults(out)
+    if with_faults:
+        def spare(j: int) -> Path:
+            return out / f"Actor_01/03-01-01-01-01-{90 + j:02d}-01.wav"
+        faults.unreadable(spare(0), rng)
+        faults.zero_bytes(spare(1))
+        faults.no_audio_stream(spare(2))
+        faults.empty_audio(spare(3))
+        faults.silent(spare(4), sr)
+        write_wav(out / "Actor_01/03-01-09-01-01-01-01.wav", synthesize(shared, actors[0], 1.0, sr, rng), sr)
+        faults.add("unknown label", out / "Actor_01/03-01-09-01-01-01-01.wav")
+    _write_manifest(out, "ravdess", seed, good, faults, difficulty=difficulty)
+
+
 MELD_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 MELD_CUES = {
     "anger": ["furious", "angry"], "disgust": ["gross", "disgusting"], "fear": ["scared", "afraid"],
@@ -434,10 +488,12 @@ def gen_fer2013(out: Path, n: int, seed: int, with_faults: bool):
 
 
 GENERATORS = {"meld": gen_meld, "shemo": gen_shemo, "emodb": gen_emodb, "audiomnist": gen_audiomnist,
-              "gtzan": gen_gtzan, "speakers": gen_speakers, "fer2013": gen_fer2013}
+              "gtzan": gen_gtzan, "speakers": gen_speakers, "fer2013": gen_fer2013, "ravdess": gen_ravdess}
 
 
-def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False) -> Path:
+def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False, **options) -> Path:
+    """Write a look-alike of `corpus` into the new folder `out`. `options` go to the
+    generator (ravdess: difficulty)."""
     if corpus not in GENERATORS:
         raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(GENERATORS)}")
     if n < 1:
@@ -446,7 +502,7 @@ def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; generate into a new folder")
     out.mkdir(parents=True, exist_ok=True)
-    GENERATORS[corpus](out, n, seed, with_faults)
+    GENERATORS[corpus](out, n, seed, with_faults, **options)
     return out
 
 
@@ -461,9 +517,11 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=200, help="number of good items")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--with-faults", action="store_true", help="also plant each kind of bad input")
+    parser.add_argument("--difficulty", type=float, help="ravdess: share of a clip without the class cue, 0-1")
     args = parser.parse_args(argv)
+    options = {} if args.difficulty is None else {"difficulty": args.difficulty}
     try:
-        out = generate(args.corpus, args.out, args.n, args.seed, args.with_faults)
+        out = generate(args.corpus, args.out, args.n, args.seed, args.with_faults, **options)
     except (ValueError, FileExistsError) as e:
         parser.error(str(e))
     info = load_manifest(out)

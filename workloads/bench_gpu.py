@@ -1,0 +1,189 @@
+"""Each workload's real training step on generated data, timed: items/s, peak memory, and the
+fraction of the device's peak arithmetic (MFU) where that peak is known.
+
+Runs with PyTorch and transformers alone (no Ray, MLflow or Optuna), so it runs the same on
+this laptop-class CPU and on a bare GPU box:
+
+    python -m workloads.bench_gpu                         # every workload, 10 s each
+    python -m workloads.bench_gpu --workloads s3 --batch 16,32 --seconds 20
+    python -m workloads.bench_gpu --json out.json
+
+S3 is multilingual-e5-small's shape with the vocabulary trimmed to FarsTail's 6,275 pieces
+(24M parameters), random weights (speed does not depend on their values), pairs whose
+lengths follow FarsTail's (median 74 pieces, capped at 128), the workload's own step and
+optimizer; `--model DIR` times a real folder instead. FER is the four CNNs of S6 on 48×48
+grey faces. FLOPs per step are counted by torch's FlopCounterMode on the step itself.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+# Dense bf16 tensor-core peaks (FLOP/s), by device name. MFU is left out for anything else.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
+
+
+def device_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, seconds: float, device: torch.device, items_per_step: int) -> dict:
+    """Warm up, count FLOPs of one step, then run steps for `seconds`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step()
+    step()  # allocations, autotuning
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < 3:
+        step()
+        n += 1
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    achieved = flops * n / elapsed
+    peak = device_peak(device)
+    return {"items_per_s": items_per_step * n / elapsed, "steps": n, "flops_per_item": flops / items_per_step,
+            "tflops": achieved / 1e12, "mfu": achieved / peak if peak else None,
+            "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+
+
+def s3_batches(batch: int, n_batches: int, vocab: int, seed: int = 0, max_length: int = 128):
+    """Token batches with FarsTail-like pair lengths, padded to the longest in each batch."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        lengths = (torch.randn(batch, generator=g) * 22 + 76).clamp(20, max_length).long()
+        width = int(lengths.max())
+        ids = torch.randint(5, vocab, (batch, width), generator=g)
+        mask = (torch.arange(width)[None] < lengths[:, None]).long()
+        out.append({"input_ids": ids * mask + (1 - mask), "attention_mask": mask,
+                    "labels": torch.randint(0, 3, (batch,), generator=g)})
+    return out
+
+
+def bench_s3(batch: int, seconds: float, device: torch.device, model_dir: str | None, fused: bool,
+             precision: str) -> dict:
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    from workloads import bert_nli
+
+    torch.manual_seed(0)
+    if model_dir:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3, use_safetensors=True)
+    else:  # e5-small's shape, FarsTail-trimmed vocabulary
+        model = BertForSequenceClassification(BertConfig(
+            vocab_size=6275, hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536,
+            max_position_embeddings=512, num_labels=3, pad_token_id=1))
+    model.to(device).train()
+    kwargs = {"fused": True} if fused and device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-5, weight_decay=0.01, **kwargs)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in s3_batches(batch, 16, model.config.vocab_size)]
+    it = iter(range(10**9))
+    use_bf16 = precision == "bf16" and device.type == "cuda"
+
+    def step():
+        b = batches[next(it) % len(batches)]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, _, _ = bert_nli._step(model, b, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    params = sum(p.numel() for p in model.parameters())
+    return {"workload": "s3", "model": model_dir or "e5-small shape (trimmed vocab), random", "batch": batch,
+            "precision": "bf16" if use_bf16 else "fp32", "optimizer": "AdamW " + next(iter(kwargs)),
+            "params_m": params / 1e6, **time_steps(step, seconds, device, batch)}
+
+
+def bench_fer(arch: str, batch: int, seconds: float, device: torch.device, precision: str) -> dict:
+    from workloads.fer import make_step
+    from workloads.models.fer_nets import build_fer_net
+
+    torch.manual_seed(0)
+    mixed = precision == "bf16"
+    model = build_fer_net(arch, 0.25).to(device).train()
+    if device.type == "cuda" and mixed:
+        model = model.to(memory_format=torch.channels_last)
+    step_fn = make_step(None, mixed_precision=mixed)
+    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **kwargs)
+    x = torch.rand(batch, 1, 48, 48, device=device)
+    y = torch.randint(0, 7, (batch,), device=device)
+    flags = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def step():
+        loss, _, _ = step_fn(model, (x, y, flags), device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return {"workload": "fer", "model": arch, "batch": batch,
+            "precision": "bf16+channels_last" if mixed and device.type == "cuda" else "fp32",
+            "optimizer": "Adam " + next(iter(kwargs)), "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            **time_steps(step, seconds, device, batch)}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", default="s3,fer", help="comma-separated: s3, fer")
+    p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per configuration")
+    p.add_argument("--batch", default=None, help="S3 batch sizes (default 16,32 on a GPU, 16 on the CPU)")
+    p.add_argument("--fer-batch", type=int, default=256)
+    p.add_argument("--fer-archs", default="BasicCNN,Enhanced,AdvancedNetwork,EmotionRecognitionNet")
+    p.add_argument("--precision", default="both", choices=["fp32", "bf16", "both"])
+    p.add_argument("--model", help="S3: a model folder to time instead of e5-small's shape")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", help="write the rows to this file too")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    if not on_gpu:
+        precisions = precisions[:1] if args.precision == "both" else precisions
+    batches = [int(b) for b in (args.batch or ("16,32" if on_gpu else "16")).split(",")]
+    where = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {where}; torch {torch.__version__}; {args.seconds:g} s per row", flush=True)
+    rows = []
+    wanted = set(args.workloads.split(","))
+    for precision in precisions:
+        if "s3" in wanted:
+            for b in batches:
+                rows.append(bench_s3(b, args.seconds, device, args.model, fused=True, precision=precision))
+                _print(rows[-1])
+        if "fer" in wanted:
+            for arch in args.fer_archs.split(","):
+                rows.append(bench_fer(arch, args.fer_batch, args.seconds, device, precision))
+                _print(rows[-1])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": where, "rows": rows}, f, indent=2)
+    return rows
+
+
+def _print(r: dict) -> None:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+    mem = f"{r['peak_mem_mb']:.0f} MB" if r["peak_mem_mb"] is not None else "n/a"
+    print(f"{r['workload']:4} {r['model'][:40]:40} batch {r['batch']:4} {r['precision']:18} "
+          f"{r['items_per_s']:10.1f} items/s  {r['tflops']:8.3f} TFLOP/s  MFU {mfu:>6}  peak {mem}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
