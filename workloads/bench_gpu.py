@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per configuration")
     p.add_argument("--batch", default=None, help="S3 batch sizes (default 16,32 on a GPU, 16 on the CPU)")
     p.add_argument("--fer-batch", type=int, default=256)
-    p.add_argument("--fer-archs", default="BasicCNN,Enhanced,AdvancedNetwork,EmotionRecognitionNet")
+    p.add_argument("--fer-archs", default="basic_cnn,enhanced,advanced_resnet,emotion_se")
     p.add_argument("--precision", default="both", choices=["fp32", "bf16", "both"])
     p.add_argument("--model", help="S3: a model folder to time instead of e5-small's shape")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
