@@ -352,7 +352,7 @@ def results_table(study: Study, result_grid, arms: dict) -> pd.DataFrame:
         row.update({k: m.get(k, cfg.get(k)) for k in study.table_columns})  # what was used, else asked
         row.update({
             "epochs_done": m.get("epoch", 0), "best_epoch": m.get("best_epoch"),
-            "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"),
+            "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"), "test_uar": m.get("test_uar"),
             "test_macro_f1": m.get("test_macro_f1"), "trainable_params": m.get("trainable_params"),
             "total_params": m.get("total_params"), "wall_s": m.get("time_total_s"),
             "model": cfg.get("model_id"), "random_init": bool(cfg.get("random_init")),

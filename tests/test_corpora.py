@@ -15,7 +15,7 @@ from workloads.data.features import STAGES
 from workloads.data.manifest import assign_splits
 from workloads.data.synth import load_manifest
 
-CORPORA = ["meld", "shemo", "emodb", "audiomnist", "gtzan", "speakers"]
+CORPORA = ["meld", "shemo", "emodb", "audiomnist", "gtzan", "speakers", "ravdess"]
 READER_FAULTS = {"unknown label", "not valid UTF-8", "missing media"}  # found before any decoding
 REAL_MELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld-text"
 

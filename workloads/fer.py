@@ -177,24 +177,10 @@ def prepare(config: dict, opts) -> dict:
 
 
 def ensure_synthetic(root: Path, n: int, seed: int) -> Path:
-    """The generated fer2013.csv for (n, seed), made once; generated beside and renamed so a
-    run cut short never leaves half a file behind."""
-    import shutil
-    import tempfile
+    """The generated fer2013.csv for (n, seed), made once."""
+    from .data.synth import ensure_generated
 
-    from .data.synth import generate
-
-    target = root / f"fer2013-synth-n{n}-s{seed}"
-    if not (target / "fer2013.csv").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-fer2013-"))  # generate() fills an empty folder
-        print(f"[emosweep] generating a FER2013 look-alike ({n} faces, seed {seed}) in {target}")
-        generate("fer2013", tmp, n, seed)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another driver made it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target / "fer2013.csv"
+    return ensure_generated(root, "fer2013", n, seed) / "fer2013.csv"
 
 
 def describe(config: dict) -> dict:

@@ -432,7 +432,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             state["best"] = {
                 "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
                 "test_loss": te["loss"], "test_acc": test["acc"], "test_macro_f1": test["macro_f1"],
-                "test_weighted_f1": test["weighted_f1"],
+                "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
                 **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
             }
         timings["time_eval_s"] = time.perf_counter() - t

@@ -5,17 +5,19 @@ import textwrap
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, recall_score
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict:
-    """Accuracy, weighted and macro F1, per-class F1, the confusion matrix and the text report."""
+    """Accuracy, unweighted accuracy (UAR), weighted and macro F1, per-class F1, the confusion matrix and the text report."""
     labels = list(range(len(class_names)))
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     return {
         "acc": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        # unweighted accuracy (mean per-class recall), the speech-emotion literature's UA
+        "uar": float(recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "per_class_f1": {name: float(v) for name, v in zip(class_names, per_class)},
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),

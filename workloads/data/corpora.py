@@ -245,7 +245,7 @@ def read_ravdess(root) -> Manifest:
             raise ValueError("file name is not seven two-digit fields like 03-01-05-01-02-01-12")
         modality, channel, emotion, intensity, statement, repetition, actor = m.groups()
         if emotion not in RAVDESS_EMOTIONS:
-            raise ValueError(f"unknown emotion code {emotion!r} in the 3rd field (expected 01-08)")
+            raise ValueError(f"unknown label: emotion code {emotion!r} in the 3rd field (expected 01-08)")
         if modality == "02":
             raise ValueError("video-only RAVDESS file (modality 02): no audio")
         return {"label": RAVDESS_EMOTIONS[emotion], "speaker": f"actor{actor}",

@@ -221,11 +221,15 @@ def _strict_message(row) -> str:
 def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.DataFrame, stages: dict,
                worker, worker_kwargs: dict, cache_dir: str | None = None, strict: bool = False,
                shard_size: int = 32, progress: bool = True, key_context: dict | None = None,
-               unit: str = "files") -> PrepareResult:
+               unit: str = "files", actors: dict | None = None) -> PrepareResult:
     """The cache driver every input kind shares. `items` has one row per unit of work (a uid
     plus whatever `worker` reads); `stages` maps a stage name to (Stage, params overrides).
     Items no shard or failed file lists yet are handed to `worker(batch, stages, fs_uri,
-    **worker_kwargs)` on Ray Data, `shard_size` per task; the worker writes the shards."""
+    **worker_kwargs)` on Ray Data, `shard_size` per task; the worker writes the shards.
+
+    A worker that holds something costly (a neural encoder) is a class: `actors` =
+    {"init": constructor kwargs, "concurrency": actors, "num_gpus": per actor, "num_cpus": …}
+    runs it on a pool of Ray Data actors that each build it once (GPU actors on a cluster)."""
     import ray
 
     t0 = time.perf_counter()
@@ -266,9 +270,13 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
         ctx.print_on_execution_start = progress
         shards = [pending.iloc[i:i + shard_size] for i in range(0, len(pending), shard_size)]
         spec = {n: {"params": s.params, "dir": s.dir} for n, s in result.stages.items()}
-        ds = ray.data.from_pandas(shards).map_batches(
-            worker, batch_size=None, batch_format="pandas", num_cpus=1,
-            fn_kwargs={"stages": spec, "fs_uri": fs_uri, **worker_kwargs})
+        kwargs = {"fn_kwargs": {"stages": spec, "fs_uri": fs_uri, **worker_kwargs}, "num_cpus": 1}
+        if actors is not None:
+            kwargs.update(fn_constructor_kwargs=actors.get("init", {}), concurrency=actors.get("concurrency", 1),
+                          num_cpus=actors.get("num_cpus", 1))
+            if actors.get("num_gpus"):
+                kwargs["num_gpus"] = actors["num_gpus"]
+        ds = ray.data.from_pandas(shards).map_batches(worker, batch_size=None, batch_format="pandas", **kwargs)
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             result.decoded += len(batch)
             result.nodes.update(batch["node"])

@@ -506,6 +506,27 @@ def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False,
     return out
 
 
+def ensure_generated(root: Path, corpus: str, n: int, seed: int, **options) -> Path:
+    """The look-alike of `corpus` for (n, seed, options) under root, generated once: into a
+    temporary folder renamed when complete, so a run cut short never leaves half a corpus."""
+    import shutil
+    import tempfile
+
+    suffix = "".join(f"-{k[0]}{v}" for k, v in sorted(options.items()))
+    target = Path(root) / f"{corpus}-synth-n{n}-s{seed}{suffix}"
+    if not (target / MANIFEST_NAME).exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{corpus}-"))
+        print(f"[emosweep] generating a {corpus} look-alike ({n} items, seed {seed}"
+              + "".join(f", {k} {v}" for k, v in options.items()) + f") in {target}", flush=True)
+        generate(corpus, tmp, n, seed, **options)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another driver made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def load_manifest(out) -> dict:
     return json.loads((Path(out) / MANIFEST_NAME).read_text())
 

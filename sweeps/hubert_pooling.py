@@ -1,0 +1,56 @@
+"""S2. Pooling a speech encoder's frames for emotion recognition (RAVDESS, ShEMO).
+
+Seven arms, one pooling each, on a frozen encoder whose hidden states are computed once per
+corpus and shared by every trial: masked mean, masked max, mean + standard deviation,
+learned attention, first frame, the SUPERB learned weighted sum of all layers (then mean),
+and one hidden layer k mean-pooled (k searched). Searched: lr, head width, dropout, weight
+decay, imbalance handling. Splits keep every speaker in one split.
+
+    python sweeps/hubert_pooling.py                                   # RAVDESS look-alike, whisper-base offline
+    python sweeps/hubert_pooling.py --data-dir ../shared/data/ravdess # real RAVDESS speech
+    python sweeps/hubert_pooling.py --smoke                           # tiny random HuBERT, about a minute
+    python sweeps/hubert_pooling.py --set encoder_mode=live --set padding=dynamic --arms masked_mean
+"""
+from ray import tune
+
+from sweeps.runner import Study, main
+from workloads import speech_pooling
+
+STUDY = Study(
+    name="hubert_pooling",
+    workload=speech_pooling.WORKLOAD,
+    description=__doc__,
+    trainable=speech_pooling.train,
+    prepare=speech_pooling.prepare,
+    describe=speech_pooling.describe,
+    arms={name: {"pooling": name} for name in
+          ("masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean")},
+    space={
+        "lr": tune.loguniform(1e-4, 3e-3),
+        "head_width": tune.choice([128, 256, 512]),
+        "dropout": tune.uniform(0.0, 0.4),
+        "weight_decay": tune.choice([0.0, 0.01, 0.1]),
+        "imbalance": tune.choice(["class_weights", "resample", "none"]),
+        "layer_frac": tune.uniform(0.0, 1.0),  # read by the layer_mean arm only
+    },
+    defaults={
+        "model": "facebook/hubert-base-ls960",  # offline: the shelf's whisper-base encoder
+        "whisper_window": 5.0,  # seconds of Whisper's position table kept; None: its 30-s window
+        "corpus": "ravdess", "data_dir": None, "synth_n": 480, "synth_difficulty": 0.5,
+        "clip_seconds": 5.0, "pooling": "masked_mean", "layer_frac": 0.5,
+        "lr": 1e-3, "head_width": 256, "dropout": 0.1, "weight_decay": 0.01, "imbalance": "class_weights",
+        "batch_size": 32, "epochs": 20, "grad_clip": 1.0,
+        "finetune_top": 0,  # k > 0: fine-tune the top k layers on the cached state entering them
+        "encoder_mode": "cached",  # live: run the frozen encoder every batch (the padding study)
+        "padding": "fixed",  # live mode: fixed (to clip_seconds) or dynamic (to the batch's longest)
+        "cv_folds": 0, "cv_fold": 0,  # F > 0: fold k of F speaker-disjoint folds is the test set
+        "cache_dtype": "float16",
+    },
+    smoke={"synth_n": 96, "epochs": 3},
+    table_columns=["pooling", "layer_used", "hidden_states", "imbalance", "lr", "head_width", "dropout",
+                   "weight_decay", "finetune_top"],
+    metric="best_val_acc",
+)
+
+if __name__ == "__main__":
+    main(STUDY)

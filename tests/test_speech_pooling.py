@@ -1,0 +1,147 @@
+"""S2: the pooling registry, the frozen-encoder cache and prefix cache against the live
+encoder (the shelf's real whisper-tiny.en, float32 states), cache keys, and a smoke sweep of
+all seven arms on a generated RAVDESS look-alike, logged to MLflow."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mlflow_runs import sweep_runs
+from workloads import speech_pooling
+from workloads.data.audio import decode_audio
+from workloads.data.encoder_cache import encode_corpus
+from workloads.data.corpora import read_corpus
+from workloads.models.pooling import POOLINGS, PooledClassifier, build_pooling
+from workloads.models.shelf import shelf_model_path
+from workloads.models.speech import SpeechEncoder, make_tiny_hubert
+
+ARMS = ["masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean"]
+
+
+@pytest.mark.parametrize("name", sorted(POOLINGS))
+def test_poolings_ignore_padded_frames(name):
+    torch.manual_seed(0)
+    pool = build_pooling(name, dim=8, n_layers=3, layer=1 if name == "layer_mean" else -1)
+    states = torch.randn(2, 3, 10, 8)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, :6], mask[1, :10] = True, True
+    out = pool(states, mask)
+    assert out.shape == (2, pool.out_dim)
+    garbage = states.clone()
+    garbage[0, :, 6:] = 1e3  # what sits in the padding must not matter
+    assert torch.allclose(pool(garbage, mask), out, atol=1e-5)
+    if name != "first_frame":  # and the real frames do
+        changed = states.clone()
+        changed[0, :, 3] += 5
+        assert not torch.allclose(pool(changed, mask)[0], out[0])
+
+
+def test_unknown_pooling_and_layer_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown pooling"):
+        build_pooling("median", 8, 3)
+    with pytest.raises(ValueError, match="does not exist"):
+        build_pooling("layer_mean", 8, 3, layer=5)
+
+
+@pytest.fixture(scope="module")
+def small_ravdess(synth):
+    root = synth("ravdess", n=10, seed=3, faults=True)
+    return read_corpus("ravdess", root)
+
+
+def _items(manifest, mask_bad=()):
+    y = {c: i for i, c in enumerate(manifest.classes)}
+    return {r.uid: {"y": y[r.label], "split": "train", "speaker": r.speaker, "path": r.path}
+            for r in manifest.items.itertuples() if r.path not in mask_bad}
+
+
+@pytest.mark.parametrize("finetune_top", [0, 1])
+def test_cached_states_give_the_live_encoders_logits(ray_cluster, small_ravdess, tmp_path, finetune_top):
+    """Frozen cache (every layer at real frames) and prefix cache (the state entering the top
+    layer, whole window): a trial's logits on cached states equal the live encoder's."""
+    path = shelf_model_path("whisper-tiny.en")
+    encoder = SpeechEncoder(path, window_seconds=5.0)
+    n_layers = encoder.n_states - 1
+    result = encode_corpus(small_ravdess, path, window_seconds=5.0, clip_seconds=4.0, dtype="float32",
+                           prefix_layer=n_layers - finetune_top if finetune_top else None,
+                           cache_dir=str(tmp_path / "cache"), progress=False)
+    bad = set(result.errors["path"])
+    planted = {"unreadable", "empty audio", "silent audio", "no audio stream"}
+    assert planted <= set(result.errors["reason"])  # every bad file reported, none fatal
+    items = _items(small_ravdess, bad)
+    assert len(items) == 10
+    config = {"seed": 0, "cache_fs": result.fs_uri, "states_dir": result.stages["encoder_states"].dir,
+              "_items": items, "pooling": "attention", "head_width": 16, "dropout": 0.0,
+              "finetune_top": finetune_top}
+    data = speech_pooling.load_cached(config)["train"]  # in the cache's order
+    cached_states, cached_mask, _ = speech_pooling.collate_cached(list(zip(*data)))
+    model = speech_pooling.build_model(config, encoder.n_states, encoder.dim, 8, encoder).eval()
+    waves = [decode_audio(items[u]["path"])[:64000] for u in _cache_uids(result) if u in items]
+    with torch.no_grad():
+        live_states, live_mask = encoder.hidden_states(waves, "fixed", 4.0)
+        if finetune_top:  # the cache holds the state entering the top layer, at every frame of the window
+            first = n_layers - finetune_top
+            assert cached_states.shape[2] == live_states.shape[2] == 250
+            live = model(live_states[:, first:first + 1], live_mask)
+            top = model.top[0](cached_states[:, 0].float(), None)
+            top = model.final_norm(top[0] if isinstance(top, tuple) else top)
+            assert (top - live_states[:, -1]).abs().max() <= 1e-4  # the top on the cache = the encoder's output
+        else:  # the cache holds every layer at the real frames only
+            assert torch.equal(cached_mask, live_mask[:, :cached_mask.shape[1]])
+            live = model(live_states, live_mask)
+        cached = model(cached_states, cached_mask)
+    assert (cached - live).abs().max() <= 1e-4
+
+
+def _cache_uids(result):
+    from workloads.data.pipeline import read_stage
+
+    frame, _ = read_stage(result.fs_uri, result.stages["encoder_states"].dir, "states")
+    return list(frame["uid"])
+
+
+def test_cache_key_follows_encoder_corpus_and_clip_policy(ray_cluster, small_ravdess, tmp_path):
+    cache = str(tmp_path / "cache")
+    tiny = make_tiny_hubert(tmp_path / "hubert", seed=0)
+    other = make_tiny_hubert(tmp_path / "hubert-other", seed=1)
+    a = encode_corpus(small_ravdess, tiny, clip_seconds=2.0, cache_dir=cache, progress=False)
+    again = encode_corpus(small_ravdess, tiny, clip_seconds=2.0, cache_dir=cache, progress=False)
+    assert again.stages["encoder_states"].dir == a.stages["encoder_states"].dir
+    assert again.decoded == 0 and again.stages["encoder_states"].cached == len(small_ravdess.items)
+    dirs = {a.stages["encoder_states"].dir,
+            encode_corpus(small_ravdess, tiny, clip_seconds=3.0, cache_dir=cache, progress=False).stages[
+                "encoder_states"].dir,
+            encode_corpus(small_ravdess, other, clip_seconds=2.0, cache_dir=cache, progress=False).stages[
+                "encoder_states"].dir}
+    assert len(dirs) == 3  # another clip policy or other weights never read a stale entry
+
+
+def test_cross_validation_folds_are_speaker_disjoint():
+    items = {f"u{i}": {"y": i % 3, "split": "train", "speaker": f"actor{i % 24:02d}", "path": ""} for i in range(240)}
+    seen_test = set()
+    for fold in range(4):
+        splits = speech_pooling.trial_splits(items, {"seed": 1, "cv_folds": 4, "cv_fold": fold})
+        by_split = {s: {items[u]["speaker"] for u, v in splits.items() if v == s} for s in ("train", "val", "test")}
+        assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"])
+        assert not (by_split["train"] & by_split["val"]) and len(by_split["test"]) == 6
+        seen_test |= by_split["test"]
+    assert len(seen_test) == 24  # every actor is tested exactly once across the folds
+
+
+def test_pooling_sweep_runs_every_arm_and_logs_to_mlflow(ray_cluster, mlflow_server, tmp_path):
+    from sweeps.hubert_pooling import STUDY
+    from sweeps.runner import main
+
+    table = main(STUDY, ["--smoke", "--tracking-uri", mlflow_server.uri, "--experiment", "test-pooling",
+                         "--storage-path", str(tmp_path / "ray"), "--verbose", "0", "--max-concurrent", "2"])
+    assert sorted(table["arm"]) == sorted(ARMS) and (table["status"] == "OK").all()
+    assert table["test_acc"].between(0, 1).all() and table["test_uar"].between(0, 1).all()
+    assert set(table["model"]) == {"tiny-random-hubert"}
+    layer_mean = table[table["arm"] == "layer_mean"].iloc[0]
+    assert layer_mean["layer_used"] == 1 and (table[table["arm"] != "layer_mean"]["layer_used"] == 2).all()
+    parent, children = sweep_runs(MlflowClient(mlflow_server.uri), "test-pooling")
+    assert len(parent) == 1 and len(children) == 7
+    assert {c.data.tags["pooling"] for c in children} == set(ARMS)
+    assert all(c.data.tags["random_init"] == "true" for c in children)

@@ -1,0 +1,128 @@
+"""A speech encoder as the pooling and fusion studies use it: waveforms in, every layer's
+hidden states and a frame mask out, and the top k layers runnable on their own.
+
+Two families: Whisper encoders (the shelf's offline stand-ins; 30-s windows, or a shorter
+window when `window_seconds` is set) and self-supervised encoders loaded through AutoModel
+(HuBERT, wav2vec2, WavLM: raw samples in, convolutional feature encoder frozen). Both give
+50 frames per second.
+
+`hidden_states(waves)` returns states (B, L + 1, T, D): the input of every transformer layer
+and the final output (Whisper's after its last LayerNorm), exactly as the model's own
+`output_hidden_states` lists them. `run_top(h, j)` runs layers j… from the state that enters
+layer j, so a cache of that state plus the top layers reproduces the live model (prefix
+caching); `tests/test_speech_pooling.py` checks both against the live encoder.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FRAMES_PER_SECOND = 50
+
+
+def encoder_content_hash(path: str) -> str:
+    """The weights' SHA-256 (first 16 hex): a cache keyed by it never serves another model's states."""
+    h = hashlib.sha256()
+    files = sorted(Path(path).glob("*.safetensors")) if os.path.isdir(path) else []
+    if not files:
+        h.update(str(path).encode())  # a hub id: its revision decides; the id is the best we know here
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+class SpeechEncoder:
+    def __init__(self, path: str, window_seconds: float | None = None, device: str | torch.device = "cpu"):
+        from .encoders import load_speech_encoder
+
+        self.path, self.device = path, torch.device(device)
+        self.extractor, self.model = load_speech_encoder(path, window_seconds)
+        self.model.to(self.device).eval()
+        self.whisper = self.model.config.model_type == "whisper"
+        if self.whisper:
+            self.window_seconds = self.model.config.max_source_positions / FRAMES_PER_SECOND
+            self.layers = self.model.layers
+        else:
+            self.window_seconds = None
+            self.layers = self.model.encoder.layers
+            self.model.feature_extractor._freeze_parameters()  # the convolutional feature encoder never trains
+        self.n_states = len(self.layers) + 1
+        self.dim = self.model.config.d_model if self.whisper else self.model.config.hidden_size
+
+    def valid_frames(self, n_samples: int) -> int:
+        if self.whisper:
+            frames = int(np.ceil(n_samples / (self.extractor.hop_length * 2)))
+            return max(1, min(frames, self.model.config.max_source_positions))
+        return max(1, int(self.model._get_feat_extract_output_lengths(torch.tensor(n_samples))))
+
+    def inputs(self, waves: list[np.ndarray], padding: str = "fixed", seconds: float = 5.0) -> torch.Tensor:
+        """Model inputs for a batch. Whisper: log-mel over its window. SSL encoders: normalized
+        samples, padded with zeros to `seconds` (fixed) or to the longest clip (dynamic)."""
+        if self.whisper:
+            feats = self.extractor(waves, sampling_rate=16000, return_tensors="np").input_features
+            return torch.from_numpy(feats).to(self.device)
+        width = int(seconds * 16000) if padding == "fixed" else max(len(w) for w in waves)
+        out = self.extractor([w[:width] for w in waves], sampling_rate=16000, padding="max_length", max_length=width,
+                             truncation=True, return_tensors="np").input_values
+        return torch.from_numpy(out).to(self.device)
+
+    def hidden_states(self, waves: list[np.ndarray], padding: str = "fixed", seconds: float = 5.0,
+                      grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states (B, L + 1, T, D), mask (B, T)) for mono 16-kHz waveforms."""
+        x = self.inputs(waves, padding, seconds)
+        with torch.set_grad_enabled(grad):
+            out = self.model(x, output_hidden_states=True)
+        states = torch.stack(out.hidden_states, dim=1)
+        frames = torch.tensor([self.valid_frames(len(w)) for w in waves], device=states.device)
+        mask = torch.arange(states.shape[2], device=states.device)[None] < frames[:, None]
+        return states, mask
+
+    def run_top(self, h: torch.Tensor, first_layer: int) -> list[torch.Tensor]:
+        """The states after `first_layer` …: run layers first_layer… from `h`, the state that
+        enters layer `first_layer`. Returns [h, …, the final output] (L + 1 − first_layer states)."""
+        states = [h]
+        for i, layer in enumerate(self.layers[first_layer:]):
+            out = layer(h, None) if self.whisper else layer(h, attention_mask=None)
+            h = out[0] if isinstance(out, tuple) else out
+            if self.whisper and first_layer + i == len(self.layers) - 1:
+                h = self.model.layer_norm(h)
+            states.append(h)
+        return states
+
+
+def make_tiny_hubert(out_dir: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 2,
+                     seed: int = 0) -> str:
+    """A small random HuBERT (50 frames/s like the real one) with its feature extractor, saved
+    with save_pretrained and marked random-init: `--smoke` runs the SSL path through the same
+    loading code as facebook/hubert-base-ls960."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    from .encoders import RANDOM_INIT_MARKER
+
+    out = Path(out_dir)
+    if (out / "config.json").exists() and (out / RANDOM_INIT_MARKER).exists():
+        return str(out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = HubertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                          intermediate_size=2 * hidden, conv_dim=(32, 32, 32), conv_stride=(5, 8, 8),
+                          conv_kernel=(10, 8, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                          feat_extract_norm="group", do_stable_layer_norm=False)
+    torch.manual_seed(seed)
+    HubertModel(config).save_pretrained(tmp)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True,
+                             return_attention_mask=False).save_pretrained(tmp)
+    (tmp / RANDOM_INIT_MARKER).write_text(f"random weights, seed {seed}\n")
+    try:
+        tmp.rename(out)
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)

@@ -1,0 +1,378 @@
+"""S2: how to pool a speech encoder's frames, as a Ray Tune trainable.
+
+The driver (`prepare`) reads the corpus (RAVDESS or ShEMO, or a generated RAVDESS look-alike),
+splits it by speaker, resolves the encoder and, when the encoder is frozen, runs it once over
+the corpus into the frozen-encoder cache (data/encoder_cache.py). Every trial then reads the
+cached hidden states and trains only a pooling (models/pooling.py) and a small head. With
+`finetune_top` k > 0 the cache holds the state entering the top k layers (prefix caching)
+and the trial fine-tunes those layers on it. With `encoder_mode: live` the trial runs the
+frozen encoder itself on every batch, with `padding` fixed (to `clip_seconds`) or dynamic (to
+the longest clip in the batch): the regime where padding costs time.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .core.loop import EpochShardSampler, TrainSetup, fit
+from .core.seeding import derive_seed, seed_everything
+from .models.pooling import POOLINGS, PooledClassifier, build_pooling
+
+if TYPE_CHECKING:
+    from .core.tracking import TrackingContext
+
+WORKLOAD = "speech_pooling"
+IMBALANCE = ("class_weights", "resample", "none")
+
+
+# ----------------------------------------------------------------------------- splits and data
+
+def trial_splits(items: dict, config: dict) -> dict:
+    """uid → split. Without cross-validation: the driver's speaker-independent split. With
+    `cv_folds` F and `cv_fold` k: the speakers are dealt (seeded) into F folds; fold k is the
+    test set, a tenth of the other speakers (at least one) validation, the rest training."""
+    folds = int(config.get("cv_folds") or 0)
+    if not folds:
+        return {uid: row["split"] for uid, row in items.items()}
+    speakers = sorted({row["speaker"] for row in items.values()})
+    rng = np.random.default_rng(derive_seed(int(config["seed"]), "cv-speakers"))
+    order = [speakers[i] for i in rng.permutation(len(speakers))]
+    test = set(order[int(config["cv_fold"])::folds])
+    rest = [s for s in order if s not in test]
+    val = set(rest[:max(1, len(rest) // 10)])
+    return {uid: "test" if row["speaker"] in test else "val" if row["speaker"] in val else "train"
+            for uid, row in items.items()}
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """Resampling for imbalance: each epoch draws len(labels) items with replacement, every
+    class equally likely, seeded by (seed, epoch)."""
+
+    def __init__(self, labels: list[int], seed: int):
+        counts = np.bincount(labels)
+        self.weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "resample", self.epoch))
+        return iter(torch.multinomial(self.weights, len(self.weights), replacement=True, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+def pad_states(arrays: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached per-clip states (L, T_i, D) → (B, L, T_max, D) and the real-frame mask (B, T_max)."""
+    width = max(a.shape[-2] for a in arrays)
+    out = torch.zeros((len(arrays), *arrays[0].shape[:-2], width, arrays[0].shape[-1]), dtype=arrays[0].dtype)
+    mask = torch.zeros((len(arrays), width), dtype=torch.bool)
+    for i, a in enumerate(arrays):
+        out[i, ..., :a.shape[-2], :] = a
+        mask[i, :a.shape[-2]] = True
+    return out, mask
+
+
+def load_cached(config: dict) -> dict:
+    """split → (list of per-clip state tensors, labels, real-frame counts) from the cache."""
+    from .data.pipeline import read_stage
+
+    frame, arrays = read_stage(config["cache_fs"], config["states_dir"], "states")
+    items, splits = config["_items"], trial_splits(config["_items"], config)
+    out = {s: ([], [], []) for s in ("train", "val", "test")}
+    for uid, arr, frames in zip(frame["uid"], arrays, frame["frames"]):
+        if uid not in items:
+            continue
+        states, labels, lengths = out[splits[uid]]
+        t = torch.from_numpy(np.array(arr))  # a writable copy; the Parquet buffer is read-only
+        states.append(t if t.dim() == 3 else t.unsqueeze(0))  # a prefix cache holds one layer
+        labels.append(items[uid]["y"])
+        lengths.append(int(frames))
+    return out
+
+
+class CachedStates(torch.utils.data.Dataset):
+    def __init__(self, states, labels, lengths):
+        self.states, self.labels, self.lengths = states, labels, lengths
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.states[i], self.labels[i], self.lengths[i]
+
+
+def collate_cached(items):
+    states, mask = pad_states([s for s, _, _ in items])
+    lengths = torch.tensor([n for _, _, n in items])
+    if states.shape[2] > int(lengths.max()):  # a prefix cache holds the whole window: mask its padding
+        mask = torch.arange(states.shape[2])[None] < lengths[:, None]
+    return states, mask, torch.tensor([y for _, y, _ in items])
+
+
+# ----------------------------------------------------------------------------- model
+
+class TopLayersThenPool(torch.nn.Module):
+    """Prefix caching: the encoder's top layers (trainable) run on the cached state that
+    enters them; the pooling sees the states they produce."""
+
+    def __init__(self, encoder, first_layer: int, classifier: PooledClassifier):
+        super().__init__()
+        self.encoder_ref = [encoder]  # not a submodule: only the top layers below are ours
+        self.first_layer = first_layer
+        self.top = torch.nn.ModuleList(copy.deepcopy(encoder.layers[first_layer:]))
+        self.final_norm = copy.deepcopy(encoder.model.layer_norm) if encoder.whisper else None
+        self.classifier = classifier
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = states[:, 0].float()
+        out = [h]
+        for i, layer in enumerate(self.top):
+            r = layer(h, None) if self.final_norm is not None else layer(h, attention_mask=None)
+            h = r[0] if isinstance(r, tuple) else r
+            if self.final_norm is not None and i == len(self.top) - 1:
+                h = self.final_norm(h)
+            out.append(h)
+        return self.classifier(torch.stack(out, dim=1), mask)
+
+
+def layer_used(config: dict, n_states: int) -> int:
+    """The hidden state a pooling reads: the last, except `layer_mean`, which reads
+    round(layer_frac · (n_states − 1)) (searched)."""
+    if config["pooling"] != "layer_mean":
+        return n_states - 1
+    return int(round(float(config.get("layer_frac", 0.5)) * (n_states - 1)))
+
+
+def build_model(config: dict, n_states: int, dim: int, n_classes: int, encoder=None):
+    seed_everything(config["seed"])
+    k = int(config.get("finetune_top") or 0)
+    states_seen = k + 1 if k else n_states
+    layer = layer_used(config, n_states) - (n_states - states_seen)
+    if layer < 0:
+        raise ValueError(f"layer_mean reads hidden state {layer_used(config, n_states)}, below the "
+                         f"{k} fine-tuned top layers: lower finetune_top or raise layer_frac")
+    pooling = build_pooling(config["pooling"], dim, states_seen, layer)
+    head = PooledClassifier(pooling, n_classes, int(config["head_width"]), float(config["dropout"]))
+    if not k:
+        return head
+    return TopLayersThenPool(encoder, n_states - 1 - k, head)
+
+
+def make_step(weights: torch.Tensor | None):
+    def step(model, batch, device):
+        states, mask, y = (t.to(device, non_blocking=True) for t in batch)
+        logits = model(states, mask)
+        w = weights.to(device) if weights is not None else None
+        return torch.nn.functional.cross_entropy(logits.float(), y, weight=w), logits, y
+    return step
+
+
+# ----------------------------------------------------------------------------- live encoder (padding study)
+
+class LiveEncoderLoader:
+    """Batches for the live regime: decode, pad (fixed or dynamic), run the frozen encoder,
+    hand the states to the pooling. Records the padding ratio and clips per second."""
+
+    def __init__(self, encoder, waves, labels, batch_size, sampler, padding, clip_seconds):
+        self.encoder, self.waves, self.labels = encoder, waves, labels
+        self.batch_size, self.sampler, self.padding, self.clip_seconds = batch_size, sampler, padding, clip_seconds
+        self.padded = self.real = 0
+        self.encode_s = 0.0
+
+    def __len__(self):
+        return (len(self.sampler) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        order = list(iter(self.sampler))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            waves = [self.waves[i] for i in idx]
+            t = time.perf_counter()
+            states, mask = self.encoder.hidden_states(waves, self.padding, self.clip_seconds)
+            self.encode_s += time.perf_counter() - t
+            self.real += int(mask.sum())
+            self.padded += mask.numel()
+            yield states, mask, torch.tensor([self.labels[i] for i in idx])
+
+
+# ----------------------------------------------------------------------------- the trainable
+
+def run_name(config: dict) -> str:
+    return f"{config['arm']} lr={config['lr']:.0e} w={config['head_width']} {config['imbalance']}"
+
+
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
+    from .core.loop import configure_threads
+
+    configure_threads()
+    seed_everything(config["seed"])
+    n_classes = len(config["classes"])
+    encoder = None
+    live = config.get("encoder_mode", "cached") == "live"
+    if live or int(config.get("finetune_top") or 0):
+        from .models.speech import SpeechEncoder
+
+        encoder = SpeechEncoder(config["model_path"], config.get("window_seconds"))
+        for p in encoder.model.parameters():
+            p.requires_grad_(False)
+    if live:
+        data = _decode_splits(config)
+        n_states, dim = encoder.n_states, encoder.dim
+    else:
+        data = load_cached(config)
+        n_states, dim = int(config["n_states"]), int(config["dim"])
+    if not all(len(data[s][1]) for s in data):
+        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
+    train_labels = data["train"][1]
+    counts = np.bincount(train_labels, minlength=n_classes)
+    weights = None
+    if config["imbalance"] == "class_weights":
+        present = counts > 0
+        w = np.zeros(n_classes)
+        w[present] = counts.sum() / (present.sum() * counts[present])
+        weights = torch.tensor(w, dtype=torch.float32)
+    loaders = {}
+    for split, (xs, ys, lengths) in data.items():
+        if split == "train" and config["imbalance"] == "resample":
+            sampler = BalancedSampler(ys, int(config["seed"]))
+        else:
+            sampler = EpochShardSampler(len(ys), int(config["seed"]), shuffle=split == "train")
+        bs = int(config["batch_size"]) if split == "train" else 64
+        if live:
+            loaders[split] = LiveEncoderLoader(encoder, xs, ys, bs, sampler, config.get("padding", "fixed"),
+                                               float(config["clip_seconds"]))
+        else:
+            loaders[split] = DataLoader(CachedStates(xs, ys, lengths), batch_size=bs, sampler=sampler,
+                                        collate_fn=collate_cached)
+    model = build_model(config, n_states, dim, n_classes, encoder)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+    info = {"pooling": config["pooling"], "layer_used": layer_used(config, n_states), "hidden_states": n_states,
+            "encoder_dim": dim, "train_clips": len(train_labels), "finetune_top": int(config.get("finetune_top") or 0),
+            "encoder_mode": config.get("encoder_mode", "cached")}
+    setup = TrainSetup(
+        model=model, optimizer=optimizer, loaders=loaders, step=make_step(weights), class_names=config["classes"],
+        epochs=int(config["epochs"]), grad_clip=config.get("grad_clip", 1.0), info=info,
+        tags={"workload": WORKLOAD, "arm": config["arm"], "pooling": config["pooling"],
+              "model_id": config["model_id"], "random_init": str(bool(config.get("random_init"))).lower(),
+              "dataset_fingerprint": config["dataset_fingerprint"], "imbalance": config["imbalance"]})
+    fit(config, setup, tracking, run_name(config))
+    if live:  # the padding study's figures, beside the trial's own metrics
+        lt = loaders["train"]
+        print(f"[emosweep] padding={config.get('padding')}: padded share {1 - lt.real / max(lt.padded, 1):.1%}, "
+              f"encoder {sum(len(loaders[s].sampler) for s in loaders) / max(sum(loaders[s].encode_s for s in loaders), 1e-9):.1f} clips/s",
+              flush=True)
+
+
+def _decode_splits(config: dict) -> dict:
+    from .data.audio import decode_audio
+
+    items, splits = config["_items"], trial_splits(config["_items"], config)
+    clip = int(float(config["clip_seconds"]) * 16000)
+    out = {s: ([], [], []) for s in ("train", "val", "test")}
+    for uid, row in items.items():
+        waves, labels, lengths = out[splits[uid]]
+        wave = decode_audio(row["path"], sr=16000)[:clip]
+        waves.append(wave)
+        labels.append(row["y"])
+        lengths.append(len(wave))
+    return out
+
+
+# ----------------------------------------------------------------------------- driver side
+
+def read_manifest(config: dict):
+    """The corpus as the study uses it: the reader's manifest with speaker-independent splits."""
+    from .data.corpora import read_corpus
+    from .data.manifest import assign_splits
+
+    manifest = read_corpus(config["corpus"], config["data_dir"])
+    manifest.items = assign_splits(manifest.items, int(config["seed"]), by_speaker=True)
+    return manifest
+
+
+def prepare(config: dict, opts) -> dict:
+    """Driver-side, once per sweep: the corpus (or its look-alike), the encoder, and, when the
+    encoder is frozen, its states in the cache."""
+    from .core.paths import emosweep_home
+    from .data.encoder_cache import encode_corpus
+    from .data.synth import ensure_generated
+    from .models.encoders import resolve_model
+    from .models.speech import make_tiny_hubert
+
+    config = dict(config)
+    if config["pooling"] not in POOLINGS and config.get("pooling"):
+        raise SystemExit(f"unknown pooling {config['pooling']!r}; choose from {', '.join(POOLINGS)}")
+    if config["imbalance"] not in IMBALANCE:
+        raise SystemExit(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
+    if config.get("data_dir") is None:
+        config["corpus"] = "ravdess"
+        config["data_dir"] = str(ensure_generated(emosweep_home() / "data", "ravdess", int(config["synth_n"]),
+                                                  int(config["seed"]), difficulty=float(config["synth_difficulty"])))
+        config["data_source"] = (f"generated RAVDESS look-alike, {config['synth_n']} clips, difficulty "
+                                 f"{config['synth_difficulty']}, seed {config['seed']}")
+    else:
+        config["data_source"] = config["data_dir"]
+    manifest = read_manifest(config)
+    if getattr(opts, "smoke", False) and not getattr(opts, "model", None):
+        path = make_tiny_hubert(emosweep_home() / "models" / f"tiny-hubert-s{config['seed']}", seed=int(config["seed"]))
+        config.update(model_path=path, model_id="tiny-random-hubert", model_source="tiny-random", random_init=True)
+    else:
+        resolved = resolve_model(getattr(opts, "model", None), default=config["model"], fallback="whisper-base")
+        model_id = resolved.model_id + (f", stand-in for {resolved.stand_in_for}" if resolved.stand_in_for else "")
+        config.update(model_path=resolved.path, model_id=model_id, model_source=resolved.source,
+                      random_init=resolved.random_init)
+    from transformers import AutoConfig
+
+    enc_config = AutoConfig.from_pretrained(config["model_path"])
+    whisper = enc_config.model_type == "whisper"
+    config["window_seconds"] = config.get("whisper_window") if whisper else None
+    if whisper:
+        window = config["window_seconds"] or 30.0
+        config["model_id"] += f" [{window:g}-s window]"
+        if window < float(config["clip_seconds"]):
+            raise SystemExit(f"clip_seconds {config['clip_seconds']} exceeds the Whisper window of {window} s")
+    n_layers = enc_config.encoder_layers if whisper else enc_config.num_hidden_layers
+    config.update(n_states=n_layers + 1, dim=enc_config.d_model if whisper else enc_config.hidden_size,
+                  classes=list(manifest.classes), dataset_fingerprint=manifest.fingerprint())
+    k = int(config.get("finetune_top") or 0)
+    if k >= n_layers + 1 or k < 0:
+        raise SystemExit(f"finetune_top {k}: the encoder has {n_layers} layers")
+    y = {c: i for i, c in enumerate(manifest.classes)}
+    usable = manifest.items
+    if config.get("encoder_mode", "cached") == "cached":
+        result = encode_corpus(manifest, config["model_path"], window_seconds=config["window_seconds"],
+                               clip_seconds=float(config["clip_seconds"]), prefix_layer=n_layers - k if k else None,
+                               dtype=config.get("cache_dtype", "float16"), progress=False,
+                               batch_size=int(config.get("encode_batch", 8)),
+                               actors=int(config.get("encode_actors", 1)),
+                               num_gpus=float(config.get("encode_gpus", 0)))
+        print(f"[emosweep] encoder states: {result.summary()}")
+        config.update(cache_fs=result.fs_uri, states_dir=result.stages["encoder_states"].dir,
+                      unusable_clips=len(result.errors))
+        bad = set(result.errors["path"])
+        usable = usable[~usable["path"].isin(bad)]
+    config["_items"] = {r.uid: {"y": y[r.label], "split": r.split, "speaker": r.speaker, "path": r.path}
+                        for r in usable.itertuples()}
+    return config
+
+
+def describe(config: dict) -> dict:
+    """The data report: clips per class and split, speakers per split."""
+    import pandas as pd
+
+    rows = pd.DataFrame([{"label": config["classes"][v["y"]], "split": s, "speaker": v["speaker"]}
+                         for (uid, v), s in zip(config["_items"].items(), trial_splits(config["_items"], config).values())])
+    counts = rows.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"])
+    speakers = rows.groupby("split")["speaker"].nunique().reindex(["train", "val", "test"])
+    text = (f"# {config['corpus']} as used: {config['data_source']}\n\nencoder: {config['model_id']}\n\n"
+            f"speakers per split (no speaker in two): {speakers.to_dict()}\n\n{counts.to_markdown()}\n")
+    return {"dataset_report.md": text}
