@@ -40,6 +40,7 @@ STUDY = Study(
         "data_dir": None,  # None: the FarsTail copy embedded in the package
         "lr": 3e-5, "batch_size": 16, "epochs": 3, "warmup_ratio": 0.1, "weight_decay": 0.01,
         "max_length": 128, "grad_clip": 1.0,
+        "length_buckets": False,  # True: batches of similar length (less padding; a GPU speed-up)
         "train_size": None, "val_size": None, "test_size": None,  # None: the whole split
     },
     # No GPU: a stratified subset sized so the five-arm default run on the trimmed e5-small

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader
 
-from .core.loop import EpochShardSampler, TrainSession, TrainSetup, distributed_rank, fit, run_data_parallel
-from .core.seeding import seed_everything
+from .core.loop import (EpochShardSampler, TrainSession, TrainSetup, distributed_rank, fit, pick_device,
+                        run_data_parallel)
+from .core.seeding import derive_seed, seed_everything
 from .data.farstail import LABEL_NAMES, LABELS, read_farstail
 from .data.manifest import stratified_subset
 from .models.encoders import load_sequence_classifier, load_tokenizer
@@ -64,10 +65,42 @@ def build_loaders(config: dict, tokenizer, rank: int = 0, world: int = 1) -> dic
     for split in ("train", "val", "test"):
         frame = stratified_subset(manifest.split(split), config.get(f"{split}_size"), seed=config["seed"])
         items = _encode(tokenizer, frame, config["max_length"])
+        if split == "train" and config.get("length_buckets") and world == 1:
+            batches = LengthBucketSampler([len(it["input_ids"]) for it in items], config["batch_size"], config["seed"])
+            loaders[split] = DataLoader(items, batch_sampler=batches, collate_fn=collate)
+            continue
         sampler = EpochShardSampler(len(items), config["seed"], rank, world, shuffle=split == "train")
-        loaders[split] = DataLoader(items, batch_size=config["batch_size"] // world, sampler=sampler,
-                                    collate_fn=collate)
+        # evaluation needs no gradients: larger batches, fewer launches
+        bs = config["batch_size"] // world if split == "train" else max(config["batch_size"], 64) // world
+        loaders[split] = DataLoader(items, batch_size=bs, sampler=sampler, collate_fn=collate)
     return loaders
+
+
+class LengthBucketSampler(torch.utils.data.Sampler):
+    """Batches of similar length, so dynamic padding pads little: each epoch (seeded) shuffles,
+    sorts windows of 50 batches by length, cuts them into batches and shuffles the batches.
+    Every item is seen once per epoch, as with plain shuffling; only the grouping changes,
+    and per-pair losses do not depend on it (tests/test_bert_learns.py)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "buckets", self.epoch))
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        return iter([batches[i] for i in torch.randperm(len(batches), generator=g).tolist()])
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
 def build_model(config: dict):
@@ -113,7 +146,9 @@ def _train(config: dict, tracking: TrackingContext | None, session=None) -> None
     loaders = build_loaders(config, tokenizer, rank, world)
     model, info = build_model(config)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    # one fused kernel per step on a GPU (the loop is launch-bound at batch 16); foreach on the CPU
+    fused = {"fused": True} if pick_device().type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"], **fused)
     total_steps = config["epochs"] * len(loaders["train"])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * total_steps), total_steps)
     setup = TrainSetup(

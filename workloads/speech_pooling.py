@@ -349,12 +349,17 @@ def prepare(config: dict, opts) -> dict:
     y = {c: i for i, c in enumerate(manifest.classes)}
     usable = manifest.items
     if config.get("encoder_mode", "cached") == "cached":
+        import ray
+
+        # one actor per GPU on a cluster; on a CPU machine one single-threaded actor per core
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
+        cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+        actors = int(config.get("encode_actors") or (gpus or cpus))
         result = encode_corpus(manifest, config["model_path"], window_seconds=config["window_seconds"],
                                clip_seconds=float(config["clip_seconds"]), prefix_layer=n_layers - k if k else None,
                                dtype=config.get("cache_dtype", "float16"), progress=False,
-                               batch_size=int(config.get("encode_batch", 8)),
-                               actors=int(config.get("encode_actors", 1)),
-                               num_gpus=float(config.get("encode_gpus", 0)))
+                               batch_size=int(config.get("encode_batch", 8)), actors=actors,
+                               num_gpus=1 if gpus else 0)
         print(f"[emosweep] encoder states: {result.summary()}")
         config.update(cache_fs=result.fs_uri, states_dir=result.stages["encoder_states"].dir,
                       unusable_clips=len(result.errors))

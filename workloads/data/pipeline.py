@@ -272,8 +272,8 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
         spec = {n: {"params": s.params, "dir": s.dir} for n, s in result.stages.items()}
         kwargs = {"fn_kwargs": {"stages": spec, "fs_uri": fs_uri, **worker_kwargs}, "num_cpus": 1}
         if actors is not None:
-            kwargs.update(fn_constructor_kwargs=actors.get("init", {}), concurrency=actors.get("concurrency", 1),
-                          num_cpus=actors.get("num_cpus", 1))
+            kwargs.update(fn_constructor_kwargs=actors.get("init", {}), num_cpus=actors.get("num_cpus", 1),
+                          compute=ray.data.ActorPoolStrategy(size=int(actors.get("concurrency", 1))))
             if actors.get("num_gpus"):
                 kwargs["num_gpus"] = actors["num_gpus"]
         ds = ray.data.from_pandas(shards).map_batches(worker, batch_size=None, batch_format="pandas", **kwargs)

@@ -509,22 +509,17 @@ def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False,
 def ensure_generated(root: Path, corpus: str, n: int, seed: int, **options) -> Path:
     """The look-alike of `corpus` for (n, seed, options) under root, generated once: into a
     temporary folder renamed when complete, so a run cut short never leaves half a corpus."""
-    import shutil
-    import tempfile
+    from ..core.paths import publish_folder
 
     suffix = "".join(f"-{k[0]}{v}" for k, v in sorted(options.items()))
     target = Path(root) / f"{corpus}-synth-n{n}-s{seed}{suffix}"
-    if not (target / MANIFEST_NAME).exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{corpus}-"))
+
+    def build(tmp: Path) -> None:
         print(f"[emosweep] generating a {corpus} look-alike ({n} items, seed {seed}"
               + "".join(f", {k} {v}" for k, v in options.items()) + f") in {target}", flush=True)
         generate(corpus, tmp, n, seed, **options)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another driver made it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return publish_folder(target, build, MANIFEST_NAME)
 
 
 def load_manifest(out) -> dict:

@@ -182,25 +182,18 @@ def make_tiny_bert(out_dir: str | os.PathLike, texts: list[str], *, layers: int 
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    out = Path(out_dir)
-    if (out / "config.json").exists() and (out / RANDOM_INIT_MARKER).exists():
-        return str(out)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    chars = sorted({ch.lower() for t in texts for ch in t if not ch.isspace()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
-    (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True).save_pretrained(tmp)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate,
-                        max_position_embeddings=max_positions)
-    torch.manual_seed(seed)
-    BertModel(config).save_pretrained(tmp)
-    (tmp / RANDOM_INIT_MARKER).write_text(f"random weights, seed {seed}\n")
-    try:
-        tmp.rename(out)  # atomic: concurrent trials either see the whole model or none
-    except OSError:
-        import shutil
+    from ..core.paths import publish_folder
 
-        shutil.rmtree(tmp, ignore_errors=True)  # another process got there first
-    return str(out)
+    def build(tmp: Path) -> None:
+        chars = sorted({ch.lower() for t in texts for ch in t if not ch.isspace()})
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+        (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True).save_pretrained(tmp)
+        config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=intermediate,
+                            max_position_embeddings=max_positions)
+        torch.manual_seed(seed)
+        BertModel(config).save_pretrained(tmp)
+        (tmp / RANDOM_INIT_MARKER).write_text(f"random weights, seed {seed}\n")
+
+    return str(publish_folder(out_dir, build, RANDOM_INIT_MARKER))  # concurrent trials see all or nothing

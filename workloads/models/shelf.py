@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.paths import emosweep_home
+from ..core.paths import emosweep_home, publish_folder
 
 log = logging.getLogger(__name__)
 
@@ -346,13 +346,11 @@ def shelf_model_path(name: str, source_paths: list[Path] | None = None, home: Pa
         raise ShelfError(f"no model named {name!r} on the shelf; it has {sorted(SHELF)}")
     out = (home or emosweep_home()) / "models" / f"{entry.name}-{shelf_key(entry)}"
     if (out / SHELF_MARKER).exists() and source_paths is None:
-        return str(out)
+        return str(out)  # verified when it was built
     paths = source_paths or [s.locate() for s in entry.sources]
     verify_sources(entry, paths)  # before a byte is parsed
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+
+    def build(tmp: Path) -> None:
         print(f"[emosweep] building shelf model {entry.name} from {', '.join(s.distribution for s in entry.sources)} "
               f"into {out} (once)", flush=True)
         facts = entry.build(paths, tmp)
@@ -361,15 +359,8 @@ def shelf_model_path(name: str, source_paths: list[Path] | None = None, home: Pa
                   "sources": [{"distribution": s.distribution, "version": s.version, "file": s.relpath,
                                "sha256": s.sha256} for s in entry.sources], **facts}
         (tmp / SHELF_MARKER).write_text(json.dumps(marker, indent=2, default=int) + "\n")
-        if out.exists():  # a stale folder without its marker: an interrupted older build
-            shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)  # atomic: concurrent users see the whole model or none
-    except OSError:
-        if not (out / SHELF_MARKER).exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process got there first, or the build failed
-    return str(out)
+
+    return str(publish_folder(out, build, SHELF_MARKER))
 
 
 def shelf_facts(path: str | os.PathLike) -> dict | None:

@@ -105,24 +105,17 @@ def make_tiny_hubert(out_dir: str | os.PathLike, *, layers: int = 2, hidden: int
 
     from .encoders import RANDOM_INIT_MARKER
 
-    out = Path(out_dir)
-    if (out / "config.json").exists() and (out / RANDOM_INIT_MARKER).exists():
-        return str(out)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    config = HubertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                          intermediate_size=2 * hidden, conv_dim=(32, 32, 32), conv_stride=(5, 8, 8),
-                          conv_kernel=(10, 8, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                          feat_extract_norm="group", do_stable_layer_norm=False)
-    torch.manual_seed(seed)
-    HubertModel(config).save_pretrained(tmp)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True,
-                             return_attention_mask=False).save_pretrained(tmp)
-    (tmp / RANDOM_INIT_MARKER).write_text(f"random weights, seed {seed}\n")
-    try:
-        tmp.rename(out)
-    except OSError:
-        import shutil
+    from ..core.paths import publish_folder
 
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(out)
+    def build(tmp: Path) -> None:
+        config = HubertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                              intermediate_size=2 * hidden, conv_dim=(32, 32, 32), conv_stride=(5, 8, 8),
+                              conv_kernel=(10, 8, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                              feat_extract_norm="group", do_stable_layer_norm=False)
+        torch.manual_seed(seed)
+        HubertModel(config).save_pretrained(tmp)
+        Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True,
+                                 return_attention_mask=False).save_pretrained(tmp)
+        (tmp / RANDOM_INIT_MARKER).write_text(f"random weights, seed {seed}\n")
+
+    return str(publish_folder(out_dir, build, RANDOM_INIT_MARKER))

@@ -82,6 +82,8 @@ def trim_vocabulary(model_dir: str | os.PathLike, texts: Iterable[str], out_root
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
+    from ..core.paths import publish_folder
+
     model_dir = Path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if not getattr(tokenizer, "is_fast", False):
@@ -112,10 +114,10 @@ def trim_vocabulary(model_dir: str | os.PathLike, texts: Iterable[str], out_root
         if config.get(key) is not None:
             config[key] = new_id.get(config[key])
 
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    facts = {"source": str(model_dir.name), "pieces_before": len(tokenizer), "pieces_kept": len(kept),
+             "params_before": before, "params_after": sum(t.numel() for t in tensors.values())}
+
+    def build(tmp: Path) -> None:
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
@@ -124,20 +126,12 @@ def trim_vocabulary(model_dir: str | os.PathLike, texts: Iterable[str], out_root
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (model_dir / name).exists():
                 shutil.copy2(model_dir / name, tmp / name)
-        trimmed_tok = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-        if len(trimmed_tok) != len(kept):
-            raise RuntimeError(f"trimmed tokenizer has {len(trimmed_tok)} pieces, expected {len(kept)}")
+        if len(AutoTokenizer.from_pretrained(tmp, local_files_only=True)) != len(kept):
+            raise RuntimeError(f"the trimmed tokenizer does not have the {len(kept)} pieces kept")
         for name in os.listdir(model_dir):  # provenance markers travel with the model
             if name.startswith("emosweep_") and name != TRIM_MARKER and name.endswith(".json"):
                 shutil.copy2(model_dir / name, tmp / name)
-        facts = {"source": str(model_dir.name), "pieces_before": len(tokenizer), "pieces_kept": len(kept),
-                 "params_before": before, "params_after": sum(t.numel() for t in tensors.values())}
         (tmp / TRIM_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not (out / TRIM_MARKER).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_folder(out, build, TRIM_MARKER)
     return {**facts, "path": str(out)}
