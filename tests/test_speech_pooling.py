@@ -73,7 +73,7 @@ def test_cached_states_give_the_live_encoders_logits(ray_cluster, small_ravdess,
     items = _items(small_ravdess, bad)
     assert len(items) == 10
     config = {"seed": 0, "cache_fs": result.fs_uri, "states_dir": result.stages["encoder_states"].dir,
-              "_items": items, "pooling": "attention", "head_width": 16, "dropout": 0.0,
+              "items": items, "pooling": "attention", "head_width": 16, "dropout": 0.0,
               "finetune_top": finetune_top}
     data = speech_pooling.load_cached(config)["train"]  # in the cache's order
     cached_states, cached_mask, _ = speech_pooling.collate_cached(list(zip(*data)))

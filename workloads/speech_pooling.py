@@ -12,7 +12,9 @@ the longest clip in the batch): the regime where padding costs time.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +33,24 @@ IMBALANCE = ("class_weights", "resample", "none")
 
 
 # ----------------------------------------------------------------------------- splits and data
+
+def study_items(config: dict) -> dict:
+    """uid → {y, split, speaker, path}: the usable clips the driver wrote beside the cache (a
+    file, not the config: Tune prints and stores every config value of every trial)."""
+    if "items" in config:  # handed in directly (tests)
+        return config["items"]
+    return _read_items(config["items_fs"], config["items_file"])
+
+
+@lru_cache(maxsize=2)
+def _read_items(fs_uri: str, path: str) -> dict:
+    import pyarrow.parquet as pq
+
+    from .core.storage import filesystem
+
+    frame = pq.read_table(path, filesystem=filesystem(fs_uri)[0]).to_pandas()
+    return {r.uid: {"y": int(r.y), "split": r.split, "speaker": r.speaker, "path": r.path} for r in frame.itertuples()}
+
 
 def trial_splits(items: dict, config: dict) -> dict:
     """uid → split. Without cross-validation: the driver's speaker-independent split. With
@@ -85,7 +105,8 @@ def load_cached(config: dict) -> dict:
     from .data.pipeline import read_stage
 
     frame, arrays = read_stage(config["cache_fs"], config["states_dir"], "states")
-    items, splits = config["_items"], trial_splits(config["_items"], config)
+    items = study_items(config)
+    splits = trial_splits(items, config)
     out = {s: ([], [], []) for s in ("train", "val", "test")}
     for uid, arr, frames in zip(frame["uid"], arrays, frame["frames"]):
         if uid not in items:
@@ -275,7 +296,8 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
 def _decode_splits(config: dict) -> dict:
     from .data.audio import decode_audio
 
-    items, splits = config["_items"], trial_splits(config["_items"], config)
+    items = study_items(config)
+    splits = trial_splits(items, config)
     clip = int(float(config["clip_seconds"]) * 16000)
     out = {s: ([], [], []) for s in ("train", "val", "test")}
     for uid, row in items.items():
@@ -365,8 +387,19 @@ def prepare(config: dict, opts) -> dict:
                       unusable_clips=len(result.errors))
         bad = set(result.errors["path"])
         usable = usable[~usable["path"].isin(bad)]
-    config["_items"] = {r.uid: {"y": y[r.label], "split": r.split, "speaker": r.speaker, "path": r.path}
-                        for r in usable.itertuples()}
+    import pyarrow as pa
+
+    from .data.pipeline import _write_atomic, default_cache_dir
+    from .core.storage import filesystem
+
+    table = usable.assign(y=[y[label] for label in usable["label"]])[["uid", "y", "split", "speaker", "path"]]
+    fs_uri = config.get("cache_fs") or default_cache_dir()
+    fs, base = filesystem(fs_uri)
+    digest = hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:12]
+    config["items_fs"] = fs_uri if "://" in fs_uri else base
+    config["items_file"] = f"{base}/{manifest.name}-{config['dataset_fingerprint']}/study-items-{digest}.parquet"
+    fs.create_dir(config["items_file"].rsplit("/", 1)[0], recursive=True)
+    _write_atomic(fs, config["items_file"], pa.Table.from_pandas(table, preserve_index=False))
     return config
 
 
@@ -374,8 +407,10 @@ def describe(config: dict) -> dict:
     """The data report: clips per class and split, speakers per split."""
     import pandas as pd
 
-    rows = pd.DataFrame([{"label": config["classes"][v["y"]], "split": s, "speaker": v["speaker"]}
-                         for (uid, v), s in zip(config["_items"].items(), trial_splits(config["_items"], config).values())])
+    items = study_items(config)
+    splits = trial_splits(items, config)
+    rows = pd.DataFrame([{"label": config["classes"][v["y"]], "split": splits[uid], "speaker": v["speaker"]}
+                         for uid, v in items.items()])
     counts = rows.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"])
     speakers = rows.groupby("split")["speaker"].nunique().reindex(["train", "val", "test"])
     text = (f"# {config['corpus']} as used: {config['data_source']}\n\nencoder: {config['model_id']}\n\n"
