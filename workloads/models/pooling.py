@@ -55,7 +55,9 @@ class Pooling(nn.Module):
         self.out_dim = dim
 
     def pick(self, states: torch.Tensor) -> torch.Tensor:
-        return states[:, self.layer]
+        """The layer this pooling reads, in float32 (cached states may be float16: convert one
+        layer, not all of them)."""
+        return states[:, self.layer].float()
 
 
 @register("masked_mean")
@@ -72,7 +74,8 @@ class LayerMean(MaskedMean):
 @register("masked_max")
 class MaskedMax(Pooling):
     def forward(self, states, mask):
-        x = self.pick(states).masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(states.dtype).min)
+        x = self.pick(states)
+        x = x.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(x.dtype).min)
         return x.max(1).values
 
 
@@ -116,8 +119,8 @@ class WeightedLayers(Pooling):
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))
 
     def forward(self, states, mask):
-        w = self.layer_logits.softmax(0).to(states.dtype)
-        return masked_mean(torch.einsum("l,bltd->btd", w, states), mask)
+        w = self.layer_logits.softmax(0)
+        return masked_mean(torch.einsum("l,bltd->btd", w, states.float()), mask)
 
 
 def build_pooling(name: str, dim: int, n_layers: int, layer: int = -1) -> Pooling:
@@ -137,4 +140,4 @@ class PooledClassifier(nn.Module):
                                   nn.Dropout(dropout), nn.Linear(width, n_classes))
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooling(states.float(), mask))
+        return self.head(self.pooling(states, mask))
