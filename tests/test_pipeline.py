@@ -26,6 +26,8 @@ REASONS = {"unreadable": "unreadable", "no audio stream": "no audio stream", "em
            "silent audio": "silent audio", "unknown label": "label", "not valid UTF-8": "UTF-8",
            "missing media": "not found"}
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _assert_faults_reported(errors: pd.DataFrame, faults: list):
     for fault in faults:
@@ -60,6 +62,14 @@ def test_faults_reported_good_items_kept_and_cache_reused(ray_cluster, synth, tm
     assert all(s.cached == len(manifest.items) and s.computed == 0 for s in warm.stages.values())
     pd.testing.assert_frame_equal(warm.errors.reset_index(drop=True), cold.errors.reset_index(drop=True))
     assert "errors by reason" in warm.summary()
+    # and `emosweep data prepare` on a warm cache computes nothing, so it never imports Ray
+    code = ("import sys; from workloads.cli import main; rc = main(sys.argv[1:]); "
+            "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, "data", "prepare", corpus, "--root", str(root), "--features",
+                          "mfcc_mean", "waveform", "--param", "waveform.seconds=1.0", "--cache-dir", str(tmp_path),
+                          "--no-progress"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ray imported: False" in out.stdout and "decoded 0 files" in out.stdout, out.stdout[-2000:]
 
     # a new parameter is a new key: only that stage is computed, the other comes from the cache
     more = prepare(manifest, {"mfcc_mean": {}, "waveform": {"seconds": 2.0}}, cache_dir=str(tmp_path), progress=False)

@@ -99,8 +99,6 @@ def add_prepare_parser(sub) -> None:
 
 
 def data_prepare(args) -> int:
-    import ray
-
     from workloads.data.corpora import read_corpus
     from workloads.data.manifest import assign_splits
     from workloads.data.pipeline import StrictModeError, prepare
@@ -119,6 +117,8 @@ def data_prepare(args) -> int:
         stages[stage][key] = value
     print(manifest.summary())
     if args.address:
+        import ray  # otherwise Ray starts only if something is left to compute
+
         ray.init(address=args.address, log_to_driver=False, ignore_reinit_error=True)
     try:
         result = prepare(manifest, stages, cache_dir=args.cache_dir, strict=args.strict,

@@ -229,9 +229,8 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
 
     A worker that holds something costly (a neural encoder) is a class: `actors` =
     {"init": constructor kwargs, "concurrency": actors, "num_gpus": per actor, "num_cpus": …}
-    runs it on a pool of Ray Data actors that each build it once (GPU actors on a cluster)."""
-    import ray
-
+    runs it on a pool of Ray Data actors that each build it once (GPU actors on a cluster).
+    A cache that already holds everything is read without importing or starting Ray."""
     t0 = time.perf_counter()
     if not stages:
         raise ValueError("no feature stage given; choose from the stages in workloads/data/features.py")
@@ -261,6 +260,8 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
             need.setdefault(u, []).append(s.name)
 
     if need:
+        import ray
+
         pending = items[items["uid"].isin(need)].copy()
         pending["need"] = [",".join(need[u]) for u in pending["uid"]]
         if not ray.is_initialized():
