@@ -78,6 +78,8 @@ def test_cached_states_give_the_live_encoders_logits(ray_cluster, small_ravdess,
     data = speech_pooling.load_cached(config)["train"]  # in the cache's order
     cached_states, cached_mask, _ = speech_pooling.collate_cached(list(zip(*data)))
     model = speech_pooling.build_model(config, encoder.n_states, encoder.dim, 8, encoder).eval()
+    if finetune_top:  # the top layer trains, though the encoder it was copied from stays frozen
+        assert all(p.requires_grad for p in model.top.parameters())
     waves = [decode_audio(items[u]["path"])[:64000] for u in _cache_uids(result) if u in items]
     with torch.no_grad():
         live_states, live_mask = encoder.hidden_states(waves, "fixed", 4.0)

@@ -148,8 +148,8 @@ class TopLayersThenPool(torch.nn.Module):
         super().__init__()
         self.encoder_ref = [encoder]  # not a submodule: only the top layers below are ours
         self.first_layer = first_layer
-        self.top = torch.nn.ModuleList(copy.deepcopy(encoder.layers[first_layer:]))
-        self.final_norm = copy.deepcopy(encoder.model.layer_norm) if encoder.whisper else None
+        self.top = torch.nn.ModuleList(copy.deepcopy(encoder.layers[first_layer:])).requires_grad_(True)
+        self.final_norm = copy.deepcopy(encoder.model.layer_norm).requires_grad_(True) if encoder.whisper else None
         self.classifier = classifier
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
