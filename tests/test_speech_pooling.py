@@ -147,3 +147,11 @@ def test_pooling_sweep_runs_every_arm_and_logs_to_mlflow(ray_cluster, mlflow_ser
     assert len(parent) == 1 and len(children) == 7
     assert {c.data.tags["pooling"] for c in children} == set(ARMS)
     assert all(c.data.tags["random_init"] == "true" for c in children)
+
+
+def test_a_shemo_folder_is_read_as_shemo(synth):
+    config = {"corpus": "ravdess", "data_dir": str(synth("shemo", n=40, seed=2, faults=False)), "seed": 1}
+    manifest = speech_pooling.read_manifest(config)
+    assert config["corpus"] == "shemo" and len(manifest.items) == 40
+    by_split = manifest.items.groupby("split")["speaker"].apply(set)
+    assert not (by_split["train"] & by_split["test"])  # speaker-independent

@@ -317,6 +317,17 @@ def read_manifest(config: dict):
     from .data.manifest import assign_splits
 
     manifest = read_corpus(config["corpus"], config["data_dir"])
+    if manifest.items.empty:  # a ShEMO folder given to the RAVDESS default, or the other way round
+        for other in ("ravdess", "shemo"):
+            guess = read_corpus(other, config["data_dir"]) if other != config["corpus"] else manifest
+            if not guess.items.empty:
+                print(f"[emosweep] {config['data_dir']} holds no {config['corpus']} file names but "
+                      f"{len(guess.items)} {other} ones: reading it as {other} (--set corpus={other} says so)")
+                config["corpus"], manifest = other, guess
+                break
+    if manifest.items.empty:
+        raise SystemExit(f"{config['data_dir']}: no usable {config['corpus']} clips; the reader said:\n"
+                         f"{manifest.problems.head(10).to_string()}")
     manifest.items = assign_splits(manifest.items, int(config["seed"]), by_speaker=True)
     return manifest
 
