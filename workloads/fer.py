@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .core.loop import EpochShardSampler, TrainSetup, fit
+from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
 from .core.seeding import derive_seed, seed_everything
 from .data.fer2013 import LABELS
 from .data.manifest import stratified_subset
@@ -44,14 +44,6 @@ def upsample_minorities(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
             index.append(rng.choice(members, size=target - count, replace=True))
             flags.append(np.ones(target - count, bool))
     return np.concatenate(index), np.concatenate(flags)
-
-
-def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Weights ∝ 1 / class frequency, scaled to average 1 over the training items."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    present = int((counts > 0).sum())  # a class absent from training gets weight 0
-    weights = np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 class FerImages(Dataset):

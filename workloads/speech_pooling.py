@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .core.loop import EpochShardSampler, TrainSetup, fit
+from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
 from .core.seeding import derive_seed, seed_everything
 from .models.pooling import POOLINGS, PooledClassifier, build_pooling
 
@@ -253,13 +253,7 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     if not all(len(data[s][1]) for s in data):
         raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
     train_labels = data["train"][1]
-    counts = np.bincount(train_labels, minlength=n_classes)
-    weights = None
-    if config["imbalance"] == "class_weights":
-        present = counts > 0
-        w = np.zeros(n_classes)
-        w[present] = counts.sum() / (present.sum() * counts[present])
-        weights = torch.tensor(w, dtype=torch.float32)
+    weights = class_weights(train_labels, n_classes) if config["imbalance"] == "class_weights" else None
     loaders = {}
     for split, (xs, ys, lengths) in data.items():
         if split == "train" and config["imbalance"] == "resample":

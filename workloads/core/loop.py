@@ -235,6 +235,17 @@ def run_data_parallel(worker_fn: Callable, config: dict, tracking: TrackingConte
     trainer.fit()
 
 
+def class_weights(labels, n_classes: int) -> torch.Tensor:
+    """Loss weights ∝ 1 / class frequency, scaled to average 1 over the training items; a
+    class absent from training gets weight 0."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    present = int((counts > 0).sum())
+    weights = np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
