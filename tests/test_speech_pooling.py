@@ -155,3 +155,21 @@ def test_a_shemo_folder_is_read_as_shemo(synth):
     assert config["corpus"] == "shemo" and len(manifest.items) == 40
     by_split = manifest.items.groupby("split")["speaker"].apply(set)
     assert not (by_split["train"] & by_split["test"])  # speaker-independent
+
+
+def test_live_encoder_dynamic_padding_pads_less(tmp_path):
+    """The padding study's loader: the same clips through the live (frozen) encoder, padded to
+    the clip length or to the longest in the batch; dynamic pads less and counts it."""
+    encoder = SpeechEncoder(make_tiny_hubert(tmp_path / "hubert", seed=0))
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in (1.0, 1.2, 2.5, 3.0)]
+    shares = {}
+    for padding in ("fixed", "dynamic"):
+        loader = speech_pooling.LiveEncoderLoader(encoder, waves, [0, 1, 0, 1], 2,
+                                                  torch.utils.data.SequentialSampler(waves), padding, 4.0)
+        batches = list(loader)
+        assert [b[0].shape[1] for b in batches] == [encoder.n_states] * 2 and loader.clips == 4
+        if padding == "dynamic":  # each batch padded to its own longest clip
+            assert batches[0][0].shape[2] < batches[1][0].shape[2] == encoder.valid_frames(48000)
+        shares[padding] = speech_pooling.live_padding_metrics({"train": loader})["padded_share"]
+    assert 0 < shares["dynamic"] < shares["fixed"] < 1

@@ -205,7 +205,7 @@ class LiveEncoderLoader:
     def __init__(self, encoder, waves, labels, batch_size, sampler, padding, clip_seconds):
         self.encoder, self.waves, self.labels = encoder, waves, labels
         self.batch_size, self.sampler, self.padding, self.clip_seconds = batch_size, sampler, padding, clip_seconds
-        self.padded = self.real = 0
+        self.padded = self.real = self.clips = 0
         self.encode_s = 0.0
 
     def __len__(self):
@@ -221,6 +221,7 @@ class LiveEncoderLoader:
             self.encode_s += time.perf_counter() - t
             self.real += int(mask.sum())
             self.padded += mask.numel()
+            self.clips += len(idx)
             yield states, mask, torch.tensor([self.labels[i] for i in idx])
 
 
@@ -279,12 +280,22 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
         tags={"workload": WORKLOAD, "arm": config["arm"], "pooling": config["pooling"],
               "model_id": config["model_id"], "random_init": str(bool(config.get("random_init"))).lower(),
               "dataset_fingerprint": config["dataset_fingerprint"], "imbalance": config["imbalance"]})
+    if live:  # the padding study's figures, logged with every epoch
+        setup.epoch_metrics = lambda: live_padding_metrics(loaders)
     fit(config, setup, tracking, run_name(config))
-    if live:  # the padding study's figures, beside the trial's own metrics
-        lt = loaders["train"]
-        print(f"[emosweep] padding={config.get('padding')}: padded share {1 - lt.real / max(lt.padded, 1):.1%}, "
-              f"encoder {sum(len(loaders[s].sampler) for s in loaders) / max(sum(loaders[s].encode_s for s in loaders), 1e-9):.1f} clips/s",
-              flush=True)
+    if live:
+        m = live_padding_metrics(loaders)
+        print(f"[emosweep] padding={config.get('padding')}: padded share {m['padded_share']:.1%}, "
+              f"encoder {m['encoder_clips_per_s']:.1f} clips/s", flush=True)
+
+
+def live_padding_metrics(loaders: dict) -> dict:
+    """Share of encoder frames that were padding, and clips the encoder took per second, so far."""
+    padded = sum(loader.padded for loader in loaders.values())
+    real = sum(loader.real for loader in loaders.values())
+    seconds = sum(loader.encode_s for loader in loaders.values())
+    clips = sum(loader.clips for loader in loaders.values())
+    return {"padded_share": 1 - real / max(padded, 1), "encoder_clips_per_s": clips / max(seconds, 1e-9)}
 
 
 def _decode_splits(config: dict) -> dict:

@@ -58,6 +58,7 @@ class TrainSetup:
     grad_clip: float | None = 1.0
     info: dict = field(default_factory=dict)  # logged once as params: parameter counts, layers kept…
     tags: dict = field(default_factory=dict)  # MLflow tags: arm, model id, dataset fingerprint…
+    epoch_metrics: Callable[[], dict] | None = None  # the workload's own figures, added to every epoch's metrics
 
 
 class EpochShardSampler(torch.utils.data.Sampler):
@@ -459,7 +460,8 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                    **{k: v for k, v in best.items() if k.startswith("test_")},
                    "trainable_params": trainable, "total_params": total, "resumed_from_epoch": resumed_from,
                    # what the arm actually did (layers frozen/kept, heads left), for the results table
-                   **{k: v for k, v in setup.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+                   **{k: v for k, v in setup.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                   **(setup.epoch_metrics() if setup.epoch_metrics else {})}
         placed = {**where, "device": str(device)}  # reported to Tune, not plotted in MLflow (strings)
 
         state["history"].append({**metrics, **timings})
