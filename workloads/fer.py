@@ -9,7 +9,6 @@ rest to the shared epoch loop.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
 from .core.seeding import derive_seed, seed_everything
 from .models.pooling import POOLINGS, PooledClassifier, build_pooling
+from .models.speech import run_layers
 
 if TYPE_CHECKING:
     from .core.tracking import TrackingContext
@@ -89,15 +90,13 @@ class BalancedSampler(torch.utils.data.Sampler):
         return len(self.weights)
 
 
-def pad_states(arrays: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached per-clip states (L, T_i, D) → (B, L, T_max, D) and the real-frame mask (B, T_max)."""
+def pad_states(arrays: list[torch.Tensor]) -> torch.Tensor:
+    """Cached per-clip states (L, T_i, D) → (B, L, T_max, D), zero-padded."""
     width = max(a.shape[-2] for a in arrays)
     out = torch.zeros((len(arrays), *arrays[0].shape[:-2], width, arrays[0].shape[-1]), dtype=arrays[0].dtype)
-    mask = torch.zeros((len(arrays), width), dtype=torch.bool)
     for i, a in enumerate(arrays):
         out[i, ..., :a.shape[-2], :] = a
-        mask[i, :a.shape[-2]] = True
-    return out, mask
+    return out
 
 
 def load_cached(config: dict) -> dict:
@@ -131,10 +130,11 @@ class CachedStates(torch.utils.data.Dataset):
 
 
 def collate_cached(items):
-    states, mask = pad_states([s for s, _, _ in items])
+    """(states, real-frame mask, labels). The mask comes from each clip's real frame count, which
+    is what the cache stored too (a prefix cache keeps the whole window, padding included)."""
+    states = pad_states([s for s, _, _ in items])
     lengths = torch.tensor([n for _, _, n in items])
-    if states.shape[2] > int(lengths.max()):  # a prefix cache holds the whole window: mask its padding
-        mask = torch.arange(states.shape[2])[None] < lengths[:, None]
+    mask = torch.arange(states.shape[2])[None] < lengths[:, None]
     return states, mask, torch.tensor([y for _, y, _ in items])
 
 
@@ -146,21 +146,14 @@ class TopLayersThenPool(torch.nn.Module):
 
     def __init__(self, encoder, first_layer: int, classifier: PooledClassifier):
         super().__init__()
-        self.encoder_ref = [encoder]  # not a submodule: only the top layers below are ours
-        self.first_layer = first_layer
+        # copies: the frozen encoder stays as it is; these train
         self.top = torch.nn.ModuleList(copy.deepcopy(encoder.layers[first_layer:])).requires_grad_(True)
-        self.final_norm = copy.deepcopy(encoder.model.layer_norm).requires_grad_(True) if encoder.whisper else None
+        norm = encoder.final_norm
+        self.final_norm = copy.deepcopy(norm).requires_grad_(True) if norm is not None else None
         self.classifier = classifier
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = states[:, 0].float()
-        out = [h]
-        for i, layer in enumerate(self.top):
-            r = layer(h, None) if self.final_norm is not None else layer(h, attention_mask=None)
-            h = r[0] if isinstance(r, tuple) else r
-            if self.final_norm is not None and i == len(self.top) - 1:
-                h = self.final_norm(h)
-            out.append(h)
+        out = run_layers(self.top, states[:, 0].float(), self.final_norm)
         return self.classifier(torch.stack(out, dim=1), mask)
 
 
@@ -365,8 +358,7 @@ def prepare(config: dict, opts) -> dict:
         config.update(model_path=path, model_id="tiny-random-hubert", model_source="tiny-random", random_init=True)
     else:
         resolved = resolve_model(getattr(opts, "model", None), default=config["model"], fallback="whisper-base")
-        model_id = resolved.model_id + (f", stand-in for {resolved.stand_in_for}" if resolved.stand_in_for else "")
-        config.update(model_path=resolved.path, model_id=model_id, model_source=resolved.source,
+        config.update(model_path=resolved.path, model_id=resolved.label, model_source=resolved.source,
                       random_init=resolved.random_init)
     from transformers import AutoConfig
 
@@ -380,7 +372,7 @@ def prepare(config: dict, opts) -> dict:
             raise SystemExit(f"clip_seconds {config['clip_seconds']} exceeds the Whisper window of {window} s")
     n_layers = enc_config.encoder_layers if whisper else enc_config.num_hidden_layers
     config.update(n_states=n_layers + 1, dim=enc_config.d_model if whisper else enc_config.hidden_size,
-                  classes=list(manifest.classes), dataset_fingerprint=manifest.fingerprint())
+                  classes=list(manifest.classes), dataset_fingerprint=manifest.fingerprint())  # reads every file's ends: once
     k = int(config.get("finetune_top") or 0)
     if k >= n_layers + 1 or k < 0:
         raise SystemExit(f"finetune_top {k}: the encoder has {n_layers} layers")
@@ -393,7 +385,8 @@ def prepare(config: dict, opts) -> dict:
         gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
         cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
         actors = int(config.get("encode_actors") or (gpus or cpus))
-        result = encode_corpus(manifest, config["model_path"], window_seconds=config["window_seconds"],
+        result = encode_corpus(manifest, config["model_path"], fingerprint=config["dataset_fingerprint"],
+                               window_seconds=config["window_seconds"],
                                clip_seconds=float(config["clip_seconds"]), prefix_layer=n_layers - k if k else None,
                                dtype=config.get("cache_dtype", "float16"), progress=False,
                                batch_size=int(config.get("encode_batch", 8)), actors=actors,

@@ -150,14 +150,7 @@ class TuneSession(LocalSession):
 
 
 def in_tune_trial() -> bool:
-    if _ray() is None:
-        return False
-    try:
-        from ray import tune
-
-        return tune.get_context().get_trial_id() is not None
-    except Exception:
-        return False
+    return trial_id() != "local"
 
 
 class TrainSession(TuneSession):

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .audio import TARGET_SR, MediaError, decode_audio
+from .audio import TARGET_SR, MediaError
 from .features import Stage
 from .manifest import Manifest
-from .pipeline import PrepareResult, ShardWriter, run_cached
-from ..core.storage import read_bytes
+from .pipeline import PrepareResult, ShardWriter, read_and_decode, run_cached
 
 STAGE = Stage("encoder_states", version=1, fn=None, defaults={
     "model_hash": "", "window_seconds": None, "clip_seconds": 5.0, "prefix_layer": None, "dtype": "float16"},
@@ -54,11 +53,7 @@ class EncoderStatesWorker:
         decoded = []
         for uid, path in zip(batch["uid"], batch["path"]):
             try:
-                try:
-                    data = read_bytes(path)
-                except OSError as e:
-                    raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
-                decoded.append((uid, path, decode_audio(data, sr=sr, name=path)[:clip]))
+                decoded.append((uid, path, read_and_decode(path, sr)[:clip]))
             except MediaError as e:
                 writer.failed(uid, path, [STAGE.name], "decode", e.reason, e.detail)
         for start in range(0, len(decoded), batch_size):
@@ -84,16 +79,18 @@ class EncoderStatesWorker:
 
 def encode_corpus(manifest: Manifest, model_path: str, *, window_seconds: float | None = None,
                   clip_seconds: float = 5.0, prefix_layer: int | None = None, dtype: str = "float16",
+                  fingerprint: str | None = None,
                   cache_dir: str | None = None, batch_size: int = 8, actors: int = 1, num_gpus: float = 0,
                   cpus_per_actor: int = 1, shard_size: int = 32, progress: bool = True,
                   strict: bool = False) -> PrepareResult:
-    """Encode every clip of the manifest once (what the cache holds already is reused)."""
+    """Encode every clip of the manifest once (what the cache holds already is reused).
+    `fingerprint`: the manifest's, when the caller has computed it already."""
     from ..models.speech import encoder_content_hash
 
     params = {"model_hash": encoder_content_hash(model_path), "window_seconds": window_seconds,
               "clip_seconds": clip_seconds, "prefix_layer": prefix_layer, "dtype": dtype}
     return run_cached(
-        manifest.name, manifest.fingerprint(), manifest.items, manifest.problems, {STAGE.name: (STAGE, params)},
+        manifest.name, fingerprint or manifest.fingerprint(), manifest.items, manifest.problems, {STAGE.name: (STAGE, params)},
         EncoderStatesWorker, {"sr": TARGET_SR, "batch_size": batch_size}, cache_dir=cache_dir, strict=strict,
         shard_size=shard_size, progress=progress, key_context={"sr": TARGET_SR},
         actors={"init": {"model_path": model_path, "window_seconds": window_seconds, "threads": cpus_per_actor},

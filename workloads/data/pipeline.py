@@ -111,6 +111,16 @@ class ShardWriter:
         return pd.DataFrame(self.summary, columns=SUMMARY_COLUMNS)
 
 
+def read_and_decode(path: str, sr: int):
+    """A media file's bytes (local path or URI) decoded to mono float32 at `sr`; MediaError
+    with a stable reason for anything that cannot be used."""
+    try:
+        data = read_bytes(path)
+    except OSError as e:
+        raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
+    return decode_audio(data, sr=sr, name=path)
+
+
 def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int) -> pd.DataFrame:
     """The media worker, one shard: read each file's bytes, decode once, compute the stages
     the item still needs. Returns one summary row per item."""
@@ -119,11 +129,7 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int) -> 
         need = need.split(",")
         stage = "decode"
         try:
-            try:
-                data = read_bytes(path)
-            except OSError as e:
-                raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
-            wave = decode_audio(data, sr=sr, name=path)
+            wave = read_and_decode(path, sr)
             stage, outputs = "features", {}
             for name in need:
                 try:

