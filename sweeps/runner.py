@@ -31,7 +31,7 @@ from workloads.core.paths import emosweep_home
 from workloads.core.storage import filesystem
 from workloads.core.seeding import derive_seed
 from workloads.core.tracking import (MlflowServer, TrackingContext, fail_fast_requests, find_child_run, git_commit,
-                                     port_free, start_parent_run)
+                                     port_free, share_sweep_view, start_parent_run)
 
 STATE_FILE = "emosweep.json"  # beside Tune's own state in the experiment folder
 RESULT_COLUMNS = ["epochs_done", "best_epoch", "best_val_acc", "test_acc", "test_macro_f1",
@@ -59,6 +59,10 @@ class Study:
     describe: Callable | None = None  # config → {artifact name: text or Path of a file}: the data report, on the parent run
     table_columns: list = field(default_factory=list)  # config keys shown in the results table
     description: str = ""
+    # arm config (after prepare) → why this arm cannot run on this data, or None: such arms are
+    # named with the reason and left out, the others run
+    unavailable: Callable | None = None
+    extra_flags: dict = field(default_factory=dict)  # flag name → help: more string options (--text-model …)
 
 
 class ArmGridSearch(Searcher):
@@ -184,6 +188,8 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--full-data", action="store_true", help="use all the data even without a GPU")
     p.add_argument("--data-dir", help="corpus in its native layout (default: the study's embedded data)")
     p.add_argument("--model", help="hub id, local model folder, or 'offline' for the packaged model")
+    for flag, text in study.extra_flags.items():
+        p.add_argument(f"--{flag}", help=text)
     p.add_argument("--arms", help=f"comma-separated subset of: {', '.join(study.arms)}")
     p.add_argument("--num-samples", type=int, default=1, help="trials per arm (the first is the reproduction)")
     p.add_argument("--epochs", type=int, help="override the number of epochs")
@@ -279,6 +285,14 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     arms = select_arms(study, opts)
     if study.prepare is not None:
         base = study.prepare(base, opts)
+    if study.unavailable is not None:
+        for arm in list(arms):
+            why = study.unavailable({**base, **arms[arm]})
+            if why:
+                print(f"[emosweep] arm {arm} cannot run: {why}", file=sys.stderr)
+                arms = {a: c for a, c in arms.items() if a != arm}
+        if not arms:
+            raise SystemExit(f"no arm of {study.name} can run on this data (see above)")
     return arms, base
 
 
@@ -493,6 +507,14 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             tracking = start_parent_run(uri, experiment, name, sweep_params,
                                         {**tags, "random_init": str(bool(base.get("random_init"))).lower(),
                                          "model_id": base.get("model_id", ""), **note})
+            metrics = ["test_acc", "test_macro_f1", *(c for c in study.table_columns if c.startswith("test_"))]
+            try:
+                view = share_sweep_view(MlflowClient(uri), uri, tracking.experiment_id, tracking.parent_run_id,
+                                        metrics, study.metric)
+            except Exception as e:  # a view is a convenience; the sweep goes on without it
+                view = uri
+                print(f"[emosweep] could not save the MLflow view of this sweep: {e}", file=sys.stderr)
+            print(f"[emosweep] trials in the MLflow UI: {view}")
             if study.describe is not None:
                 for artifact, content in study.describe(base).items():
                     if isinstance(content, Path):  # a picture: logged as a file, not printed
@@ -500,7 +522,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                         continue
                     print(content)
                     MlflowClient(uri).log_text(tracking.parent_run_id, content, artifact)
-            state = {"study": study.name, "experiment": experiment, "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
+            state = {"study": study.name, "experiment": experiment, "mlflow_view": view, "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
                      "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
                      "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": samples}
 
@@ -587,6 +609,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             print(f"note: {run_note}")
         print(f"results: {out} and {md}")
         print(f"MLflow: {uri}  (experiment '{state['experiment']}', parent run {run_id})")
+        if state.get("mlflow_view"):
+            print(f"  the trials, best first: {state['mlflow_view']}")
         if server is not None:
             print(f"  browse later: mlflow ui --backend-store-uri sqlite:///{server.root / 'mlflow.db'}"
                   f" --artifacts-destination {server.root / 'mlartifacts'}")

@@ -12,7 +12,7 @@ S3 is multilingual-e5-small's shape with the vocabulary trimmed to FarsTail's 6,
 (24M parameters), random weights (speed does not depend on their values), pairs whose
 lengths follow FarsTail's (median 74 pieces, capped at 128), the workload's own step and
 optimizer; `--model DIR` times a real folder instead. FER is the four CNNs of S6 on 48×48
-grey faces. FLOPs per step are counted by torch's FlopCounterMode on the step itself.
+grey faces. S1 is the fusion trial's step on cached prefix states (bench_s1). FLOPs per step are counted by torch's FlopCounterMode on the step itself.
 """
 from __future__ import annotations
 
@@ -141,9 +141,60 @@ def bench_fer(arch: str, batch: int, seconds: float, device: torch.device, preci
             **time_steps(step, seconds, device, batch)}
 
 
+def bench_s1(fusion: str, batch: int, seconds: float, device: torch.device, precision: str) -> dict:
+    """S1's trial step on cached prefix states: the top layer of a MiniLM-shaped text encoder
+    (384-d, MELD-like transcripts of 8-40 tokens) and of whisper-base's encoder (512-d, a 5-s
+    window: 250 frames), then the fusion head. `epoch_s_meld` is one epoch of MELD's 9,989
+    training utterances at that speed."""
+    from transformers import BertConfig, BertModel, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from workloads import meld_fusion
+    from workloads.models.fusion import FusionHead, FusionModel, uses
+
+    torch.manual_seed(0)
+    text_model = BertModel(BertConfig(hidden_size=384, num_hidden_layers=1, num_attention_heads=12,
+                                      intermediate_size=1536))
+    audio_model = WhisperEncoder(WhisperConfig(d_model=512, encoder_layers=1, encoder_attention_heads=8,
+                                               encoder_ffn_dim=2048, max_source_positions=250))
+    text, audio = uses(fusion)
+    head = FusionHead(fusion, 384, 512, 7)
+    model = FusionModel(head, text_model.encoder.layer if text else None, audio_model.layers if audio else None,
+                        audio_model.layer_norm).to(device).train()
+    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, **kwargs)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(8, 41, (batch,), generator=g)
+    tokens = torch.randn(batch, int(lengths.max()), 384, generator=g).to(device)
+    token_mask = (torch.arange(tokens.shape[1])[None] < lengths[:, None]).to(device)
+    frames = torch.randn(batch, 250, 512, generator=g).to(device)
+    frame_mask = (torch.arange(250)[None] < torch.randint(50, 251, (batch, 1), generator=g)).to(device)
+    y = torch.randint(0, 7, (batch,), generator=g).to(device)
+    batch_data = (tokens if text else None, token_mask if text else None, frames if audio else None,
+                  frame_mask if audio else None, y)
+    step_fn = meld_fusion.make_step(None)
+    use_bf16 = precision == "bf16" and device.type == "cuda"
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, _, _ = step_fn(model, batch_data, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    row = {"workload": "s1", "model": f"{fusion}: MiniLM top + whisper-base top", "batch": batch,
+           "precision": "bf16" if use_bf16 else "fp32", "optimizer": "AdamW " + next(iter(kwargs)),
+           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, **time_steps(step, seconds, device, batch)}
+    row["epoch_s_meld"] = 9989 / row["items_per_s"]
+    return row
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", default="s3,fer", help="comma-separated: s3, fer")
+    p.add_argument("--workloads", default="s3,fer,s1", help="comma-separated: s3, fer, s1")
+    p.add_argument("--s1-batch", default="4,64", help="S1 batch sizes (the report's is 4)")
+    p.add_argument("--s1-fusions", default="concat,cross_attention")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per configuration")
     p.add_argument("--batch", default=None, help="S3 batch sizes (default 16,32 on a GPU, 16 on the CPU)")
     p.add_argument("--fer-batch", type=int, default=256)
@@ -172,6 +223,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for arch in args.fer_archs.split(","):
                 rows.append(bench_fer(arch, args.fer_batch, args.seconds, device, precision))
                 _print(rows[-1])
+        if "s1" in wanted:
+            for fusion in args.s1_fusions.split(","):
+                for b in (int(x) for x in args.s1_batch.split(",")):
+                    rows.append(bench_s1(fusion, b, args.seconds, device, precision))
+                    _print(rows[-1])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": where, "rows": rows}, f, indent=2)
@@ -181,8 +237,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def _print(r: dict) -> None:
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
     mem = f"{r['peak_mem_mb']:.0f} MB" if r["peak_mem_mb"] is not None else "n/a"
+    epoch = f"  MELD epoch {r['epoch_s_meld']:.0f} s" if "epoch_s_meld" in r else ""
     print(f"{r['workload']:4} {r['model'][:40]:40} batch {r['batch']:4} {r['precision']:18} "
-          f"{r['items_per_s']:10.1f} items/s  {r['tflops']:8.3f} TFLOP/s  MFU {mfu:>6}  peak {mem}", flush=True)
+          f"{r['items_per_s']:10.1f} items/s  {r['tflops']:8.3f} TFLOP/s  MFU {mfu:>6}  peak {mem}{epoch}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     emosweep run STUDY [flags]       run one (the same flags as python sweeps/STUDY.py)
     emosweep data prepare CORPUS --root DIR --features STAGE [STAGE ...]
                                      decode a corpus and cache its features (Ray Data)
+    emosweep demo [--run-id RUN]     the fusion study's best model in a web page (Gradio)
 """
 from __future__ import annotations
 
@@ -38,11 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     data = sub.add_parser("data", help="corpus readers, feature extraction and the cache")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     add_prepare_parser(data_sub)
+    from workloads import demo
+
+    demo.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "data":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return data_prepare(args)
+    if args.command == "demo":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return demo.main(args)
 
     studies = discover_studies()
     if args.command == "studies":

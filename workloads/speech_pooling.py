@@ -12,9 +12,7 @@ the longest clip in the batch): the regime where padding costs time.
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
 from .core.seeding import derive_seed, seed_everything
+from .data.study_items import study_items, write_items
 from .models.pooling import POOLINGS, PooledClassifier, build_pooling
 from .models.speech import run_layers
 
@@ -34,24 +33,6 @@ IMBALANCE = ("class_weights", "resample", "none")
 
 
 # ----------------------------------------------------------------------------- splits and data
-
-def study_items(config: dict) -> dict:
-    """uid → {y, split, speaker, path}: the usable clips the driver wrote beside the cache (a
-    file, not the config: Tune prints and stores every config value of every trial)."""
-    if "items" in config:  # handed in directly (tests)
-        return config["items"]
-    return _read_items(config["items_fs"], config["items_file"])
-
-
-@lru_cache(maxsize=2)
-def _read_items(fs_uri: str, path: str) -> dict:
-    import pyarrow.parquet as pq
-
-    from .core.storage import filesystem
-
-    frame = pq.read_table(path, filesystem=filesystem(fs_uri)[0]).to_pandas()
-    return {r.uid: {"y": int(r.y), "split": r.split, "speaker": r.speaker, "path": r.path} for r in frame.itertuples()}
-
 
 def trial_splits(items: dict, config: dict) -> dict:
     """uid → split. Without cross-validation: the driver's speaker-independent split. With
@@ -334,10 +315,10 @@ def prepare(config: dict, opts) -> dict:
     """Driver-side, once per sweep: the corpus (or its look-alike), the encoder, and, when the
     encoder is frozen, its states in the cache."""
     from .core.paths import emosweep_home
-    from .data.encoder_cache import encode_corpus
+    from .data.encoder_cache import actor_plan, encode_corpus
     from .data.synth import ensure_generated
     from .models.encoders import resolve_model
-    from .models.speech import make_tiny_hubert
+    from .models.speech import make_tiny_hubert, speech_encoder_facts
 
     config = dict(config)
     if config["pooling"] not in POOLINGS and config.get("pooling"):
@@ -360,18 +341,14 @@ def prepare(config: dict, opts) -> dict:
         resolved = resolve_model(getattr(opts, "model", None), default=config["model"], fallback="whisper-base")
         config.update(model_path=resolved.path, model_id=resolved.label, model_source=resolved.source,
                       random_init=resolved.random_init)
-    from transformers import AutoConfig
-
-    enc_config = AutoConfig.from_pretrained(config["model_path"])
-    whisper = enc_config.model_type == "whisper"
-    config["window_seconds"] = config.get("whisper_window") if whisper else None
-    if whisper:
-        window = config["window_seconds"] or 30.0
-        config["model_id"] += f" [{window:g}-s window]"
-        if window < float(config["clip_seconds"]):
-            raise SystemExit(f"clip_seconds {config['clip_seconds']} exceeds the Whisper window of {window} s")
-    n_layers = enc_config.encoder_layers if whisper else enc_config.num_hidden_layers
-    config.update(n_states=n_layers + 1, dim=enc_config.d_model if whisper else enc_config.hidden_size,
+    try:
+        facts = speech_encoder_facts(config["model_path"], config.get("whisper_window"), float(config["clip_seconds"]))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    n_layers = facts["n_layers"]
+    config["window_seconds"] = facts["window_seconds"]
+    config["model_id"] += facts["label_suffix"]
+    config.update(n_states=n_layers + 1, dim=facts["dim"],
                   classes=list(manifest.classes), dataset_fingerprint=manifest.fingerprint())  # reads every file's ends: once
     k = int(config.get("finetune_top") or 0)
     if k >= n_layers + 1 or k < 0:
@@ -379,37 +356,20 @@ def prepare(config: dict, opts) -> dict:
     y = {c: i for i, c in enumerate(manifest.classes)}
     usable = manifest.items
     if config.get("encoder_mode", "cached") == "cached":
-        import ray
-
-        # one actor per GPU on a cluster; on a CPU machine one single-threaded actor per core
-        gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
-        cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
-        actors = int(config.get("encode_actors") or (gpus or cpus))
+        actors, gpus = actor_plan(config.get("encode_actors"))
         result = encode_corpus(manifest, config["model_path"], fingerprint=config["dataset_fingerprint"],
                                window_seconds=config["window_seconds"],
                                clip_seconds=float(config["clip_seconds"]), prefix_layer=n_layers - k if k else None,
                                dtype=config.get("cache_dtype", "float16"), progress=False,
                                batch_size=int(config.get("encode_batch", 8)), actors=actors,
-                               num_gpus=1 if gpus else 0)
+                               num_gpus=gpus)
         print(f"[emosweep] encoder states: {result.summary()}")
         config.update(cache_fs=result.fs_uri, states_dir=result.stages["encoder_states"].dir,
                       unusable_clips=len(result.errors))
         bad = set(result.errors["path"])
         usable = usable[~usable["path"].isin(bad)]
-    import pyarrow as pa
-
-    from .data.pipeline import _write_atomic, default_cache_dir
-    from .core.storage import filesystem
-
     table = usable.assign(y=[y[label] for label in usable["label"]])[["uid", "y", "split", "speaker", "path"]]
-    fs_uri = config.get("cache_fs") or default_cache_dir()
-    fs, base = filesystem(fs_uri)
-    digest = hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:12]
-    config["items_fs"] = fs_uri if "://" in fs_uri else base
-    config["items_file"] = f"{base}/{manifest.name}-{config['dataset_fingerprint']}/study-items-{digest}.parquet"
-    fs.create_dir(config["items_file"].rsplit("/", 1)[0], recursive=True)
-    _write_atomic(fs, config["items_file"], pa.Table.from_pandas(table, preserve_index=False))
-    return config
+    return write_items(config, table, f"{manifest.name}-{config['dataset_fingerprint']}")
 
 
 def describe(config: dict) -> dict:

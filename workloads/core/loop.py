@@ -59,6 +59,13 @@ class TrainSetup:
     info: dict = field(default_factory=dict)  # logged once as params: parameter counts, layers kept…
     tags: dict = field(default_factory=dict)  # MLflow tags: arm, model id, dataset fingerprint…
     epoch_metrics: Callable[[], dict] | None = None  # the workload's own figures, added to every epoch's metrics
+    # At an epoch that improves validation accuracy: best_metrics(model, evaluate) → more
+    # figures of that epoch (evaluate(split) runs one split and returns its metrics); they
+    # are reported with the best epoch's test metrics. The fusion study's ablation.
+    best_metrics: Callable[[torch.nn.Module, Callable[[str], dict]], dict] | None = None
+    # At the end of a tracked trial: export(best weights, run) logs the best epoch's model
+    # (the weights are kept, and checkpointed, only when export is set).
+    export: Callable[[dict, object], None] | None = None
 
 
 class EpochShardSampler(torch.utils.data.Sampler):
@@ -337,9 +344,10 @@ def run_epoch(setup: TrainSetup, model: torch.nn.Module, loader: Iterable, devic
     return {"loss": total_loss / max(n, 1), "acc": acc, "n": n, "y_true": y_true, "y_pred": y_pred}
 
 
-def _save_checkpoint(setup: TrainSetup, state: dict, directory: str) -> None:
+def _save_checkpoint(setup: TrainSetup, state: dict, directory: str, best_weights: dict | None = None) -> None:
     torch.save({
         "model": setup.model.state_dict(),
+        "best_model": best_weights,
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict() if setup.scheduler is not None else None,
     }, os.path.join(directory, "weights.pt"))
@@ -347,7 +355,8 @@ def _save_checkpoint(setup: TrainSetup, state: dict, directory: str) -> None:
         json.dump(state, f)
 
 
-def _load_checkpoint(setup: TrainSetup, directory: str, device: torch.device) -> dict:
+def _load_checkpoint(setup: TrainSetup, directory: str, device: torch.device) -> tuple[dict, dict | None]:
+    """(progress state, the best epoch's weights when kept)."""
     # weights_only=True: a checkpoint is data, never code.
     blob = torch.load(os.path.join(directory, "weights.pt"), map_location=device, weights_only=True)
     setup.model.load_state_dict(blob["model"])
@@ -355,7 +364,11 @@ def _load_checkpoint(setup: TrainSetup, directory: str, device: torch.device) ->
     if setup.scheduler is not None and blob["scheduler"] is not None:
         setup.scheduler.load_state_dict(blob["scheduler"])
     with open(os.path.join(directory, "progress.json")) as f:
-        return json.load(f)
+        return json.load(f), blob.get("best_model")
+
+
+def _pair(result: dict) -> tuple[list, list]:
+    return result["y_true"], result["y_pred"]
 
 
 def _write(directory: str, name: str, text: str) -> str:
@@ -407,10 +420,11 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             **setup.info}
 
     state = {"epoch": 0, "history": [], "best": None}
+    best_weights = None  # the best epoch's weights, kept for setup.export
     checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = _load_checkpoint(setup, d, device)
+            state, best_weights = _load_checkpoint(setup, d, device)
     resumed_from = state["epoch"]  # 0 for a fresh start; > 0 when a retry or --resume continued
 
     art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
@@ -440,6 +454,11 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
                 **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
             }
+            if setup.best_metrics is not None:
+                state["best"]["extra"] = setup.best_metrics(model, lambda split: classification_metrics(
+                    *_pair(run_epoch(setup, model, setup.loaders[split], device, False, session)), setup.class_names))
+            if setup.export is not None:
+                best_weights = {k: v.detach().cpu().clone() for k, v in setup.model.state_dict().items()}
         timings["time_eval_s"] = time.perf_counter() - t
 
         row = {  # the curve values; the full metrics of the epoch go into the history below
@@ -450,7 +469,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
         }
         best = state["best"]
         metrics = {**row, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-                   **{k: v for k, v in best.items() if k.startswith("test_")},
+                   **{k: v for k, v in best.items() if k.startswith("test_")}, **best.get("extra", {}),
                    "trainable_params": trainable, "total_params": total, "resumed_from_epoch": resumed_from,
                    # what the arm actually did (layers frozen/kept, heads left), for the results table
                    **{k: v for k, v in setup.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
@@ -483,9 +502,11 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
         t = time.perf_counter()
         with tempfile.TemporaryDirectory() as ckpt_dir:
             if session.rank == 0:
-                _save_checkpoint(setup, state, ckpt_dir)
+                _save_checkpoint(setup, state, ckpt_dir, best_weights)
             timings["time_checkpoint_s"] = time.perf_counter() - t
             session.report({**metrics, **timings, **placed}, ckpt_dir if session.rank == 0 else None)
+    if run is not None and setup.export is not None and best_weights is not None:
+        setup.export(best_weights, run)
     if run is None or not (run.pending_artifacts or run.unlogged(state["history"])):
         shutil.rmtree(art_dir, ignore_errors=True)  # kept while it holds what MLflow still lacks
     return state

@@ -7,6 +7,7 @@ runner starts it when no --tracking-uri is given; on a cluster the head node run
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,8 @@ from mlflow.tracking import MlflowClient
 # Tag keys are plain words so that they read well as columns in the MLflow UI.
 TAG_TRIAL_ID = "trial_id"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_MODEL = "model_uri"  # set on a child run once its model is logged
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs, not GenAI traces
 
 
 def fail_fast_requests() -> None:
@@ -161,12 +164,17 @@ class TrackingContext:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created if new, and tagged as model training so that the MLflow UI
+    opens it on the runs table (an experiment with no kind opens on GenAI traces)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return client.create_experiment(name)
+    if exp is None:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    for key, value in EXPERIMENT_KIND.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict,
@@ -180,6 +188,20 @@ def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tag
     run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
     client.log_batch(run.info.run_id, params=_params(params))
     return TrackingContext(uri, exp_id, run.info.run_id, dict(tags))
+
+
+def share_sweep_view(client: MlflowClient, uri: str, experiment_id: str, parent_run_id: str,
+                     metrics: list[str], sort_by: str) -> str:
+    """A shared view of the MLflow UI (an experiment tag the UI reads) that lists this sweep's
+    trials, not the collapsed parent row, with their metrics as columns, best first. Returns
+    its address: without it the UI opens on GenAI traces and the default columns show no
+    score at all."""
+    key = f"sweep-{parent_run_id[:12]}"
+    state = {"searchFilter": f"tags.`{TAG_PARENT}` = '{parent_run_id}'", "orderByKey": f"metrics.`{sort_by}`",
+             "orderByAsc": False,
+             "selectedColumns": ["tags.`arm`", *(f"metrics.`{m}`" for m in dict.fromkeys([sort_by, *metrics]))]}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
+    return f"{uri}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={key}"
 
 
 def find_child_run(client: MlflowClient, ctx: TrackingContext, trial_id: str):
@@ -256,6 +278,32 @@ class TrialRun:
             print(f"[emosweep] MLflow logging failed for trial {self.trial_id} ({self.last_error}); "
                   f"will retry", file=sys.stderr)
             return False
+
+    def log_pyfunc(self, python_model, artifacts: dict, signature, pip_requirements: list[str],
+                   name: str = "model") -> str | None:
+        """Log an MLflow pyfunc model to this trial's run, once (a retried or resumed trial finds
+        the tag and does not log a second copy). Returns the model URI, or None after saying
+        why it could not be logged (the trial's results stand either way)."""
+        try:
+            self._attach()
+            logged = self.client.get_run(self.run_id).data.tags.get(TAG_MODEL)
+            if logged:
+                return logged
+            import mlflow
+            import mlflow.pyfunc
+            from mlflow.models import Model
+
+            mlflow.set_tracking_uri(self.ctx.uri)
+            # Model.log, not pyfunc.log_model: it takes the run id, so no fluent run is opened
+            # (and closed as FINISHED) inside a trial
+            info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id, python_model=python_model,
+                             artifacts=artifacts, signature=signature, pip_requirements=pip_requirements)
+            self.client.set_tag(self.run_id, TAG_MODEL, info.model_uri)  # models:/<id>, MLflow 3's logged model
+            return info.model_uri
+        except Exception as e:
+            print(f"[emosweep] could not log the model of trial {self.trial_id}: {type(e).__name__}: "
+                  f"{str(e)[:300]}", file=sys.stderr)
+            return None
 
     def unlogged(self, history: list[dict]) -> list[int]:
         return [row["epoch"] for row in history if row["epoch"] not in self.logged_steps]

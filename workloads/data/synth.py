@@ -332,12 +332,41 @@ MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialog
                "Season", "Episode", "StartTime", "EndTime"]
 
 
-def gen_meld(out: Path, n: int, seed: int, with_faults: bool):
+# Pairs one modality cannot tell apart, in the look-alike's hard setting: the other one can.
+MELD_TEXT_TWINS = [("anger", "disgust"), ("fear", "sadness")]  # share their cue words
+MELD_AUDIO_TWINS = [("fear", "surprise"), ("joy", "neutral")]  # share their voice
+
+
+def _twin_map(classes: list, twins) -> list[int]:
+    """Class index → the index whose cue it uses (the first of its twin pair, else itself)."""
+    first = {b: a for a, b in twins}
+    return [classes.index(first.get(c, c)) for c in classes]
+
+
+def gen_meld(out: Path, n: int, seed: int, with_faults: bool, difficulty: float = 0.0):
     """MELD.Raw look-alike: the three CSVs and real mp4s (H.264 video + AAC stereo 48 kHz) in
     the official split folders, with the layout's quirks: nested folders, upper-case
-    extensions and doubled suffixes (`.mp4.wav`)."""
+    extensions and doubled suffixes (`.mp4.wav`).
+
+    `difficulty` d in [0, 1] splits the class signal between the modalities. At 0 every
+    transcript carries a cue word of its class and every clip is spoken in its class's voice.
+    At d > 0 a transcript has its cue word with probability 1 − d and a clip its class voice
+    with probability 1 − d/2 (else a voice shared by all classes), the class voices are pulled
+    d/2 of the way towards the shared one, and two pairs of classes share their cue words
+    (MELD_TEXT_TWINS) while two other pairs share their voice (MELD_AUDIO_TWINS). So text
+    alone and audio alone each fall well short, and a fusion that reads both does better."""
+    if not 0 <= difficulty <= 1:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
     rng = np.random.default_rng(seed)
     voices = class_voices(len(MELD_LABELS), seed + 1)
+    shared = Voice(f0=180, f0_range=0.2, rate=4.5, loudness=0.35, tilt=1.4)
+    text_cue = list(range(len(MELD_LABELS)))
+    audio_cue = list(range(len(MELD_LABELS)))
+    if difficulty > 0:
+        pull = difficulty / 2
+        voices = [Voice(**{f: getattr(v, f) + pull * (getattr(shared, f) - getattr(v, f))
+                           for f in ("f0", "f0_range", "rate", "loudness", "tilt", "formant")}) for v in voices]
+        text_cue, audio_cue = _twin_map(MELD_LABELS, MELD_TEXT_TWINS), _twin_map(MELD_LABELS, MELD_AUDIO_TWINS)
     speakers = {s: speaker_traits(rng) for s in MELD_SPEAKERS}
     sizes = dict(zip(MELD_SPLITS, _class_sizes(n, [0.72, 0.09, 0.19])))
     good, faults, serial = [], Faults(out), 0
@@ -348,14 +377,16 @@ def gen_meld(out: Path, n: int, seed: int, with_faults: bool):
             label, dia, utt = MELD_LABELS[c], i // 4, i % 4
             speaker = MELD_SPEAKERS[int(rng.integers(len(MELD_SPEAKERS)))]
             words = list(rng.choice(MELD_FILLER, size=int(rng.integers(3, 9))))
-            words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(MELD_CUES[label])))
+            if rng.uniform() >= difficulty:
+                words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(MELD_CUES[MELD_LABELS[text_cue[c]]])))
             serial += 1
             rows.append([serial, " ".join(words).capitalize() + ".", speaker, label, "neutral", dia, utt, 1, 1,
                          "00:00:01,000", "00:00:03,000"])
             base = f"dia{dia}_utt{utt}"
             folder = out / MELD_FOLDERS[split]
             quirk = i % 20
-            wave = synthesize(voices[c], speakers[speaker], rng.uniform(1.0, 2.5), 48000, rng)
+            voice = voices[audio_cue[c]] if rng.uniform() >= difficulty / 2 else shared
+            wave = synthesize(voice, speakers[speaker], rng.uniform(1.0, 2.5), 48000, rng)
             if quirk == 7:  # doubled suffix, audio already extracted to wav
                 write_wav(folder / f"{base}.mp4.wav", wave, 48000, channels=2)
             else:
@@ -389,7 +420,7 @@ def gen_meld(out: Path, n: int, seed: int, with_faults: bool):
                         encode_media(path, synthesize(voices[0], speakers["Ross"], 1.0, 48000, rng), 48000)
                     faults.add(kind, out / f"{split}_sent_emo.csv", line=first_fault_row + utt + 2)
         _write_meld_csv(out / f"{split}_sent_emo.csv", rows)
-    _write_manifest(out, "meld", seed, good, faults)
+    _write_manifest(out, "meld", seed, good, faults, difficulty=difficulty)
 
 
 def _write_meld_csv(path: Path, rows: list) -> None:
@@ -493,7 +524,7 @@ GENERATORS = {"meld": gen_meld, "shemo": gen_shemo, "emodb": gen_emodb, "audiomn
 
 def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False, **options) -> Path:
     """Write a look-alike of `corpus` into the new folder `out`. `options` go to the
-    generator (ravdess: difficulty)."""
+    generator (ravdess and meld: difficulty)."""
     if corpus not in GENERATORS:
         raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(GENERATORS)}")
     if n < 1:
@@ -533,7 +564,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=200, help="number of good items")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--with-faults", action="store_true", help="also plant each kind of bad input")
-    parser.add_argument("--difficulty", type=float, help="ravdess: share of a clip without the class cue, 0-1")
+    parser.add_argument("--difficulty", type=float,
+                        help="ravdess, meld: how much of the class signal is withheld, 0-1 (see the generator)")
     args = parser.parse_args(argv)
     options = {} if args.difficulty is None else {"difficulty": args.difficulty}
     try:

@@ -89,6 +89,23 @@ class SpeechEncoder:
         return self.model.layer_norm if self.whisper else None
 
 
+def speech_encoder_facts(path: str, whisper_window: float | None, clip_seconds: float) -> dict:
+    """What a study needs to know of a speech encoder before loading it: its layers, width,
+    family and window (Whisper's cut to `whisper_window` seconds when given). A clip longer
+    than the window is a clear error."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
+    whisper = config.model_type == "whisper"
+    window = (whisper_window or 30.0) if whisper else None
+    if whisper and window < clip_seconds:
+        raise ValueError(f"clip_seconds {clip_seconds} exceeds the Whisper window of {window:g} s")
+    n_layers = config.encoder_layers if whisper else config.num_hidden_layers
+    return {"n_layers": n_layers, "dim": config.d_model if whisper else config.hidden_size, "whisper": whisper,
+            "window_seconds": whisper_window if whisper else None,
+            "label_suffix": f" [{window:g}-s window]" if whisper else ""}
+
+
 def run_layers(layers, h: torch.Tensor, final_norm: torch.nn.Module | None = None) -> list[torch.Tensor]:
     """Run encoder `layers` from `h`, the state that enters the first of them; returns
     [h, …, the final output], the final one through `final_norm` when given. With the top

@@ -1,0 +1,272 @@
+"""S1, MELD fusion: the text prefix cache is exact, the ablation silences one modality, a
+transcripts-only folder runs the text arm and names why the others cannot, and a smoke sweep
+logs every arm with its ablation and a servable MLflow model."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from workloads.models.fusion import FUSIONS, FusionHead, FusionModel
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+    from workloads.models.encoders import make_tiny_bert
+    from workloads.models.text import TextEncoder
+
+    texts = ["Great, I know.", "Oh my God, he is lost.", "What?", "so we should just go and talk about it"]
+    path = make_tiny_bert(tmp_path_factory.mktemp("fusion-models") / "bert3", texts, layers=3, hidden=32, heads=2,
+                          intermediate=64, seed=1)
+    return TextEncoder(path, max_length=32), texts
+
+
+def test_text_prefix_cache_reproduces_the_encoder(tiny_text):
+    """The state entering the top layer plus that layer, run with the key-padding mask, gives
+    the encoder's own last hidden state at every real token (texts of different lengths)."""
+    from workloads.models.text import run_text_layers
+
+    encoder, texts = tiny_text
+    states, mask = encoder.hidden_states(texts)
+    assert states.shape[:2] == (len(texts), encoder.n_states) and mask.sum(1).unique().numel() > 1
+    out = run_text_layers(encoder.layers[-1:], states[:, -2], mask)
+    real = mask.unsqueeze(-1)
+    torch.testing.assert_close(out * real, states[:, -1] * real, atol=1e-5, rtol=1e-5)
+    # the same from a cache that held each text alone, unpadded, then padded in a batch
+    alone = [encoder.hidden_states([t])[0][0, -2] for t in texts]
+    from workloads.meld_fusion import _pad
+
+    padded, pad_mask = _pad(alone)
+    torch.testing.assert_close(run_text_layers(encoder.layers[-1:], padded, pad_mask) * real, states[:, -1] * real,
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", [f for f in FUSIONS if f not in ("text", "audio")])
+def test_ablation_silences_one_modality(fusion):
+    """With the audio zeroed, the output no longer depends on the audio, and likewise for
+    text; without ablation it depends on both."""
+    torch.manual_seed(0)
+    head = FusionHead(fusion, 16, 12, 7, width=8, hidden=8, dropout=0.0).eval()
+    model = FusionModel(head)
+    tokens, frames = torch.randn(3, 5, 16), torch.randn(3, 9, 12)
+    token_mask = torch.ones(3, 5, dtype=torch.bool)
+    frame_mask = torch.arange(9)[None] < torch.tensor([9, 4, 6])[:, None]
+
+    def out(t, f):
+        return model(t, token_mask, f, frame_mask)
+
+    assert not torch.allclose(out(tokens, frames), out(tokens, torch.randn(3, 9, 12)))
+    assert not torch.allclose(out(tokens, frames), out(torch.randn(3, 5, 16), frames))
+    model.ablate = "audio"
+    torch.testing.assert_close(out(tokens, frames), out(tokens, torch.randn(3, 9, 12)))
+    model.ablate = "text"
+    torch.testing.assert_close(out(tokens, frames), out(torch.randn(3, 5, 16), frames))
+
+
+def test_transcripts_only_folder_runs_the_text_arm_alone(synth, tmp_path):
+    """A folder with the MELD CSVs and no media (like ../shared/data/meld-text) is read as
+    transcripts; the arms that need audio say why they cannot run."""
+    from workloads import meld_fusion
+
+    src = synth("meld", 40, 3, False)
+    for name in ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv"):
+        shutil.copy(src / name, tmp_path / name)
+    config = {"data_dir": str(tmp_path), "seed": 0}
+    manifest = meld_fusion.read_manifest(config)
+    assert len(manifest.items) == 40 and set(manifest.items["path"]) == {""}
+    assert "no media" in config["audio_missing"]
+    assert meld_fusion.unavailable({**config, "fusion": "text"}) is None
+    for fusion in ("concat", "audio", "gated", "cross_attention"):
+        assert "needs audio" in meld_fusion.unavailable({**config, "fusion": fusion})
+    # with media, nothing is missing
+    config = {"data_dir": str(src), "seed": 0}
+    meld_fusion.read_manifest(config)
+    assert config["audio_missing"] == "" and meld_fusion.unavailable({**config, "fusion": "concat"}) is None
+
+
+def test_lookalike_splits_the_signal_between_modalities(synth):
+    """The hard look-alike: some transcripts lack a cue word, and the twin classes share cue
+    words (text) or voices (audio)."""
+    from workloads.data.corpora import read_meld
+    from workloads.data.synth import MELD_CUES, generate
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        root = generate("meld", f"{d}/m", 80, seed=5, difficulty=0.5)
+        items = read_meld(root).items
+    cue_words = {w for words in MELD_CUES.values() for w in words}
+    has_cue = items["text"].str.lower().str.replace(".", "", regex=False).str.split().map(
+        lambda ws: bool(set(ws) & cue_words))
+    assert 0.25 < has_cue.mean() < 0.75  # about 1 − d of them
+    disgust = items[(items["label"] == "disgust") & has_cue]
+    if len(disgust):
+        assert disgust["text"].str.lower().str.contains("|".join(MELD_CUES["anger"])).all()
+
+
+# ----------------------------------------------------------------------------- the smoke sweep, served and browsed
+
+EXPERIMENT = "test-fusion"
+
+
+@pytest.fixture(scope="module")
+def fusion_sweep(ray_cluster, mlflow_server, tmp_path_factory):
+    from sweeps.meld_fusion import STUDY
+    from sweeps.runner import main
+
+    out = tmp_path_factory.mktemp("fusion")
+    table = main(STUDY, ["--smoke", "--tracking-uri", mlflow_server.uri, "--experiment", EXPERIMENT,
+                         "--name", "fusion-smoke", "--storage-path", str(out / "ray"),
+                         "--results-out", str(out / "fusion.csv"), "--verbose", "0"])
+    return table
+
+
+def _runs_by_arm(client):
+    from mlflow_runs import sweep_runs
+
+    (parent,), children = sweep_runs(client, EXPERIMENT)
+    return parent, {r.data.tags["arm"]: r for r in children}
+
+
+def test_smoke_sweep_logs_every_arm_its_ablation_and_a_model(fusion_sweep, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    table = fusion_sweep.set_index("arm")
+    assert sorted(table.index) == sorted(["late_concat", "text_only", "audio_only", "gated", "cross_attention"])
+    assert (table["status"] == "OK").all() and (table["epochs_done"] == 2).all()
+    fused = ["late_concat", "gated", "cross_attention"]
+    assert table.loc[fused, ["test_acc_no_audio", "test_acc_no_text"]].notna().all().all()
+    assert table.loc[["text_only", "audio_only"], "test_acc_no_audio"].isna().all()
+    # the unimodal arms train one branch: fewer parameters than the report's fusion
+    assert table.loc["text_only", "trainable_params"] < table.loc["late_concat", "trainable_params"]
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent, runs = _runs_by_arm(client)
+    assert any(k.startswith("mlflow.sharedViewState.") for k in exp.tags)
+    for arm, run in runs.items():
+        assert run.data.tags["model_uri"].startswith("models:/"), arm
+        if arm in fused:
+            assert "test_acc_no_audio" in run.data.metrics and "val_acc_no_text" in run.data.metrics
+
+
+def _wav(path, seconds=1.5, seed=0):
+    import soundfile as sf
+
+    from workloads.data.synth import class_voices, speaker_traits, synthesize
+
+    rng = np.random.default_rng(seed)
+    sf.write(path, synthesize(class_voices(7, 1)[3], speaker_traits(rng), seconds, 16000, rng), 16000)
+    return str(path)
+
+
+def test_served_model_reads_text_and_audio_bytes(fusion_sweep, mlflow_server, tmp_path):
+    """The logged pyfunc, loaded back from MLflow, takes a transcript and any audio file's
+    bytes and returns seven probabilities; a file that is not audio is a clear MediaError."""
+    from mlflow.tracking import MlflowClient
+
+    from workloads import demo
+    from workloads.data.audio import MediaError
+
+    _, runs = _runs_by_arm(MlflowClient(mlflow_server.uri))
+    model, run = demo.load(mlflow_server.uri, EXPERIMENT, runs["late_concat"].info.run_id)
+    wav = open(_wav(tmp_path / "a.wav"), "rb").read()
+    out = model.predict(pd.DataFrame({"text": ["Wow, that is great!", ""], "audio": [wav, wav]}))
+    assert list(out.columns) == ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
+    with pytest.raises(MediaError, match="unreadable"):
+        model.predict(pd.DataFrame({"text": ["x"], "audio": [b"not audio at all"]}))
+
+
+def test_demo_page_in_a_real_browser(fusion_sweep, mlflow_server, tmp_path):
+    """Chromium types a transcript, uploads a wav, submits, and reads seven probabilities that
+    sum to 1; a broken file gets a message on the page."""
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+
+    from browser import chromium, screenshot, wait_for
+    from workloads import demo
+    from workloads.core.tracking import free_port
+
+    _, runs = _runs_by_arm(MlflowClient(mlflow_server.uri))
+    model, run = demo.load(mlflow_server.uri, EXPERIMENT, runs["late_concat"].info.run_id)
+    app = demo.build_app(model, run)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    driver = None
+    try:
+        driver = chromium()
+        driver.get(f"http://127.0.0.1:{port}/")
+        box = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#transcript textarea"), what="the transcript box")
+        box.send_keys("Wow, that is unbelievable!")
+        upload = driver.find_element(By.CSS_SELECTOR, "#audio input[type=file]")
+        upload.send_keys(_wav(tmp_path / "clip.wav"))
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#audio audio, #audio .waveform-container, #audio "
+                                                             "button[aria-label*='Play' i]"), what="the upload")
+        driver.find_element(By.CSS_SELECTOR, "#predict").click()
+        text = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#probabilities textarea").get_attribute("value"),
+                        what="the probabilities")
+        screenshot(driver, "demo-prediction")
+        probs = dict(line.split(": ") for line in text.strip().splitlines())
+        assert list(probs) == ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
+        assert abs(sum(float(v) for v in probs.values()) - 1) < 1e-3
+        assert "Most likely" in driver.find_element(By.CSS_SELECTOR, "#status").text
+        assert driver.find_elements(By.CSS_SELECTOR, "#chart canvas, #chart svg"), "no bar chart drawn"
+
+        bad = tmp_path / "broken.wav"
+        bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEthis is not audio")
+        driver.find_element(By.CSS_SELECTOR, "#audio button[aria-label*='Clear' i]").click()
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"), what="an empty upload")
+        driver.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(str(bad))
+        time.sleep(1.0)
+        driver.find_element(By.CSS_SELECTOR, "#predict").click()
+        message = wait_for(lambda: "broken.wav" in driver.find_element(By.CSS_SELECTOR, "body").text
+                           and driver.find_element(By.CSS_SELECTOR, "body").text, what="the bad-audio message")
+        screenshot(driver, "demo-bad-audio")
+        assert "Traceback" not in message
+    finally:
+        if driver is not None:
+            driver.quit()
+        app.close()
+
+
+def test_mlflow_ui_shows_the_trials_and_compares_them(fusion_sweep, mlflow_server):
+    """The sweep's MLflow view lists the child runs with their arm names and test metrics, and
+    the compare page of three child runs draws its charts."""
+    import json
+    from urllib.parse import quote
+
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+
+    from browser import chromium, screenshot, wait_for
+    from workloads.core.tracking import share_sweep_view
+
+    client = MlflowClient(mlflow_server.uri)
+    parent, runs = _runs_by_arm(client)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    url = share_sweep_view(client, mlflow_server.uri, exp.experiment_id, parent.info.run_id,
+                           ["test_acc", "test_macro_f1"], "best_val_acc")
+    driver = chromium()
+    try:
+        driver.get(url)
+        body = wait_for(lambda: all(arm in driver.find_element(By.TAG_NAME, "body").text for arm in runs)
+                        and driver.find_element(By.TAG_NAME, "body").text, timeout=60, what="the runs table")
+        screenshot(driver, "mlflow-runs")
+        assert "test_acc" in body and "best_val_acc" in body
+        assert f"{runs['late_concat'].data.metrics['test_acc']:.4f}"[:5] in body
+        three = [runs[a].info.run_id for a in ("late_concat", "text_only", "audio_only")]
+        driver.get(f"{mlflow_server.uri}/#/compare-runs?runs={quote(json.dumps(three))}"
+                   f"&experiments={quote(json.dumps([exp.experiment_id]))}")
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot, svg.main-svg")) > 0,
+                 timeout=60, what="the compare charts")
+        text = driver.find_element(By.TAG_NAME, "body").text
+        screenshot(driver, "mlflow-compare")
+        assert all(runs[a].info.run_name in text for a in ("late_concat", "text_only", "audio_only"))
+    finally:
+        driver.quit()

@@ -1,0 +1,148 @@
+"""`emosweep demo`: the fusion study's best model in a web page (Gradio), as the report had.
+
+A person types a transcript and uploads or records audio; the page shows the seven class
+probabilities as a bar chart and as numbers. The model is the MLflow pyfunc a fusion trial
+logged (workloads/serving.py): the best child run of the latest fusion sweep by the sweep's
+own metric (dev accuracy), or `--run-id`. The page binds to 127.0.0.1 unless told otherwise.
+A file that cannot be decoded gets a message on the page that names the problem.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+DEFAULT_EXPERIMENT = "meld_fusion"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def find_run(client, experiment: str, run_id: str | None = None):
+    """The run whose model to serve: `run_id`, else the child run with the best dev accuracy
+    among those of the latest sweep (parent run) of `experiment` that logged a model."""
+    from .core.tracking import TAG_MODEL, TAG_PARENT
+
+    if run_id:
+        run = client.get_run(run_id)
+        if not run.data.tags.get(TAG_MODEL):
+            raise DemoError(f"run {run_id} has no logged model (tag {TAG_MODEL}); pick a child run of a "
+                            f"fusion sweep that finished")
+        return run
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise DemoError(f"no MLflow experiment {experiment!r}: run `python sweeps/meld_fusion.py` first "
+                        f"(--smoke takes about a minute)")
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.{TAG_MODEL} != ''",
+                                  order_by=["attributes.start_time DESC"], max_results=500)
+    if not children:
+        raise DemoError(f"no run of experiment {experiment!r} logged a model yet")
+    latest_parent = children[0].data.tags.get(TAG_PARENT)
+    sweep = [r for r in children if r.data.tags.get(TAG_PARENT) == latest_parent]
+    return max(sweep, key=lambda r: r.data.metrics.get("best_val_acc", float("-inf")))
+
+
+def probabilities_table(classes, probs):
+    import pandas as pd
+
+    return pd.DataFrame({"class": list(classes), "probability": [float(p) for p in probs]})
+
+
+def build_app(model, run, title: str | None = None):
+    """The Gradio page for a loaded pyfunc `model` (from `run`)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+    import pandas as pd
+
+    from .data.audio import MediaError
+
+    inputs = {c.name for c in model.metadata.get_input_schema().inputs}
+    classes = [c.name for c in model.metadata.get_output_schema().inputs]
+    arm = run.data.tags.get("arm", "?")
+    empty = probabilities_table(classes, [0.0] * len(classes))
+
+    def predict(text, audio_path):
+        if "audio" in inputs and not audio_path:
+            return empty, "", "Upload or record audio first."
+        if "text" in inputs and not (text or "").strip():
+            return empty, "", "Type the transcript first."
+        frame = {}
+        if "text" in inputs:
+            frame["text"] = [text]
+        if "audio" in inputs:
+            with open(audio_path, "rb") as f:
+                frame["audio"] = [f.read()]
+        try:
+            out = model.predict(pd.DataFrame(frame))
+        except MediaError as e:
+            return empty, "", f"Cannot use {os.path.basename(audio_path)}: {e.reason}. {e.detail}".strip()
+        probs = out.iloc[0].to_numpy()
+        lines = "\n".join(f"{c}: {p:.4f}" for c, p in zip(classes, probs))
+        return probabilities_table(classes, probs), lines, f"Most likely: {classes[int(probs.argmax())]}"
+
+    metric = run.data.metrics.get("best_val_acc")
+    heading = title or "Emotion from a transcript and its audio"
+    about = (f"Model: child run `{run.info.run_id}` ({run.info.run_name}), arm **{arm}**"
+             + (f", dev accuracy {metric:.3f}" if metric is not None else "")
+             + f". Text encoder: {run.data.tags.get('text_model_id') or '-'}; audio encoder: "
+             + f"{run.data.tags.get('audio_model_id') or '-'}.")
+    with gr.Blocks(title=heading, analytics_enabled=False) as app:
+        gr.Markdown(f"# {heading}\n{about}")
+        with gr.Row():
+            with gr.Column():
+                text = gr.Textbox(label="Transcript", lines=2, elem_id="transcript",
+                                  visible="text" in inputs, placeholder="What was said")
+                audio = gr.Audio(label="Audio", sources=["upload", "microphone"], type="filepath",
+                                 elem_id="audio", visible="audio" in inputs)
+                button = gr.Button("Predict", variant="primary", elem_id="predict")
+            with gr.Column():
+                chart = gr.BarPlot(empty, x="class", y="probability", y_lim=[0, 1], sort=classes,
+                                   label="Class probabilities", elem_id="chart")
+                numbers = gr.Textbox(label="Probabilities", lines=len(classes), elem_id="probabilities",
+                                     interactive=False)
+                status = gr.Markdown(elem_id="status")
+        button.click(predict, [text, audio], [chart, numbers, status])
+    return app
+
+
+def load(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, run_id: str | None = None):
+    """(pyfunc model, run) from the tracking server."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .core.tracking import TAG_MODEL
+
+    mlflow.set_tracking_uri(tracking_uri)
+    run = find_run(MlflowClient(tracking_uri), experiment, run_id)
+    return mlflow.pyfunc.load_model(run.data.tags[TAG_MODEL]), run
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="serve the fusion study's best model in a web page")
+    p.add_argument("--run-id", help="the child run whose model to serve (default: the best of the latest sweep)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    p.add_argument("--tracking-uri", help="MLflow server (default: $EMOSWEEP_TRACKING_URI, else start one on "
+                                          "$EMOSWEEP_HOME/mlflow)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=7860)
+
+
+def main(args) -> int:
+    from .core.paths import emosweep_home
+    from .core.tracking import MlflowServer, fail_fast_requests
+
+    fail_fast_requests()
+    uri = args.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")
+    server = None if uri else MlflowServer(emosweep_home() / "mlflow").start().wait_ready()
+    try:
+        model, run = load(uri or server.uri, args.experiment, args.run_id)
+        print(f"[emosweep] serving run {run.info.run_id} ({run.info.run_name}) on http://{args.host}:{args.port}",
+              flush=True)
+        build_app(model, run).launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)
+    except DemoError as e:
+        print(f"emosweep demo: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if server is not None:
+            server.stop()
+    return 0

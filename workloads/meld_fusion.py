@@ -1,0 +1,411 @@
+"""S1: MELD text + audio late fusion, with the report's inference-time ablation, as a Ray Tune
+trainable.
+
+Only the last transformer layer of each encoder trains (the report's setup), so the frozen
+bottoms run once per corpus, not once per trial and epoch: the driver (`prepare`) caches the
+state entering the top layer(s) of the text encoder (data/encoder_cache.encode_texts) and of
+the audio encoder (encode_corpus, the pooling study's prefix cache). A trial reads both,
+trains copies of the top layers and a fusion head (models/fusion.py), and at every epoch that
+improves dev accuracy also scores the test split with each modality zeroed. At its end the
+best epoch is logged as an MLflow pyfunc model (workloads/serving.py) that takes a transcript
+and an audio file and returns the seven class probabilities: `emosweep demo` serves it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
+from .core.seeding import seed_everything
+from .data.study_items import study_items, write_items
+from .models.fusion import FusionHead, FusionModel, uses
+
+if TYPE_CHECKING:
+    from .core.tracking import TrackingContext
+
+WORKLOAD = "meld_fusion"
+SAMPLE_RATE = 16000
+
+
+# ----------------------------------------------------------------------------- cached data
+
+def load_cached(config: dict, text: bool, audio: bool) -> dict:
+    """split → (token states, frame states, frame counts, labels), each list per item; a
+    modality the arm does not use is a list of None."""
+    from .data.pipeline import read_stage
+
+    items = study_items(config)
+    tokens, frames = {}, {}
+    if text:
+        frame, arrays = read_stage(config["cache_fs"], config["text_dir"], "states")
+        tokens = {uid: torch.from_numpy(np.array(a)) for uid, a in zip(frame["uid"], arrays) if uid in items}
+    if audio:
+        frame, arrays = read_stage(config["cache_fs"], config["audio_dir"], "states")
+        frames = {uid: (torch.from_numpy(np.array(a)), int(n))
+                  for uid, a, n in zip(frame["uid"], arrays, frame["frames"]) if uid in items}
+    out = {s: ([], [], [], []) for s in ("train", "val", "test")}
+    for uid, row in items.items():
+        if (text and uid not in tokens) or (audio and uid not in frames):
+            continue  # the driver keeps only items both caches hold; a stale cache is no reason to crash
+        t, a, n, y = out[row["split"]]
+        t.append(tokens.get(uid))
+        state, count = frames.get(uid, (None, 0))
+        a.append(state)
+        n.append(count)
+        y.append(row["y"])
+    return out
+
+
+class FusionItems(torch.utils.data.Dataset):
+    def __init__(self, tokens, frames, counts, labels):
+        self.tokens, self.frames, self.counts, self.labels = tokens, frames, counts, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.tokens[i], self.frames[i], self.counts[i], self.labels[i]
+
+
+def _pad(arrays: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(a.shape[0] for a in arrays)
+    out = torch.zeros((len(arrays), width, arrays[0].shape[-1]), dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, :a.shape[0]] = a
+    lengths = torch.tensor([a.shape[0] for a in arrays])
+    return out, torch.arange(width)[None] < lengths[:, None]
+
+
+def collate(batch):
+    """(tokens, token mask, frames, frame mask, labels); None for a modality the arm does not use."""
+    tokens = token_mask = frames = frame_mask = None
+    if batch[0][0] is not None:
+        tokens, token_mask = _pad([b[0] for b in batch])
+    if batch[0][1] is not None:
+        frames, _ = _pad([b[1] for b in batch])
+        counts = torch.tensor([b[2] for b in batch])
+        frame_mask = torch.arange(frames.shape[1])[None] < counts[:, None]
+    return tokens, token_mask, frames, frame_mask, torch.tensor([b[3] for b in batch])
+
+
+# ----------------------------------------------------------------------------- model
+
+def build_model(config: dict, text_encoder=None, speech_encoder=None) -> FusionModel:
+    """The fusion head and copies of each used encoder's top `finetune_top` layers."""
+    seed_everything(int(config["seed"]))
+    k = int(config.get("finetune_top", 1))
+    head = FusionHead(config["fusion"], int(config["text_dim"]), int(config["audio_dim"]), len(config["classes"]),
+                      width=int(config["fusion_width"]), hidden=int(config["head_hidden"]),
+                      dropout=float(config["dropout"]))
+    text_layers = list(text_encoder.layers[-k:]) if text_encoder is not None and k else None
+    audio_layers = list(speech_encoder.layers[-k:]) if speech_encoder is not None and k else None
+    norm = speech_encoder.final_norm if speech_encoder is not None else None
+    return FusionModel(head, text_layers, audio_layers, norm)
+
+
+def load_encoders(config: dict, text: bool, audio: bool, device: str = "cpu"):
+    """(TextEncoder or None, SpeechEncoder or None) with frozen weights."""
+    text_encoder = speech_encoder = None
+    if text:
+        from .models.text import TextEncoder
+
+        text_encoder = TextEncoder(config["text_model_path"], int(config["max_length"]), device)
+        text_encoder.model.requires_grad_(False)
+    if audio:
+        from .models.speech import SpeechEncoder
+
+        speech_encoder = SpeechEncoder(config["audio_model_path"], config.get("window_seconds"), device)
+        speech_encoder.model.requires_grad_(False)
+    return text_encoder, speech_encoder
+
+
+def make_step(weights: torch.Tensor | None):
+    def step(model, batch, device):
+        tokens, token_mask, frames, frame_mask, y = (t.to(device, non_blocking=True) if t is not None else None
+                                                     for t in batch)
+        logits = model(tokens, token_mask, frames, frame_mask)
+        w = weights.to(device) if weights is not None else None
+        return torch.nn.functional.cross_entropy(logits.float(), y, weight=w), logits, y
+    return step
+
+
+def ablation(model: torch.nn.Module, evaluate) -> dict:
+    """The report's inference-time ablation: the best epoch scored again with the audio
+    features zeroed (what text alone carries) and with the text features zeroed."""
+    core = getattr(model, "module", model)  # the DDP wrapper in a data-parallel trial
+    out = {}
+    for modality in ("audio", "text"):
+        core.ablate = modality
+        try:
+            test, val = evaluate("test"), evaluate("val")
+        finally:
+            core.ablate = None
+        out.update({f"test_acc_no_{modality}": test["acc"], f"test_weighted_f1_no_{modality}": test["weighted_f1"],
+                    f"test_macro_f1_no_{modality}": test["macro_f1"], f"val_acc_no_{modality}": val["acc"]})
+    return out
+
+
+def run_name(config: dict) -> str:
+    return f"{config['arm']} lr={config['lr']:.0e} head_lr={config['head_lr']:.0e} w={config['fusion_width']}"
+
+
+def spec_of(config: dict) -> dict:
+    """What the served model needs to rebuild itself (the MLflow model's spec.json)."""
+    keys = ("fusion", "classes", "text_dim", "audio_dim", "fusion_width", "head_hidden", "dropout", "finetune_top",
+            "max_length", "clip_seconds", "window_seconds", "seed", "text_model_id", "audio_model_id", "arm")
+    return {k: config.get(k) for k in keys}
+
+
+def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict:
+    """One trial. Under Tune it reports there; in a plain process pass a LocalSession (or
+    none) and read the returned state: its "best" holds the best epoch's metrics."""
+    from .core.loop import configure_threads
+
+    configure_threads()
+    seed_everything(int(config["seed"]))
+    text, audio = uses(config["fusion"])
+    data = load_cached(config, text, audio)
+    if not all(len(d[3]) for d in data.values()):
+        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[3])}' for s, d in data.items())}")
+    text_encoder, speech_encoder = load_encoders(config, text, audio)
+    model = build_model(config, text_encoder, speech_encoder)
+    del text_encoder, speech_encoder  # the trial trains copies of the top layers; the rest is cached
+    labels = data["train"][3]
+    weights = class_weights(labels, len(config["classes"]))  # the report's class-weighted cross-entropy
+    loaders = {}
+    for split, (tokens, frames, counts, ys) in data.items():
+        sampler = EpochShardSampler(len(ys), int(config["seed"]), shuffle=split == "train")
+        loaders[split] = DataLoader(FusionItems(tokens, frames, counts, ys), sampler=sampler, collate_fn=collate,
+                                    batch_size=int(config["batch_size"]) if split == "train" else 64)
+    head = [p for p in model.head.parameters()]
+    tops = [p for name, p in model.named_parameters() if not name.startswith("head.")]
+    optimizer = torch.optim.AdamW([{"params": tops, "lr": float(config["lr"])},
+                                   {"params": head, "lr": float(config["head_lr"])}],
+                                  weight_decay=float(config["weight_decay"]))
+    info = {"fusion": config["fusion"], "train_items": len(labels), "finetune_top": int(config.get("finetune_top", 1)),
+            "text_model": config["text_model_id"] if text else "", "audio_model": config["audio_model_id"] if audio else ""}
+    setup = TrainSetup(
+        model=model, optimizer=optimizer, loaders=loaders, step=make_step(weights), class_names=config["classes"],
+        epochs=int(config["epochs"]), grad_clip=config.get("grad_clip", 1.0), info=info,
+        tags={"workload": WORKLOAD, "arm": config["arm"], "fusion": config["fusion"],
+              "text_model_id": config["text_model_id"] if text else "",
+              "audio_model_id": config["audio_model_id"] if audio else "",
+              "random_init": str(bool(config.get("random_init"))).lower(),
+              "dataset_fingerprint": config["dataset_fingerprint"]},
+        best_metrics=ablation if text and audio else None,
+        export=(lambda best, run: export_model(config, best, run)) if config.get("log_model", True) else None)
+    return fit(config, setup, tracking, run_name(config), session)
+
+
+def export_model(config: dict, best_weights: dict, run) -> str | None:
+    """Log the best epoch as an MLflow pyfunc model: its weights (safetensors), spec.json and
+    the encoder folders it runs on, with a signature (text, audio bytes → class probabilities)."""
+    from safetensors.torch import save_file
+
+    from .serving import FusionPredictor, pip_requirements, signature
+
+    text, audio = uses(config["fusion"])
+    with tempfile.TemporaryDirectory(prefix="emosweep-model-") as tmp:
+        save_file({k: v.contiguous() for k, v in best_weights.items()}, os.path.join(tmp, "weights.safetensors"))
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            json.dump(spec_of(config), f, indent=2)
+        artifacts = {"weights": os.path.join(tmp, "weights.safetensors"), "spec": os.path.join(tmp, "spec.json")}
+        for used, key in ((text, "text_model_path"), (audio, "audio_model_path")):
+            if used:
+                path = config[key]
+                if not os.path.isdir(path):  # a hub id: the model would not be self-contained
+                    print(f"[emosweep] not logging a model: {path} is not a local folder", flush=True)
+                    return None
+                artifacts[key.replace("_model_path", "_encoder")] = path
+        return run.log_pyfunc(FusionPredictor(), artifacts, signature(config["classes"], text, audio),
+                              pip_requirements())
+
+
+# ----------------------------------------------------------------------------- serving (no Ray, no MLflow)
+
+class FusionRuntime:
+    """The end-to-end model: transcripts and waveforms in, class probabilities out. The frozen
+    encoder bottoms run live, then the trained top layers and the head."""
+
+    def __init__(self, spec: dict, weights: dict, text_path: str | None, audio_path: str | None,
+                 device: str = "cpu"):
+        self.spec, self.device = spec, torch.device(device)
+        self.text, self.audio = uses(spec["fusion"])
+        config = {**spec, "text_model_path": text_path, "audio_model_path": audio_path}
+        self.text_encoder, self.speech_encoder = load_encoders(config, self.text, self.audio, device)
+        self.model = build_model(config, self.text_encoder, self.speech_encoder)
+        self.model.load_state_dict(weights)
+        self.model.to(self.device).eval()
+        self.classes = list(spec["classes"])
+
+    @torch.inference_mode()
+    def probabilities(self, texts: list[str], waves: list[np.ndarray | None]) -> np.ndarray:
+        k = int(self.spec.get("finetune_top", 1))
+        tokens = token_mask = frames = frame_mask = None
+        if self.text:
+            states, token_mask = self.text_encoder.hidden_states([t or "" for t in texts])
+            tokens = states[:, states.shape[1] - 1 - k]
+        if self.audio:
+            clip = int(float(self.spec["clip_seconds"]) * SAMPLE_RATE)
+            cut = [(w if w is not None and len(w) else np.zeros(SAMPLE_RATE, np.float32))[:clip] for w in waves]
+            states, frame_mask = self.speech_encoder.hidden_states(cut, "fixed", float(self.spec["clip_seconds"]))
+            frames = states[:, states.shape[1] - 1 - k]
+        logits = self.model(tokens, token_mask, frames, frame_mask)
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- driver side
+
+def _resolve(config: dict, requested: str | None, default_key: str, fallback: str, prefix: str) -> None:
+    from .models.encoders import resolve_model
+
+    resolved = resolve_model(requested, default=config[default_key], fallback=fallback)
+    config.update({f"{prefix}_model_path": resolved.path, f"{prefix}_model_id": resolved.label})
+    config["random_init"] = bool(config.get("random_init")) or resolved.random_init
+
+
+def resolve_encoders(config: dict, opts, texts: list[str]) -> dict:
+    """Text and audio encoders: --text-model / --audio-model (hub ids, folders, shelf names,
+    `offline`), else the report's, else the shelf's stand-ins; --smoke: tiny random models."""
+    from .core.paths import emosweep_home
+    from .models.encoders import make_tiny_bert
+    from .models.speech import make_tiny_hubert
+
+    home = emosweep_home() / "models"
+    if getattr(opts, "smoke", False) and not getattr(opts, "text_model", None):
+        path = make_tiny_bert(home / f"tiny-bert-meld-s{config['seed']}", texts[:2000], layers=2, hidden=32,
+                              heads=2, intermediate=64, seed=int(config["seed"]))
+        config.update(text_model_path=path, text_model_id="tiny-random-bert", random_init=True)
+    else:
+        _resolve(config, getattr(opts, "text_model", None), "text_model", "minilm", "text")
+    if config.get("audio_missing"):
+        config.update(audio_model_path=None, audio_model_id="(no audio)")
+    elif getattr(opts, "smoke", False) and not getattr(opts, "audio_model", None):
+        path = make_tiny_hubert(home / f"tiny-hubert-s{config['seed']}", seed=int(config["seed"]))
+        config.update(audio_model_path=path, audio_model_id="tiny-random-hubert", random_init=True)
+    else:
+        _resolve(config, getattr(opts, "audio_model", None), "audio_model", "whisper-base", "audio")
+    config["model_id"] = f"text: {config['text_model_id']}; audio: {config['audio_model_id']}"
+    return config
+
+
+def read_manifest(config: dict):
+    """MELD with its media; a folder with the CSVs and no media at all is read as transcripts
+    only (config["audio_missing"] says why the audio arms cannot run)."""
+    import pandas as pd
+
+    from .data.corpora import read_meld
+    from .data.manifest import stratified_subset
+
+    manifest = read_meld(config["data_dir"])
+    config["audio_missing"] = ""
+    if manifest.items.empty and len(manifest.problems) and \
+            manifest.problems["reason"].str.startswith("media not found").all():
+        manifest = read_meld(config["data_dir"], require_media=False)
+        config["audio_missing"] = (f"{config['data_dir']} holds the MELD transcripts but no media "
+                                   f"(dia*_utt*.mp4) at all")
+    if manifest.items.empty:
+        raise SystemExit(f"{config['data_dir']}: no usable MELD utterances; the reader said:\n"
+                         f"{manifest.problems.head(10).to_string()}")
+    limit = config.get("max_items")
+    if limit:  # the CPU subset: each split cut to its share of max_items, classes kept in proportion
+        share = int(limit) / len(manifest.items)
+        parts = [stratified_subset(manifest.split(s), max(1, round(share * len(manifest.split(s)))),
+                                   int(config["seed"])) for s in ("train", "val", "test")]
+        manifest.items = pd.concat(parts, ignore_index=True)
+    return manifest
+
+
+def prepare(config: dict, opts) -> dict:
+    """Driver-side, once per sweep: the corpus (or its look-alike), both encoders, and the
+    states entering their top layers in the cache."""
+    from .core.paths import emosweep_home
+    from .data.encoder_cache import actor_plan, encode_corpus, encode_texts
+    from .data.synth import ensure_generated
+    from .models.speech import speech_encoder_facts
+
+    import pandas as pd
+
+    config = dict(config)
+    uses(config["fusion"])
+    if config.get("data_dir") is None:
+        config["data_dir"] = str(ensure_generated(emosweep_home() / "data", "meld", int(config["synth_n"]),
+                                                  int(config["seed"]), difficulty=float(config["synth_difficulty"])))
+        config["data_source"] = (f"generated MELD look-alike, {config['synth_n']} utterances, difficulty "
+                                 f"{config['synth_difficulty']}, seed {config['seed']}")
+    else:
+        config["data_source"] = config["data_dir"]
+    manifest = read_manifest(config)
+    resolve_encoders(config, opts, manifest.items["text"].tolist())
+    k = int(config.get("finetune_top", 1))
+    from transformers import AutoConfig
+
+    text_config = AutoConfig.from_pretrained(config["text_model_path"])
+    if not 0 <= k <= text_config.num_hidden_layers:
+        raise SystemExit(f"finetune_top {k}: the text encoder has {text_config.num_hidden_layers} layers")
+    config.update(text_dim=text_config.hidden_size, classes=list(manifest.classes),
+                  dataset_fingerprint=manifest.fingerprint())
+    actors, gpus = actor_plan(config.get("encode_actors"))
+    texts = encode_texts(manifest, config["text_model_path"], prefix_layer=text_config.num_hidden_layers - k,
+                         max_length=int(config["max_length"]), fingerprint=config["dataset_fingerprint"],
+                         actors=actors, num_gpus=gpus, progress=False)
+    print(f"[emosweep] text encoder states: {texts.summary()}")
+    config.update(cache_fs=texts.fs_uri, text_dir=texts.stages["text_states"].dir)
+    dropped = texts.errors[texts.errors["stage"] != "read"]
+    if not config["audio_missing"]:
+        try:
+            facts = speech_encoder_facts(config["audio_model_path"], config.get("whisper_window"),
+                                         float(config["clip_seconds"]))
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        if not 0 <= k <= facts["n_layers"]:
+            raise SystemExit(f"finetune_top {k}: the audio encoder has {facts['n_layers']} layers")
+        config.update(audio_dim=facts["dim"], window_seconds=facts["window_seconds"])
+        config["audio_model_id"] += facts["label_suffix"]
+        audio = encode_corpus(manifest, config["audio_model_path"], fingerprint=config["dataset_fingerprint"],
+                              window_seconds=config["window_seconds"], clip_seconds=float(config["clip_seconds"]),
+                              prefix_layer=facts["n_layers"] - k, dtype=config.get("cache_dtype", "float16"),
+                              batch_size=int(config.get("encode_batch", 8)), actors=actors, num_gpus=gpus,
+                              progress=False)
+        print(f"[emosweep] audio encoder states: {audio.summary()}")
+        config["audio_dir"] = audio.stages["encoder_states"].dir
+        dropped = pd.concat([dropped, audio.errors[audio.errors["stage"] != "read"]], ignore_index=True)
+    else:
+        config["audio_dim"] = 0
+        print(f"[emosweep] {config['audio_missing']}: only the text-only arm can run")
+    config["model_id"] = f"text: {config['text_model_id']}; audio: {config['audio_model_id']}"
+    bad = set(dropped["path"])
+    usable = manifest.items[~manifest.items["path"].isin(bad) | (manifest.items["path"] == "")]
+    config["dropped_items"] = int(len(manifest.items) - len(usable))
+    config["reader_problems"] = int(len(manifest.problems))
+    y = {c: i for i, c in enumerate(manifest.classes)}
+    table = usable.assign(y=[y[label] for label in usable["label"]])[["uid", "y", "split", "speaker"]]
+    return write_items(config, table, f"{manifest.name}-{config['dataset_fingerprint']}")
+
+
+def unavailable(config: dict) -> str | None:
+    """Why an arm cannot run on this data (None when it can)."""
+    text, audio = uses(config["fusion"])
+    if audio and config.get("audio_missing"):
+        return f"it needs audio, and {config['audio_missing']}"
+    return None
+
+
+def describe(config: dict) -> dict:
+    """The data report: utterances per class and split, what was dropped and why."""
+    import pandas as pd
+
+    items = study_items(config)
+    rows = pd.DataFrame([{"label": config["classes"][v["y"]], "split": v["split"]} for v in items.values()])
+    counts = rows.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"])
+    text = (f"# MELD as used: {config['data_source']}\n\n{config['model_id']}\n\n"
+            f"{len(items)} utterances; {config['reader_problems']} CSV rows the reader could not use and "
+            f"{config['dropped_items']} utterances whose media or transcript could not be encoded were dropped "
+            f"(listed in the cache's errors.csv).\n\n{counts.to_markdown()}\n")
+    return {"dataset_report.md": text}
