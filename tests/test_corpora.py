@@ -153,3 +153,23 @@ def test_generated_corpus_is_learnable(synth, corpus):
         text_acc = accuracy(make_pipeline(TfidfVectorizer(), LogisticRegression(C=10, max_iter=1000)),
                             items["text"].to_numpy())
         assert text_acc > 0.9, f"meld text: accuracy {text_acc:.2f}, majority {chance:.2f}"
+
+
+def test_audiomnist_reader_takes_flat_corpora_with_named_speakers(tmp_path):
+    """A real flat AudioMNIST-style corpus: every file in one folder, speakers by name, another
+    sample rate. The label needs only the first field; nothing else is constrained."""
+    from workloads.data.corpora import read_audiomnist
+    from workloads.data.synth import write_wav
+
+    wave = (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    for name in ("3_jackson_0.wav", "7_nicolas_12.wav", "0_theo_van_gogh_4.WAV", "9_01_49.wav.wav", "x_bob_1.wav"):
+        write_wav(tmp_path / name, wave, 8000)
+    (tmp_path / "george").mkdir()
+    write_wav(tmp_path / "george" / "5_george_3.wav", wave, 8000)
+    m = read_audiomnist(tmp_path)
+    got = dict(zip(m.items["uid"].map(lambda u: Path(u).name), zip(m.items["label"], m.items["speaker"])))
+    assert got == {"3_jackson_0.wav": ("3", "jackson"), "7_nicolas_12.wav": ("7", "nicolas"),
+                   "0_theo_van_gogh_4.WAV": ("0", "theo_van_gogh"), "9_01_49.wav.wav": ("9", "01"),
+                   "5_george_3.wav": ("5", "george")}
+    (bad,) = m.problems.itertuples()
+    assert bad.path.endswith("x_bob_1.wav") and "file name" in bad.reason

@@ -19,10 +19,10 @@ class Hide(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r} (hidden)", name=name)
 
 sys.meta_path.insert(0, Hide())
-from workloads import bert_nli, fer
+from workloads import bert_nli, fer, meld_fusion, speech_pooling
 from workloads.core.loop import LocalSession
-from workloads.data import corpora, farstail, pipeline
-from workloads.models import encoders, fer_nets, shelf, strategies, vocab_trim
+from workloads.data import corpora, encoder_cache, farstail, pipeline, study_items
+from workloads.models import encoders, fer_nets, fusion, pooling, shelf, speech, strategies, text, vocab_trim
 
 farstail_items = farstail.read_farstail().items
 path = encoders.make_tiny_bert(sys.argv[1] + "/tiny", list(farstail_items["text"].head(300)), layers=2,

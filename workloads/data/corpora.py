@@ -185,17 +185,19 @@ def read_emodb(root) -> Manifest:
     return _read_named("emodb", root, "files like 03a01Fa.wav", list(EMODB_LABELS.values()), parse)
 
 
-AUDIOMNIST_NAME = re.compile(r"^(\d)_(\d+)_(\d+)$")
-
-
 def read_audiomnist(root) -> Manifest:
-    """AudioMNIST: `{digit}_{speaker}_{index}.wav` in one folder per speaker."""
+    """AudioMNIST: `{digit}_{speaker}_{index}.wav`, in one folder per speaker or all in one
+    folder, any sample rate, anywhere under root. Only the label is required of a name: its
+    first field is one digit. The speaker is the field(s) between the first and the last (a
+    number or a name), else the file's folder."""
     def parse(path, root):
-        m = AUDIOMNIST_NAME.match(media_key(path.name))
-        if not m:
-            raise ValueError("file name is not {digit}_{speaker}_{index}.wav")
-        return {"label": m.group(1), "speaker": m.group(2)}
-    return _read_named("audiomnist", root, "speaker folders of {digit}_{speaker}_{index}.wav",
+        fields = media_key(path.name).split("_")
+        if len(fields[0]) != 1 or not fields[0].isdigit():
+            raise ValueError(f"file name does not start with a digit 0-9 and '_' "
+                             f"({{digit}}_{{speaker}}_{{index}}.wav); its first field is {fields[0]!r}")
+        speaker = "_".join(fields[1:-1]) if len(fields) >= 3 else (path.parent.name if path.parent != root else "")
+        return {"label": fields[0], "speaker": speaker}
+    return _read_named("audiomnist", root, "{digit}_{speaker}_{index}.wav files, in speaker folders or not",
                        [str(d) for d in range(10)], parse)
 
 
