@@ -158,7 +158,7 @@ class ChildRunStatus(tune.Callback):
             done = int((trial.last_result or {}).get("epoch", 0))
             planned = int(trial.config.get(self.epochs_key, done))
             client.set_tag(run.info.run_id, "num_failures", str(trial.num_failures))
-            if status == "FINISHED" and done < planned:
+            if status == "FINISHED" and done < planned and not (trial.last_result or {}).get("early_stopped"):
                 client.set_tag(run.info.run_id, "stopped_early", f"after epoch {done} of {planned}")
             client.set_terminated(run.info.run_id, status)
         except Exception as e:  # tracking must never take the sweep down
@@ -371,7 +371,9 @@ def results_table(study: Study, result_grid, arms: dict) -> pd.DataFrame:
             "total_params": m.get("total_params"), "wall_s": m.get("time_total_s"),
             "model": cfg.get("model_id"), "random_init": bool(cfg.get("random_init")),
             "mlflow_unlogged_epochs": m.get("mlflow_unlogged_epochs", 0),
-            "status": "ERROR" if result.error else ("STOPPED" if m.get("epoch", 0) < cfg.get("epochs", 0) else "OK"),
+            "status": "ERROR" if result.error else ("OK, early stop" if m.get("early_stopped") else
+                                                    "OK" if m.get("fitted_once") else
+                                                    "STOPPED" if m.get("epoch", 0) < cfg.get("epochs", 0) else "OK"),
         })
         rows.append(row)
     df = pd.DataFrame(rows)

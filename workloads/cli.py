@@ -5,6 +5,8 @@
     emosweep data prepare CORPUS --root DIR --features STAGE [STAGE ...]
                                      decode a corpus and cache its features (Ray Data)
     emosweep demo [--run-id RUN]     the fusion study's best model in a web page (Gradio)
+    emosweep predict FILE --run-id RUN
+                                     the top-2 emotions of an audio file, from a trial's model
 """
 from __future__ import annotations
 
@@ -39,18 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     data = sub.add_parser("data", help="corpus readers, feature extraction and the cache")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     add_prepare_parser(data_sub)
-    from workloads import demo
+    from workloads import demo, predict
 
     demo.add_parser(sub)
+    predict.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "data":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return data_prepare(args)
-    if args.command == "demo":
+    if args.command in ("demo", "predict"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return demo.main(args)
+        return (demo if args.command == "demo" else predict).main(args)
 
     studies = discover_studies()
     if args.command == "studies":

@@ -128,21 +128,16 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from .core.paths import emosweep_home
-    from .core.tracking import MlflowServer, fail_fast_requests
+    from .core.tracking import fail_fast_requests, tracking_server
 
     fail_fast_requests()
-    uri = args.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")
-    server = None if uri else MlflowServer(emosweep_home() / "mlflow").start().wait_ready()
     try:
-        model, run = load(uri or server.uri, args.experiment, args.run_id)
-        print(f"[emosweep] serving run {run.info.run_id} ({run.info.run_name}) on http://{args.host}:{args.port}",
-              flush=True)
-        build_app(model, run).launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)
+        with tracking_server(args.tracking_uri) as uri:
+            model, run = load(uri, args.experiment, args.run_id)
+            print(f"[emosweep] serving run {run.info.run_id} ({run.info.run_name}) on http://{args.host}:{args.port}",
+                  flush=True)
+            build_app(model, run).launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)
     except DemoError as e:
         print(f"emosweep demo: {e}", file=sys.stderr)
         return 2
-    finally:
-        if server is not None:
-            server.stop()
     return 0

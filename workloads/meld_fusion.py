@@ -163,8 +163,8 @@ def spec_of(config: dict) -> dict:
 
 
 def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict:
-    """One trial. Under Tune it reports there; in a plain process pass a LocalSession (or
-    none) and read the returned state: its "best" holds the best epoch's metrics."""
+    """One trial. Under Tune it reports there and returns nothing; in a plain process pass a
+    LocalSession and read the returned state: its "best" holds the best epoch's metrics."""
     from .core.loop import configure_threads
 
     configure_threads()
@@ -200,7 +200,8 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
               "dataset_fingerprint": config["dataset_fingerprint"]},
         best_metrics=ablation if text and audio else None,
         export=(lambda best, run: export_model(config, best, run)) if config.get("log_model", True) else None)
-    return fit(config, setup, tracking, run_name(config), session)
+    state = fit(config, setup, tracking, run_name(config), session)
+    return state if session is not None else None  # a dict returned to Tune would be read as a result
 
 
 def export_model(config: dict, best_weights: dict, run) -> str | None:

@@ -1,10 +1,11 @@
-"""The fusion study's model as an MLflow pyfunc: what `emosweep demo` and `mlflow models serve`
-load from a trial's run.
+"""The studies' models as MLflow pyfuncs: what `emosweep demo`, `emosweep predict` and
+`mlflow models serve` load from a trial's run.
 
-Input: a DataFrame with `text` (the transcript) and/or `audio` (the bytes of any audio file
-FFmpeg reads: wav, mp3, mp4, webm…), as the model's arm uses them. Output: one column per
-class with its probability. The model's code is this package (`emosweep` must be installed
-where it is served); its weights, spec and encoder folders are the MLflow model's artifacts.
+FusionPredictor (S1) takes a DataFrame with `text` (the transcript) and/or `audio` (the bytes
+of any audio file FFmpeg reads: wav, mp3, mp4, webm…), as the model's arm uses them;
+FramePredictor (S4) takes `audio`. Both return one column per class with its probability.
+The models' code is this package (`emosweep` must be installed where they are served); their
+weights, spec and encoder folders are the MLflow model's artifacts.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ def signature(classes: list[str], text: bool, audio: bool):
 
     inputs = ([ColSpec("string", "text")] if text else []) + ([ColSpec("binary", "audio")] if audio else [])
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double", c) for c in classes]))
+
+
+def frame_signature(classes: list[str]):
+    return signature(classes, text=False, audio=True)
 
 
 def pip_requirements() -> list[str]:
@@ -68,3 +73,15 @@ def _load_weights(path: str) -> dict:
     from safetensors.torch import load_file
 
     return load_file(path)
+
+
+class FramePredictor(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from .blstm_attention import FrameRuntime
+
+        self.runtime = FrameRuntime(_read_json(context.artifacts["spec"]), _load_weights(context.artifacts["weights"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        waves = [decode_upload(v) for v in model_input["audio"]]
+        probs = self.runtime.probabilities(waves)
+        return pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=self.runtime.classes)

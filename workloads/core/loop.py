@@ -66,6 +66,9 @@ class TrainSetup:
     # At the end of a tracked trial: export(best weights, run) logs the best epoch's model
     # (the weights are kept, and checkpointed, only when export is set).
     export: Callable[[dict, object], None] | None = None
+    # Early stopping: end the trial when validation loss has not improved for this many epochs
+    # (the best epoch by validation accuracy still gives the test metrics)
+    patience: int | None = None
 
 
 class EpochShardSampler(torch.utils.data.Sampler):
@@ -465,6 +468,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
             "train_items_per_s": tr["n"] / max(timings["time_train_s"], 1e-9),  # all ranks together
             "val_loss": va["loss"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
+            "val_weighted_f1": val["weighted_f1"],
             **{f"val_f1_{c}": v for c, v in val["per_class_f1"].items()},
         }
         best = state["best"]
@@ -476,6 +480,10 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                    **(setup.epoch_metrics() if setup.epoch_metrics else {})}
         placed = {**where, "device": str(device)}  # reported to Tune, not plotted in MLflow (strings)
 
+        if setup.patience:
+            if va["loss"] < state.get("best_val_loss", float("inf")):
+                state["best_val_loss"], state["val_loss_epoch"] = va["loss"], epoch
+            metrics["early_stopped"] = int(epoch - state["val_loss_epoch"] >= setup.patience and epoch < setup.epochs)
         state["history"].append({**metrics, **timings})
         state["epoch"] = epoch
         t = time.perf_counter()
@@ -490,7 +498,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 run.add_artifact(_write(art_dir, "test_metrics.json", json.dumps(
                     {"best": best, "confusion": test["confusion"], "class_names": list(setup.class_names)},
                     indent=2)))
-            last = epoch == setup.epochs
+            last = epoch == setup.epochs or bool(metrics.get("early_stopped"))
             synced = (run.sync_until(state["history"], float(config.get("tracking_patience_s", 120)))
                       if last else run.sync(state["history"]))
             metrics["mlflow_sync_failures"] = run.failures
@@ -505,6 +513,8 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 _save_checkpoint(setup, state, ckpt_dir, best_weights)
             timings["time_checkpoint_s"] = time.perf_counter() - t
             session.report({**metrics, **timings, **placed}, ckpt_dir if session.rank == 0 else None)
+        if metrics.get("early_stopped"):
+            break
     if run is not None and setup.export is not None and best_weights is not None:
         setup.export(best_weights, run)
     if run is None or not (run.pending_artifacts or run.unlogged(state["history"])):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,23 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def tracking_server(uri: str | None = None):
+    """The tracking URI to read from: `uri`, else $EMOSWEEP_TRACKING_URI, else a server started
+    on $EMOSWEEP_HOME/mlflow for the duration (what `emosweep demo` and `predict` read)."""
+    from .paths import emosweep_home
+
+    uri = uri or os.environ.get("EMOSWEEP_TRACKING_URI")
+    if uri:
+        yield uri
+        return
+    server = MlflowServer(emosweep_home() / "mlflow").start().wait_ready()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:

@@ -1,0 +1,48 @@
+"""S4. Attention_BLSTM on 46 hand-made frame features, within and across corpora.
+
+The report's network (157 frames × 46 librosa features per 5-s clip → BLSTM 256 each way with
+local attention → softmax; 758,022 Keras parameters for six classes), trained with Adam and
+early stopping on validation loss, up to 30 epochs. Arms: each of RAVDESS, ShEMO and EmoDB on
+its own; the cross-corpus question (train on one corpus, test on another's test split, on the
+classes the two share); and a floor per corpus, a standardized logistic regression on each
+clip's mean and standard deviation of the same features. Searched: lr, hidden size, dropout,
+patience. Splits keep every speaker in one split.
+
+    python sweeps/blstm_attention.py                                  # generated look-alikes of all three
+    python sweeps/blstm_attention.py --ravdess ../shared/data/ravdess --arms ravdess,ravdess_floor
+    python sweeps/blstm_attention.py --ravdess DIR --emodb DIR --arms emodb_to_ravdess
+    python sweeps/blstm_attention.py --smoke                          # about a minute
+    emosweep predict clip.wav --run-id RUN                            # top-2 emotions of any audio file
+"""
+from ray import tune
+
+from sweeps.runner import Study, main
+from workloads import blstm_attention
+
+STUDY = Study(
+    name="blstm_attention",
+    workload=blstm_attention.WORKLOAD,
+    description=__doc__,
+    trainable=blstm_attention.train,
+    prepare=blstm_attention.prepare,
+    describe=blstm_attention.describe,
+    extra_flags={c: f"{c} corpus folder (default: a generated look-alike)" for c in blstm_attention.CORPORA},
+    arms=blstm_attention.ARMS,
+    space={
+        "lr": tune.loguniform(1e-4, 3e-3),
+        "hidden": tune.choice([64, 128, 256]),
+        "dropout": tune.uniform(0.0, 0.5),
+        "patience": tune.choice([3, 5, 8]),
+    },
+    defaults={
+        "lr": 1e-3, "hidden": 256, "dropout": 0.0, "patience": 5, "epochs": 30, "batch_size": 32,
+        "class_weights": False, "grad_clip": None, "floor_c": 1.0, "synth_n": 480, "log_model": True,
+    },
+    smoke={"synth_n": 96, "epochs": 3, "hidden": 64},
+    table_columns=["train_corpus", "test_corpus", "method", "n_classes", "chance", "classes", "lr", "hidden",
+                   "dropout", "patience"],
+    metric="best_val_acc",
+)
+
+if __name__ == "__main__":
+    main(STUDY)

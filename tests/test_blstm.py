@@ -1,0 +1,118 @@
+"""S4, the Attention_BLSTM study: the report's parameter count, the cross-corpus class map,
+early stopping, and a smoke sweep whose model predicts the top emotions of a file."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.models.blstm import KERAS_PARAMS_6, TORCH_EXTRA_BIAS, AttentionBLSTM, keras_parameter_count
+
+
+def test_parameter_count_is_the_reports():
+    model = AttentionBLSTM(46, 6)
+    assert keras_parameter_count(model) == KERAS_PARAMS_6 == 758_022
+    assert sum(p.numel() for p in model.parameters()) == 758_022 + TORCH_EXTRA_BIAS == 760_070
+    assert model(torch.randn(2, 157, 46)).shape == (2, 6)
+
+
+def test_cross_corpus_class_map():
+    from workloads.blstm_attention import ARMS, CLASS_MAP, CORPUS_CLASSES, arm_classes
+    from workloads.data.corpora import EMODB_LABELS, RAVDESS_EMOTIONS, SHEMO_LABELS
+
+    # every reader's labels map onto the canonical names, in the reader's order
+    from workloads.blstm_attention import CANONICAL
+
+    assert [CANONICAL[v] for v in RAVDESS_EMOTIONS.values()] == CORPUS_CLASSES["ravdess"]
+    assert [CANONICAL[v] for v in SHEMO_LABELS.values()] == CORPUS_CLASSES["shemo"]
+    assert [CANONICAL[v] for v in EMODB_LABELS.values()] == CORPUS_CLASSES["emodb"]
+    assert set(CLASS_MAP[("emodb", "ravdess")]) == {"anger", "disgust", "fear", "happiness", "sadness", "neutral"}
+    assert set(CLASS_MAP[("shemo", "ravdess")]) == {"anger", "fear", "happiness", "neutral", "sadness", "surprise"}
+    assert set(CLASS_MAP[("shemo", "emodb")]) == {"anger", "fear", "happiness", "neutral", "sadness"}
+    assert "calm" not in CLASS_MAP[("ravdess", "emodb")] and "boredom" not in CLASS_MAP[("emodb", "ravdess")]
+    # within a corpus: all its classes; across: the shared ones, listed on the arm for the table
+    assert arm_classes(ARMS["ravdess"]) == CORPUS_CLASSES["ravdess"]
+    assert ARMS["emodb_to_ravdess"]["classes"].split(",") == CLASS_MAP[("emodb", "ravdess")]
+    assert all(ARMS[f"{c}_floor"]["method"] == "floor" for c in ("ravdess", "shemo", "emodb"))
+
+
+def test_early_stopping_on_validation_loss():
+    """fit ends a trial once validation loss has not improved for `patience` epochs."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from workloads.core.loop import LocalSession, TrainSetup, fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)  # nothing to learn
+    vx, vy = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    loaders = {"train": DataLoader(TensorDataset(x, y), batch_size=8), "val": DataLoader(TensorDataset(vx, vy), batch_size=64),
+               "test": DataLoader(TensorDataset(vx, vy), batch_size=64)}
+
+    def step(model, batch, device):
+        logits = model(batch[0])
+        return torch.nn.functional.cross_entropy(logits, batch[1]), logits, batch[1]
+
+    setup = TrainSetup(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), loaders=loaders,
+                       step=step, class_names=["a", "b", "c"], epochs=30, patience=2)
+    session = LocalSession(quiet=True)
+    state = fit({"seed": 0}, setup, None, "early", session)
+    losses = [r["val_loss"] for r in session.reports]
+    assert state["epoch"] < 30 and session.reports[-1]["early_stopped"] == 1
+    best = int(np.argmin(losses))
+    assert len(losses) == best + 1 + 2  # stopped `patience` epochs after the best validation loss
+
+
+@pytest.fixture(scope="module")
+def blstm_sweep(ray_cluster, mlflow_server, tmp_path_factory):
+    from sweeps.blstm_attention import STUDY
+    from sweeps.runner import main
+
+    out = tmp_path_factory.mktemp("blstm")
+    return main(STUDY, ["--smoke", "--arms", "ravdess,emodb_to_ravdess,ravdess_floor", "--tracking-uri",
+                        mlflow_server.uri, "--experiment", "test-blstm", "--name", "blstm-smoke",
+                        "--storage-path", str(out / "ray"), "--results-out", str(out / "blstm.csv"), "--verbose", "0"])
+
+
+def test_smoke_sweep_within_across_and_floor(blstm_sweep):
+    table = blstm_sweep.set_index("arm")
+    assert sorted(table.index) == ["emodb_to_ravdess", "ravdess", "ravdess_floor"]
+    assert (table["status"].str.startswith("OK")).all(), table["status"]
+    assert table.loc["ravdess", "n_classes"] == 8 and table.loc["emodb_to_ravdess", "n_classes"] == 6
+    assert table.loc["emodb_to_ravdess", "classes"] == "anger,disgust,fear,happiness,sadness,neutral"
+    assert table.loc["ravdess_floor", "total_params"] == (2 * 46 + 1) * 8  # logistic regression on mean + std
+    assert table.loc["ravdess", "total_params"] == sum(p.numel() for p in AttentionBLSTM(46, 8, hidden=64).parameters())
+
+
+def test_predict_prints_the_top_two_of_any_audio_file(blstm_sweep, mlflow_server, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_runs import child_runs
+    from workloads import predict
+    from workloads.data.synth import class_voices, encode_media, speaker_traits, synthesize
+
+    runs = {r.data.tags["arm"]: r for r in child_runs(MlflowClient(mlflow_server.uri), "test-blstm")}
+    rng = np.random.default_rng(0)
+    clip = tmp_path / "clip.mp4"  # any container FFmpeg reads
+    encode_media(clip, synthesize(class_voices(8, 1)[4], speaker_traits(rng), 2.0, 48000, rng), 48000)
+
+    def run(path, arm="ravdess"):
+        args = argparse.Namespace(file=str(path), run_id=runs[arm].info.run_id, text=None, top=2,
+                                  tracking_uri=mlflow_server.uri)
+        return predict.main(args), capsys.readouterr()
+
+    code, out = run(clip)
+    assert code == 0, out.err
+    lines = out.out.strip().splitlines()[1:]
+    assert len(lines) == 2
+    probs = [float(line.split()[-1]) for line in lines]
+    assert probs[0] >= probs[1] > 0 and lines[0].split()[0] in ("neutral", "calm", "happiness", "sadness", "anger",
+                                                                 "fear", "disgust", "surprise")
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF....WAVE nothing here")
+    code, out = run(bad)
+    assert code == 2 and "broken.wav" in out.err and "Traceback" not in out.err
+    code, out = run(clip, arm="ravdess_floor")
+    assert code == 2 and "logged no model" in out.err

@@ -1,0 +1,277 @@
+"""S4: the Attention_BLSTM on 46 hand-made frame features, within and across corpora, as a
+Ray Tune trainable, with a floor.
+
+The driver (`prepare`) reads each corpus an arm needs (RAVDESS, ShEMO, EmoDB, or their
+generated look-alikes), splits it by speaker, and caches its `frame46` features (157 frames ×
+46 per 5-s clip) with the media pipeline. An arm trains on one corpus and tests on one: the
+same corpus (its test split, every class), or another (that corpus's test split, on the
+classes the two share, CLASS_MAP). Features are standardized with the training split's
+statistics. The `floor` arms fit a standardized logistic regression on each clip's mean and
+standard deviation of the same features, the simplest fair baseline on the same split.
+
+Each BLSTM trial logs its best epoch as an MLflow pyfunc (audio bytes → class
+probabilities), which `emosweep predict FILE --run-id RUN` uses.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
+from .core.seeding import seed_everything
+from .data.study_items import study_items, write_items
+from .models.blstm import AttentionBLSTM
+
+if TYPE_CHECKING:
+    from .core.tracking import TrackingContext
+
+WORKLOAD = "blstm_attention"
+CORPORA = ("ravdess", "shemo", "emodb")
+# Every corpus's label → one name per emotion, so that two corpora can be compared on what they share.
+CANONICAL = {
+    "angry": "anger", "anger": "anger", "happy": "happiness", "happiness": "happiness", "sad": "sadness",
+    "sadness": "sadness", "fearful": "fear", "fear": "fear", "disgust": "disgust", "surprised": "surprise",
+    "surprise": "surprise", "neutral": "neutral", "calm": "calm", "boredom": "boredom",
+}
+CORPUS_CLASSES = {  # canonical classes, in each reader's order
+    "ravdess": ["neutral", "calm", "happiness", "sadness", "anger", "fear", "disgust", "surprise"],
+    "shemo": ["anger", "happiness", "neutral", "sadness", "surprise", "fear"],
+    "emodb": ["anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"],
+}
+
+
+def shared_classes(train: str, test: str) -> list[str]:
+    """The classes an arm trained on `train` and tested on `test` uses (in `train`'s order)."""
+    theirs = set(CORPUS_CLASSES[test])
+    return [c for c in CORPUS_CLASSES[train] if c in theirs]
+
+
+CLASS_MAP = {(a, b): shared_classes(a, b) for a in CORPORA for b in CORPORA if a != b}
+
+
+def arm_classes(config: dict) -> list[str]:
+    if config["train_corpus"] == config["test_corpus"]:
+        return list(CORPUS_CLASSES[config["train_corpus"]])
+    return shared_classes(config["train_corpus"], config["test_corpus"])
+
+
+def _arms() -> dict:
+    within = {c: {"train_corpus": c, "test_corpus": c, "method": "blstm"} for c in CORPORA}
+    cross = {f"{a}_to_{b}": {"train_corpus": a, "test_corpus": b, "method": "blstm"}
+             for a, b in (("emodb", "ravdess"), ("ravdess", "emodb"), ("shemo", "ravdess"), ("ravdess", "shemo"))}
+    floors = {f"{c}_floor": {"train_corpus": c, "test_corpus": c, "method": "floor"} for c in CORPORA}
+    arms = {**within, **cross, **floors}
+    for arm in arms.values():  # the class map, in the table: what each arm trains and is tested on
+        arm["classes"] = ",".join(arm_classes(arm))
+    return arms
+
+
+ARMS = _arms()  # within each corpus, across corpora, and the floor of each corpus
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_splits(config: dict) -> tuple[dict, list[str]]:
+    """split → (features (N, T, F) float32, labels) for the arm, and its classes."""
+    from .data.pipeline import read_stage
+
+    classes = arm_classes(config)
+    index = {c: i for i, c in enumerate(classes)}
+    items = study_items(config)
+    wanted = {"train": config["train_corpus"], "val": config["train_corpus"], "test": config["test_corpus"]}
+    out = {}
+    for split, corpus in wanted.items():
+        frame, arrays = read_stage(config["cache_fs"], config["frames_dirs"][corpus], "frame46")
+        xs, ys = [], []
+        for i, uid in enumerate(frame["uid"]):
+            row = items.get(f"{corpus}/{uid}")
+            if row is None or row["split"] != split or row["label"] not in index:
+                continue
+            xs.append(np.asarray(arrays[i], dtype=np.float32))
+            ys.append(index[row["label"]])
+        if not ys:
+            raise ValueError(f"{corpus}: no {split} clips of the classes {classes}")
+        out[split] = (np.stack(xs), np.asarray(ys, dtype=np.int64))
+    return out, classes
+
+
+def standardize(data: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Every split scaled by the training split's per-feature mean and standard deviation."""
+    train = data["train"][0].reshape(-1, data["train"][0].shape[-1])
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return {s: ((x - mean) / std, y) for s, (x, y) in data.items()}, mean, std
+
+
+def clip_statistics(x: np.ndarray) -> np.ndarray:
+    """The floor's features: each clip's mean and standard deviation of every frame feature."""
+    return np.concatenate([x.mean(1), x.std(1)], axis=1)
+
+
+# ----------------------------------------------------------------------------- the trainable
+
+def run_name(config: dict) -> str:
+    if config["method"] == "floor":
+        return f"{config['arm']} logistic regression C={config['floor_c']:g}"
+    return f"{config['arm']} lr={config['lr']:.0e} h={config['hidden']} p={config['patience']}"
+
+
+def tags_of(config: dict) -> dict:
+    return {"workload": WORKLOAD, "arm": config["arm"], "method": config["method"],
+            "train_corpus": config["train_corpus"], "test_corpus": config["test_corpus"],
+            "dataset_fingerprint": config["dataset_fingerprint"]}
+
+
+def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict:
+    from .core.loop import configure_threads
+
+    configure_threads()
+    seed_everything(int(config["seed"]))
+    data, classes = load_splits(config)
+    info = {"classes": ",".join(classes), "n_classes": len(classes), "chance": 1 / len(classes),
+            "train_clips": len(data["train"][1]), "test_clips": len(data["test"][1])}
+    if config["method"] == "floor":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from .core.sklearn_trial import fit_estimator
+
+        features = {s: (clip_statistics(x), y) for s, (x, y) in data.items()}
+        estimator = make_pipeline(StandardScaler(), LogisticRegression(C=float(config["floor_c"]), max_iter=2000,
+                                                                       random_state=int(config["seed"])))
+        metrics = fit_estimator(config, estimator, features, classes, tracking, run_name(config), tags_of(config),
+                                info, session)
+        return {"best": metrics} if session is not None else None
+    data, mean, std = standardize(data)
+    loaders = {}
+    for split, (x, y) in data.items():
+        sampler = EpochShardSampler(len(y), int(config["seed"]), shuffle=split == "train")
+        loaders[split] = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), sampler=sampler,
+                                    batch_size=int(config["batch_size"]) if split == "train" else 128)
+    model = AttentionBLSTM(data["train"][0].shape[-1], len(classes), hidden=int(config["hidden"]),
+                           dropout=float(config["dropout"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
+    weights = class_weights(data["train"][1], len(classes)) if config.get("class_weights") else None
+
+    def step(model, batch, device):
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits, y, weight=weights.to(device) if weights is not None
+                                                 else None), logits, y
+
+    setup = TrainSetup(model=model, optimizer=optimizer, loaders=loaders, step=step, class_names=classes,
+                       epochs=int(config["epochs"]), grad_clip=config.get("grad_clip"), info=info,
+                       tags=tags_of(config), patience=int(config["patience"]),
+                       export=(lambda best, run: export_model(config, classes, mean, std, best, run))
+                       if config.get("log_model", True) else None)
+    state = fit(config, setup, tracking, run_name(config), session)
+    return state if session is not None else None  # a dict returned to Tune would be read as a result
+
+
+def export_model(config: dict, classes: list, mean: np.ndarray, std: np.ndarray, best: dict, run) -> str | None:
+    """The best epoch as an MLflow pyfunc: audio bytes in, class probabilities out."""
+    from safetensors.torch import save_file
+
+    from .serving import FramePredictor, frame_signature, pip_requirements
+
+    spec = {"classes": classes, "mean": mean.tolist(), "std": std.tolist(), "hidden": int(config["hidden"]),
+            "n_features": len(mean), "stage_params": config["stage_params"], "arm": config["arm"]}
+    with tempfile.TemporaryDirectory(prefix="emosweep-model-") as tmp:
+        save_file({k: v.contiguous() for k, v in best.items()}, os.path.join(tmp, "weights.safetensors"))
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        return run.log_pyfunc(FramePredictor(), {"weights": os.path.join(tmp, "weights.safetensors"),
+                                                 "spec": os.path.join(tmp, "spec.json")},
+                              frame_signature(classes), pip_requirements())
+
+
+class FrameRuntime:
+    """The served BLSTM: decode, frame46, standardize, classify."""
+
+    def __init__(self, spec: dict, weights: dict):
+        self.spec, self.classes = spec, list(spec["classes"])
+        self.mean, self.std = np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32)
+        self.model = AttentionBLSTM(int(spec["n_features"]), len(self.classes), hidden=int(spec["hidden"]))
+        self.model.load_state_dict(weights)
+        self.model.eval()
+
+    @torch.inference_mode()
+    def probabilities(self, waves: list[np.ndarray]) -> np.ndarray:
+        from .data.features import STAGES
+
+        stage = STAGES["frame46"]
+        x = np.stack([(stage(w, **self.spec["stage_params"])["frame46"] - self.mean) / self.std for w in waves])
+        return torch.softmax(self.model(torch.from_numpy(x.astype(np.float32))), dim=-1).numpy()
+
+
+# ----------------------------------------------------------------------------- driver side
+
+def corpora_needed(arms: dict) -> list[str]:
+    return [c for c in CORPORA if any(c in (a["train_corpus"], a["test_corpus"]) for a in arms.values())]
+
+
+def prepare(config: dict, opts) -> dict:
+    """Driver-side, once per sweep: each corpus the chosen arms (--arms) need, split by speaker,
+    with its frame46 features in the cache."""
+    import pandas as pd
+
+    from .core.paths import emosweep_home
+    from .data.corpora import read_corpus
+    from .data.features import STAGES
+    from .data.manifest import assign_splits
+    from .data.pipeline import prepare as prepare_media
+    from .data.synth import ensure_generated
+
+    config = dict(config)
+    chosen = [a.strip() for a in (getattr(opts, "arms", None) or "").split(",") if a.strip()]
+    arms = {a: ARMS[a] for a in chosen if a in ARMS} or ARMS
+    stage_params = STAGES["frame46"].params({})
+    config["stage_params"] = stage_params
+    tables, dirs, sources, prints = [], {}, {}, []
+    for corpus in corpora_needed(arms):
+        root = getattr(opts, corpus, None) or config.get(f"{corpus}_dir")
+        if root:
+            sources[corpus] = os.path.abspath(root)
+        else:
+            root = ensure_generated(emosweep_home() / "data", corpus, int(config["synth_n"]), int(config["seed"]))
+            sources[corpus] = f"generated {corpus} look-alike, {config['synth_n']} clips, seed {config['seed']}"
+        manifest = read_corpus(corpus, root)
+        if manifest.items.empty:
+            raise SystemExit(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
+        manifest.items = assign_splits(manifest.items, int(config["seed"]), by_speaker=True)
+        result = prepare_media(manifest, {"frame46": {}}, progress=False)
+        print(f"[emosweep] {corpus}: {result.summary()}")
+        bad = set(result.errors["path"])
+        usable = manifest.items[~manifest.items["path"].isin(bad)]
+        dirs[corpus] = result.stages["frame46"].dir
+        config["cache_fs"] = result.fs_uri
+        prints.append(f"{corpus}-{manifest.fingerprint()}")
+        tables.append(pd.DataFrame({"uid": corpus + "/" + usable["uid"], "corpus": corpus,
+                                    "label": usable["label"].map(CANONICAL), "split": usable["split"],
+                                    "speaker": usable["speaker"]}))
+    config.update(frames_dirs=dirs, data_sources=sources,
+                  dataset_fingerprint=hashlib.sha256("|".join(prints).encode()).hexdigest()[:12])
+    return write_items(config, pd.concat(tables, ignore_index=True), f"blstm-{config['dataset_fingerprint']}")
+
+
+def describe(config: dict) -> dict:
+    """The data report: clips per class, split and corpus; the class map of the cross-corpus arms."""
+    import pandas as pd
+
+    rows = pd.DataFrame(list(study_items(config).values()))
+    counts = rows.groupby(["corpus", "label", "split"]).size().unstack(fill_value=0).reindex(
+        columns=["train", "val", "test"])
+    pairs = "\n".join(f"| {a} → {b} | {', '.join(c)} |" for (a, b), c in CLASS_MAP.items()
+                      if a in config["frames_dirs"] and b in config["frames_dirs"])
+    sources = "\n".join(f"- {c}: {s}" for c, s in config["data_sources"].items())
+    text = (f"# Corpora as used\n\n{sources}\n\nSplits keep every speaker in one split.\n\n{counts.to_markdown()}\n\n"
+            f"## Class map (cross-corpus arms train and test on the shared classes)\n\n| train → test | classes |\n"
+            f"|---|---|\n{pairs}\n")
+    return {"dataset_report.md": text}

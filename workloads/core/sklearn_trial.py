@@ -1,0 +1,65 @@
+"""A scikit-learn estimator as a trial: fitted once, scored on every split, reported to Tune
+and logged to MLflow like every other trial (params, metrics, confusion matrix, report).
+
+The floors of the hand-made-feature studies and S5's classic baselines run through here, so
+their rows sit in the same results table and MLflow experiment as the networks they are
+read against.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import TYPE_CHECKING
+
+from .loop import LocalSession, TuneSession, in_tune_trial
+from .metrics import classification_metrics, plot_confusion
+
+if TYPE_CHECKING:
+    from .tracking import TrackingContext
+
+
+def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracking: TrackingContext | None,
+                  run_name: str, tags: dict, info: dict | None = None, session: LocalSession | None = None) -> dict:
+    """`data`: split → (X, y) for train, val and test. Returns the reported metrics."""
+    session = session or (TuneSession() if in_tune_trial() else LocalSession())
+    t = time.perf_counter()
+    estimator.fit(*data["train"])
+    train_s = time.perf_counter() - t
+    scores = {}
+    for split, (X, y) in data.items():
+        scores[split] = classification_metrics(list(y), list(estimator.predict(X)), class_names)
+    test, val = scores["test"], scores["val"]
+    import numpy as np
+
+    steps = getattr(estimator, "named_steps", {"model": estimator}).values()
+    n_params = int(sum(np.size(step.coef_) + np.size(getattr(step, "intercept_", 0)) for step in steps
+                       if hasattr(step, "coef_")))
+    metrics = {"epoch": 1, "fitted_once": 1, "train_acc": scores["train"]["acc"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
+               "best_val_acc": val["acc"], "best_epoch": 1, "test_acc": test["acc"], "test_macro_f1": test["macro_f1"],
+               "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
+               **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
+               "trainable_params": n_params, "total_params": n_params, "time_train_s": train_s,
+               **{k: v for k, v in (info or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    if tracking is not None:
+        from .tracking import TrialRun
+
+        art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
+        run = TrialRun(tracking, session.trial_id, run_name, {**config, **(info or {})}, tags, art_dir)
+        title = f"{run_name}: test, acc {test['acc']:.3f}"
+        run.add_artifact(plot_confusion(test["confusion"], class_names, title,
+                                        os.path.join(art_dir, "confusion_matrix.png")))
+        for name, text in (("classification_report.txt", test["report"]),
+                           ("test_metrics.json", json.dumps({"confusion": test["confusion"],
+                                                             "class_names": list(class_names)}, indent=2))):
+            with open(os.path.join(art_dir, name), "w") as f:
+                f.write(text)
+            run.add_artifact(os.path.join(art_dir, name))
+        if not run.sync_until([metrics], float(config.get("tracking_patience_s", 120))):
+            metrics["mlflow_unlogged_epochs"] = 1
+        if not run.pending_artifacts:
+            shutil.rmtree(art_dir, ignore_errors=True)
+    session.report(metrics, None)
+    return metrics
