@@ -63,10 +63,12 @@ def arm_classes(config: dict) -> list[str]:
 
 
 def _arms() -> dict:
-    within = {c: {"train_corpus": c, "test_corpus": c, "method": "blstm"} for c in CORPORA}
-    cross = {f"{a}_to_{b}": {"train_corpus": a, "test_corpus": b, "method": "blstm"}
+    blstm = {"method": "blstm", "model_id": "Attention_BLSTM (from scratch)"}
+    floor = {"method": "floor", "model_id": "logistic regression on clip mean + std"}
+    within = {c: {"train_corpus": c, "test_corpus": c, **blstm} for c in CORPORA}
+    cross = {f"{a}_to_{b}": {"train_corpus": a, "test_corpus": b, **blstm}
              for a, b in (("emodb", "ravdess"), ("ravdess", "emodb"), ("shemo", "ravdess"), ("ravdess", "shemo"))}
-    floors = {f"{c}_floor": {"train_corpus": c, "test_corpus": c, "method": "floor"} for c in CORPORA}
+    floors = {f"{c}_floor": {"train_corpus": c, "test_corpus": c, **floor} for c in CORPORA}
     arms = {**within, **cross, **floors}
     for arm in arms.values():  # the class map, in the table: what each arm trains and is tested on
         arm["classes"] = ",".join(arm_classes(arm))
