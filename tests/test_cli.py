@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -11,9 +13,12 @@ def test_emosweep_studies_lists_the_runnable_studies():
     assert "python sweeps/bert_freezing.py" in out
 
 
-def test_unknown_study_is_a_clear_error():
-    out = subprocess.run(["emosweep", "run", "nope"], capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown study 'nope'" in out.stderr
+def test_unknown_study_is_a_clear_error(capsys):
+    from workloads.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "nope"])
+    assert exit_.value.code == 2 and "unknown study 'nope'" in capsys.readouterr().err
 
 
 def test_study_script_shows_the_common_flags():
@@ -26,7 +31,9 @@ def test_study_script_shows_the_common_flags():
 
 
 def test_unknown_arm_is_rejected_before_anything_starts(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "bert_freezing.py"), "--arms", "full,bogus",
-                          "--storage-path", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode != 0 and "unknown arm(s) ['bogus']" in out.stderr
+    """Before Ray or MLflow start: nothing listens on port 9, and the run ends in an instant."""
+    from sweeps.bert_freezing import STUDY
+    from sweeps.runner import main
+
+    with pytest.raises(SystemExit, match=r"unknown arm\(s\) \['bogus'\]"):
+        main(STUDY, ["--arms", "full,bogus", "--storage-path", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"])
