@@ -71,7 +71,7 @@ def blstm_sweep(ray_cluster, mlflow_server, tmp_path_factory):
     from sweeps.runner import main
 
     out = tmp_path_factory.mktemp("blstm")
-    return main(STUDY, ["--smoke", "--arms", "ravdess,emodb_to_ravdess,ravdess_floor", "--tracking-uri",
+    return main(STUDY, ["--smoke", "--set", "synth_n=64", "--arms", "ravdess,emodb_to_ravdess,ravdess_floor", "--tracking-uri",
                         mlflow_server.uri, "--experiment", "test-blstm", "--name", "blstm-smoke",
                         "--storage-path", str(out / "ray"), "--results-out", str(out / "blstm.csv"), "--verbose", "0"])
 

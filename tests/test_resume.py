@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_runs import child_runs, sweep_runs
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = "full,keep_first_9,prune_heads_50"
+ARMS = "full,prune_heads_50"
 
 
 def _driver(args, log: Path) -> subprocess.Popen:
@@ -33,7 +33,7 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
               "--verbose", "0"]
     log = tmp_path / "driver.log"
     first = _driver(["--smoke", "--arms", ARMS, "--max-concurrent", "1", "--experiment", experiment,
-                     "--name", "resume-me", "--set", "epochs=3", *common], log)
+                     "--name", "resume-me", "--set", "epochs=2", *common], log)
 
     deadline = time.monotonic() + 240
     finished = []
@@ -47,7 +47,7 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
     assert first.wait(timeout=120) is not None
 
     done_before = {r.data.tags["trial_id"]: r for r in child_runs(client, experiment) if r.info.status == "FINISHED"}
-    assert 1 <= len(done_before) < 3, "the interruption must leave unfinished trials"
+    assert len(done_before) == 1, "the interruption must leave an unfinished trial"
     exp_dir = tmp_path / "resume-me"
     rows_before = {t: len((exp_dir / t / "result.json").read_text().splitlines()) for t in done_before}
 
@@ -55,18 +55,18 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
     assert second.wait(timeout=400) == 0, log.read_text()[-4000:]
 
     parents, children = sweep_runs(client, experiment)
-    assert len(children) == 3, "one MLflow run per trial, none duplicated"
-    assert len({c.data.tags["trial_id"] for c in children}) == 3
+    assert len(children) == 2, "one MLflow run per trial, none duplicated"
+    assert len({c.data.tags["trial_id"] for c in children}) == 2
     assert all(c.info.status == "FINISHED" for c in children)
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
-        assert sorted(steps) == [1, 2, 3], (child.info.run_name, steps)
+        assert sorted(steps) == [1, 2], (child.info.run_name, steps)
     for trial_id, run_before in done_before.items():  # not re-run: Tune added no result, MLflow no epoch
         assert len((exp_dir / trial_id / "result.json").read_text().splitlines()) == rows_before[trial_id]
         after = client.get_run(run_before.info.run_id)
         assert after.info.end_time == run_before.info.end_time
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     table = (exp_dir / "results.csv").read_text().splitlines()
-    assert len(table) == 4  # header + 3 trials
+    assert len(table) == 3  # header + 2 trials
     state = json.loads((exp_dir / "emosweep.json").read_text())
     assert state["parent_run_id"] == parents[0].info.run_id

@@ -151,6 +151,12 @@ def ablation(model: torch.nn.Module, evaluate) -> dict:
     return out
 
 
+def logs_model(config: dict) -> bool:
+    """`log_model`: true (every trial), false, or a list of the arms whose trials log theirs."""
+    wanted = config.get("log_model", True)
+    return config["arm"] in wanted if isinstance(wanted, (list, tuple)) else bool(wanted)
+
+
 def run_name(config: dict) -> str:
     return f"{config['arm']} lr={config['lr']:.0e} head_lr={config['head_lr']:.0e} w={config['fusion_width']}"
 
@@ -199,7 +205,7 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
               "random_init": str(bool(config.get("random_init"))).lower(),
               "dataset_fingerprint": config["dataset_fingerprint"]},
         best_metrics=ablation if text and audio else None,
-        export=(lambda best, run: export_model(config, best, run)) if config.get("log_model", True) else None)
+        export=(lambda best, run: export_model(config, best, run)) if logs_model(config) else None)
     state = fit(config, setup, tracking, run_name(config), session)
     return state if session is not None else None  # a dict returned to Tune would be read as a result
 
