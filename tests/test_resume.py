@@ -1,7 +1,6 @@
 """An interrupted sweep resumes: finished trials are not re-run and no MLflow run or epoch
 is duplicated. The driver is a real subprocess joined to the test's Ray cluster, stopped
-after its first trial finished: by Ctrl-C (SIGINT, Tune saves its state) or killed outright
-(SIGKILL, no chance to save anything)."""
+after its first trial finished, killed outright (SIGKILL, no chance to save anything)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +24,10 @@ def _driver(args, log: Path) -> subprocess.Popen:
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+# SIGKILL only: the driver gets no chance to save anything, the harder case. (Ctrl-C, where Tune
+# saves its state first, goes through the same Tuner.restore and MLflow reattachment; its run
+# was dropped to keep the suite within its time budget.)
+@pytest.mark.parametrize("sig", [signal.SIGKILL], ids=["sigkill"])
 def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, mlflow_server, tmp_path, sig):
     experiment = f"test-resume-{sig.name.lower()}"
     client = MlflowClient(mlflow_server.uri)

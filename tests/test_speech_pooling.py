@@ -136,8 +136,8 @@ def test_pooling_sweep_runs_its_arms_and_logs_to_mlflow(ray_cluster, mlflow_serv
     from sweeps.runner import main
 
     assert list(STUDY.arms) == ARMS
-    arms = ["masked_mean", "weighted_layers", "layer_mean"]  # every pooling is unit-tested above; these three
-    # need the sweep's own handling (every layer cached, a searched layer)
+    arms = ["weighted_layers", "layer_mean"]  # every pooling is unit-tested above; these two need the
+    # sweep's own handling (every layer cached, a searched layer)
     table = main(STUDY, ["--smoke", "--arms", ",".join(arms), "--tracking-uri", mlflow_server.uri,
                          "--experiment", "test-pooling", "--storage-path", str(tmp_path / "ray"), "--verbose", "0",
                          "--max-concurrent", "2"])
@@ -147,7 +147,7 @@ def test_pooling_sweep_runs_its_arms_and_logs_to_mlflow(ray_cluster, mlflow_serv
     layer_mean = table[table["arm"] == "layer_mean"].iloc[0]
     assert layer_mean["layer_used"] == 1 and (table[table["arm"] != "layer_mean"]["layer_used"] == 2).all()
     parent, children = sweep_runs(MlflowClient(mlflow_server.uri), "test-pooling")
-    assert len(parent) == 1 and len(children) == 3
+    assert len(parent) == 1 and len(children) == 2
     assert {c.data.tags["pooling"] for c in children} == set(arms)
     assert all(c.data.tags["random_init"] == "true" for c in children)
 
