@@ -24,10 +24,13 @@ def find_run(client, experiment: str, run_id: str | None = None):
     from .core.tracking import TAG_MODEL, TAG_PARENT
 
     if run_id:
-        run = client.get_run(run_id)
+        try:
+            run = client.get_run(run_id)
+        except Exception as e:
+            raise DemoError(f"no run {run_id} at {client.tracking_uri} ({type(e).__name__})") from None
         if not run.data.tags.get(TAG_MODEL):
-            raise DemoError(f"run {run_id} has no logged model (tag {TAG_MODEL}); pick a child run of a "
-                            f"fusion sweep that finished")
+            raise DemoError(f"run {run_id} ({run.info.run_name}) logged no model (tag {TAG_MODEL}); floors and "
+                            f"unfinished trials have none")
         return run
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -106,7 +109,8 @@ def build_app(model, run, title: str | None = None):
 
 
 def load(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, run_id: str | None = None):
-    """(pyfunc model, run) from the tracking server."""
+    """(pyfunc model, run) from the tracking server: `run_id`'s model, else the best of the
+    latest sweep of `experiment`. DemoError says what is missing (`emosweep predict` too)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -332,22 +332,15 @@ def read_manifest(config: dict):
 def prepare(config: dict, opts) -> dict:
     """Driver-side, once per sweep: the corpus (or its look-alike), both encoders, and the
     states entering their top layers in the cache."""
-    from .core.paths import emosweep_home
     from .data.encoder_cache import actor_plan, encode_corpus, encode_texts
-    from .data.synth import ensure_generated
+    from .data.synth import study_corpus
     from .models.speech import speech_encoder_facts
 
     import pandas as pd
 
     config = dict(config)
     uses(config["fusion"])
-    if config.get("data_dir") is None:
-        config["data_dir"] = str(ensure_generated(emosweep_home() / "data", "meld", int(config["synth_n"]),
-                                                  int(config["seed"]), difficulty=float(config["synth_difficulty"])))
-        config["data_source"] = (f"generated MELD look-alike, {config['synth_n']} utterances, difficulty "
-                                 f"{config['synth_difficulty']}, seed {config['seed']}")
-    else:
-        config["data_source"] = config["data_dir"]
+    study_corpus(config, "meld", "utterances")
     manifest = read_manifest(config)
     resolve_encoders(config, opts, manifest.items["text"].tolist())
     k = int(config.get("finetune_top", 1))

@@ -36,11 +36,9 @@ def predict_file(model, path: str, text: str | None = None):
 
 
 def main(args) -> int:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from .core.tracking import TAG_MODEL, fail_fast_requests, tracking_server
+    from .core.tracking import fail_fast_requests, tracking_server
     from .data.audio import MediaError
+    from .demo import DemoError, load
 
     if not os.path.isfile(args.file):
         print(f"emosweep predict: {args.file}: no such file", file=sys.stderr)
@@ -48,20 +46,9 @@ def main(args) -> int:
     fail_fast_requests()
     with tracking_server(args.tracking_uri) as uri:
         try:
-            run = MlflowClient(uri).get_run(args.run_id)
-        except Exception as e:
-            print(f"emosweep predict: no run {args.run_id} at {uri} ({type(e).__name__})", file=sys.stderr)
-            return 2
-        model_uri = run.data.tags.get(TAG_MODEL)
-        if not model_uri:
-            print(f"emosweep predict: run {args.run_id} ({run.info.run_name}) logged no model; floors and "
-                  f"unfinished trials have none", file=sys.stderr)
-            return 2
-        mlflow.set_tracking_uri(uri)
-        model = mlflow.pyfunc.load_model(model_uri)
-        try:
+            model, run = load(uri, run_id=args.run_id)
             ranked = predict_file(model, args.file, args.text)
-        except (MediaError, ValueError) as e:
+        except (DemoError, MediaError, ValueError) as e:
             print(f"emosweep predict: {e}", file=sys.stderr)
             return 2
     print(f"{args.file} ({run.info.run_name}):")

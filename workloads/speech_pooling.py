@@ -316,7 +316,7 @@ def prepare(config: dict, opts) -> dict:
     encoder is frozen, its states in the cache."""
     from .core.paths import emosweep_home
     from .data.encoder_cache import actor_plan, encode_corpus
-    from .data.synth import ensure_generated
+    from .data.synth import study_corpus
     from .models.encoders import resolve_model
     from .models.speech import make_tiny_hubert, speech_encoder_facts
 
@@ -327,12 +327,7 @@ def prepare(config: dict, opts) -> dict:
         raise SystemExit(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
     if config.get("data_dir") is None:
         config["corpus"] = "ravdess"
-        config["data_dir"] = str(ensure_generated(emosweep_home() / "data", "ravdess", int(config["synth_n"]),
-                                                  int(config["seed"]), difficulty=float(config["synth_difficulty"])))
-        config["data_source"] = (f"generated RAVDESS look-alike, {config['synth_n']} clips, difficulty "
-                                 f"{config['synth_difficulty']}, seed {config['seed']}")
-    else:
-        config["data_source"] = config["data_dir"]
+    study_corpus(config, "ravdess", "clips")
     manifest = read_manifest(config)
     if getattr(opts, "smoke", False) and not getattr(opts, "model", None):
         path = make_tiny_hubert(emosweep_home() / "models" / f"tiny-hubert-s{config['seed']}", seed=int(config["seed"]))

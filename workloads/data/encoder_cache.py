@@ -34,12 +34,11 @@ STAGE = Stage("encoder_states", version=1, fn=None, defaults={
 def actor_plan(requested: int | None = None) -> tuple[int, int]:
     """(encoder actors, GPUs per actor): one actor per GPU on a cluster; on a CPU machine one
     single-threaded actor per core. `requested` overrides the count."""
-    import sys
+    from ..core.loop import _ray
 
-    ray = sys.modules.get("ray")
-    live = ray is not None and ray.is_initialized()
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if live else 0
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if live else 1
+    ray = _ray()
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray else 0
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray else 1
     return int(requested or (gpus or cpus)), 1 if gpus else 0
 
 

@@ -553,6 +553,24 @@ def ensure_generated(root: Path, corpus: str, n: int, seed: int, **options) -> P
     return publish_folder(target, build, MANIFEST_NAME)
 
 
+def study_corpus(config: dict, corpus: str, unit: str) -> dict:
+    """A study's corpus: config["data_dir"] when given, else the look-alike of (synth_n, seed,
+    synth_difficulty) under $EMOSWEEP_HOME/data, generated once. Sets data_dir and the
+    data_source line the reports print."""
+    from ..core.paths import emosweep_home
+
+    if config.get("data_dir") is not None:
+        config["data_source"] = config["data_dir"]
+        return config
+    n, seed, difficulty = int(config["synth_n"]), int(config["seed"]), float(config["synth_difficulty"])
+    config["data_dir"] = str(ensure_generated(emosweep_home() / "data", corpus, n, seed, difficulty=difficulty))
+    config["data_source"] = f"generated {DISPLAY.get(corpus, corpus)} look-alike, {n} {unit}, difficulty {difficulty:g}, seed {seed}"
+    return config
+
+
+DISPLAY = {"meld": "MELD", "ravdess": "RAVDESS"}
+
+
 def load_manifest(out) -> dict:
     return json.loads((Path(out) / MANIFEST_NAME).read_text())
 
