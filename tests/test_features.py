@@ -46,10 +46,13 @@ def test_mfcc_with_deltas(wave):
     assert short.shape[0] == 36 and np.isfinite(short).all()
 
 
-def test_mfcc_mean(wave):
+def test_mfcc_mean_and_stats(wave):
     out = STAGES["mfcc_mean"](wave, n_mfcc=13)["mfcc_mean"]
     m = librosa.feature.mfcc(y=wave, sr=SR, n_mfcc=13, n_fft=400, hop_length=160, n_mels=40)
     np.testing.assert_allclose(out, m.mean(axis=1), rtol=1e-4, atol=1e-3)
+    stats = STAGES["mfcc_stats"](wave)["mfcc_stats"]  # S5 speaker ID: the means, then the deviations
+    np.testing.assert_allclose(stats[:13], out, rtol=1e-5)
+    np.testing.assert_allclose(stats[13:], m.std(axis=1), rtol=1e-4, atol=1e-3)
 
 
 def test_frame46_has_157_frames_of_46_features(wave):

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
+from .core.loop import TrainSetup, array_loaders, class_weights, classification_step, fit
+from .core.sklearn_trial import fit_floor, mean_and_std
 from .core.seeding import seed_everything
-from .data.study_items import study_items, write_items
+from .data.study_items import corpus_root, prepare_corpus, stage_splits, study_items, write_items
 from .models.blstm import AttentionBLSTM
 
 if TYPE_CHECKING:
@@ -82,26 +82,10 @@ ARMS = _arms()  # within each corpus, across corpora, and the floor of each corp
 
 def load_splits(config: dict) -> tuple[dict, list[str]]:
     """split → (features (N, T, F) float32, labels) for the arm, and its classes."""
-    from .data.pipeline import read_stage
-
     classes = arm_classes(config)
-    index = {c: i for i, c in enumerate(classes)}
-    items = study_items(config)
-    wanted = {"train": config["train_corpus"], "val": config["train_corpus"], "test": config["test_corpus"]}
-    out = {}
-    for split, corpus in wanted.items():
-        frame, arrays = read_stage(config["cache_fs"], config["frames_dirs"][corpus], "frame46")
-        xs, ys = [], []
-        for i, uid in enumerate(frame["uid"]):
-            row = items.get(f"{corpus}/{uid}")
-            if row is None or row["split"] != split or row["label"] not in index:
-                continue
-            xs.append(np.asarray(arrays[i], dtype=np.float32))
-            ys.append(index[row["label"]])
-        if not ys:
-            raise ValueError(f"{corpus}: no {split} clips of the classes {classes}")
-        out[split] = (np.stack(xs), np.asarray(ys, dtype=np.int64))
-    return out, classes
+    data = stage_splits(config, "frame46", classes, {"train": config["train_corpus"], "val": config["train_corpus"],
+                                                      "test": config["test_corpus"]})
+    return {split: (np.stack(xs), y) for split, (xs, y) in data.items()}, classes
 
 
 def standardize(data: dict) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -109,11 +93,6 @@ def standardize(data: dict) -> tuple[dict, np.ndarray, np.ndarray]:
     train = data["train"][0].reshape(-1, data["train"][0].shape[-1])
     mean, std = train.mean(0), train.std(0) + 1e-6
     return {s: ((x - mean) / std, y) for s, (x, y) in data.items()}, mean, std
-
-
-def clip_statistics(x: np.ndarray) -> np.ndarray:
-    """The floor's features: each clip's mean and standard deviation of every frame feature."""
-    return np.concatenate([x.mean(1), x.std(1)], axis=1)
 
 
 # ----------------------------------------------------------------------------- the trainable
@@ -139,34 +118,16 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     info = {"classes": ",".join(classes), "n_classes": len(classes), "chance": 1 / len(classes),
             "train_clips": len(data["train"][1]), "test_clips": len(data["test"][1])}
     if config["method"] == "floor":
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        from .core.sklearn_trial import fit_estimator
-
-        features = {s: (clip_statistics(x), y) for s, (x, y) in data.items()}
-        estimator = make_pipeline(StandardScaler(), LogisticRegression(C=float(config["floor_c"]), max_iter=2000,
-                                                                       random_state=int(config["seed"])))
-        metrics = fit_estimator(config, estimator, features, classes, tracking, run_name(config), tags_of(config),
-                                info, session)
+        features = {s: (mean_and_std(x), y) for s, (x, y) in data.items()}
+        metrics = fit_floor(config, features, classes, tracking, run_name(config), tags_of(config), info, session)
         return {"best": metrics} if session is not None else None
     data, mean, std = standardize(data)
-    loaders = {}
-    for split, (x, y) in data.items():
-        sampler = EpochShardSampler(len(y), int(config["seed"]), shuffle=split == "train")
-        loaders[split] = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), sampler=sampler,
-                                    batch_size=int(config["batch_size"]) if split == "train" else 128)
+    loaders = array_loaders(data, int(config["seed"]), int(config["batch_size"]), eval_batch_size=128)
     model = AttentionBLSTM(data["train"][0].shape[-1], len(classes), hidden=int(config["hidden"]),
                            dropout=float(config["dropout"]))
     optimizer = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
     weights = class_weights(data["train"][1], len(classes)) if config.get("class_weights") else None
-
-    def step(model, batch, device):
-        x, y = (t.to(device, non_blocking=True) for t in batch)
-        logits = model(x)
-        return torch.nn.functional.cross_entropy(logits, y, weight=weights.to(device) if weights is not None
-                                                 else None), logits, y
+    step = classification_step(weights)
 
     setup = TrainSetup(model=model, optimizer=optimizer, loaders=loaders, step=step, class_names=classes,
                        epochs=int(config["epochs"]), grad_clip=config.get("grad_clip"), info=info,
@@ -224,41 +185,21 @@ def prepare(config: dict, opts) -> dict:
     with its frame46 features in the cache."""
     import pandas as pd
 
-    from .core.paths import emosweep_home
-    from .data.corpora import read_corpus
     from .data.features import STAGES
-    from .data.manifest import assign_splits
-    from .data.pipeline import prepare as prepare_media
-    from .data.synth import ensure_generated
 
     config = dict(config)
     chosen = [a.strip() for a in (getattr(opts, "arms", None) or "").split(",") if a.strip()]
     arms = {a: ARMS[a] for a in chosen if a in ARMS} or ARMS
-    stage_params = STAGES["frame46"].params({})
-    config["stage_params"] = stage_params
+    config["stage_params"] = STAGES["frame46"].params({})
     tables, dirs, sources, prints = [], {}, {}, []
     for corpus in corpora_needed(arms):
-        root = getattr(opts, corpus, None) or config.get(f"{corpus}_dir")
-        if root:
-            sources[corpus] = os.path.abspath(root)
-        else:
-            root = ensure_generated(emosweep_home() / "data", corpus, int(config["synth_n"]), int(config["seed"]))
-            sources[corpus] = f"generated {corpus} look-alike, {config['synth_n']} clips, seed {config['seed']}"
-        manifest = read_corpus(corpus, root)
-        if manifest.items.empty:
-            raise SystemExit(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
-        manifest.items = assign_splits(manifest.items, int(config["seed"]), by_speaker=True)
-        result = prepare_media(manifest, {"frame46": {}}, progress=False)
-        print(f"[emosweep] {corpus}: {result.summary()}")
-        bad = set(result.errors["path"])
-        usable = manifest.items[~manifest.items["path"].isin(bad)]
-        dirs[corpus] = result.stages["frame46"].dir
-        config["cache_fs"] = result.fs_uri
-        prints.append(f"{corpus}-{manifest.fingerprint()}")
-        tables.append(pd.DataFrame({"uid": corpus + "/" + usable["uid"], "corpus": corpus,
-                                    "label": usable["label"].map(CANONICAL), "split": usable["split"],
-                                    "speaker": usable["speaker"]}))
-    config.update(frames_dirs=dirs, data_sources=sources,
+        root, sources[corpus] = corpus_root(config, corpus, getattr(opts, corpus, None) or config.get(f"{corpus}_dir"))
+        table, dirs[corpus], config["cache_fs"], fingerprint = prepare_corpus(
+            corpus, root, {"frame46": {}}, int(config["seed"]), by_speaker=True)
+        table["label"] = table["label"].map(CANONICAL)
+        tables.append(table)
+        prints.append(f"{corpus}-{fingerprint}")
+    config.update(stage_dirs=dirs, data_sources=sources,
                   dataset_fingerprint=hashlib.sha256("|".join(prints).encode()).hexdigest()[:12])
     return write_items(config, pd.concat(tables, ignore_index=True), f"blstm-{config['dataset_fingerprint']}")
 
@@ -271,7 +212,7 @@ def describe(config: dict) -> dict:
     counts = rows.groupby(["corpus", "label", "split"]).size().unstack(fill_value=0).reindex(
         columns=["train", "val", "test"])
     pairs = "\n".join(f"| {a} → {b} | {', '.join(c)} |" for (a, b), c in CLASS_MAP.items()
-                      if a in config["frames_dirs"] and b in config["frames_dirs"])
+                      if a in config["stage_dirs"] and b in config["stage_dirs"])
     sources = "\n".join(f"- {c}: {s}" for c, s in config["data_sources"].items())
     text = (f"# Corpora as used\n\n{sources}\n\nSplits keep every speaker in one split.\n\n{counts.to_markdown()}\n\n"
             f"## Class map (cross-corpus arms train and test on the shared classes)\n\n| train → test | classes |\n"

@@ -239,6 +239,29 @@ def run_data_parallel(worker_fn: Callable, config: dict, tracking: TrackingConte
     trainer.fit()
 
 
+def array_loaders(data: dict, seed: int, batch_size: int, eval_batch_size: int = 256) -> dict:
+    """split → DataLoader over in-memory arrays ({split: (X, y)}, numpy): the training split
+    shuffled per (seed, epoch), the others in order."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loaders = {}
+    for split, (x, y) in data.items():
+        sampler = EpochShardSampler(len(y), seed, shuffle=split == "train")
+        loaders[split] = DataLoader(TensorDataset(torch.as_tensor(x), torch.as_tensor(y)), sampler=sampler,
+                                    batch_size=batch_size if split == "train" else eval_batch_size)
+    return loaders
+
+
+def classification_step(weights: torch.Tensor | None = None) -> StepFn:
+    """The step of a classifier on (inputs, labels) batches: cross-entropy, optionally class-weighted."""
+    def step(model, batch, device):
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits, y, weight=None if weights is None else weights.to(device)), \
+            logits, y
+    return step
+
+
 def class_weights(labels, n_classes: int) -> torch.Tensor:
     """Loss weights ∝ 1 / class frequency, scaled to average 1 over the training items; a
     class absent from training gets weight 0."""

@@ -36,8 +36,11 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
 
     steps = getattr(estimator, "named_steps", {"model": estimator}).values()
     n_params = int(sum(np.size(step.coef_) + np.size(getattr(step, "intercept_", 0)) for step in steps
-                       if hasattr(step, "coef_")))
-    metrics = {"epoch": 1, "fitted_once": 1, "train_acc": scores["train"]["acc"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
+                       if hasattr(step, "coef_"))
+                   + sum(sum(np.size(a) for a in step.coefs_ + step.intercepts_) for step in steps
+                         if hasattr(step, "coefs_")))  # an MLPClassifier's layers
+    iterations = [int(np.max(step.n_iter_)) for step in steps if hasattr(step, "n_iter_")]
+    metrics = {"epoch": 1, "fitted_once": 1, **({"solver_iterations": iterations[-1]} if iterations else {}), "train_acc": scores["train"]["acc"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
                "best_val_acc": val["acc"], "best_epoch": 1, "test_acc": test["acc"], "test_macro_f1": test["macro_f1"],
                "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
                **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
@@ -63,3 +66,25 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
             shutil.rmtree(art_dir, ignore_errors=True)
     session.report(metrics, None)
     return metrics
+
+
+def fit_floor(config: dict, data: dict, class_names: list, tracking: TrackingContext | None, run_name: str,
+              tags: dict, info: dict | None = None, session: LocalSession | None = None) -> dict:
+    """The hand-made-feature studies' floor: a standardized logistic regression (C =
+    config["floor_c"]) on `data` (split → (X, y); each clip's mean and standard deviation of
+    the study's frame features), the simplest fair baseline on the same split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    estimator = make_pipeline(StandardScaler(), LogisticRegression(C=float(config.get("floor_c", 1.0)), max_iter=2000,
+                                                                   random_state=int(config["seed"])))
+    return fit_estimator(config, estimator, data, class_names, tracking, run_name, tags, info, session)
+
+
+def mean_and_std(frames):
+    """The floor's features: each clip's mean and standard deviation over time of its frame
+    features; frames: a list of (time, features) arrays."""
+    import numpy as np
+
+    return np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in frames])

@@ -98,6 +98,13 @@ def mfcc_mean(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels):
     return {"mfcc_mean": _mfcc(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels).mean(axis=1)}
 
 
+def mfcc_stats(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels):
+    """S5 speaker ID: the mean MFCC vector over time, then the standard deviation (2·n_mfcc);
+    the means are (b)'s features, the whole is its floor's."""
+    m = _mfcc(wave, sr, n_mfcc, frame_ms, hop_ms, n_mels)
+    return {"mfcc_stats": np.concatenate([m.mean(axis=1), m.std(axis=1)])}
+
+
 def frame46(wave, sr, seconds, hop_length, n_fft):
     """S4: 46 features per frame (5 s at 16 kHz, hop 512 → 157 frames): spectral centroid,
     contrast (first band), bandwidth, rolloff, zero-crossing rate, RMS, 20 MFCC, 20 MFCC deltas."""
@@ -151,6 +158,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "MFCC + deltas + delta-deltas (S5 AudioMNIST)"),
     AudioStage("mfcc_mean", 1, mfcc_mean, {"n_mfcc": 13, "frame_ms": 25, "hop_ms": 10, "n_mels": 40},
           "mean MFCC vector (S5)"),
+    AudioStage("mfcc_stats", 1, mfcc_stats, {"n_mfcc": 13, "frame_ms": 25, "hop_ms": 10, "n_mels": 40},
+          "mean then standard deviation of each MFCC over time (S5 speaker ID)"),
     AudioStage("frame46", 1, frame46, {"seconds": 5.0, "hop_length": 512, "n_fft": 2048},
           "46 features per frame, 157 frames for 5 s (S4)"),
     AudioStage("spectral_stats", 1, spectral_stats, {"n_fft": 2048, "hop_length": 512},

@@ -196,8 +196,10 @@ class PrepareResult:
             lines.append(f"  {s.key}: {s.computed} computed, {s.cached} from cache → {s.dir}")
         if len(self.errors):
             lines.append("  errors by reason:")
-            for (stage, reason), n in self.errors.groupby(["stage", "reason"]).size().items():
-                lines.append(f"    {n:5d}  {stage}: {reason}")
+            for (stage, reason), group in self.errors.groupby(["stage", "reason"]):
+                names = ", ".join(os.path.basename(str(p)) for p in group["path"].head(3))
+                more = f" and {len(group) - 3} more" if len(group) > 3 else ""
+                lines.append(f"    {len(group):5d}  {stage}: {reason} ({names}{more})")
             lines.append(f"  full list: {self.corpus_dir}/errors.csv")
         return "\n".join(lines)
 

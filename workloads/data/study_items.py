@@ -48,3 +48,69 @@ def _read_items(fs_uri: str, path: str) -> dict:
     columns = [c for c in frame.columns if c != "uid"]
     return {uid: {c: (int(v) if c == "y" else v) for c, v in zip(columns, values)}
             for uid, *values in frame[["uid", *columns]].itertuples(index=False)}
+
+
+def corpus_root(config: dict, corpus: str, given: str | None, **options) -> tuple[str, str]:
+    """(folder, source line for the reports): `given` when set, else the look-alike of
+    (synth_n, seed, options for the generator) under $EMOSWEEP_HOME/data, generated once."""
+    import os
+
+    from ..core.paths import emosweep_home
+    from .synth import ensure_generated
+
+    if given:
+        return os.path.abspath(given), os.path.abspath(given)
+    n, seed = int(config["synth_n"]), int(config["seed"])
+    root = ensure_generated(emosweep_home() / "data", corpus, n, seed, **options)
+    return str(root), f"generated {corpus} look-alike, {n} clips, seed {seed}"
+
+
+def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: bool,
+                   fractions=(0.8, 0.1, 0.1)) -> tuple[pd.DataFrame, dict, str, str]:
+    """Driver side, for the hand-made-feature studies: read `corpus` in its native layout,
+    split it from `seed`, compute `stages` ({name: params}) with the media pipeline (cached).
+    Every file the reader or the decoder could not use is reported in the summary line and
+    left out. Returns (usable items: uid as `corpus/uid`, corpus, label, split, speaker;
+    {stage: cache folder}; the cache's filesystem URI; the corpus fingerprint)."""
+    from .corpora import read_corpus
+    from .manifest import assign_splits
+    from .pipeline import prepare as prepare_media
+
+    manifest = read_corpus(corpus, root)
+    if manifest.items.empty:
+        raise SystemExit(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
+    manifest.items = assign_splits(manifest.items, seed, fractions=fractions, by_speaker=by_speaker)
+    result = prepare_media(manifest, stages, progress=False)
+    print(f"[emosweep] {corpus}: {result.summary()}", flush=True)
+    usable = manifest.items[~manifest.items["path"].isin(set(result.errors["path"]))]
+    table = pd.DataFrame({"uid": corpus + "/" + usable["uid"], "corpus": corpus, "label": usable["label"],
+                          "split": usable["split"], "speaker": usable["speaker"]})
+    return (table.reset_index(drop=True), {name: s.dir for name, s in result.stages.items()}, result.fs_uri,
+            manifest.fingerprint())
+
+
+def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict,
+                 feature: str | None = None) -> dict:
+    """Trial side: split → (list of arrays, int64 labels) of one cached stage, for the items the
+    driver wrote whose label is one of `classes` (label index = position). corpus_of_split:
+    split → the corpus it is read from (config["stage_dirs"][corpus][stage])."""
+    import numpy as np
+
+    from .pipeline import read_stage
+
+    index = {c: i for i, c in enumerate(classes)}
+    items = study_items(config)
+    out = {}
+    for split, corpus in corpus_of_split.items():
+        frame, arrays = read_stage(config["cache_fs"], config["stage_dirs"][corpus][stage], feature)
+        xs, ys = [], []
+        for i, uid in enumerate(frame["uid"]):
+            row = items.get(f"{corpus}/{uid}")
+            if row is None or row["split"] != split or row["label"] not in index:
+                continue
+            xs.append(np.asarray(arrays[i], dtype=np.float32))
+            ys.append(index[row["label"]])
+        if not ys:
+            raise ValueError(f"{corpus}: no {split} clips of the classes {classes}")
+        out[split] = (xs, np.asarray(ys, dtype=np.int64))
+    return out

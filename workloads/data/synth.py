@@ -183,11 +183,13 @@ def _uttered(rng, classes, weights, n):
 
 # --- corpora -----------------------------------------------------------------------------
 def _file_corpus(out: Path, corpus: str, seed: int, n: int, with_faults: bool, classes, weights, n_speakers: int,
-                 sr: int, seconds, name_of, misnamed: str, uid_root: str = "") -> None:
+                 sr: int, seconds, name_of, misnamed: str, uid_root: str = "", corrupt: tuple = ()) -> None:
     """The body of every corpus labelled by file or folder name: name_of(label index,
     speaker, counter) → relative path. With faults, plants the five bad media under names
     of the corpus and one good clip under `misnamed`, a name the reader cannot label.
-    Uids are paths relative to `uid_root` (the folder the reader takes as the root)."""
+    `corrupt`: relative paths that are always written unreadable, as in the real release
+    (GTZAN's jazz.00054.wav). Uids are paths relative to `uid_root` (the folder the reader
+    takes as the root)."""
     rng = np.random.default_rng(seed)
     voices = class_voices(len(classes), seed + 1)
     speakers = [speaker_traits(rng) for _ in range(n_speakers)]
@@ -200,6 +202,10 @@ def _file_corpus(out: Path, corpus: str, seed: int, n: int, with_faults: bool, c
         write_wav(out / rel, synthesize(voices[c], speakers[spk], dur, sr, rng), sr)
         good.append(os.path.relpath(rel, uid_root) if uid_root else rel)
     faults = Faults(out)
+    for rel in corrupt:
+        faults.unreadable(out / rel, rng)
+        uid = os.path.relpath(rel, uid_root) if uid_root else rel
+        good = [g for g in good if g != uid]
     if with_faults:
         def spare() -> Path:
             return out / name_of(0, 0, 900 + len(faults.planted))
@@ -248,11 +254,14 @@ def gen_audiomnist(out: Path, n: int, seed: int, with_faults: bool):
                  48000, (0.4, 0.8), name, misnamed="data/01/one_01_0.wav")
 
 
-def gen_gtzan(out: Path, n: int, seed: int, with_faults: bool, seconds: float = 3.0):
+def gen_gtzan(out: Path, n: int, seed: int, with_faults: bool, seconds: float = 3.0, corrupt_file: bool = False):
+    """GTZAN's layout; with corrupt_file, its one corrupt file (jazz.00054.wav) in place, as in
+    the real archive."""
     def name(c, spk, k):
         return f"genres_original/{GTZAN_GENRES[c]}/{GTZAN_GENRES[c]}.{k - 1:05d}.wav"
     _file_corpus(out, "gtzan", seed, n, with_faults, GTZAN_GENRES, [1] * 10, 1, 22050, seconds, name,
-                 misnamed="genres_original/stray.wav", uid_root="genres_original")
+                 misnamed="genres_original/stray.wav", uid_root="genres_original",
+                 corrupt=("genres_original/jazz/jazz.00054.wav",) if corrupt_file else ())
 
 
 def gen_speakers(out: Path, n: int, seed: int, with_faults: bool, n_speakers: int = 5):

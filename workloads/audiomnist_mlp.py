@@ -1,0 +1,121 @@
+"""S5, AudioMNIST: the report's MLPs on MFCC features, read against a plain scikit-learn MLP and
+a floor.
+
+Features come from one cached stage, `mfcc` (12 MFCC, 25 ms frames, 10 ms hop, 24 mel filters,
+with first and second deltas: 36 × frames per clip):
+  - `deltas`: the 36 × frames matrix, time-major, zero-padded to the longest clip of the corpus
+    and flattened (the report's features (a));
+  - `mean`: the mean of the 12 MFCC over time (the report's features (b)).
+Inputs are standardized with the training split's statistics.
+
+Arms: the report's four layouts (models/classic.py LAYOUTS) × activation (bipolar sigmoid,
+ReLU) × features, each a PyTorch MLP with Xavier init trained by Adam with early stopping on
+validation loss; `sklearn_mlp`, scikit-learn's MLPClassifier (one hidden layer of (in+out)/2,
+ReLU, its defaults) on the same standardized MFCC + deltas, the reference the report's MLP must
+beat; and `floor`, a standardized logistic regression on each clip's mean and standard deviation
+of the 36 frame features.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import classic_audio
+from .core.seeding import seed_everything
+from .models.classic import LAYOUTS, MLP, hidden_sizes
+
+if TYPE_CHECKING:
+    from .core.tracking import TrackingContext
+
+WORKLOAD = "audiomnist_mlp"
+STAGE = "mfcc"
+N_MFCC = 12
+FEATURES = ("deltas", "mean")
+ACTIVATION_NAMES = {"relu": "relu", "bipolar": "bipolar_sigmoid"}
+
+
+def _reported(layout: str, activation: str, features: str) -> str:
+    """The report's test accuracy for an arm, where it gave one."""
+    if (layout, activation) == ("h1", "relu"):
+        return "0.9612" if features == "deltas" else "0.8017"
+    if layout != "h1" and features == "deltas":
+        return "0.60–0.65"  # "two hidden layers did worse"
+    return ""
+
+
+def _arms() -> dict:
+    arms = {}
+    for layout in LAYOUTS:
+        for short, activation in ACTIVATION_NAMES.items():
+            for features in FEATURES:
+                arms[f"{layout}_{short}_{features}"] = {
+                    "method": "mlp", "layout": layout, "activation": activation, "features": features,
+                    "model_id": f"MLP {layout}, {activation}", "report_test_acc": _reported(layout, activation, features)}
+    arms["sklearn_mlp"] = {"method": "sklearn_mlp", "layout": "h1", "activation": "relu", "features": "deltas",
+                           "model_id": "scikit-learn MLPClassifier", "report_test_acc": ""}
+    arms["floor"] = {"method": "floor", "layout": "", "activation": "", "features": "mean+std",
+                     "model_id": "logistic regression on clip mean + std", "report_test_acc": ""}
+    return arms
+
+
+ARMS = _arms()
+
+
+def features(frames: dict, kind: str) -> dict:
+    """split → (X, y) from split → (list of (36, frames) MFCC + delta arrays, y)."""
+    if kind == "mean":
+        return {s: (np.stack([m[:N_MFCC].mean(1) for m in xs]), y) for s, (xs, y) in frames.items()}
+    if kind == "mean+std":
+        from .core.sklearn_trial import mean_and_std
+
+        return {s: (mean_and_std([m.T for m in xs]), y) for s, (xs, y) in frames.items()}
+    if kind == "deltas":
+        longest = max(m.shape[1] for xs, _ in frames.values() for m in xs)
+
+        def flat(m):
+            out = np.zeros((longest, m.shape[0]), np.float32)
+            out[: m.shape[1]] = m.T
+            return out.reshape(-1)
+        return {s: (np.stack([flat(m) for m in xs]), y) for s, (xs, y) in frames.items()}
+    raise ValueError(f"unknown AudioMNIST features {kind!r}; choose from deltas, mean, mean+std")
+
+
+def run_name(config: dict) -> str:
+    if config["method"] == "mlp":
+        return f"{config['arm']} lr={config['lr']:.0e} bs={config['batch_size']}"
+    return config["arm"]
+
+
+def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict | None:
+    from .core.loop import configure_threads
+    from .core.sklearn_trial import fit_estimator, fit_floor
+
+    configure_threads()
+    seed_everything(int(config["seed"]))
+    classes = list(config["classes"])
+    data = features(classic_audio.load(config, STAGE), config["features"])
+    info = {**classic_audio.info_of(data, classes), "n_inputs": data["train"][0].shape[1]}
+    tags = classic_audio.tags_of(config, WORKLOAD)
+    if config["method"] == "floor":
+        metrics = fit_floor(config, data, classes, tracking, run_name(config), tags, info, session)
+        return {"best": metrics} if session is not None else None
+    data = classic_audio.standardize(data)
+    n_in = data["train"][0].shape[1]
+    info.update({f"hidden_{i + 1}": size for i, size in enumerate(hidden_sizes(config["layout"], n_in, len(classes)))})
+    if config["method"] == "sklearn_mlp":
+        from sklearn.neural_network import MLPClassifier
+
+        estimator = MLPClassifier(hidden_layer_sizes=tuple(hidden_sizes("h1", n_in, len(classes))), activation="relu",
+                                  random_state=int(config["seed"]), max_iter=int(config["sklearn_max_iter"]))
+        metrics = fit_estimator(config, estimator, data, classes, tracking, run_name(config), tags, info, session)
+        return {"best": metrics} if session is not None else None
+    model = MLP(n_in, len(classes), config["layout"], config["activation"], dropout=float(config["dropout"]))
+    return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config), tags, info)
+
+
+def prepare(config: dict, opts) -> dict:
+    return classic_audio.prepare_single(config, "audiomnist", {STAGE: {}}, WORKLOAD)
+
+
+describe = classic_audio.describe
