@@ -27,11 +27,12 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from workloads.core.config import parse_value
+from workloads.core.console import quiet_logs, restore_logs
 from workloads.core.paths import emosweep_home
 from workloads.core.storage import filesystem
 from workloads.core.seeding import derive_seed
-from workloads.core.tracking import (MlflowServer, TrackingContext, fail_fast_requests, find_child_run, git_commit,
-                                     port_free, share_sweep_view, start_parent_run)
+from workloads.core.tracking import (SharedServer, TrackingContext, fail_fast_requests, find_child_run, git_commit,
+                                     share_sweep_view, start_parent_run)
 
 STATE_FILE = "emosweep.json"  # beside Tune's own state in the experiment folder
 RESULT_COLUMNS = ["epochs_done", "best_epoch", "best_val_acc", "test_acc", "test_macro_f1",
@@ -214,7 +215,9 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    help="resume an interrupted sweep: its name, its folder, or the latest of this study")
     p.add_argument("--results-out", help="results table CSV path (a .md is written beside it)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    p.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2],
+                   help="0: a progress bar and emosweep's summary, the libraries' logs to a file; 1: Ray's and "
+                        "Tune's output and the trials' own output here too; 2: Tune's most detailed status")
     return p
 
 
@@ -427,15 +430,54 @@ def warn_if_unreachable(uri: str) -> None:
               f"EMOSWEEP_TRACKING_URI.", file=sys.stderr)
 
 
-def _init_ray(address: str | None):
+def _init_ray(address: str | None, quiet: bool = False):
+    """Start or join Ray. Quiet: the workers' output stays in Ray's session logs."""
     import ray
 
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=not quiet)
     else:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, log_to_driver=not quiet)
+
+
+class TrialProgress(tune.Callback):
+    """The quiet terminal's view of a sweep: one bar over its trials, with the best result so
+    far. Tune pickles callbacks with the sweep's state, so the bar is made when first needed."""
+
+    def __init__(self, total: int, metric: str, mode: str):
+        self.total, self.metric, self.mode = total, metric, mode
+        self.best, self.errors, self._bar = None, 0, None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_bar": None}
+
+    def bar(self):
+        if self._bar is None:
+            from workloads.core.console import progress_bar
+
+            self._bar = progress_bar(self.total, "trials", "trial")
+        return self._bar
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and (self.best is None or (value > self.best) == (self.mode == "max")):
+            self.best = value
+        running = sum(t.status == "RUNNING" for t in trials)
+        self.bar().set_postfix_str(f"running {running}, best {self.metric} {self.best:.4g}"
+                                   + (f", {self.errors} failed" if self.errors else ""), refresh=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.bar().update(1)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.errors += 1
+        self.bar().update(1)
+
+    def on_experiment_end(self, trials, **info):
+        if self._bar is not None:
+            self._bar.close()
 
 
 def run_study(study: Study, opts) -> pd.DataFrame:
@@ -462,13 +504,16 @@ def run_study(study: Study, opts) -> pd.DataFrame:
 
     # The MLflow server boots while Ray starts.
     server = None
-    if not opts.tracking_uri:
-        port = state.get("mlflow_port")
-        server = MlflowServer(home / "mlflow", port=port if port and port_free(port) else None).start()
+    if not opts.tracking_uri:  # this machine's shared server, started if none runs (a resumed sweep asks for its old port)
+        server = SharedServer(home / "mlflow", port=state.get("mlflow_port")).acquire()
     timings = {}
     try:
         t = time.perf_counter()
-        _init_ray(opts.address)
+        if opts.verbose == 0:
+            log = quiet_logs(home / "logs", study.name)
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's older reporter prints nothing at verbose 0
+            print(f"[emosweep] Ray, Tune and MLflow logs go to {log} (--verbose 1 shows them here)", flush=True)
+        _init_ray(opts.address, quiet=opts.verbose == 0)
         timings["ray_init_s"] = time.perf_counter() - t
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         if not opts.resume:  # data checks and model resolution overlap the MLflow server's boot
@@ -556,12 +601,14 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                 tune_config=tune.TuneConfig(
                     metric=study.metric, mode=study.mode, search_alg=searcher, scheduler=sched,
                     num_samples=len(arms) * samples, max_concurrent_trials=opts.max_concurrent,
-                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=name, storage_path=storage.root, verbose=opts.verbose,
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[ChildRunStatus(tracking.experiment_id, tracking.parent_run_id)]),
+                    callbacks=[ChildRunStatus(tracking.experiment_id, tracking.parent_run_id),
+                               *([TrialProgress(len(arms) * samples, study.metric, study.mode)]
+                                 if opts.verbose == 0 else [])]),
             )
         state["mlflow_port"] = server.port if server else state.get("mlflow_port")
         storage.write_text(f"{name}/{STATE_FILE}", json.dumps(state, indent=2, default=str))
@@ -614,14 +661,15 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         if state.get("mlflow_view"):
             print(f"  the trials, best first: {state['mlflow_view']}")
         if server is not None:
-            print(f"  browse later: mlflow ui --backend-store-uri sqlite:///{server.root / 'mlflow.db'}"
-                  f" --artifacts-destination {server.root / 'mlartifacts'}")
+            print(f"  the server stays up {server.idle_s / 60:.0f} min after its last use (`emosweep tracking` "
+                  f"shows or stops it); it serves every sweep of {home}")
         print("driver timings: " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
         table.attrs.update(timings=timings, experiment_dir=storage.path(name), tracking_uri=uri, parent_run_id=run_id)
         return table
     finally:
         if server is not None:
-            server.stop(wait=False)
+            server.release()
+        restore_logs()
 
 
 def main(study: Study, argv: list[str] | None = None) -> pd.DataFrame:

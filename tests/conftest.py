@@ -12,10 +12,14 @@ def emosweep_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("emosweep_home")
     os.environ["EMOSWEEP_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+    os.environ["EMOSWEEP_MLFLOW_IDLE_S"] = "10"  # a shared server a test started does not outlive the session long
     yield home
     import ray
 
+    from workloads.core.mlflow_server import SharedServer
+
     ray.shutdown()
+    SharedServer(home / "mlflow").stop()
 
 
 @pytest.fixture(scope="module")

@@ -78,3 +78,33 @@ def test_an_unrecoverable_outage_is_reported_not_hidden(tmp_path):
     _save_unlogged(run, history)  # outside a Tune trial it lands beside the trial's artifacts
     saved = json.loads((tmp_path / "mlflow_unlogged.json").read_text())
     assert [h["epoch"] for h in saved["epochs"]] == [1, 2] and saved["error"] == run.last_error
+
+
+def test_shared_server_is_reused_and_stops_once_unused(tmp_path):
+    """Sweeps, the demo and predict share one server per $EMOSWEEP_HOME: a second user gets the
+    running one; a holder that died holds nothing; the keeper stops it once nobody holds it."""
+    import json
+    import urllib.request
+
+    from workloads.core.mlflow_server import SharedServer
+
+    first = SharedServer(tmp_path / "mlflow", idle_s=2).acquire().wait_ready()
+    second = SharedServer(tmp_path / "mlflow", idle_s=2).acquire().wait_ready()
+    assert not first.reused and second.reused and second.uri == first.uri
+    info = json.loads((tmp_path / "mlflow" / "server.json").read_text())
+    assert info["uri"] == first.uri
+    (tmp_path / "mlflow" / "leases" / "4194999").touch()  # a pid no process has: its holder died
+    time.sleep(4)  # longer than idle_s: our own lease still holds it
+    urllib.request.urlopen(f"{first.uri}/health", timeout=5).read()
+    assert not (tmp_path / "mlflow" / "leases" / "4194999").exists()  # the dead holder's lease is cleared
+    first.release()
+    deadline = time.time() + 60
+    while first.running() is not None and time.time() < deadline:
+        time.sleep(0.5)
+    assert first.running() is None and not (tmp_path / "mlflow" / "server.json").exists()
+    try:
+        urllib.request.urlopen(f"{first.uri}/health", timeout=2)
+        stopped = False
+    except OSError:
+        stopped = True
+    assert stopped, "the server outlived its keeper"

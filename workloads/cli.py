@@ -7,6 +7,7 @@
     emosweep demo [--run-id RUN]     the fusion study's best model in a web page (Gradio)
     emosweep predict FILE --run-id RUN
                                      the top-2 emotions of an audio file, from a trial's model
+    emosweep tracking [--stop]       where this machine's shared MLflow server listens; stop it
 """
 from __future__ import annotations
 
@@ -45,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
 
     demo.add_parser(sub)
     predict.add_parser(sub)
+    tracking = sub.add_parser("tracking", help="the MLflow server the sweeps of $EMOSWEEP_HOME share")
+    tracking.add_argument("--stop", action="store_true", help="stop it now")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "tracking":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return tracking_command(args)
     if args.command == "data":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -67,6 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     from sweeps.runner import main as run_main
 
     run_main(studies[args.study][1], rest)
+    return 0
+
+
+def tracking_command(args) -> int:
+    from workloads.core.mlflow_server import SharedServer
+    from workloads.core.paths import emosweep_home
+
+    server = SharedServer(emosweep_home() / "mlflow")
+    info = server.running()
+    if info is None:
+        print(f"no MLflow server runs for {server.root}; the next sweep, demo or predict starts one")
+        return 0
+    if args.stop:
+        server.stop()
+        print(f"stopped the MLflow server at {info['uri']}")
+        return 0
+    holders = [p.name for p in (server.root / "leases").glob("*")]
+    print(f"MLflow server at {info['uri']} (keeper pid {info['keeper_pid']}, store {server.root}); "
+          f"in use by {len(holders)} process(es); it stops {float(info.get('idle_s', server.idle_s)) / 60:.0f} min "
+          f"after its last use")
     return 0
 
 

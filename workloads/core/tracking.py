@@ -2,25 +2,25 @@
 
 Concurrent trials write to MLflow at the same time. A bare SQLite file written by several
 processes loses metrics ("database is locked"), so every write goes through one
-`mlflow server` on loopback, which owns the SQLite database and the artifact store. The
-runner starts it when no --tracking-uri is given; on a cluster the head node runs it.
+`mlflow server` on loopback, which owns the SQLite database and the artifact store. When no
+--tracking-uri is given, sweeps share one server per $EMOSWEEP_HOME (`SharedServer`), started
+on first use and stopped after a while unused; on a cluster the head node runs it.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+
+from .mlflow_server import MlflowServer, SharedServer, free_port, port_free  # noqa: F401 (the tracking API)
 
 # Tag keys are plain words so that they read well as columns in the MLflow UI.
 TAG_TRIAL_ID = "trial_id"
@@ -38,102 +38,21 @@ def fail_fast_requests() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-class MlflowServer:
-    """A real `mlflow server` on a free loopback port, SQLite backend, proxied artifacts.
-
-    `start()` returns at once so the server boots while Ray starts; `wait_ready()` blocks
-    until its /health endpoint answers. Nothing listens beyond 127.0.0.1.
-    """
-
-    def __init__(self, root: str | os.PathLike, port: int | None = None):
-        self.root = Path(root).resolve()
-        self.port = port or free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self._proc: subprocess.Popen | None = None
-
-    def start(self) -> "MlflowServer":
-        self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "mlflow-server.log", "ab")
-        cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", str(self.root / "mlartifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]
-        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def wait_ready(self, timeout: float = 120.0) -> "MlflowServer":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with code {self._proc.returncode}; "
-                    f"see {self.root / 'mlflow-server.log'}"
-                )
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).read()
-                return self
-            except OSError:
-                time.sleep(0.25)
-        raise TimeoutError(f"mlflow server at {self.uri} not ready after {timeout:.0f}s")
-
-    def stop(self, wait: bool = True) -> None:
-        """SIGTERM to the server's whole process group: `mlflow server` runs uvicorn and a job
-        runner as children, and signalling only the parent leaves it waiting on them. With
-        wait=False the server finishes its shutdown on its own (every write is already
-        committed: SQLite commits per request)."""
-        if self._proc is not None and self._proc.poll() is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGTERM)
-                if not wait:
-                    self._proc = None
-                    return
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(timeout=5)
-            except ProcessLookupError:
-                pass
-        self._proc = None
-
-    def __enter__(self) -> "MlflowServer":
-        return self.start().wait_ready()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 @contextmanager
 def tracking_server(uri: str | None = None):
-    """The tracking URI to read from: `uri`, else $EMOSWEEP_TRACKING_URI, else a server started
-    on $EMOSWEEP_HOME/mlflow for the duration (what `emosweep demo` and `predict` read)."""
+    """The tracking URI to read from: `uri`, else $EMOSWEEP_TRACKING_URI, else the shared server
+    of $EMOSWEEP_HOME/mlflow, held for the duration (what `emosweep demo` and `predict` read)."""
     from .paths import emosweep_home
 
     uri = uri or os.environ.get("EMOSWEEP_TRACKING_URI")
     if uri:
         yield uri
         return
-    server = MlflowServer(emosweep_home() / "mlflow").start().wait_ready()
+    server = SharedServer(emosweep_home() / "mlflow").acquire().wait_ready()
     try:
         yield server.uri
     finally:
-        server.stop()
+        server.release()
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
@@ -334,3 +253,4 @@ class TrialRun:
                 return False
             time.sleep(interval_s)
         return True
+
