@@ -448,7 +448,7 @@ class TrialProgress(tune.Callback):
 
     def __init__(self, total: int, metric: str, mode: str):
         self.total, self.metric, self.mode = total, metric, mode
-        self.best, self.errors, self._bar = None, 0, None
+        self.best, self.errors, self.finished, self._bar = None, 0, 0, None
 
     def __getstate__(self):
         return {**self.__dict__, "_bar": None}
@@ -468,12 +468,24 @@ class TrialProgress(tune.Callback):
         self.bar().set_postfix_str(f"running {running}, best {self.metric} {self.best:.4g}"
                                    + (f", {self.errors} failed" if self.errors else ""), refresh=True)
 
+    def _done(self, trial, what: str) -> None:
+        bar = self.bar()
+        bar.update(1)
+        self.finished += 1
+        if bar.disable:  # no terminal (a log file, CI): one line per finished trial instead of a bar
+            result = trial.last_result or {}
+            value = result.get(self.metric)
+            shown = f", {self.metric} {value:.4g}" if isinstance(value, (int, float)) else ""
+            test = f", test_acc {result['test_acc']:.4g}" if isinstance(result.get("test_acc"), (int, float)) else ""
+            print(f"[emosweep] trial {self.finished}/{self.total} {what}: {trial.config.get('arm')} ({trial.trial_id}){shown}"
+                  f"{test}", flush=True)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.bar().update(1)
+        self._done(trial, "done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.errors += 1
-        self.bar().update(1)
+        self._done(trial, "failed")
 
     def on_experiment_end(self, trials, **info):
         if self._bar is not None:

@@ -1,15 +1,16 @@
 """S5. Speaker identification: logistic regression by SGD or by the sag solver, on spectral
 statistics or on 13 mean MFCCs, as scikit-learn estimators run as Tune trials.
 
-Arms: `sgd_spectral`, `sag_spectral` (mean spectral centroid, zero-crossing rate and RMS,
-standardized; the report: 66.5% / 71.6%), `sgd_mfcc`, `sag_mfcc` (13 mean MFCCs; the report:
-96.5% / 97.7%), and `floor`, a standardized logistic regression on the clip's mean and standard
+Arms: `sgd_spectral`, `sag_spectral` (mean spectral centroid, zero-crossing rate and RMS; the
+report: 66.5% / 71.6%), `sgd_mfcc`, `sag_mfcc` (13 mean MFCCs; the report: 96.5% / 97.7%), each
+standardized, and `floor`, a standardized logistic regression on the clip's mean and standard
 deviation of the 13 MFCC frames. Searched: the SGD's regularization `alpha`, the sag solver's `C`.
 Random split per speaker from the seed: 20% test (the report: 6000/1501), a tenth of the whole
 for validation. The corpus is one folder per speaker.
 
     python sweeps/speaker_id.py                              # generated look-alike (5 speakers, 600 clips)
-    python sweeps/speaker_id.py --data-dir SPEAKERS --full-data
+    python sweeps/speaker_id.py --data-dir SPEAKERS          # one folder per speaker
+    python sweeps/speaker_id.py --data-dir ../shared/data/ravdess   # RAVDESS's 24 actors as the speakers
     python sweeps/speaker_id.py --smoke --num-samples 4      # four trials per arm, about a minute
 """
 from ray import tune

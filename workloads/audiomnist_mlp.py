@@ -9,8 +9,8 @@ with first and second deltas: 36 × frames per clip):
 Inputs are standardized with the training split's statistics.
 
 Arms: the report's four layouts (models/classic.py LAYOUTS) × activation (bipolar sigmoid,
-ReLU) × features, each a PyTorch MLP with Xavier init trained by Adam with early stopping on
-validation loss; `sklearn_mlp`, scikit-learn's MLPClassifier (one hidden layer of (in+out)/2,
+ReLU) × features, each a PyTorch MLP with Xavier init trained by Adam until validation
+loss has not improved for `patience` epochs (at most 100: the small mean-MFCC nets need many); `sklearn_mlp`, scikit-learn's MLPClassifier (one hidden layer of (in+out)/2,
 ReLU, its defaults) on the same standardized MFCC + deltas, the reference the report's MLP must
 beat; and `floor`, a standardized logistic regression on each clip's mean and standard deviation
 of the 36 frame features.

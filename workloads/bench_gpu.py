@@ -12,7 +12,10 @@ S3 is multilingual-e5-small's shape with the vocabulary trimmed to FarsTail's 6,
 (24M parameters), random weights (speed does not depend on their values), pairs whose
 lengths follow FarsTail's (median 74 pieces, capped at 128), the workload's own step and
 optimizer; `--model DIR` times a real folder instead. FER is the four CNNs of S6 on 48×48
-grey faces. S1 is the fusion trial's step on cached prefix states (bench_s1). FLOPs per step are counted by torch's FlopCounterMode on the step itself.
+grey faces. S1 is the fusion trial's step on cached prefix states (bench_s1). S4 is the
+Attention_BLSTM on 157 × 46 frame features; S5 the AudioMNIST MLP (one hidden layer, real
+AudioMNIST's 101 frames × 36 MFCC + deltas in) and the GTZAN CNN on 128 × 128 log-mel images.
+FLOPs per step are counted by torch's FlopCounterMode on the step itself.
 """
 from __future__ import annotations
 
@@ -190,9 +193,40 @@ def bench_s1(fusion: str, batch: int, seconds: float, device: torch.device, prec
     return row
 
 
+def bench_small(name: str, batch: int, seconds: float, device: torch.device) -> dict:
+    """S4's and S5's trial step (the shared classification step, Adam) on random inputs of the
+    studies' shapes."""
+    from workloads.core.loop import classification_step
+    from workloads.models.blstm import AttentionBLSTM
+    from workloads.models.classic import MLP, GenreCNN
+
+    torch.manual_seed(0)
+    model, shape, workload = {
+        "blstm": (lambda: AttentionBLSTM(46, 8), (157, 46), "s4"),
+        "mlp_h1": (lambda: MLP(3636, 10, "h1", "relu"), (3636,), "s5"),
+        "gtzan_cnn": (lambda: GenreCNN(10), (1, 128, 128), "s5"),
+    }[name]
+    model = model().to(device).train()
+    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **kwargs)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 8 if name == "blstm" else 10, (batch,), device=device)
+    step_fn = classification_step()
+
+    def step():
+        loss, _, _ = step_fn(model, (x, y), device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return {"workload": workload, "model": name, "batch": batch, "precision": "fp32",
+            "optimizer": "Adam " + next(iter(kwargs)), "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            **time_steps(step, seconds, device, batch)}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", default="s3,fer,s1", help="comma-separated: s3, fer, s1")
+    p.add_argument("--workloads", default="s3,fer,s1,s4,s5", help="comma-separated: s3, fer, s1, s4, s5")
     p.add_argument("--s1-batch", default="4,64", help="S1 batch sizes (the report's is 4)")
     p.add_argument("--s1-fusions", default="concat,cross_attention")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per configuration")
@@ -228,6 +262,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for b in (int(x) for x in args.s1_batch.split(",")):
                     rows.append(bench_s1(fusion, b, args.seconds, device, precision))
                     _print(rows[-1])
+    for name, workload, batch in (("blstm", "s4", 32), ("mlp_h1", "s5", 64), ("gtzan_cnn", "s5", 32)):
+        if workload in wanted:
+            rows.append(bench_small(name, batch, args.seconds, device))
+            _print(rows[-1])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": where, "rows": rows}, f, indent=2)

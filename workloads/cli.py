@@ -134,6 +134,8 @@ def add_prepare_parser(sub) -> None:
                    help="seed of the stratified train/val/test split for corpora without an official one")
     p.add_argument("--by-speaker", action="store_true", help="speaker-independent split")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="Ray's own log lines on the terminal too (default: to a "
+                   "file under $EMOSWEEP_HOME/logs, whose path is printed when Ray starts)")
 
 
 def data_prepare(args) -> int:
@@ -154,21 +156,30 @@ def data_prepare(args) -> int:
             return 2
         stages[stage][key] = value
     print(manifest.summary())
-    if args.address:
-        import ray  # otherwise Ray starts only if something is left to compute
+    from workloads.core.console import quiet_logs, restore_logs, when_ray_starts
+    from workloads.core.paths import emosweep_home
 
-        ray.init(address=args.address, log_to_driver=False, ignore_reinit_error=True)
+    if not args.verbose:  # Ray, if it starts (a cache that holds everything never starts it), logs to a file
+        quiet_logs(emosweep_home() / "logs", "data-prepare", lazy=True)
     try:
-        result = prepare(manifest, stages, cache_dir=args.cache_dir, strict=args.strict,
-                         sr=args.sample_rate, shard_size=args.shard_size, progress=not args.no_progress)
-    except StrictModeError as e:
-        print(f"emosweep data prepare --strict: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:
-        print(f"emosweep data prepare: {e}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    return 0
+        if args.address:
+            import ray  # otherwise Ray starts only if something is left to compute
+
+            when_ray_starts()
+            ray.init(address=args.address, log_to_driver=False, ignore_reinit_error=True)
+        try:
+            result = prepare(manifest, stages, cache_dir=args.cache_dir, strict=args.strict,
+                             sr=args.sample_rate, shard_size=args.shard_size, progress=not args.no_progress)
+        except StrictModeError as e:
+            print(f"emosweep data prepare --strict: {e}", file=sys.stderr)
+            return 1
+        except ValueError as e:
+            print(f"emosweep data prepare: {e}", file=sys.stderr)
+            return 2
+        print(result.summary())
+        return 0
+    finally:
+        restore_logs()
 
 
 if __name__ == "__main__":

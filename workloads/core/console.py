@@ -15,12 +15,17 @@ NOISY = ("ray", "optuna", "mlflow", "alembic", "urllib3", "py.warnings", "filelo
 _QUIET: dict = {}
 
 
-def quiet_logs(folder: Path, name: str) -> Path:
+def quiet_logs(folder: Path, name: str, lazy: bool = False) -> Path | None:
     """Route the libraries' log records (and Python warnings) to `folder/name-<time>.log`, and
-    stop MLflow printing run links. Call after `import ray` (Ray sets its handlers on import).
-    Returns the log file's path; calling again returns the same file."""
+    stop MLflow printing run links. Call after `import ray` (Ray sets its handlers on import);
+    with lazy=True, only note the wish: `when_ray_starts()`, called where Ray is first imported,
+    applies it and says where the log goes (a run that never needs Ray never imports it).
+    Returns the log file's path (None while lazy); calling again returns the same file."""
     if "path" in _QUIET:
         return _QUIET["path"]
+    if lazy:
+        _QUIET["pending"] = (folder, name)
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -38,8 +43,17 @@ def quiet_logs(folder: Path, name: str) -> Path:
     return path
 
 
+def when_ray_starts() -> None:
+    """Apply a lazy quiet_logs, if one is pending, and print the log's path."""
+    pending = _QUIET.pop("pending", None)
+    if pending is not None:
+        path = quiet_logs(*pending)
+        print(f"[emosweep] Ray's log lines go to {path}", flush=True)
+
+
 def restore_logs() -> None:
     """Undo quiet_logs (tests and notebooks run several sweeps in one process)."""
+    _QUIET.pop("pending", None)
     if "path" not in _QUIET:
         return
     for logger, handlers, propagate in _QUIET.get("saved", []):

@@ -5,13 +5,16 @@ import textwrap
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, recall_score
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict:
     """Accuracy, unweighted accuracy (UAR), weighted and macro F1, per-class F1, the confusion matrix and the text report."""
     labels = list(range(len(class_names)))
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    # scikit-learn's metrics cost a second to import: paid by the first evaluation, not by every
+    # process that imports the loop (the sweep's driver among them)
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, recall_score
+
     per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     return {
         "acc": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,

@@ -53,7 +53,11 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "mlartifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]
-        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # MLflow 3's job runner (four huey consumers, for GenAI jobs emosweep never submits) costs
+        # two seconds of boot and four processes; it is off unless the environment asks for it
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION":
+               os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> "MlflowServer":

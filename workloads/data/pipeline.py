@@ -270,6 +270,9 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
     if need:
         import ray
 
+        from ..core.console import when_ray_starts
+
+        when_ray_starts()
         pending = items[items["uid"].isin(need)].copy()
         pending["need"] = [",".join(need[u]) for u in pending["uid"]]
         if not ray.is_initialized():
