@@ -438,7 +438,9 @@ def _init_ray(address: str | None, quiet: bool = False):
         return
     if address:
         ray.init(address=address, log_to_driver=not quiet)
-    else:
+    else:  # a local Ray started lean: no dashboard, no metrics exporter (nor its export errors), no usage report
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(include_dashboard=False, log_to_driver=not quiet)
 
 

@@ -44,6 +44,7 @@ def main(args) -> int:
         print(f"emosweep predict: {args.file}: no such file", file=sys.stderr)
         return 2
     fail_fast_requests()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the answer is the output
     with tracking_server(args.tracking_uri) as uri:
         try:
             model, run = load(uri, run_id=args.run_id)
