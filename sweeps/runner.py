@@ -66,6 +66,14 @@ class Study:
     extra_flags: dict = field(default_factory=dict)  # flag name → help: more string options (--text-model …)
 
 
+def arm_space(space: dict, arm: dict) -> dict:
+    """The part of the study's searched space an arm searches: all of it, or the keys its
+    `searched` entry lists (a solver's own knobs: SGD's alpha, not the sag solver's C)."""
+    if "searched" not in arm:
+        return space
+    return {k: v for k, v in space.items() if k in arm["searched"]}
+
+
 class ArmGridSearch(Searcher):
     """Every arm × `samples_per_arm` trials. Each arm has its own Optuna TPE sampler (seeded
     from the sweep seed and the arm name), because the best hyper-parameters of one arm say
@@ -80,15 +88,16 @@ class ArmGridSearch(Searcher):
         self.trial_arm: dict = {}
         self.seeds = {arm: derive_seed(seed, "optuna", arm) for arm in arms}
         self.searchers = {}
-        if space:
-            optuna_space = OptunaSearch.convert_search_space(dict(space))
-            for arm in arms:
-                # the reproduction point: the arm's own values (e.g. its dropout) over the defaults
-                config = self.arm_config(arm)
-                first = {k: config[k] for k in space if k in config}
-                self.searchers[arm] = OptunaSearch(space=optuna_space, metric=metric, mode=mode,
-                                                   points_to_evaluate=[first] if first else None,
-                                                   seed=self.seeds[arm])
+        for arm in arms:
+            own = arm_space(space, arms[arm])  # an arm may search only the knobs it uses
+            if not own:
+                continue
+            # the reproduction point: the arm's own values (e.g. its dropout) over the defaults
+            config = self.arm_config(arm)
+            first = {k: config[k] for k in own if k in config}
+            self.searchers[arm] = OptunaSearch(space=OptunaSearch.convert_search_space(dict(own)), metric=metric,
+                                               mode=mode, points_to_evaluate=[first] if first else None,
+                                               seed=self.seeds[arm])
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space is ours; Tune's param_space is empty
@@ -366,7 +375,9 @@ def results_table(study: Study, result_grid, arms: dict) -> pd.DataFrame:
     for result in result_grid:
         cfg, m = result.config or {}, result.metrics or {}
         row = {"arm": cfg.get("arm"), "trial": result.path and Path(result.path).name}
-        row.update({k: m.get(k, cfg.get(k)) for k in study.table_columns})  # what was used, else asked
+        unused = set(study.space) - set(arm_space(study.space, arms.get(cfg.get("arm"), {})))
+        # what was used, else asked; blank for a searched knob this arm does not use
+        row.update({k: None if k in unused else m.get(k, cfg.get(k)) for k in study.table_columns})
         row.update({
             "epochs_done": m.get("epoch", 0), "best_epoch": m.get("best_epoch"),
             "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"), "test_uar": m.get("test_uar"),

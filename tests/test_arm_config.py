@@ -28,3 +28,18 @@ def test_values_set_for_the_run_beat_the_arm_but_not_the_search():
     suggestions = _suggestions({"lr": 1e-3, "dropout": 0.25, "epochs": 6, "_over_arms": ["epochs", "lr"]})
     assert all(s["epochs"] == 6 for s in suggestions)  # e.g. the CPU subset's epochs, for every arm
     assert suggestions[0]["lr"] == 1e-3 and suggestions[2]["lr"] != 1e-3  # still searched after the first
+
+
+def test_an_arm_searches_only_the_knobs_it_names():
+    from sweeps.runner import arm_space
+
+    arms = {"sgd": {"searched": ("lr",)}, "fixed": {"searched": ()}, "all": {}}
+    search = ArmGridSearch(arms, SPACE, {"lr": 1e-3, "dropout": 0.25, "_over_arms": []}, samples_per_arm=2,
+                           metric="best_val_acc", mode="max", seed=0)
+    first = [search.suggest(f"t{i}") for i in range(3)]
+    second = [search.suggest(f"t{i}") for i in range(3, 6)]
+    by_arm = {s["arm"]: s for s in second}
+    assert by_arm["sgd"]["dropout"] == 0.25 and by_arm["sgd"]["lr"] != 1e-3  # lr searched, dropout left alone
+    assert by_arm["fixed"] == {**first[1], "arm": "fixed"}  # nothing searched: the defaults again
+    assert by_arm["all"]["lr"] != 1e-3
+    assert set(arm_space(SPACE, arms["sgd"])) == {"lr"} and arm_space(SPACE, arms["all"]) == SPACE

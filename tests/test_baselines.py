@@ -80,6 +80,9 @@ def test_speaker_id_estimators_are_logged_trials(speaker_sweep, mlflow_server):
     assert table.loc["sgd_mfcc", "total_params"] == (13 + 1) * 5
     assert table.loc["floor", "total_params"] == (26 + 1) * 5  # mean and std of 13 MFCC
     assert (table["test_acc"] > 0.4).all(), table["test_acc"]  # five voices; chance is 0.2
+    # each solver searches and shows its own knob only
+    assert table["alpha"].isna().tolist() == [False, True, False, True, True]
+    assert table["C"].isna().tolist() == [True, False, True, False, True]
     client = MlflowClient(mlflow_server.uri)
     runs = {r.data.tags["arm"]: r for r in child_runs(client, "test-speaker-id")}
     assert set(runs) == set(table.index)

@@ -53,9 +53,9 @@ def _arms() -> dict:
                     "method": "mlp", "layout": layout, "activation": activation, "features": features,
                     "model_id": f"MLP {layout}, {activation}", "report_test_acc": _reported(layout, activation, features)}
     arms["sklearn_mlp"] = {"method": "sklearn_mlp", "layout": "h1", "activation": "relu", "features": "deltas",
-                           "model_id": "scikit-learn MLPClassifier", "report_test_acc": ""}
+                           "model_id": "scikit-learn MLPClassifier", "report_test_acc": "", "searched": ()}
     arms["floor"] = {"method": "floor", "layout": "", "activation": "", "features": "mean+std",
-                     "model_id": "logistic regression on clip mean + std", "report_test_acc": ""}
+                     "model_id": "logistic regression on clip mean + std", "report_test_acc": "", "searched": ()}
     return arms
 
 

@@ -64,7 +64,7 @@ def arm_classes(config: dict) -> list[str]:
 
 def _arms() -> dict:
     blstm = {"method": "blstm", "model_id": "Attention_BLSTM (from scratch)"}
-    floor = {"method": "floor", "model_id": "logistic regression on clip mean + std"}
+    floor = {"method": "floor", "model_id": "logistic regression on clip mean + std", "searched": ()}
     within = {c: {"train_corpus": c, "test_corpus": c, **blstm} for c in CORPORA}
     cross = {f"{a}_to_{b}": {"train_corpus": a, "test_corpus": b, **blstm}
              for a, b in (("emodb", "ravdess"), ("ravdess", "emodb"), ("shemo", "ravdess"), ("ravdess", "shemo"))}

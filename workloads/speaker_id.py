@@ -27,10 +27,11 @@ REPORTED = {("sgd", "spectral"): "0.665", ("sag", "spectral"): "0.716", ("sgd", 
 SOLVERS = {"sgd": "SGD, log loss, constant lr 0.01", "sag": "logistic regression, sag solver"}
 ARMS = {
     **{f"{solver}_{features}": {"method": solver, "features": features, "standardize": True,
-                                "model_id": SOLVERS[solver], "report_test_acc": reported}
+                                "model_id": SOLVERS[solver], "report_test_acc": reported,
+                                "searched": ("alpha",) if solver == "sgd" else ("C",)}
        for (solver, features), reported in REPORTED.items()},
     "floor": {"method": "floor", "features": "mfcc mean+std", "standardize": True,
-              "model_id": "logistic regression on clip mean + std", "report_test_acc": ""},
+              "model_id": "logistic regression on clip mean + std", "report_test_acc": "", "searched": ()},
 }
 
 
