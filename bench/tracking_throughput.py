@@ -17,7 +17,7 @@ import time
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from workloads.core.tracking import MlflowServer
+from workloads.core.mlflow_server import MlflowServer
 
 
 def client_loop(uri: str, exp_id: str, stop: float, latencies: list) -> None:

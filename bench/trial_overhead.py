@@ -83,7 +83,7 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str, str]:
 def warm_sweep(sweep_cmd: list[str], env: dict, work: Path, threads: int) -> float:
     """(c): the cluster setting. A Ray head and an MLflow server are already running (started
     here, untimed), and the sweep joins them with --address and --tracking-uri."""
-    from workloads.core.tracking import MlflowServer, free_port
+    from workloads.core.mlflow_server import MlflowServer, free_port
 
     port = free_port()
     subprocess.run(["ray", "start", "--head", f"--port={port}", f"--num-cpus={threads}", "--include-dashboard=false"],

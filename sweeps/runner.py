@@ -31,7 +31,8 @@ from workloads.core.console import quiet_logs, restore_logs
 from workloads.core.paths import emosweep_home
 from workloads.core.storage import filesystem
 from workloads.core.seeding import derive_seed
-from workloads.core.tracking import (SharedServer, TrackingContext, fail_fast_requests, find_child_run, git_commit,
+from workloads.core.mlflow_server import SharedServer
+from workloads.core.tracking import (TrackingContext, fail_fast_requests, find_child_run, git_commit,
                                      share_sweep_view, start_parent_run)
 
 STATE_FILE = "emosweep.json"  # beside Tune's own state in the experiment folder
@@ -536,7 +537,6 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         t = time.perf_counter()
         if opts.verbose == 0:
             log = quiet_logs(home / "logs", study.name)
-            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's older reporter prints nothing at verbose 0
             print(f"[emosweep] Ray, Tune and MLflow logs go to {log} (--verbose 1 shows them here)", flush=True)
         _init_ray(opts.address, quiet=opts.verbose == 0)
         timings["ray_init_s"] = time.perf_counter() - t

@@ -36,7 +36,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    from workloads.core.tracking import MlflowServer
+    from workloads.core.mlflow_server import MlflowServer
 
     with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
         yield server

@@ -211,7 +211,7 @@ def test_demo_page_in_a_real_browser(fusion_sweep, mlflow_server, tmp_path):
 
     from browser import chromium, screenshot, wait_for
     from workloads import demo
-    from workloads.core.tracking import free_port
+    from workloads.core.mlflow_server import free_port
 
     _, runs = _runs_by_arm(MlflowClient(mlflow_server.uri))
     model, run = demo.load(mlflow_server.uri, EXPERIMENT, runs["late_concat"].info.run_id)

@@ -12,7 +12,8 @@ from mlflow_runs import child_runs
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
 from workloads.core.loop import _save_unlogged
-from workloads.core.tracking import MlflowServer, TrackingContext, TrialRun, free_port
+from workloads.core.mlflow_server import MlflowServer, free_port
+from workloads.core.tracking import TrackingContext, TrialRun
 
 EPOCHS = 5
 

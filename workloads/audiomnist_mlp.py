@@ -98,9 +98,8 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     info = {**classic_audio.info_of(data, classes), "n_inputs": data["train"][0].shape[1]}
     tags = classic_audio.tags_of(config, WORKLOAD)
     if config["method"] == "floor":
-        metrics = fit_floor(config, data, classes, tracking, run_name(config), tags, info, session)
-        return {"best": metrics} if session is not None else None
-    data = classic_audio.standardize(data)
+        return fit_floor(config, data, classes, tracking, run_name(config), tags, info, session)
+    data, _, _ = classic_audio.standardize(data)
     n_in = data["train"][0].shape[1]
     info.update({f"hidden_{i + 1}": size for i, size in enumerate(hidden_sizes(config["layout"], n_in, len(classes)))})
     if config["method"] == "sklearn_mlp":
@@ -108,8 +107,7 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
 
         estimator = MLPClassifier(hidden_layer_sizes=tuple(hidden_sizes("h1", n_in, len(classes))), activation="relu",
                                   random_state=int(config["seed"]), max_iter=int(config["sklearn_max_iter"]))
-        metrics = fit_estimator(config, estimator, data, classes, tracking, run_name(config), tags, info, session)
-        return {"best": metrics} if session is not None else None
+        return fit_estimator(config, estimator, data, classes, tracking, run_name(config), tags, info, session)
     model = MLP(n_in, len(classes), config["layout"], config["activation"], dropout=float(config["dropout"]))
     return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config), tags, info)
 

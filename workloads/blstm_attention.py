@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .core.loop import TrainSetup, array_loaders, class_weights, classification_step, fit
+from . import classic_audio
+from .core.loop import class_weights
 from .core.sklearn_trial import fit_floor, mean_and_std
 from .core.seeding import seed_everything
-from .data.study_items import corpus_root, prepare_corpus, stage_splits, study_items, write_items
+from .data.study_items import prepare_corpus, stage_splits, study_items, write_items
+from .data.synth import corpus_source
 from .models.blstm import AttentionBLSTM
 
 if TYPE_CHECKING:
@@ -83,16 +85,8 @@ ARMS = _arms()  # within each corpus, across corpora, and the floor of each corp
 def load_splits(config: dict) -> tuple[dict, list[str]]:
     """split → (features (N, T, F) float32, labels) for the arm, and its classes."""
     classes = arm_classes(config)
-    data = stage_splits(config, "frame46", classes, {"train": config["train_corpus"], "val": config["train_corpus"],
-                                                      "test": config["test_corpus"]})
-    return {split: (np.stack(xs), y) for split, (xs, y) in data.items()}, classes
-
-
-def standardize(data: dict) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Every split scaled by the training split's per-feature mean and standard deviation."""
-    train = data["train"][0].reshape(-1, data["train"][0].shape[-1])
-    mean, std = train.mean(0), train.std(0) + 1e-6
-    return {s: ((x - mean) / std, y) for s, (x, y) in data.items()}, mean, std
+    return stage_splits(config, "frame46", classes, {"train": config["train_corpus"], "val": config["train_corpus"],
+                                                     "test": config["test_corpus"]}, stack=True), classes
 
 
 # ----------------------------------------------------------------------------- the trainable
@@ -104,9 +98,8 @@ def run_name(config: dict) -> str:
 
 
 def tags_of(config: dict) -> dict:
-    return {"workload": WORKLOAD, "arm": config["arm"], "method": config["method"],
-            "train_corpus": config["train_corpus"], "test_corpus": config["test_corpus"],
-            "dataset_fingerprint": config["dataset_fingerprint"]}
+    return {**classic_audio.tags_of(config, WORKLOAD), "train_corpus": config["train_corpus"],
+            "test_corpus": config["test_corpus"]}
 
 
 def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict:
@@ -115,27 +108,18 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     configure_threads()
     seed_everything(int(config["seed"]))
     data, classes = load_splits(config)
-    info = {"classes": ",".join(classes), "n_classes": len(classes), "chance": 1 / len(classes),
-            "train_clips": len(data["train"][1]), "test_clips": len(data["test"][1])}
+    info = classic_audio.info_of(data, classes)
     if config["method"] == "floor":
         features = {s: (mean_and_std(x), y) for s, (x, y) in data.items()}
-        metrics = fit_floor(config, features, classes, tracking, run_name(config), tags_of(config), info, session)
-        return {"best": metrics} if session is not None else None
-    data, mean, std = standardize(data)
-    loaders = array_loaders(data, int(config["seed"]), int(config["batch_size"]), eval_batch_size=128)
+        return fit_floor(config, features, classes, tracking, run_name(config), tags_of(config), info, session)
+    data, mean, std = classic_audio.standardize(data)
     model = AttentionBLSTM(data["train"][0].shape[-1], len(classes), hidden=int(config["hidden"]),
                            dropout=float(config["dropout"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
     weights = class_weights(data["train"][1], len(classes)) if config.get("class_weights") else None
-    step = classification_step(weights)
-
-    setup = TrainSetup(model=model, optimizer=optimizer, loaders=loaders, step=step, class_names=classes,
-                       epochs=int(config["epochs"]), grad_clip=config.get("grad_clip"), info=info,
-                       tags=tags_of(config), patience=int(config["patience"]),
-                       export=(lambda best, run: export_model(config, classes, mean, std, best, run))
-                       if config.get("log_model", True) else None)
-    state = fit(config, setup, tracking, run_name(config), session)
-    return state if session is not None else None  # a dict returned to Tune would be read as a result
+    export = ((lambda best, run: export_model(config, classes, mean, std, best, run))
+              if config.get("log_model", True) else None)
+    return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config),
+                                       tags_of(config), info, weights=weights, export=export, eval_batch_size=128)
 
 
 def export_model(config: dict, classes: list, mean: np.ndarray, std: np.ndarray, best: dict, run) -> str | None:
@@ -193,7 +177,7 @@ def prepare(config: dict, opts) -> dict:
     config["stage_params"] = STAGES["frame46"].params({})
     tables, dirs, sources, prints = [], {}, {}, []
     for corpus in corpora_needed(arms):
-        root, sources[corpus] = corpus_root(config, corpus, getattr(opts, corpus, None) or config.get(f"{corpus}_dir"))
+        root, sources[corpus] = corpus_source(config, corpus, getattr(opts, corpus, None) or config.get(f"{corpus}_dir"))
         table, dirs[corpus], config["cache_fs"], fingerprint = prepare_corpus(
             corpus, root, {"frame46": {}}, int(config["seed"]), by_speaker=True)
         table["label"] = table["label"].map(CANONICAL)

@@ -1,4 +1,5 @@
-"""What S5's three studies share (AudioMNIST MLP, GTZAN CNN, speaker identification).
+"""What the hand-made-feature studies share: S5's three (AudioMNIST MLP, GTZAN CNN, speaker
+identification) and, for training and standardizing, S4's BLSTM.
 
 Driver side, once per sweep (`prepare_single`): one corpus, given with --data-dir or generated
 as a look-alike, read in its native layout, split at random per class from the seed (test 20%,
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data.study_items import corpus_root, prepare_corpus, stage_splits, study_items, write_items
+from .data.study_items import prepare_corpus, stage_splits, study_items, write_items
 
 if TYPE_CHECKING:
     from .core.tracking import TrackingContext
@@ -29,7 +30,9 @@ def prepare_single(config: dict, corpus: str, stages: dict, study: str, **genera
     """Driver side: the study's corpus, split and featurized; sets config's stage_dirs,
     cache_fs, classes, data_source, dataset_fingerprint and the items file."""
     config = dict(config)
-    root, config["data_source"] = corpus_root(config, corpus, config.get("data_dir"), **generator_options)
+    from .data.synth import corpus_source
+
+    root, config["data_source"] = corpus_source(config, corpus, config.get("data_dir"), **generator_options)
     table, dirs, config["cache_fs"], fingerprint = prepare_corpus(corpus, root, stages, int(config["seed"]),
                                                                   by_speaker=False, fractions=SPLIT)
     table["label"] = table["label"].astype(str)
@@ -38,17 +41,19 @@ def prepare_single(config: dict, corpus: str, stages: dict, study: str, **genera
     return write_items(config, table, f"{study}-{fingerprint}")
 
 
-def load(config: dict, stage: str) -> dict:
-    """split → (list of arrays, labels) of one stage of the study's corpus."""
+def load(config: dict, stage: str, stack: bool = False) -> dict:
+    """split → (arrays: a list, or stacked; labels) of one stage of the study's corpus."""
     corpus = config["corpus"]
-    return stage_splits(config, stage, list(config["classes"]), {s: corpus for s in ("train", "val", "test")})
+    return stage_splits(config, stage, list(config["classes"]), {s: corpus for s in ("train", "val", "test")},
+                        stack=stack)
 
 
-def standardize(data: dict) -> dict:
-    """Every split scaled per feature (last axis) by the training split's mean and standard deviation."""
+def standardize(data: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Every split scaled per feature (last axis) by the training split's mean and standard
+    deviation; with those statistics (a served model applies them too)."""
     train = data["train"][0].reshape(-1, data["train"][0].shape[-1])
     mean, std = train.mean(0), train.std(0) + 1e-6
-    return {s: (((x - mean) / std).astype(np.float32), y) for s, (x, y) in data.items()}
+    return {s: (((x - mean) / std).astype(np.float32), y) for s, (x, y) in data.items()}, mean, std
 
 
 def tags_of(config: dict, workload: str) -> dict:
@@ -62,19 +67,21 @@ def info_of(data: dict, classes: list) -> dict:
 
 
 def network_trial(config: dict, model, data: dict, classes: list, tracking: TrackingContext | None, session,
-                  run_name: str, tags: dict, info: dict) -> dict | None:
+                  run_name: str, tags: dict, info: dict, weights=None, export=None,
+                  eval_batch_size: int = 256) -> dict | None:
     """A PyTorch classifier on in-memory arrays (split → (X, y)), trained by the shared epoch
-    loop with Adam (lr, batch_size, epochs, patience from config)."""
+    loop with Adam (lr, batch_size, epochs, patience from config); `weights`: class weights of
+    the loss; `export`: TrainSetup.export (the best epoch as a logged model)."""
     import torch
 
     from .core.loop import TrainSetup, array_loaders, classification_step, fit
 
-    loaders = array_loaders(data, int(config["seed"]), int(config["batch_size"]))
+    loaders = array_loaders(data, int(config["seed"]), int(config["batch_size"]), eval_batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(config["lr"]))
     patience = config.get("patience")
-    setup = TrainSetup(model=model, optimizer=optimizer, loaders=loaders, step=classification_step(),
+    setup = TrainSetup(model=model, optimizer=optimizer, loaders=loaders, step=classification_step(weights),
                        class_names=classes, epochs=int(config["epochs"]), grad_clip=config.get("grad_clip"),
-                       info=info, tags=tags, patience=int(patience) if patience else None)
+                       info=info, tags=tags, patience=int(patience) if patience else None, export=export)
     state = fit(config, setup, tracking, run_name, session)
     return state if session is not None else None  # a dict returned to Tune would be read as a result
 

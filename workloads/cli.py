@@ -49,17 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     tracking = sub.add_parser("tracking", help="the MLflow server the sweeps of $EMOSWEEP_HOME share")
     tracking.add_argument("--stop", action="store_true", help="stop it now")
     args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "run":  # only `run` passes its flags on, to the study
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "tracking":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return tracking_command(args)
     if args.command == "data":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return data_prepare(args)
     if args.command in ("demo", "predict"):
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return (demo if args.command == "demo" else predict).main(args)
 
     studies = discover_studies()

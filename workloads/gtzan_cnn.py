@@ -43,13 +43,12 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     configure_threads()
     seed_everything(int(config["seed"]))
     classes = list(config["classes"])
-    images = {s: (np.stack(xs), y) for s, (xs, y) in classic_audio.load(config, STAGE).items()}  # (N, mels, time)
+    images = classic_audio.load(config, STAGE, stack=True)  # (N, mels, time)
     info = classic_audio.info_of(images, classes)
     tags = classic_audio.tags_of(config, WORKLOAD)
     if config["method"] == "floor":
         stats = {s: (mean_and_std(list(x.transpose(0, 2, 1))), y) for s, (x, y) in images.items()}
-        metrics = fit_floor(config, stats, classes, tracking, run_name(config), tags, info, session)
-        return {"best": metrics} if session is not None else None
+        return fit_floor(config, stats, classes, tracking, run_name(config), tags, info, session)
     mean, std = images["train"][0].mean(), images["train"][0].std() + 1e-6
     data = {s: (((x - mean) / std)[:, None].astype(np.float32), y) for s, (x, y) in images.items()}
     model = GenreCNN(len(classes), size=data["train"][0].shape[-1])

@@ -57,34 +57,21 @@ def run_name(config: dict) -> str:
 
 
 def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict | None:
-    import warnings
-
-    import numpy as np
-    from sklearn.exceptions import ConvergenceWarning
-
     from .core.sklearn_trial import fit_estimator, fit_floor
 
     seed_everything(int(config["seed"]))
     classes = list(config["classes"])
     tags = classic_audio.tags_of(config, WORKLOAD)
     if config["features"] == "spectral":
-        data = {s: (np.stack(xs), y) for s, (xs, y) in classic_audio.load(config, "spectral_stats").items()}
-    else:
-        stats = {s: (np.stack(xs), y) for s, (xs, y) in classic_audio.load(config, "mfcc_stats").items()}
+        data = classic_audio.load(config, "spectral_stats", stack=True)
+    else:  # mfcc_stats: the means, then the deviations; the solvers read the means, the floor both
+        stats = classic_audio.load(config, "mfcc_stats", stack=True)
         data = stats if config["method"] == "floor" else {s: (x[:, : x.shape[1] // 2], y) for s, (x, y) in stats.items()}
     info = classic_audio.info_of(data, classes)
     if config["method"] == "floor":
-        metrics = fit_floor(config, data, classes, tracking, run_name(config), tags, info, session)
-    else:
-        with warnings.catch_warnings(record=True) as caught:  # a solver that stops short is said, not hidden
-            warnings.simplefilter("always", ConvergenceWarning)
-            estimator = estimator_of(config)
-            metrics = fit_estimator(config, estimator, data, classes, tracking, run_name(config), tags,
-                                    info, session)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            print(f"[emosweep] {config['arm']}: the solver stopped at max_iter={config['max_iter']} before it "
-                  f"converged", flush=True)
-    return {"best": metrics} if session is not None else None
+        return fit_floor(config, data, classes, tracking, run_name(config), tags, info, session)
+    # whether the solver converged is logged with the trial (solver_iterations, solver_converged)
+    return fit_estimator(config, estimator_of(config), data, classes, tracking, run_name(config), tags, info, session)
 
 
 def prepare(config: dict, opts) -> dict:

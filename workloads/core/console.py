@@ -12,12 +12,15 @@ from datetime import datetime
 from pathlib import Path
 
 NOISY = ("ray", "optuna", "mlflow", "alembic", "urllib3", "py.warnings", "filelock", "numba")
+# what prints without logging: MLflow's run links (inherited by the trials' workers), and Tune's
+# new output engine, which draws its boxes at every verbosity (the older reporter is silent at 0)
+QUIET_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "RAY_AIR_NEW_OUTPUT": "0"}
 _QUIET: dict = {}
 
 
 def quiet_logs(folder: Path, name: str, lazy: bool = False) -> Path | None:
     """Route the libraries' log records (and Python warnings) to `folder/name-<time>.log`, and
-    stop MLflow printing run links. Call after `import ray` (Ray sets its handlers on import);
+    stop what prints around logging (QUIET_ENV). Call after `import ray` (Ray sets its handlers on import);
     with lazy=True, only note the wish: `when_ray_starts()`, called where Ray is first imported,
     applies it and says where the log goes (a run that never needs Ray never imports it).
     Returns the log file's path (None while lazy); calling again returns the same file."""
@@ -38,7 +41,8 @@ def quiet_logs(folder: Path, name: str, lazy: bool = False) -> Path | None:
         logger.addHandler(handler)
         logger.propagate = False
     logging.captureWarnings(True)
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # inherited by the trials' workers
+    _QUIET["env"] = {k: os.environ.get(k) for k in QUIET_ENV}
+    os.environ.update(QUIET_ENV)
     _QUIET.update(path=path, handler=handler)
     return path
 
@@ -63,7 +67,11 @@ def restore_logs() -> None:
         logger.propagate = propagate
     logging.captureWarnings(False)
     _QUIET["handler"].close()
-    os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+    for key, value in _QUIET["env"].items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     _QUIET.clear()
 
 

@@ -31,6 +31,22 @@ def port_free(port: int) -> bool:
             return False
 
 
+def _wait_healthy(uri: str, dead, log: Path, timeout: float) -> None:
+    """Poll `uri`/health until it answers; `dead()` says why not (the process that serves it
+    exited) and ends the wait early."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        why = dead()
+        if why:
+            raise RuntimeError(f"{why}; see {log}")
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"mlflow server at {uri} not ready after {timeout:.0f}s; see {log}")
+
+
 class MlflowServer:
     """A real `mlflow server` on a free loopback port, SQLite backend, proxied artifacts.
 
@@ -46,7 +62,6 @@ class MlflowServer:
 
     def start(self) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "mlflow-server.log", "ab")
         cmd = [
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
@@ -57,23 +72,16 @@ class MlflowServer:
         # two seconds of boot and four processes; it is off unless the environment asks for it
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION":
                os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
-        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        with open(self.root / "mlflow-server.log", "ab") as log:  # the child keeps its own copy
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> "MlflowServer":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def dead():
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with code {self._proc.returncode}; "
-                    f"see {self.root / 'mlflow-server.log'}"
-                )
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).read()
-                return self
-            except OSError:
-                time.sleep(0.25)
-        raise TimeoutError(f"mlflow server at {self.uri} not ready after {timeout:.0f}s")
+                return f"mlflow server exited with code {self._proc.returncode}"
+        _wait_healthy(self.uri, dead, self.root / "mlflow-server.log", timeout)
+        return self
 
     def stop(self, wait: bool = True) -> None:
         """SIGTERM to the server's whole process group: `mlflow server` runs uvicorn and a job
@@ -139,7 +147,7 @@ class SharedServer:
         return self.root / "server.json"
 
     def running(self) -> dict | None:
-        """server.json of a live keeper whose server answers, else None."""
+        """server.json, if its keeper lives (its server may still be booting), else None."""
         try:
             info = json.loads(self.info_file.read_text())
         except (OSError, ValueError):
@@ -158,11 +166,11 @@ class SharedServer:
             info = self.running()
             if info is None:
                 port = self.preferred_port if self.preferred_port and port_free(self.preferred_port) else free_port()
-                log = open(self.root / "mlflow-server.log", "ab")
-                keeper = subprocess.Popen(
-                    [sys.executable, "-m", "workloads.core.mlflow_server", "keep", str(self.root), str(port),
-                     str(self.idle_s)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True)
+                with open(self.root / "mlflow-server.log", "ab") as log:
+                    keeper = subprocess.Popen(
+                        [sys.executable, "-m", "workloads.core.mlflow_server", "keep", str(self.root), str(port),
+                         str(self.idle_s)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        start_new_session=True)
                 info = {"uri": f"http://127.0.0.1:{port}", "port": port, "keeper_pid": keeper.pid,
                         "started": time.time(), "idle_s": self.idle_s}
                 self.info_file.write_text(json.dumps(info))
@@ -173,17 +181,9 @@ class SharedServer:
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> "SharedServer":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _pid_alive(self._keeper_pid):
-                raise RuntimeError(f"the MLflow server's keeper exited; see {self.root / 'mlflow-server.log'}")
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).read()
-                return self
-            except OSError:
-                time.sleep(0.25)
-        raise TimeoutError(f"mlflow server at {self.uri} not ready after {timeout:.0f}s; "
-                           f"see {self.root / 'mlflow-server.log'}")
+        _wait_healthy(self.uri, lambda: None if _pid_alive(self._keeper_pid) else "the MLflow server's keeper exited",
+                      self.root / "mlflow-server.log", timeout)
+        return self
 
     def release(self) -> None:
         try:
@@ -210,13 +210,13 @@ def keep(root: str, port: int, idle_s: float) -> None:
     idle_since = time.monotonic()
     try:
         while not stopping and server._proc.poll() is None:
-            holders = []
+            held = False
             for lease in (root_path / "leases").glob("*"):
                 if lease.name.isdigit() and _pid_alive(int(lease.name)):
-                    holders.append(lease)
+                    held = True
                 else:
                     lease.unlink(missing_ok=True)  # its holder died without releasing
-            if holders:
+            if held:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > idle_s:
                 break

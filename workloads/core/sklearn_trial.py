@@ -22,8 +22,12 @@ if TYPE_CHECKING:
 
 
 def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracking: TrackingContext | None,
-                  run_name: str, tags: dict, info: dict | None = None, session: LocalSession | None = None) -> dict:
-    """`data`: split → (X, y) for train, val and test. Returns the reported metrics."""
+                  run_name: str, tags: dict, info: dict | None = None, session: LocalSession | None = None
+                  ) -> dict | None:
+    """`data`: split → (X, y) for train, val and test. Returns what a trainable returns, like
+    the epoch loop's callers: {"best": the reported metrics} in a plain process (a session
+    handed in), None under Tune (a dict returned to Tune would be read as a result)."""
+    plain = session is not None
     session = session or (TuneSession() if in_tune_trial() else LocalSession())
     t = time.perf_counter()
     estimator.fit(*data["train"])
@@ -39,8 +43,12 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
                        if hasattr(step, "coef_"))
                    + sum(sum(np.size(a) for a in step.coefs_ + step.intercepts_) for step in steps
                          if hasattr(step, "coefs_")))  # an MLPClassifier's layers
-    iterations = [int(np.max(step.n_iter_)) for step in steps if hasattr(step, "n_iter_")]
-    metrics = {"epoch": 1, "fitted_once": 1, **({"solver_iterations": iterations[-1]} if iterations else {}), "train_acc": scores["train"]["acc"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
+    solver = [step for step in steps if hasattr(step, "n_iter_")]  # an iterative solver: did it converge?
+    iterations = {"solver_iterations": int(np.max(solver[-1].n_iter_)),
+                  "solver_converged": int(np.max(solver[-1].n_iter_) < getattr(solver[-1], "max_iter", np.inf))
+                  } if solver else {}
+    metrics = {"epoch": 1, "fitted_once": 1, **iterations,
+               "train_acc": scores["train"]["acc"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
                "best_val_acc": val["acc"], "best_epoch": 1, "test_acc": test["acc"], "test_macro_f1": test["macro_f1"],
                "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
                **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
@@ -65,11 +73,11 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
         if not run.pending_artifacts:
             shutil.rmtree(art_dir, ignore_errors=True)
     session.report(metrics, None)
-    return metrics
+    return {"best": metrics} if plain else None
 
 
 def fit_floor(config: dict, data: dict, class_names: list, tracking: TrackingContext | None, run_name: str,
-              tags: dict, info: dict | None = None, session: LocalSession | None = None) -> dict:
+              tags: dict, info: dict | None = None, session: LocalSession | None = None) -> dict | None:
     """The hand-made-feature studies' floor: a standardized logistic regression (C =
     config["floor_c"]) on `data` (split → (X, y); each clip's mean and standard deviation of
     the study's frame features), the simplest fair baseline on the same split."""

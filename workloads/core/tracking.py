@@ -20,7 +20,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from .mlflow_server import MlflowServer, SharedServer, free_port, port_free  # noqa: F401 (the tracking API)
+from .mlflow_server import SharedServer
 
 # Tag keys are plain words so that they read well as columns in the MLflow UI.
 TAG_TRIAL_ID = "trial_id"
@@ -253,4 +253,3 @@ class TrialRun:
                 return False
             time.sleep(interval_s)
         return True
-

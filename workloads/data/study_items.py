@@ -50,21 +50,6 @@ def _read_items(fs_uri: str, path: str) -> dict:
             for uid, *values in frame[["uid", *columns]].itertuples(index=False)}
 
 
-def corpus_root(config: dict, corpus: str, given: str | None, **options) -> tuple[str, str]:
-    """(folder, source line for the reports): `given` when set, else the look-alike of
-    (synth_n, seed, options for the generator) under $EMOSWEEP_HOME/data, generated once."""
-    import os
-
-    from ..core.paths import emosweep_home
-    from .synth import ensure_generated
-
-    if given:
-        return os.path.abspath(given), os.path.abspath(given)
-    n, seed = int(config["synth_n"]), int(config["seed"])
-    root = ensure_generated(emosweep_home() / "data", corpus, n, seed, **options)
-    return str(root), f"generated {corpus} look-alike, {n} clips, seed {seed}"
-
-
 def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: bool,
                    fractions=(0.8, 0.1, 0.1)) -> tuple[pd.DataFrame, dict, str, str]:
     """Driver side, for the hand-made-feature studies: read `corpus` in its native layout,
@@ -89,20 +74,23 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
             manifest.fingerprint())
 
 
-def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict,
+def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict, stack: bool = False,
                  feature: str | None = None) -> dict:
-    """Trial side: split → (list of arrays, int64 labels) of one cached stage, for the items the
-    driver wrote whose label is one of `classes` (label index = position). corpus_of_split:
-    split → the corpus it is read from (config["stage_dirs"][corpus][stage])."""
+    """Trial side: split → (arrays, int64 labels) of one cached stage, for the items the driver
+    wrote whose label is one of `classes` (label index = position): a list of arrays, or one
+    array with `stack` (every item the same shape). corpus_of_split: split → the corpus it is
+    read from (config["stage_dirs"][corpus][stage])."""
     import numpy as np
 
     from .pipeline import read_stage
 
     index = {c: i for i, c in enumerate(classes)}
     items = study_items(config)
+    read = {corpus: read_stage(config["cache_fs"], config["stage_dirs"][corpus][stage], feature)
+            for corpus in set(corpus_of_split.values())}  # each corpus's stage read once, for all its splits
     out = {}
     for split, corpus in corpus_of_split.items():
-        frame, arrays = read_stage(config["cache_fs"], config["stage_dirs"][corpus][stage], feature)
+        frame, arrays = read[corpus]
         xs, ys = [], []
         for i, uid in enumerate(frame["uid"]):
             row = items.get(f"{corpus}/{uid}")
@@ -112,5 +100,5 @@ def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict,
             ys.append(index[row["label"]])
         if not ys:
             raise ValueError(f"{corpus}: no {split} clips of the classes {classes}")
-        out[split] = (xs, np.asarray(ys, dtype=np.int64))
+        out[split] = (np.stack(xs) if stack else xs, np.asarray(ys, dtype=np.int64))
     return out

@@ -562,22 +562,27 @@ def ensure_generated(root: Path, corpus: str, n: int, seed: int, **options) -> P
     return publish_folder(target, build, MANIFEST_NAME)
 
 
-def study_corpus(config: dict, corpus: str, unit: str) -> dict:
-    """A study's corpus: config["data_dir"] when given, else the look-alike of (synth_n, seed,
-    synth_difficulty) under $EMOSWEEP_HOME/data, generated once. Sets data_dir and the
-    data_source line the reports print."""
+def corpus_source(config: dict, corpus: str, given: str | None, unit: str = "clips", **options) -> tuple[str, str]:
+    """A study's corpus as (folder, the source line its reports print): `given` when set, else
+    the look-alike of (synth_n, seed, the generator's options) under $EMOSWEEP_HOME/data,
+    generated once."""
     from ..core.paths import emosweep_home
+    from .corpora import DISPLAY_NAMES
 
-    if config.get("data_dir") is not None:
-        config["data_source"] = config["data_dir"]
-        return config
-    n, seed, difficulty = int(config["synth_n"]), int(config["seed"]), float(config["synth_difficulty"])
-    config["data_dir"] = str(ensure_generated(emosweep_home() / "data", corpus, n, seed, difficulty=difficulty))
-    config["data_source"] = f"generated {DISPLAY.get(corpus, corpus)} look-alike, {n} {unit}, difficulty {difficulty:g}, seed {seed}"
+    if given:
+        return os.path.abspath(given), os.path.abspath(given)
+    n, seed = int(config["synth_n"]), int(config["seed"])
+    root = ensure_generated(emosweep_home() / "data", corpus, n, seed, **options)
+    knobs = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}" for k, v in options.items())
+    return str(root), f"generated {DISPLAY_NAMES.get(corpus, corpus)} look-alike, {n} {unit}{knobs}, seed {seed}"
+
+
+def study_corpus(config: dict, corpus: str, unit: str) -> dict:
+    """S1's and S2's corpus: config["data_dir"], else the look-alike of synth_difficulty. Sets
+    data_dir and data_source."""
+    config["data_dir"], config["data_source"] = corpus_source(config, corpus, config.get("data_dir"), unit,
+                                                              difficulty=float(config["synth_difficulty"]))
     return config
-
-
-DISPLAY = {"meld": "MELD", "ravdess": "RAVDESS"}
 
 
 def load_manifest(out) -> dict:
