@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_runs import sweep_runs
 from workloads.data.fer2013 import LABELS, load_images, parse_row, read_fer2013, read_with_pandas
 from workloads.data.synth import load_manifest
-from workloads.fer import FerImages, class_weights, upsample_minorities
+from workloads.fer import FerBatches, class_weights, upsample_minorities
 from workloads.models.fer_nets import ARCHITECTURES, build_fer_net, count_params
 
 # Written out: a change to an architecture must show up here.
@@ -71,23 +71,29 @@ def test_upsampling_counts_flags_and_seed():
 def test_flagged_images_get_brightness_in_range_and_originals_are_untouched():
     rng = np.random.default_rng(0)
     images = rng.integers(40, 200, size=(6, 48, 48)).astype(np.uint8)  # no clipping at ×1.1
+    labels = np.arange(6, dtype=np.int64)
     flags = np.array([False, True, True, True, True, False])
-    ds = FerImages(images, np.zeros(6, np.int64), flags)
-    torch.manual_seed(0)
-    factors = []
-    for _ in range(20):
-        for i in range(6):
-            x, _, flag = ds[i]
-            ratio = (x[0] / (torch.from_numpy(images[i]).float() / 255)).flatten()
-            assert torch.allclose(ratio, ratio[0], atol=1e-5)  # one factor per draw, for the whole image
-            if flag:
-                factors.append(float(ratio[0]))
-            else:
-                assert float(ratio[0]) == pytest.approx(1.0)
+    batches = FerBatches(images, labels, flags, batch_size=4, seed=0, shuffle=True)
+    assert len(batches) == 2
+
+    def epoch(n):
+        batches.set_epoch(n)
+        seen = {}
+        for x, y, flag in batches:
+            assert x.shape[1:] == (1, 48, 48) and x.dtype == torch.float32
+            for xi, yi, fi in zip(x, y.tolist(), flag.tolist()):
+                ratio = (xi[0] / (torch.from_numpy(images[yi]).float() / 255)).flatten()
+                assert torch.allclose(ratio, ratio[0], atol=1e-5)  # one factor per draw, for the whole image
+                assert fi == flags[yi]
+                seen[yi] = float(ratio[0])
+        assert sorted(seen) == list(range(6))  # every image once per epoch
+        return seen
+
+    draws = [epoch(n) for n in range(10)]
+    factors = [d[i] for d in draws for i in range(6) if flags[i]]
+    assert all(d[0] == pytest.approx(1.0) and d[5] == pytest.approx(1.0) for d in draws)  # originals untouched
     assert 0.9 <= min(factors) and max(factors) <= 1.1 and max(factors) - min(factors) > 0.1
-    torch.manual_seed(0)
-    again = [float((ds[1][0][0] / (torch.from_numpy(images[1]).float() / 255))[0, 0])]
-    assert again[0] == pytest.approx(factors[0], abs=1e-6)  # seeded: the same draws again
+    assert epoch(3) == draws[3]  # seeded by (seed, epoch): the same draws again
 
 
 def test_class_weights_are_inverse_frequency():

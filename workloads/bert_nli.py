@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from .core.loop import (EpochShardSampler, TrainSession, TrainSetup, distributed_rank, fit, pick_device,
                         run_data_parallel)
+from .core.graphs import GraphedTrainStep
 from .core.seeding import derive_seed, seed_everything
 from .data.farstail import LABEL_NAMES, LABELS, read_farstail
 from .data.manifest import stratified_subset
@@ -44,8 +45,10 @@ def _encode(tokenizer, frame, max_length: int) -> list[dict]:
             for ids, am, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
 
 
-def build_loaders(config: dict, tokenizer, rank: int = 0, world: int = 1) -> dict:
-    """Loaders over this rank's shard; a data-parallel rank takes batch_size / world items."""
+def build_loaders(config: dict, tokenizer, rank: int = 0, world: int = 1, pad_multiple: int = 1) -> dict:
+    """Loaders over this rank's shard; a data-parallel rank takes batch_size / world items.
+    Batches are padded to their longest pair, rounded up to `pad_multiple` pieces (32 under
+    CUDA graphs: few distinct shapes, so few captures)."""
     manifest = _manifest(config.get("data_dir"))
     if config["batch_size"] % world:
         raise ValueError(f"batch_size {config['batch_size']} is not divisible by {world} workers")
@@ -53,6 +56,7 @@ def build_loaders(config: dict, tokenizer, rank: int = 0, world: int = 1) -> dic
 
     def collate(items):  # dynamic padding: pad to the longest pair in the batch
         width = max(len(it["input_ids"]) for it in items)
+        width = -(-width // pad_multiple) * pad_multiple
         ids = torch.full((len(items), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
         for i, it in enumerate(items):
@@ -142,19 +146,28 @@ def _train(config: dict, tracking: TrackingContext | None, session=None) -> None
     from transformers import get_linear_schedule_with_warmup
 
     rank, world = distributed_rank()
+    device = pick_device()
+    # On one GPU the whole step is a replayed CUDA graph: the loop is launch-bound at batch 16-32
+    graphs = device.type == "cuda" and world == 1 and config.get("cuda_graphs", True)
     tokenizer = load_tokenizer(config["model_path"])
-    loaders = build_loaders(config, tokenizer, rank, world)
+    loaders = build_loaders(config, tokenizer, rank, world, pad_multiple=32 if graphs else 1)
     model, info = build_model(config)
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    # one fused kernel per step on a GPU (the loop is launch-bound at batch 16); foreach on the CPU
-    fused = {"fused": True} if pick_device().type == "cuda" else {"foreach": True}
-    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"], **fused)
+    # one fused kernel per step on a GPU; foreach on the CPU
+    if device.type == "cuda":
+        kind = {"fused": True, "capturable": True, "lr": torch.tensor(config["lr"], device=device)}
+    else:
+        kind = {"foreach": True, "lr": config["lr"]}
+    optimizer = torch.optim.AdamW(params, weight_decay=config["weight_decay"], **kind)
     total_steps = config["epochs"] * len(loaders["train"])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * total_steps), total_steps)
+    grad_clip = config.get("grad_clip", 1.0)
     setup = TrainSetup(
         model=model, optimizer=optimizer, scheduler=scheduler, loaders=loaders, step=_step,
-        class_names=LABEL_NAMES, epochs=config["epochs"], grad_clip=config.get("grad_clip", 1.0),
-        info=info,
+        class_names=LABEL_NAMES, epochs=config["epochs"], grad_clip=grad_clip,
+        train_step=GraphedTrainStep(model, optimizer, _step, device, grad_clip) if graphs else None,
+        info={**info, "cuda_graphs": bool(graphs)},
         tags={"workload": WORKLOAD, "arm": config["arm"], "model_id": config["model_id"],
               "random_init": str(bool(config.get("random_init"))).lower(),
               "dataset_fingerprint": dataset_fingerprint(config)},

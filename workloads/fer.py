@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
+from .core.loop import TrainSetup, class_weights, fit, pick_device
+from .core.graphs import GraphedTrainStep
 from .core.seeding import derive_seed, seed_everything
 from .data.fer2013 import LABELS
 from .data.manifest import stratified_subset
@@ -45,26 +45,41 @@ def upsample_minorities(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
     return np.concatenate(index), np.concatenate(flags)
 
 
-class FerImages(Dataset):
-    """Pixels scaled to [0, 1]; a flagged (up-sampled) image gets a fresh random brightness
-    factor in `brightness` each time it is drawn, from torch's generator, which the epoch
-    loop reseeds from (seed, epoch)."""
+class FerBatches:
+    """Batches cut straight from one uint8 image tensor kept on the trial's device (FER2013's
+    35,887 faces are 83 MB), so an epoch has no per-image Python, no worker processes and no
+    host-to-device copies: pixels scaled to [0, 1]; a flagged (up-sampled) image gets a random
+    brightness factor in `brightness` each time it is drawn. Order and factors come from a
+    CPU generator seeded by (seed, epoch): the same on any device, replayed on resume."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, flags: np.ndarray | None = None,
+    def __init__(self, images: np.ndarray, labels: np.ndarray, flags: np.ndarray | None = None, *,
+                 batch_size: int, seed: int, shuffle: bool, device: torch.device | str = "cpu",
                  brightness: tuple[float, float] = (0.9, 1.1)):
-        self.images = torch.from_numpy(np.ascontiguousarray(images))  # uint8, N × 48 × 48
-        self.labels = torch.from_numpy(labels.astype(np.int64))
-        self.flags = torch.from_numpy(flags if flags is not None else np.zeros(len(labels), bool))
-        self.brightness = brightness
+        device = torch.device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # N × 48 × 48 uint8
+        self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+        self.flags = torch.from_numpy(flags if flags is not None else np.zeros(len(labels), bool)).to(device)
+        self.batch_size, self.seed, self.shuffle, self.device = batch_size, seed, shuffle, device
+        self.brightness, self.epoch = brightness, 0
 
-    def __len__(self):
-        return len(self.labels)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
-    def __getitem__(self, i):
-        x = self.images[i].float().div_(255.0).unsqueeze_(0)
-        if self.flags[i]:
-            x = (x * torch.empty(()).uniform_(*self.brightness)).clamp_(0, 1)
-        return x, self.labels[i], self.flags[i]
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "fer-batches", self.epoch))
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        factors = torch.empty(n).uniform_(*self.brightness, generator=g)
+        order, factors = order.to(self.device), factors.to(self.device)
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size]
+            flags = self.flags[index]
+            factor = torch.where(flags, factors[start:start + self.batch_size], 1.0)
+            x = self.images[index].unsqueeze(1).float().mul_((factor / 255.0).view(-1, 1, 1, 1)).clamp_(0, 1)
+            yield x, self.labels[index], flags
 
 
 def load_split_arrays(config: dict) -> dict:
@@ -83,7 +98,7 @@ def load_split_arrays(config: dict) -> dict:
     return out
 
 
-def build_loaders(config: dict, data: dict) -> tuple[dict, dict]:
+def build_loaders(config: dict, data: dict, device: torch.device | str = "cpu") -> tuple[dict, dict]:
     images, labels = data["train"]
     info = {"train_images": len(labels), "upsampled_copies": 0}
     flags = None
@@ -92,22 +107,20 @@ def build_loaders(config: dict, data: dict) -> tuple[dict, dict]:
         images, labels = images[index], labels[index]
         info.update(upsampled_copies=int(flags.sum()), train_images_per_epoch=len(labels))
     loaders = {}
-    workers = int(config.get("num_workers", 0))
-    for split, ds in (("train", FerImages(images, labels, flags)), ("val", FerImages(*data["val"])),
-                      ("test", FerImages(*data["test"]))):
-        sampler = EpochShardSampler(len(ds), config["seed"], shuffle=split == "train")
-        loaders[split] = DataLoader(ds, batch_size=config["batch_size"], sampler=sampler, num_workers=workers,
-                                    persistent_workers=workers > 0)
+    for split, arrays in (("train", (images, labels, flags)), ("val", data["val"]), ("test", data["test"])):
+        loaders[split] = FerBatches(*arrays, batch_size=config["batch_size"], seed=config["seed"],
+                                    shuffle=split == "train", device=device)
     return loaders, info
 
 
-def make_step(weights: torch.Tensor | None, mixed_precision: bool = True):
+def make_step(weights: torch.Tensor | None, precision: str = "fp32"):
     """The training step: (model, (images, labels, flags), device) → (loss, logits, labels).
-    On a GPU: channels-last convolutions under bf16 autocast (no loss scaling needed)."""
+    precision "bf16" (a GPU only): channels-last convolutions under bf16 autocast (no loss
+    scaling needed); the model must be channels-last too."""
     def step(model, batch, device):
         x, y, _ = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        fast = device.type == "cuda" and mixed_precision
+        fast = device.type == "cuda" and precision == "bf16"
         if fast:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
@@ -118,27 +131,89 @@ def make_step(weights: torch.Tensor | None, mixed_precision: bool = True):
     return step
 
 
-def train(config: dict, tracking: TrackingContext | None = None) -> None:
-    seed_everything(config["seed"])
-    data = load_split_arrays(config)
-    if not all(len(data[s][1]) for s in data):
-        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
-    loaders, info = build_loaders(config, data)
-    model = build_fer_net(config["architecture"], config["dropout"])
-    weights = class_weights(data["train"][1], len(LABELS)) if config["imbalance"] == "class_weights" else None
+def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam; on a GPU fused and capturable (a CUDA-graphed step), with the learning rate as a
+    device tensor."""
+    if device.type == "cuda":
+        return torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device), fused=True, capturable=True)
+    return torch.optim.Adam(model.parameters(), lr=lr)
 
-    if torch.cuda.is_available() and config.get("mixed_precision", True):
+
+def choose_precision(model: torch.nn.Module, batch, device: torch.device, graphs: bool = True,
+                     steps: int = 20) -> tuple[str, dict]:
+    """Which precision trains this network faster on this GPU, by a short timed trial rather
+    than by assumption: a few steps of each (fp32; bf16 + channels-last) on a copy of the
+    model, run the way training will run them (as CUDA graphs, or eager). Eager on an H100,
+    bf16 is slower than fp32 for three of the four CNNs (launch-bound, and bf16 adds casts);
+    as graphs it is faster for all four. Returns the winner and each one's seconds per step."""
+    import copy
+    import time
+
+    times = {}
+    for precision in ("fp32", "bf16"):
+        trial = copy.deepcopy(model).to(device)
+        if precision == "bf16":
+            trial = trial.to(memory_format=torch.channels_last)
+        opt = make_optimizer(trial, 1e-4, device)
+        step = make_step(None, precision)
+        graphed = GraphedTrainStep(trial, opt, step, device, None) if graphs else None
+
+        def once():
+            if graphed is not None:
+                return graphed(batch)
+            loss, _, _ = step(trial, batch, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(3):
+            once()
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            once()
+        torch.cuda.synchronize(device)
+        times[precision] = (time.perf_counter() - start) / steps
+        del trial, opt, graphed
+    return min(times, key=times.get), times
+
+
+def build_setup(config: dict, data: dict, device: torch.device) -> TrainSetup:
+    """Loaders, network, precision, optimizer and step for one trial on `device`, from the
+    split arrays (load_split_arrays). On a GPU the step is a CUDA graph and the precision is
+    config["precision"] ("auto": chosen by choose_precision)."""
+    loaders, info = build_loaders(config, data, device)
+    model = build_fer_net(config["architecture"], config["dropout"]).to(device)
+    weights = class_weights(data["train"][1], len(LABELS)) if config["imbalance"] == "class_weights" else None
+    graphs = device.type == "cuda" and config.get("cuda_graphs", True)
+    precision = config.get("precision", "auto") if device.type == "cuda" else "fp32"
+    if precision == "auto":
+        precision, seconds = choose_precision(model, next(iter(loaders["train"])), device, graphs)
+        info.update({f"step_ms_{k}": round(v * 1e3, 3) for k, v in seconds.items()})
+        seed_everything(config["seed"])
+    if precision == "bf16":
         model = model.to(memory_format=torch.channels_last)
-    setup = TrainSetup(
-        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=config["lr"]), loaders=loaders,
-        step=make_step(weights, config.get("mixed_precision", True)),
-        class_names=LABELS, epochs=config["epochs"], grad_clip=config.get("grad_clip"), info=info,
+    step = make_step(weights, precision)
+    grad_clip = config.get("grad_clip")
+    optimizer = make_optimizer(model, config["lr"], device)
+    return TrainSetup(
+        model=model, optimizer=optimizer, loaders=loaders, step=step,
+        class_names=LABELS, epochs=config["epochs"], grad_clip=grad_clip,
+        train_step=GraphedTrainStep(model, optimizer, step, device, grad_clip) if graphs else None,
+        info={**info, "precision": precision, "cuda_graphs": bool(graphs)},
         tags={"workload": WORKLOAD, "arm": config["arm"], "architecture": config["architecture"],
               "imbalance": config["imbalance"], "model_id": config.get("model_id", config["architecture"]),
               "random_init": "false",
               "dataset_fingerprint": config["dataset_fingerprint"]},
     )
-    fit(config, setup, tracking, run_name(config), None)
+
+
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
+    seed_everything(config["seed"])
+    data = load_split_arrays(config)
+    if not all(len(data[s][1]) for s in data):
+        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
+    fit(config, build_setup(config, data, pick_device()), tracking, run_name(config), None)
 
 
 def run_name(config: dict) -> str:

@@ -69,6 +69,9 @@ class TrainSetup:
     # Early stopping: end the trial when validation loss has not improved for this many epochs
     # (the best epoch by validation accuracy still gives the test metrics)
     patience: int | None = None
+    # A whole training step in one call, batch → (loss, logits, labels), replacing step,
+    # backward, clipping and the optimizer step in training: a CUDA-graphed step (core/graphs.py)
+    train_step: Callable[[object], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"] | None = None
 
 
 class EpochShardSampler(torch.utils.data.Sampler):
@@ -340,28 +343,39 @@ def run_epoch(setup: TrainSetup, model: torch.nn.Module, loader: Iterable, devic
     gathered over all ranks. `model` may be the DDP wrapper of setup.model."""
     model.train(train)
     sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    total_loss, n = 0.0, 0
+    for target in (loader, sampler):
+        if hasattr(target, "set_epoch"):
+            target.set_epoch(epoch)
+            break
+    # Loss and predictions stay on the device until the epoch ends: no step waits for the GPU
+    total, n = None, 0
     preds, labels = [], []
     with torch.set_grad_enabled(train):
         for i, batch in enumerate(loader):
             if train and config is not None:
                 _maybe_inject_fault(config, epoch, i)
-            loss, logits, y = setup.step(model, batch, device)
-            if train:
+            if not train:
+                loss, logits, y = setup.step(model, batch, device)
+            elif setup.train_step is not None:
+                loss, logits, y = setup.train_step(batch)
+            else:
+                loss, logits, y = setup.step(model, batch, device)
                 setup.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if setup.grad_clip:
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in model.parameters() if p.requires_grad], setup.grad_clip)
                 setup.optimizer.step()
-                if setup.scheduler is not None:
-                    setup.scheduler.step()
-            total_loss += float(loss.detach()) * len(y)
+            if train and setup.scheduler is not None:
+                setup.scheduler.step()
+            part = loss.detach().double() * len(y)
+            total = part if total is None else total + part
             n += len(y)
-            preds.extend(logits.detach().argmax(-1).cpu().tolist())
-            labels.extend(y.detach().cpu().tolist())
+            preds.append(logits.detach().argmax(-1))
+            labels.append(y.detach())
+    total_loss = float(total) if total is not None else 0.0
+    preds = torch.cat(preds).cpu().tolist() if preds else []
+    labels = torch.cat(labels).cpu().tolist() if labels else []
     shards = session.gather((total_loss, n, labels, preds))
     total_loss, n = sum(s[0] for s in shards), sum(s[1] for s in shards)
     y_true = [v for s in shards for v in s[2]]

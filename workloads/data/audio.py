@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 
-import av
 import numpy as np
 
 TARGET_SR = 16000
@@ -27,6 +26,8 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
     """The first audio stream of `source` (file bytes or a path) as mono float32 at `sr`.
     Raises MediaError with reason unreadable / no audio stream / corrupt audio / empty audio
     / silent audio."""
+    import av  # PyAV, FFmpeg's libraries: imported where media is decoded, not by training code
+
     name = name or (source if isinstance(source, str) else "<bytes>")
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
