@@ -669,7 +669,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             client.log_artifact(run_id, str(out))
             client.log_artifact(run_id, str(md))
             if not table.empty and table["test_acc"].notna().any():
-                client.log_artifact(run_id, str(plot_arms(table, local_dir / "arms.png")))
+                if len(table) > 1:  # a picture of one bar says nothing (and matplotlib costs a second)
+                    client.log_artifact(run_id, str(plot_arms(table, local_dir / "arms.png")))
                 client.log_metric(run_id, "best_test_acc", float(table["test_acc"].max()))
             for k, v in timings.items():
                 client.log_metric(run_id, f"driver_{k}", v)

