@@ -5,10 +5,14 @@ twice, side by side in one invocation, each as a fresh process timed end to end:
   (a) a plain PyTorch loop: data, model, epochs, evaluation; nothing else;
   (b) a one-trial sweep through the runner: Ray, Tune, Optuna, an MLflow server, a checkpoint
       and MLflow logging every epoch.
-It prints the wall-time ratio (b)/(a) and where the extra time goes.
+It prints the wall-time ratio (b)/(a) and where the extra time goes, (c) the same sweep on a
+Ray and an MLflow that already run, and (d) the floor: what Ray and Tune alone cost for one
+trial that does nothing but import the workload, the part no change to emosweep can remove.
+`--repeat N` runs N interleaved rounds, each in a fresh home, and reports the medians.
 
     python bench/trial_overhead.py                   # a job of about a minute on 2 CPU cores
     python bench/trial_overhead.py --train-size 200  # shorter
+    python bench/trial_overhead.py --repeat 3        # medians of three interleaved rounds
 """
 from __future__ import annotations
 
@@ -71,6 +75,30 @@ def plain(args) -> None:
     print(json.dumps({"setup_s": setup_s, "train_eval_s": time.perf_counter() - t0 - setup_s}))
 
 
+def _noop_trial(config):
+    import importlib
+
+    importlib.import_module("workloads.bert_nli")  # what any S3 trial imports (PyTorch, transformers)
+
+
+def floor(args) -> None:
+    """(d): Ray and Tune's own cost for one trial on this machine: start Ray as the runner
+    does (lean, no dashboard), run one Tune trial that only imports the workload, exit.
+    Nothing of emosweep's (no MLflow, no data, no checkpoints)."""
+    os.environ.setdefault("RAY_enable_metrics_collection", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import tune
+
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=args.threads)
+    tune.Tuner(tune.with_resources(_noop_trial, {"cpu": args.threads}),
+               run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="emosweep-floor-"), verbose=0)).fit()
+    ray.shutdown()
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, str, str]:
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -80,7 +108,7 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str, str]:
     return wall, out.stdout, out.stderr
 
 
-def warm_sweep(sweep_cmd: list[str], env: dict, work: Path, threads: int) -> float:
+def warm_sweep(sweep_cmd: list[str], env: dict, work: Path, threads: int, floor_cmd: list[str]) -> tuple[float, float]:
     """(c): the cluster setting. A Ray head and an MLflow server are already running (started
     here, untimed), and the sweep joins them with --address and --tracking-uri."""
     from workloads.core.mlflow_server import MlflowServer, free_port
@@ -92,9 +120,10 @@ def warm_sweep(sweep_cmd: list[str], env: dict, work: Path, threads: int) -> flo
         with MlflowServer(work / "mlflow-warm") as server:
             wall, _, _ = timed([*sweep_cmd, "--name", "overhead-warm", "--address", "auto",
                                 "--tracking-uri", server.uri], env)
+        floor_wall, _, _ = timed([*floor_cmd, "--address", "auto"], env)
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
-    return wall
+    return wall, floor_wall
 
 
 def main() -> None:
@@ -106,9 +135,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (and CPUs per trial)")
     p.add_argument("--repeat", type=int, default=1, help="rounds of (a), (b), (c), interleaved; medians reported")
     p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--address", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.plain:
         return plain(args)
+    if args.floor:
+        return floor(args)
 
     size = ["--train-size", str(args.train_size), "--eval-size", str(args.eval_size), "--epochs", str(args.epochs),
             "--max-length", str(args.max_length), "--threads", str(args.threads)]
@@ -127,15 +160,19 @@ def main() -> None:
         from workloads.core.mlflow_server import SharedServer
 
         SharedServer(work / "mlflow").stop()  # the cold sweep started this home's shared server; (c) brings its own
-        warm_wall = warm_sweep(sweep_cmd, env, work, args.threads)
-        runs.append((plain_wall, sweep_wall, warm_wall, plain_out, sweep_out, work))
+        floor_cmd = [sys.executable, __file__, "--floor", *size]
+        warm_wall, warm_floor_wall = warm_sweep(sweep_cmd, env, work, args.threads, floor_cmd)
+        floor_wall, _, _ = timed(floor_cmd, env)
+        import_wall, _, _ = timed([sys.executable, "-c", "import workloads.bert_nli"], env)
+        runs.append((plain_wall, sweep_wall, warm_wall, plain_out, sweep_out, work, floor_wall - import_wall,
+                     warm_floor_wall - import_wall))
         print(f"round {round_ + 1}: plain {plain_wall:.1f} s, cold sweep {sweep_wall:.1f} s "
               f"({sweep_wall / plain_wall:.2f}), warm sweep {warm_wall:.1f} s ({warm_wall / plain_wall:.2f})",
               flush=True)
     cold = sorted(r[1] / r[0] for r in runs)
     warm = sorted(r[2] / r[0] for r in runs)
     median = len(runs) // 2  # the middle round by cold ratio gives the breakdown
-    plain_wall, sweep_wall, warm_wall, plain_out, sweep_out, work = sorted(runs, key=lambda r: r[1] / r[0])[median]
+    plain_wall, sweep_wall, warm_wall, plain_out, sweep_out, work, floor_s, warm_floor_s = sorted(runs, key=lambda r: r[1] / r[0])[median]
     plain_parts = json.loads(plain_out.strip().splitlines()[-1])
     driver = dict(re.findall(r"(\w+_s)=([\d.]+)", sweep_out.split("driver timings:")[-1]))
     driver = {k: float(v) for k, v in driver.items()}
@@ -156,7 +193,12 @@ def main() -> None:
     print(f"{'(b) one-trial sweep via the runner, end to end':48s} {sweep_wall:8.1f} s")
     print(f"{'ratio (b)/(a)':48s} {ratio:8.2f}   (target <= 1.15)")
     print(f"{'(c) the same sweep on a running Ray + MLflow':48s} {warm_wall:8.1f} s")
-    print(f"{'ratio (c)/(a)':48s} {warm_wall / plain_wall:8.2f}   (cluster setting: Ray and MLflow already up)\n")
+    print(f"{'ratio (c)/(a)':48s} {warm_wall / plain_wall:8.2f}   (cluster setting: Ray and MLflow already up)")
+    print("(d) the floor, Ray + Tune alone: a process that runs one no-op trial (it only imports the")
+    print("    workload, as the plain loop does too; those imports are subtracted)")
+    print(f"{'    starting its own Ray':48s} {floor_s:8.1f} s   -> no Tune sweep of this job beats "
+          f"{(plain_wall + floor_s) / plain_wall:.2f} cold")
+    print(f"{'    on the running Ray':48s} {warm_floor_s:8.1f} s   -> nor {(plain_wall + warm_floor_s) / plain_wall:.2f} warm\n")
     print("where (b) spends its time:")
     rows = [
         ("driver: ray.init (MLflow server boots meanwhile)", driver.get("ray_init_s", 0)),
