@@ -94,3 +94,28 @@ def test_fer_trial_on_the_gpu_picks_its_precision_and_trains(tmp_path):
     fit(_fer_config(precision="auto"), setup, None, "gpu trial", session)
     assert [r["epoch"] for r in session.reports] == [1, 2]
     assert session.reports[-1]["train_loss"] < session.reports[0]["train_loss"]
+
+
+def test_fusion_graphed_epochs_match_eager():
+    """S1's step (cached states, encoder tops, fusion head, two learning rates) graphed as
+    meld_fusion runs it on a GPU: the same losses as eager, with dropout off."""
+    from workloads.bench_gpu import s1_setup
+    from workloads.core.loop import LocalSession, run_epoch
+
+    device = torch.device("cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        losses = {}
+        for graphs in (False, True):
+            setup, loader = s1_setup("cross_attention", 8, device, graphs=graphs, dropout=0.0, n_batches=6)
+            assert (setup.train_step is not None) == graphs
+            if not graphs:  # the same padded batches both ways: padding is masked, but keep the inputs equal
+                _, loader = s1_setup("cross_attention", 8, device, graphs=True, dropout=0.0, n_batches=6)
+            losses[graphs] = [run_epoch(setup, setup.model, loader, device, True, LocalSession(quiet=True),
+                                        epoch=e)["loss"] for e in (1, 2, 3)]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    print("eager", losses[False], "graphs", losses[True])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4), losses
+    assert losses[True][-1] < losses[True][0]

@@ -16,8 +16,8 @@ CUDA graph per width padded to 32; `--model DIR` times a real folder instead. FE
 four CNNs of S6 on 48×48 grey faces: the model-only ceiling (one batch on the device,
 eager), and whole training epochs as fer.train runs them (a FER2013-sized up-sampled split
 cut into batches on the device, eager or graphed, fp32 or bf16 + channels-last, and the
-trial's default: precision chosen by a timed trial). S1 is the fusion trial's step on
-cached prefix states (bench_s1). S4 is the Attention_BLSTM on 157 × 46 frame features; S5
+trial's default: precision chosen by a timed trial). S1 is the fusion trial's epoch on
+cached prefix states (bench_s1), eager and graphed. S4 is the Attention_BLSTM on 157 × 46 frame features; S5
 the AudioMNIST MLP (one hidden layer, real AudioMNIST's 101 frames × 36 MFCC + deltas in)
 and the GTZAN CNN on 128 × 128 log-mel images. FLOPs are counted by torch's
 FlopCounterMode on the step itself.
@@ -123,13 +123,6 @@ def time_epochs(setup, loader, device: torch.device, seconds: float, items_per_s
             "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
 
 
-def _optimizer(cls, params, lr: float, device: torch.device, **kw):
-    """The workloads' optimizer set-up: fused and capturable on a GPU, foreach on the CPU."""
-    if device.type == "cuda":
-        return cls(params, lr=torch.tensor(lr, device=device), fused=True, capturable=True, **kw)
-    return cls(params, lr=lr, foreach=True, **kw)
-
-
 def bench_s3(batch: int, seconds: float, device: torch.device, model_dir: str | None, precision: str,
              graphs: bool = False) -> dict:
     """S3's training epoch: bert_nli's step through the shared loop (eager, or one CUDA graph
@@ -137,7 +130,7 @@ def bench_s3(batch: int, seconds: float, device: torch.device, model_dir: str | 
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     from workloads import bert_nli
-    from workloads.core.graphs import GraphedTrainStep
+    from workloads.core.graphs import GraphedTrainStep, capturable, rate
     from workloads.core.loop import TrainSetup
 
     torch.manual_seed(0)
@@ -149,7 +142,8 @@ def bench_s3(batch: int, seconds: float, device: torch.device, model_dir: str | 
             max_position_embeddings=512, num_labels=3, pad_token_id=1))
     model.to(device).train()
     graphs = graphs and device.type == "cuda"
-    opt = _optimizer(torch.optim.AdamW, model.parameters(), 3e-5, device, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=rate(3e-5, device), weight_decay=0.01,
+                            **(capturable(device) or {"foreach": True}))  # as bert_nli builds it
     use_bf16 = precision == "bf16" and device.type == "cuda"
 
     def step(m, b, d):
@@ -228,51 +222,66 @@ def bench_fer_epoch(arch: str, batch: int, seconds: float, device: torch.device,
             **time_epochs(setup, setup.loaders["train"], device, seconds, batch)}
 
 
-def bench_s1(fusion: str, batch: int, seconds: float, device: torch.device, precision: str) -> dict:
-    """S1's trial step on cached prefix states: the top layer of a MiniLM-shaped text encoder
-    (384-d, MELD-like transcripts of 8-40 tokens) and of whisper-base's encoder (512-d, a 5-s
-    window: 250 frames), then the fusion head. `epoch_s_meld` is one epoch of MELD's 9,989
-    training utterances at that speed."""
+def s1_setup(fusion: str, batch: int, device: torch.device, precision: str = "fp32", graphs: bool = False,
+             dropout: float | None = None, n_batches: int = 24):
+    """S1's trial on generated cached prefix states, as meld_fusion builds it: the top layer of
+    a MiniLM-shaped text encoder (384-d, MELD-like transcripts of 8-40 tokens) and of
+    whisper-base's encoder (512-d, a 5-s window: 250 frames, 50-250 real), then the fusion
+    head; meld_fusion's collate (padded for graphs on a GPU), step and optimizer. Returns the
+    TrainSetup and the batches."""
     from transformers import BertConfig, BertModel, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from workloads import meld_fusion
+    from workloads.core.graphs import GraphedTrainStep
+    from workloads.core.loop import TrainSetup
     from workloads.models.fusion import FusionHead, FusionModel, uses
 
     torch.manual_seed(0)
+    drop = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     text_model = BertModel(BertConfig(hidden_size=384, num_hidden_layers=1, num_attention_heads=12,
-                                      intermediate_size=1536))
-    audio_model = WhisperEncoder(WhisperConfig(d_model=512, encoder_layers=1, encoder_attention_heads=8,
-                                               encoder_ffn_dim=2048, max_source_positions=250))
+                                      intermediate_size=1536, **drop))
+    audio_model = WhisperEncoder(WhisperConfig(
+        d_model=512, encoder_layers=1, encoder_attention_heads=8, encoder_ffn_dim=2048, max_source_positions=250,
+        **({} if dropout is None else {"dropout": dropout, "attention_dropout": dropout, "activation_dropout": dropout})))
     text, audio = uses(fusion)
-    head = FusionHead(fusion, 384, 512, 7)
+    head = FusionHead(fusion, 384, 512, 7, **({} if dropout is None else {"dropout": dropout}))
     model = FusionModel(head, text_model.encoder.layer if text else None, audio_model.layers if audio else None,
                         audio_model.layer_norm).to(device).train()
-    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, **kwargs)
+    graphs = graphs and device.type == "cuda"
+    opt = meld_fusion.make_optimizer(model, 2e-5, 1e-3, 0.01, device)
     g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(8, 41, (batch,), generator=g)
-    tokens = torch.randn(batch, int(lengths.max()), 384, generator=g).to(device)
-    token_mask = (torch.arange(tokens.shape[1])[None] < lengths[:, None]).to(device)
-    frames = torch.randn(batch, 250, 512, generator=g).to(device)
-    frame_mask = (torch.arange(250)[None] < torch.randint(50, 251, (batch, 1), generator=g)).to(device)
-    y = torch.randint(0, 7, (batch,), generator=g).to(device)
-    batch_data = (tokens if text else None, token_mask if text else None, frames if audio else None,
-                  frame_mask if audio else None, y)
-    step_fn = meld_fusion.make_step(None)
+    items = []
+    for _ in range(batch * n_batches):
+        frames = torch.randn(int(torch.randint(50, 251, (), generator=g)), 512, generator=g)
+        items.append((torch.randn(int(torch.randint(8, 41, (), generator=g)), 384, generator=g) if text else None,
+                      frames if audio else None, frames.shape[0] if audio else 0,
+                      int(torch.randint(0, 7, (), generator=g))))
+    pad = meld_fusion.GRAPH_PAD if graphs else (1, 1)
+    loader = [meld_fusion.collate(items[i:i + batch], pad) for i in range(0, len(items), batch)]
+    base = meld_fusion.make_step(None)
     use_bf16 = precision == "bf16" and device.type == "cuda"
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, _, _ = step_fn(model, batch_data, device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    def step(m, b, d):
+        with torch.autocast(d.type, dtype=torch.bfloat16, enabled=use_bf16):
+            return base(m, b, d)
 
-    row = {"workload": "s1", "model": f"{fusion}: MiniLM top + whisper-base top", "batch": batch,
-           "precision": "bf16" if use_bf16 else "fp32", "optimizer": "AdamW " + next(iter(kwargs)),
-           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, **time_steps(step, seconds, device, batch)}
+    setup = TrainSetup(model=model, optimizer=opt, loaders={"train": loader}, step=step, class_names=list(range(7)),
+                       epochs=1, grad_clip=1.0,
+                       train_step=GraphedTrainStep(model, opt, step, device, 1.0) if graphs else None)
+    return setup, loader
+
+
+def bench_s1(fusion: str, batch: int, seconds: float, device: torch.device, precision: str,
+             graphs: bool = False) -> dict:
+    """S1's training epoch (s1_setup) through the shared loop, eager or graphed. `epoch_s_meld`
+    is one epoch of MELD's 9,989 training utterances at that speed."""
+    setup, loader = s1_setup(fusion, batch, device, precision, graphs, n_batches=24 if device.type == "cuda" else 2)
+    row = {"workload": "s1", "model": f"{fusion}: MiniLM + whisper-base tops" + (", graphs" if setup.train_step else ""),
+           "batch": batch, "precision": "bf16" if precision == "bf16" and device.type == "cuda" else "fp32",
+           "optimizer": "AdamW " + ("fused" if device.type == "cuda" else "default"),
+           "params_m": sum(p.numel() for p in setup.model.parameters()) / 1e6,
+           **time_epochs(setup, loader, device, seconds, batch)}
     row["epoch_s_meld"] = 9989 / row["items_per_s"]
     return row
 
@@ -352,7 +361,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "s1" in wanted:
             for fusion in args.s1_fusions.split(","):
                 for b in (int(x) for x in args.s1_batch.split(",")):
-                    emit(bench_s1(fusion, b, args.seconds, device, precision))
+                    for graphs in modes:
+                        emit(bench_s1(fusion, b, args.seconds, device, precision, graphs))
     if "fer" in wanted and on_gpu:  # what fer.train does by default: precision by a timed trial, graphs
         for arch in args.fer_archs.split(","):
             emit(bench_fer_epoch(arch, args.fer_batch, args.seconds, device, "auto", True))

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from .core.loop import (EpochShardSampler, TrainSession, TrainSetup, distributed_rank, fit, pick_device,
                         run_data_parallel)
-from .core.graphs import GraphedTrainStep
+from .core.graphs import GraphedTrainStep, capturable, rate
 from .core.seeding import derive_seed, seed_everything
 from .data.farstail import LABEL_NAMES, LABELS, read_farstail
 from .data.manifest import stratified_subset
@@ -155,11 +155,8 @@ def _train(config: dict, tracking: TrackingContext | None, session=None) -> None
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     # one fused kernel per step on a GPU; foreach on the CPU
-    if device.type == "cuda":
-        kind = {"fused": True, "capturable": True, "lr": torch.tensor(config["lr"], device=device)}
-    else:
-        kind = {"foreach": True, "lr": config["lr"]}
-    optimizer = torch.optim.AdamW(params, weight_decay=config["weight_decay"], **kind)
+    optimizer = torch.optim.AdamW(params, lr=rate(config["lr"], device), weight_decay=config["weight_decay"],
+                                  **(capturable(device) or {"foreach": True}))
     total_steps = config["epochs"] * len(loaders["train"])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * total_steps), total_steps)
     grad_clip = config.get("grad_clip", 1.0)

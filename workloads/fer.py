@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .core.loop import TrainSetup, class_weights, fit, pick_device
-from .core.graphs import GraphedTrainStep
+from .core.graphs import GraphedTrainStep, capturable, rate
 from .core.seeding import derive_seed, seed_everything
 from .data.fer2013 import LABELS
 from .data.manifest import stratified_subset
@@ -134,9 +134,7 @@ def make_step(weights: torch.Tensor | None, precision: str = "fp32"):
 def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
     """Adam; on a GPU fused and capturable (a CUDA-graphed step), with the learning rate as a
     device tensor."""
-    if device.type == "cuda":
-        return torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device), fused=True, capturable=True)
-    return torch.optim.Adam(model.parameters(), lr=lr)
+    return torch.optim.Adam(model.parameters(), lr=rate(lr, device), **capturable(device))
 
 
 def choose_precision(model: torch.nn.Module, batch, device: torch.device, graphs: bool = True,
@@ -174,7 +172,6 @@ def choose_precision(model: torch.nn.Module, batch, device: torch.device, graphs
             once()
         torch.cuda.synchronize(device)
         times[precision] = (time.perf_counter() - start) / steps
-        del trial, opt, graphed
     return min(times, key=times.get), times
 
 

@@ -26,6 +26,18 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 
+def capturable(device: torch.device) -> dict:
+    """Optimizer options for a step a CUDA graph can capture: fused and capturable on a GPU;
+    none elsewhere."""
+    return {"fused": True, "capturable": True} if device.type == "cuda" else {}
+
+
+def rate(lr: float, device: torch.device) -> float | torch.Tensor:
+    """A learning rate as the captured step reads it: a device tensor on a GPU (a scheduler's
+    fill_ then reaches the graph), a float elsewhere."""
+    return torch.tensor(float(lr), device=device) if device.type == "cuda" else float(lr)
+
+
 class GraphedTrainStep:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: Callable,
                  device: torch.device, grad_clip: float | None = 1.0, max_graphs: int = 8):
