@@ -1,17 +1,19 @@
 """A whole training step as a CUDA graph: forward, backward, gradient clipping and the
 optimizer step captured once per input shape and replayed.
 
-A small model at a small batch (S3's 24M-parameter encoder at batch 16-32, S6's CNNs) is
-bound by kernel launches, not arithmetic: one eager step issues about 1,500 kernels from
-Python, each a few microseconds of CPU time, while the GPU idles between them. A replayed
-graph launches them all in one call. Shapes must repeat for this to pay: S3 pads pairs to a
-multiple of 32 pieces, so a run sees at most four widths (and a last, smaller batch).
+A small model at a small batch (S3's 24M-parameter encoder at batch 16-32, S6's CNNs, S1's
+fusion trial at batch 4) is bound by kernel launches, not arithmetic: one eager step issues
+hundreds to thousands of kernels from Python, each a few microseconds of CPU time, while the
+GPU idles between them. A replayed graph launches them all in one call (on an H100: S3 at
+batch 32 5.4× faster, S1 at batch 4 9.9×; docs/gpu.md). Shapes must repeat for this to pay:
+S3 pads pairs to a multiple of 32 pieces, so a run sees at most four widths (and a last,
+smaller batch); S1 pads tokens to 16 and frames to 50.
 
 Contract: the optimizer is built with `capturable=True` (and, for a schedule, a tensor
 learning rate on the device, so that a scheduler's `fill_` reaches the captured step); the
 step function takes the batch as the loader yields it and moves it to the device itself.
-The first batch of each shape runs eagerly on a side stream (it is a real training step and
-the warm-up the capture needs), then the shape is captured; later batches of that shape are
+The first batch of each shape runs eagerly on the step's own stream, the one its captures
+use (it is a real training step and the warm-up the capture needs), then the shape is captured; later batches of that shape are
 copied into the captured inputs and replayed. Every backward of the model must go through
 this step: an earlier eager backward on the default stream leaves autograd waiting on that
 stream, which a capture cannot do (PyTorch 2.11). Dropout draws fresh numbers on each replay
