@@ -85,15 +85,12 @@ def floor(args) -> None:
     """(d): Ray and Tune's own cost for one trial on this machine: start Ray as the runner
     does (lean, no dashboard), run one Tune trial that only imports the workload, exit.
     Nothing of emosweep's (no MLflow, no data, no checkpoints)."""
-    os.environ.setdefault("RAY_enable_metrics_collection", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import tune
 
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=args.threads)
+    from workloads.core.ray_start import start_ray
+
+    start_ray(args.address, **({} if args.address else {"num_cpus": args.threads}))
     tune.Tuner(tune.with_resources(_noop_trial, {"cpu": args.threads}),
                run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="emosweep-floor-"), verbose=0)).fit()
     ray.shutdown()

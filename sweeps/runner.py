@@ -29,6 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from workloads.core.config import parse_value
 from workloads.core.console import quiet_logs, restore_logs
 from workloads.core.paths import emosweep_home
+from workloads.core.ray_start import start_ray
 from workloads.core.storage import filesystem
 from workloads.core.seeding import derive_seed
 from workloads.core.mlflow_server import SharedServer
@@ -442,20 +443,6 @@ def warn_if_unreachable(uri: str) -> None:
               f"EMOSWEEP_TRACKING_URI.", file=sys.stderr)
 
 
-def _init_ray(address: str | None, quiet: bool = False):
-    """Start or join Ray. Quiet: the workers' output stays in Ray's session logs."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=not quiet)
-    else:  # a local Ray started lean: no dashboard, no metrics exporter (nor its export errors), no usage report
-        os.environ.setdefault("RAY_enable_metrics_collection", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(include_dashboard=False, log_to_driver=not quiet)
-
-
 class TrialProgress(tune.Callback):
     """The quiet terminal's view of a sweep: one bar over its trials, with the best result so
     far. Tune pickles callbacks with the sweep's state, so the bar is made when first needed."""
@@ -538,7 +525,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         if opts.verbose == 0:
             log = quiet_logs(home / "logs", study.name)
             print(f"[emosweep] Ray, Tune and MLflow logs go to {log} (--verbose 1 shows them here)", flush=True)
-        _init_ray(opts.address, quiet=opts.verbose == 0)
+        start_ray(opts.address, quiet=opts.verbose == 0)
         timings["ray_init_s"] = time.perf_counter() - t
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         if not opts.resume:  # data checks and model resolution overlap the MLflow server's boot

@@ -33,6 +33,8 @@ import time
 
 import torch
 
+from workloads.core.graphs import round_up
+
 # Dense bf16 tensor-core peaks (FLOP/s), by device name. MFU is left out for anything else.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
 
@@ -67,10 +69,14 @@ def time_steps(step, seconds: float, device: torch.device, items_per_step: int) 
         step()
         n += 1
     _sync(device)
-    elapsed = time.perf_counter() - start
-    achieved = flops * n / elapsed
+    return _rates(items_per_step * n, n, flops / items_per_step, time.perf_counter() - start, device)
+
+
+def _rates(items: int, steps: int, flops_per_item: float, elapsed: float, device: torch.device) -> dict:
+    """A timed row: items/s, achieved TFLOP/s and its fraction of the device's peak, peak memory."""
+    achieved = flops_per_item * items / elapsed
     peak = device_peak(device)
-    return {"items_per_s": items_per_step * n / elapsed, "steps": n, "flops_per_item": flops / items_per_step,
+    return {"items_per_s": items / elapsed, "steps": steps, "flops_per_item": flops_per_item,
             "tflops": achieved / 1e12, "mfu": achieved / peak if peak else None,
             "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
 
@@ -82,7 +88,7 @@ def s3_batches(batch: int, n_batches: int, vocab: int, seed: int = 0, max_length
     out = []
     for _ in range(n_batches):
         lengths = (torch.randn(batch, generator=g) * 22 + 76).clamp(20, max_length).long()
-        width = -(-int(lengths.max()) // pad_multiple) * pad_multiple
+        width = round_up(int(lengths.max()), pad_multiple)
         ids = torch.randint(5, vocab, (batch, width), generator=g)
         mask = (torch.arange(width)[None] < lengths[:, None]).long()
         out.append({"input_ids": ids * mask + (1 - mask), "attention_mask": mask,
@@ -92,8 +98,8 @@ def s3_batches(batch: int, n_batches: int, vocab: int, seed: int = 0, max_length
 
 def time_epochs(setup, loader, device: torch.device, seconds: float, items_per_step: int) -> dict:
     """The workload's real epoch loop (`run_epoch`, training) over `loader`: one warm-up epoch
-    (allocations, autotuning, graph captures), FLOPs of one eager step counted, then whole
-    epochs for `seconds`."""
+    (allocations, autotuning, graph captures), whole epochs for `seconds`, then the FLOPs of
+    one eager step counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from workloads.core.loop import LocalSession, run_epoch
@@ -115,12 +121,7 @@ def time_epochs(setup, loader, device: torch.device, seconds: float, items_per_s
         loss, _, _ = setup.step(setup.model, next(iter(loader)), device)
         loss.backward()
     setup.optimizer.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops()
-    achieved = flops / items_per_step * items / elapsed
-    peak = device_peak(device)
-    return {"items_per_s": items / elapsed, "steps": epochs * len(loader), "flops_per_item": flops / items_per_step,
-            "tflops": achieved / 1e12, "mfu": achieved / peak if peak else None,
-            "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+    return _rates(items, epochs * len(loader), counter.get_total_flops() / items_per_step, elapsed, device)
 
 
 def bench_s3(batch: int, seconds: float, device: torch.device, model_dir: str | None, precision: str,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from .core.loop import (EpochShardSampler, TrainSession, TrainSetup, distributed_rank, fit, pick_device,
                         run_data_parallel)
-from .core.graphs import GraphedTrainStep, capturable, rate
+from .core.graphs import GraphedTrainStep, capturable, rate, round_up, wants_graphs
 from .core.seeding import derive_seed, seed_everything
 from .data.farstail import LABEL_NAMES, LABELS, read_farstail
 from .data.manifest import stratified_subset
@@ -55,8 +55,7 @@ def build_loaders(config: dict, tokenizer, rank: int = 0, world: int = 1, pad_mu
     pad_id = tokenizer.pad_token_id or 0
 
     def collate(items):  # dynamic padding: pad to the longest pair in the batch
-        width = max(len(it["input_ids"]) for it in items)
-        width = -(-width // pad_multiple) * pad_multiple
+        width = round_up(max(len(it["input_ids"]) for it in items), pad_multiple)
         ids = torch.full((len(items), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
         for i, it in enumerate(items):
@@ -148,7 +147,7 @@ def _train(config: dict, tracking: TrackingContext | None, session=None) -> None
     rank, world = distributed_rank()
     device = pick_device()
     # On one GPU the whole step is a replayed CUDA graph: the loop is launch-bound at batch 16-32
-    graphs = device.type == "cuda" and world == 1 and config.get("cuda_graphs", True)
+    graphs = wants_graphs(config, device, world)
     tokenizer = load_tokenizer(config["model_path"])
     loaders = build_loaders(config, tokenizer, rank, world, pad_multiple=32 if graphs else 1)
     model, info = build_model(config)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .core.loop import TrainSetup, class_weights, fit, pick_device
-from .core.graphs import GraphedTrainStep, capturable, rate
+from .core.graphs import GraphedTrainStep, capturable, rate, wants_graphs
 from .core.seeding import derive_seed, seed_everything
 from .data.fer2013 import LABELS
 from .data.manifest import stratified_subset
@@ -182,7 +182,7 @@ def build_setup(config: dict, data: dict, device: torch.device) -> TrainSetup:
     loaders, info = build_loaders(config, data, device)
     model = build_fer_net(config["architecture"], config["dropout"]).to(device)
     weights = class_weights(data["train"][1], len(LABELS)) if config["imbalance"] == "class_weights" else None
-    graphs = device.type == "cuda" and config.get("cuda_graphs", True)
+    graphs = wants_graphs(config, device)
     precision = config.get("precision", "auto") if device.type == "cuda" else "fp32"
     if precision == "auto":
         precision, seconds = choose_precision(model, next(iter(loaders["train"])), device, graphs)

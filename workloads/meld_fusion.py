@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .core.graphs import GraphedTrainStep, capturable, rate
+from .core.graphs import GraphedTrainStep, capturable, rate, round_up, wants_graphs
 from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit, pick_device
 from .core.seeding import seed_everything
 from .data.study_items import study_items, write_items
@@ -76,7 +76,7 @@ class FusionItems(torch.utils.data.Dataset):
 
 
 def _pad(arrays: list[torch.Tensor], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    width = -(-max(a.shape[0] for a in arrays) // multiple) * multiple
+    width = round_up(max(a.shape[0] for a in arrays), multiple)
     out = torch.zeros((len(arrays), width, arrays[0].shape[-1]), dtype=arrays[0].dtype)
     for i, a in enumerate(arrays):
         out[i, :a.shape[0]] = a
@@ -203,7 +203,7 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     weights = class_weights(labels, len(config["classes"]))  # the report's class-weighted cross-entropy
     device = pick_device()
     # On a GPU the training step is a replayed CUDA graph (at the report's batch of 4 it is launch-bound)
-    graphs = device.type == "cuda" and config.get("cuda_graphs", True)
+    graphs = wants_graphs(config, device)
     pad = GRAPH_PAD if graphs else (1, 1)
     loaders = {}
     for split, (tokens, frames, counts, ys) in data.items():

@@ -28,6 +28,17 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 
+def wants_graphs(config: dict, device: torch.device, world: int = 1) -> bool:
+    """Whether a trial's step runs as a CUDA graph: on one GPU (not data-parallel), unless the
+    config says `cuda_graphs: false`."""
+    return device.type == "cuda" and world == 1 and bool(config.get("cuda_graphs", True))
+
+
+def round_up(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple of `multiple`: padded widths repeat, so captures are few."""
+    return -(-n // multiple) * multiple
+
+
 def capturable(device: torch.device) -> dict:
     """Optimizer options for a step a CUDA graph can capture: fused and capturable on a GPU;
     none elsewhere."""

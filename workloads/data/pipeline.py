@@ -275,8 +275,9 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
         when_ray_starts()
         pending = items[items["uid"].isin(need)].copy()
         pending["need"] = [",".join(need[u]) for u in pending["uid"]]
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False)
+        from ..core.ray_start import start_ray
+
+        start_ray()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
         ctx.print_on_execution_start = progress
