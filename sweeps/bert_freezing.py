@@ -54,6 +54,7 @@ STUDY = Study(
     smoke={"train_size": 96, "val_size": 48, "test_size": 48, "epochs": 2, "max_length": 64, "lr": 1e-4},
     table_columns=["strategy", "layers_frozen", "layers_kept", "heads_per_layer_after", "lr", "batch_size",
                    "epochs", "warmup_ratio", "weight_decay"],
+    official_splits="FarsTail's official train/val/test files",
 )
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ STUDY = Study(
               "on a GPU (e5-small on an H100: 0.781 unpruned, 0.728 with half the heads pruned)."),
     smoke=FREEZING.smoke,
     table_columns=["prune_fraction", "heads_per_layer_before", "heads_per_layer_after", "lr", "batch_size", "epochs"],
+    official_splits="FarsTail's official train/val/test files",
 )
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ STUDY = Study(
     table_columns=["train_corpus", "test_corpus", "method", "n_classes", "chance", "classes", "lr", "hidden",
                    "dropout", "patience"],
     metric="best_val_acc",
+    reference=blstm_attention.floor_of,  # each corpus's BLSTM against that corpus's floor
 )
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ STUDY = Study(
     smoke={"synth_n": 600, "train_size": 480, "val_size": 60, "test_size": 60, "epochs": 2, "batch_size": 32},
     table_columns=["architecture", "lr", "dropout", "batch_size", "imbalance", "epochs", "train_items_per_s",
                    "test_weighted_f1", *[f"test_f1_{c}" for c in LABELS]],
+    official_splits="FER2013's official Training/PublicTest/PrivateTest rows",
 )
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ STUDY = Study(
         "finetune_top": 0,  # k > 0: fine-tune the top k layers on the cached state entering them
         "encoder_mode": "cached",  # live: run the frozen encoder every batch (the padding study)
         "padding": "fixed",  # live mode: fixed (to clip_seconds) or dynamic (to the batch's longest)
-        "cv_folds": 0, "cv_fold": 0,  # F > 0: fold k of F speaker-disjoint folds is the test set
         "cache_dtype": "float16",
     },
     smoke={"synth_n": 96, "epochs": 3},

@@ -64,6 +64,7 @@ STUDY = Study(
     table_columns=["fusion", "test_weighted_f1", "test_acc_no_audio", "test_acc_no_text", "lr", "head_lr",
                    "fusion_width", "dropout"],
     metric="best_val_acc",
+    official_splits="MELD's official train/dev/test sets",
 )
 
 if __name__ == "__main__":

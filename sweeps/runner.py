@@ -33,12 +33,12 @@ from workloads.core.ray_start import start_ray
 from workloads.core.storage import filesystem
 from workloads.core.seeding import derive_seed
 from workloads.core.mlflow_server import SharedServer
+from sweeps.results import (arm_table, default_reference, format_arm_table, format_table, plot_arms,
+                            results_table, write_tables)
 from workloads.core.tracking import (TrackingContext, fail_fast_requests, find_child_run, git_commit,
                                      share_sweep_view, start_parent_run)
 
 STATE_FILE = "emosweep.json"  # beside Tune's own state in the experiment folder
-RESULT_COLUMNS = ["epochs_done", "best_epoch", "best_val_acc", "test_acc", "test_macro_f1",
-                  "trainable_params", "total_params", "wall_s"]
 
 
 @dataclass
@@ -66,6 +66,14 @@ class Study:
     # named with the reason and left out, the others run
     unavailable: Callable | None = None
     extra_flags: dict = field(default_factory=dict)  # flag name → help: more string options (--text-model …)
+    # Folds: a corpus with official splits refuses --folds (this says why); otherwise the
+    # driver's items table (prepare → write_items) is folded by speaker or by item.
+    official_splits: str = ""
+    speaker_folds: bool = True  # False: the labels are the speakers (speaker ID), folds split items
+    split_by: str = "speaker"  # how the study's own split (no --folds) is made: speaker or item
+    # the arm each arm is compared with: an arm name, a callable arm → arm (or None), or None:
+    # the floor where the study has one, else its first arm (the report's)
+    reference: object = None
 
 
 def arm_space(space: dict, arm: dict) -> dict:
@@ -77,17 +85,23 @@ def arm_space(space: dict, arm: dict) -> dict:
 
 
 class ArmGridSearch(Searcher):
-    """Every arm × `samples_per_arm` trials. Each arm has its own Optuna TPE sampler (seeded
-    from the sweep seed and the arm name), because the best hyper-parameters of one arm say
-    little about another's; its first suggestion is the study's default configuration, so
-    every arm always includes the reproduction of the original setup."""
+    """Every arm × `samples_per_arm` configurations × `replicates` (folds × seeds). Each arm
+    has its own Optuna TPE sampler (seeded from the sweep seed and the arm name), because the
+    best hyper-parameters of one arm say little about another's; its first suggestion is the
+    study's default configuration, so every arm always includes the reproduction of the
+    original setup. A configuration runs once per replicate, each its own Tune trial; Optuna
+    is told the configuration's mean validation metric once all its replicates are done."""
 
     def __init__(self, arms: dict, space: dict, base: dict, samples_per_arm: int, metric: str, mode: str,
-                 seed: int):
+                 seed: int, replicates: list | None = None):
         super().__init__(metric=metric, mode=mode)
         self.arms, self.base, self.samples_per_arm = arms, base, samples_per_arm
+        self.replicates = list(replicates or [{}])  # [{"fold": k, "seed": s, "replicate": r}, ...]
         self.counts = {arm: 0 for arm in arms}
         self.trial_arm: dict = {}
+        self.trial_group: dict = {}
+        self.groups: dict = {}  # config_id → {"arm", "left": replicates not done, "values": their metrics}
+        self.queue: list = []  # the remaining replicates of the configuration being handed out
         self.seeds = {arm: derive_seed(seed, "optuna", arm) for arm in arms}
         self.searchers = {}
         for arm in arms:
@@ -105,18 +119,25 @@ class ArmGridSearch(Searcher):
         return True  # the space is ours; Tune's param_space is empty
 
     def suggest(self, trial_id: str):
-        pending = [a for a in self.arms if self.counts[a] < self.samples_per_arm]
-        if not pending:
-            return Searcher.FINISHED
-        arm = min(pending, key=lambda a: self.counts[a])  # round-robin: early waves span the arms
-        sampled = {}
-        if arm in self.searchers:
-            sampled = self.searchers[arm].suggest(trial_id)
-            if sampled is None or sampled == Searcher.FINISHED:
-                return sampled
-        self.counts[arm] += 1
-        self.trial_arm[trial_id] = arm
-        return {**self.arm_config(arm), **sampled, "arm": arm}
+        if not self.queue:
+            pending = [a for a in self.arms if self.counts[a] < self.samples_per_arm]
+            if not pending:
+                return Searcher.FINISHED
+            arm = min(pending, key=lambda a: self.counts[a])  # round-robin: early waves span the arms
+            group = f"{arm}/c{self.counts[arm]}"
+            sampled = {}
+            if arm in self.searchers:
+                sampled = self.searchers[arm].suggest(group)
+                if sampled is None or sampled == Searcher.FINISHED:
+                    return sampled
+            self.counts[arm] += 1
+            self.groups[group] = {"arm": arm, "left": len(self.replicates), "values": []}
+            config = {**self.arm_config(arm), **sampled, "arm": arm, "config_id": group}
+            self.queue = [{**config, **replicate} for replicate in self.replicates]
+        config = self.queue.pop(0)
+        self.trial_arm[trial_id] = config["arm"]
+        self.trial_group[trial_id] = config["config_id"]
+        return config
 
     def arm_config(self, arm: str) -> dict:
         """Defaults ← the arm's own values ← values set for this run (--set, --epochs, --smoke,
@@ -125,15 +146,23 @@ class ArmGridSearch(Searcher):
         return {**self.base, **self.arms[arm], **forced}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        arm = self.trial_arm.get(trial_id)
-        if arm in self.searchers and self.metric in result:
-            self.searchers[arm].on_trial_result(trial_id, result)
+        arm, group = self.trial_arm.get(trial_id), self.trial_group.get(trial_id)
+        # intermediate values (Optuna's pruners) only mean something for a configuration run once
+        if arm in self.searchers and self.metric in result and len(self.replicates) == 1:
+            self.searchers[arm].on_trial_result(group, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        arm = self.trial_arm.get(trial_id)
-        if arm in self.searchers:
-            ok = result is not None and self.metric in result
-            self.searchers[arm].on_trial_complete(trial_id, result if ok else None, error=error or not ok)
+        arm, group = self.trial_arm.get(trial_id), self.trial_group.get(trial_id)
+        if group not in self.groups:
+            return
+        state = self.groups[group]
+        state["left"] -= 1
+        if result is not None and not error and self.metric in result:
+            state["values"].append(float(result[self.metric]))
+        if state["left"] == 0 and arm in self.searchers:
+            values = state["values"]
+            mean = {self.metric: sum(values) / len(values)} if values else None
+            self.searchers[arm].on_trial_complete(group, mean, error=not values)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -226,6 +255,18 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    help="resume an interrupted sweep: its name, its folder, or the latest of this study")
     p.add_argument("--results-out", help="results table CSV path (a .md is written beside it)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--folds", metavar="K|loso",
+                   help="run every configuration on K speaker-disjoint folds (each fold's speakers are its test "
+                        "set), or one fold per speaker (loso); the table gives each arm's mean and 95%% CI")
+    p.add_argument("--seeds", type=int, default=1, help="repeats of every configuration (and fold) with derived seeds")
+    p.add_argument("--split-by", choices=["speaker", "item"],
+                   help="folds of speakers (default, when the corpus names them) or stratified folds of items")
+    p.add_argument("--reference", metavar="ARM",
+                   help="the arm every arm is compared with, paired over folds and seeds (default: the floor, "
+                        "else the report's arm)")
+    p.add_argument("--allow-leak", action="store_true",
+                   help="run even when a split shares speakers or identical audio between train, val and test "
+                        "(recorded as a tag)")
     p.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2],
                    help="0: a progress bar and emosweep's summary, the libraries' logs to a file; 1: Ray's and "
                         "Tune's output and the trials' own output here too; 2: Tune's most detailed status")
@@ -299,6 +340,7 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     arms = select_arms(study, opts)
     if study.prepare is not None:
         base = study.prepare(base, opts)
+    base = plan_folds(study, base, opts)
     if study.unavailable is not None:
         for arm in list(arms):
             why = study.unavailable({**base, **arms[arm]})
@@ -308,6 +350,87 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
         if not arms:
             raise SystemExit(f"no arm of {study.name} can run on this data (see above)")
     return arms, base
+
+
+def check_fold_flags(study: Study, opts) -> None:
+    """The fold flags a study cannot use are refused before anything starts."""
+    from workloads.data.folds import FoldError, parse_folds
+
+    try:
+        folds = parse_folds(opts.folds)
+    except FoldError as e:
+        raise SystemExit(str(e)) from None
+    if folds and study.official_splits:
+        raise SystemExit(f"--folds: {study.name} uses {study.official_splits}; its splits are fixed. "
+                         f"Use --seeds N to repeat every configuration with other seeds")
+    if opts.split_by and study.official_splits:
+        raise SystemExit(f"--split-by: {study.name} uses {study.official_splits}; its splits are fixed")
+    if opts.split_by and not folds:
+        raise SystemExit("--split-by chooses how --folds makes its folds; give --folds K too")
+    if opts.split_by == "speaker" and not study.speaker_folds:
+        raise SystemExit(f"--split-by speaker: {study.name}'s labels are the speakers; its folds split items")
+    if opts.seeds < 1:
+        raise SystemExit(f"--seeds {opts.seeds}: at least 1")
+    if opts.reference and opts.reference not in study.arms:
+        raise SystemExit(f"--reference {opts.reference}: not an arm of {study.name} ({', '.join(study.arms)})")
+
+
+def plan_folds(study: Study, base: dict, opts) -> dict:
+    """After the study's prepare: how many folds, split how, and the split-integrity gate over
+    every fold (or the one split) before any trial starts. A leak is refused by name unless
+    --allow-leak. Sets n_folds, split_by, split_seed and the gate's report on base."""
+    from workloads.data.folds import FoldError, count_folds, gate, parse_folds, resolve_split_by
+
+    base = dict(base)
+    folds = parse_folds(opts.folds)
+    base.update(folds=str(folds or 0), n_folds=0, split_seed=opts.seed, seeds=opts.seeds,
+                split_by=study.split_by if not study.official_splits else "official")
+    if study.official_splits or ("items_file" not in base and "items" not in base):
+        return base  # the corpus's own splits
+    from workloads.data.study_items import study_items
+
+    items = study_items(base)
+    try:
+        if folds:
+            base["split_by"], why = resolve_split_by(items, opts.split_by, study.speaker_folds)
+            base["n_folds"] = count_folds(items, folds, base["split_by"])
+            print(f"[emosweep] {base['n_folds']} folds by {base['split_by']} ({why}), split seed {opts.seed}")
+        elif study.split_by == "speaker" and not all(str(r.get("speaker") or "") for r in items.values()):
+            base["split_by"] = "item"
+    except FoldError as e:
+        raise SystemExit(str(e)) from None
+    per, leaks = gate(items, base["n_folds"], base["split_by"], opts.seed)
+    hashed = any(r.get("content_hash") for r in items.values())
+    checks = (["no speaker in two parts"] if base["split_by"] == "speaker" else []) + \
+             (["no identical decoded audio in two parts"] if hashed else [])
+    verdict = "clean" if not leaks else f"{len(leaks)} leak(s)" + (", allowed by --allow-leak" if opts.allow_leak else "")
+    base["_gate"] = (f"split gate ({', '.join(checks) or 'nothing to check'}) over "
+                     f"{len(per)} {'folds' if base['n_folds'] else 'split'}: {verdict}")
+    base["_gate_leaks"] = leaks[:50]
+    if base["n_folds"]:  # the data report: what each fold trains, validates and tests on
+        from workloads.data.folds import fold_splits, split_sizes
+
+        lines = ["| fold | train items (speakers) | val | test |", "|---|---|---|---|"]
+        for k in range(base["n_folds"]):
+            sizes = split_sizes(items, fold_splits(items, base["n_folds"], k, base["split_by"], opts.seed))
+            lines.append(f"| {k} | " + " | ".join(f"{n} ({s})" for n, s in sizes.values()) + " |")
+        base["_gate"] += "\n\n" + "\n".join(lines)
+    print(f"[emosweep] {base['_gate'].splitlines()[0]}")
+    if leaks and not opts.allow_leak:
+        shown = "\n  ".join(leaks[:10]) + (f"\n  … and {len(leaks) - 10} more" if len(leaks) > 10 else "")
+        raise SystemExit(f"the split leaks between train, val and test; refusing to run:\n  {shown}\n"
+                         f"(--allow-leak runs it anyway, and records that)")
+    return base
+
+
+def replicates_of(base: dict) -> list[dict]:
+    """(fold, seed) of every trial of one configuration: folds × seeds. The first seed is the
+    sweep's own; the others derive from it. The split seed stays the sweep's, so every seed
+    sees the same folds and arms pair over them."""
+    seed = int(base["seed"])
+    seeds = [seed] + [derive_seed(seed, "replicate", r) for r in range(1, int(base.get("seeds", 1)))]
+    folds = list(range(int(base.get("n_folds") or 0))) or [None]
+    return [{"fold": f, "seed": s, "replicate": r} for f in folds for r, s in enumerate(seeds)]
 
 
 class Storage:
@@ -368,62 +491,6 @@ def _find_resume(storage: Storage, study: Study, resume: str) -> str:
     if not runs:
         raise SystemExit(f"nothing to resume: no sweep of {study.name} under {storage.root}")
     return runs[-1]
-
-
-# ----------------------------------------------------------------------------- results
-
-def results_table(study: Study, result_grid, arms: dict) -> pd.DataFrame:
-    rows = []
-    for result in result_grid:
-        cfg, m = result.config or {}, result.metrics or {}
-        row = {"arm": cfg.get("arm"), "trial": result.path and Path(result.path).name}
-        unused = set(study.space) - set(arm_space(study.space, arms.get(cfg.get("arm"), {})))
-        # what was used, else asked; blank for a searched knob this arm does not use
-        row.update({k: None if k in unused else m.get(k, cfg.get(k)) for k in study.table_columns})
-        row.update({
-            "epochs_done": m.get("epoch", 0), "best_epoch": m.get("best_epoch"),
-            "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"), "test_uar": m.get("test_uar"),
-            "test_macro_f1": m.get("test_macro_f1"), "trainable_params": m.get("trainable_params"),
-            "total_params": m.get("total_params"), "wall_s": m.get("time_total_s"),
-            "model": cfg.get("model_id"), "random_init": bool(cfg.get("random_init")),
-            "mlflow_unlogged_epochs": m.get("mlflow_unlogged_epochs", 0),
-            "status": "ERROR" if result.error else ("OK, early stop" if m.get("early_stopped") else
-                                                    "OK" if m.get("fitted_once") else
-                                                    "STOPPED" if m.get("epoch", 0) < cfg.get("epochs", 0) else "OK"),
-        })
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    order = {a: i for i, a in enumerate(arms)}
-    df["_order"] = df["arm"].map(order)
-    return df.sort_values(["_order", "test_acc"], ascending=[True, False]).drop(columns="_order").reset_index(drop=True)
-
-
-def format_table(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, floatfmt=".4g") if not df.empty else "(no trials)"
-
-
-def plot_arms(df: pd.DataFrame, path: Path, metric: str = "test_acc") -> Path:
-    """Best test accuracy per arm: the picture of the study's final table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = df.groupby("arm", sort=False)[[metric, "test_macro_f1"]].max()
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(best), 3.6))
-    x = range(len(best))
-    ax.bar([i - 0.2 for i in x], best[metric], width=0.4, label=metric)
-    ax.bar([i + 0.2 for i in x], best["test_macro_f1"], width=0.4, label="test_macro_f1")
-    ax.set_xticks(list(x), best.index, rotation=20, ha="right")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -493,6 +560,77 @@ class TrialProgress(tune.Callback):
             self._bar.close()
 
 
+def reference_of(study: Study, arms: dict, asked: str | None):
+    """The reference arm of each arm: --reference, else the study's own rule, else its floor or
+    first arm."""
+    if asked:
+        return asked
+    if callable(study.reference):
+        return lambda arm: study.reference(arm, arms)
+    return study.reference if study.reference in arms else default_reference(study, arms)
+
+
+def selection_note(base: dict, samples: int, metric: str) -> str:
+    """One line on how each arm's configuration was chosen and what its numbers are over."""
+    n_folds, seeds = int(base.get("n_folds") or 0), int(base.get("seeds") or 1)
+    over = (f"{n_folds} folds by {base.get('split_by')}" if n_folds else
+            f"the {'official' if base.get('split_by') == 'official' else 'seeded ' + str(base.get('split_by'))} split")
+    over += f" × {seeds} seed{'s' if seeds > 1 else ''}"
+    chosen = ("one configuration per arm (the study's defaults)" if samples == 1 else
+              f"each arm's configuration chosen among {samples} by its mean {metric} (validation) over the runs; "
+              f"test metrics are reported, never used to choose")
+    return f"Over {over}: {chosen}. ± is the 95% CI of the mean; Δ is paired with the reference arm."
+
+
+def log_arm_runs(client, tracking: TrackingContext, trials: pd.DataFrame, arms_tab: pd.DataFrame,
+                 state: dict) -> None:
+    """One MLflow run per (arm, configuration) under the sweep's parent, holding its fold and
+    seed runs as children and its aggregate metrics; the chosen configuration of each arm is
+    tagged `selected`, and the sweep's shared view lists those, one row per arm. Runs made by
+    an earlier end of the same sweep (a resumed one) are reused."""
+    from workloads.core.tracking import TAG_PARENT
+    from sweeps.results import ARM_METRICS, mean_ci
+
+    ctx = tracking
+    existing = {r.data.tags.get("config_id"): r for r in client.search_runs(
+        [ctx.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}' and tags.emosweep_row = 'arm'",
+        max_results=1000)}
+    chosen = {arm: set(trials_) for arm, trials_ in arms_tab.attrs.get("chosen", {}).items()}
+    by_arm = arms_tab.set_index("arm")
+    for config_id, group in trials.groupby(trials["config_id"].fillna("c0"), sort=False):
+        arm = group["arm"].iloc[0]
+        selected = arm in chosen and set(group["trial"]) & chosen[arm] != set()
+        tags = {TAG_PARENT: ctx.parent_run_id, "emosweep_row": "arm", "arm": arm, "config_id": config_id,
+                "selected": str(bool(selected)).lower(), **{k: v for k, v in ctx.tags.items() if k != "git_commit"}}
+        run = existing.get(config_id) or client.create_run(ctx.experiment_id, run_name=f"{arm} ({config_id})",
+                                                            tags={k: str(v) for k, v in tags.items()})
+        metrics = {"n_runs": len(group), "val_acc_mean": float(group["best_val_acc"].mean())}
+        for m in ARM_METRICS:
+            if m in group:
+                mean, std, half = mean_ci(group[m])
+                metrics.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci95": half})
+        if selected:
+            for k in ("test_acc_diff", "test_acc_diff_ci95", "p_value"):
+                value = by_arm.loc[arm, k]
+                if value is not None and not pd.isna(value):
+                    metrics[k] = float(value)
+            if by_arm.loc[arm, "verdict"]:
+                client.set_tag(run.info.run_id, "verdict", str(by_arm.loc[arm, "verdict"]))
+        import math
+
+        for k, v in metrics.items():
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                client.log_metric(run.info.run_id, k, float(v))
+        for trial_id in group["trial"].dropna():  # its fold and seed runs become its children
+            child = find_child_run(client, ctx, trial_id)
+            if child is not None:
+                client.set_tag(child.info.run_id, TAG_PARENT, run.info.run_id)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    share_sweep_view(client, ctx.uri, ctx.experiment_id, ctx.parent_run_id,
+                     ["test_acc_mean", "test_acc_ci95", "test_uar_mean", "test_macro_f1_mean", "test_acc_diff",
+                      "p_value", "n_runs"], "val_acc_mean", extra_filter="tags.selected = 'true'")
+
+
 def run_study(study: Study, opts) -> pd.DataFrame:
     """Run (or resume) one sweep of `study`; returns the results table."""
     # Short epochs checkpoint often by design; Tune's warning about it is noise here.
@@ -504,6 +642,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
     t_start = time.perf_counter()
     if not opts.resume:
         select_arms(study, opts)  # a typo fails here, before Ray or MLflow start
+        check_fold_flags(study, opts)
     home = emosweep_home()
     storage = Storage(opts.storage_path or os.environ.get("EMOSWEEP_STORAGE_PATH") or str(home / "ray"))
     opts.tracking_uri = opts.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")
@@ -552,20 +691,26 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         else:
             name = opts.name or f"{study.name}-{datetime.now():%Y%m%d-%H%M%S}"
             samples = opts.num_samples
+            replicates = replicates_of(base)
             scheduler = opts.scheduler or ("asha" if samples > 1 else "fifo")
             sweep_params = {
                 "study": study.name, "arms": ",".join(arms), "samples_per_arm": samples, "metric": study.metric,
                 "mode": study.mode, "scheduler": scheduler, "seed": opts.seed, "cpus_per_trial": opts.cpus_per_trial,
                 "gpus_per_trial": gpus, "max_failures": opts.max_failures, "smoke": opts.smoke,
+                "folds": base["folds"], "n_folds": base["n_folds"], "seeds": base["seeds"],
+                "split_by": base["split_by"], "split_seed": base["split_seed"], "allow_leak": opts.allow_leak,
+                "replicate_seeds": ",".join(str(s) for s in dict.fromkeys(r["seed"] for r in replicates)),
                 **{f"optuna_seed.{a}": derive_seed(opts.seed, "optuna", a) for a in arms},
                 **{f"base.{k}": v for k, v in base.items()},
                 **{f"space.{k}": repr(v) for k, v in study.space.items()},
             }
             experiment = opts.experiment or study.name
             note = {"mlflow.note.content": base["_run_note"]} if base.get("_run_note") else {}
+            leak_tags = {"split_gate": base.get("_gate", "not run: the study's official splits"),
+                         **({"allow_leak": "true"} if opts.allow_leak and base.get("_gate_leaks") else {})}
             tracking = start_parent_run(uri, experiment, name, sweep_params,
                                         {**tags, "random_init": str(bool(base.get("random_init"))).lower(),
-                                         "model_id": base.get("model_id", ""), **note})
+                                         "model_id": base.get("model_id", ""), **note, **leak_tags})
             metrics = ["test_acc", "test_macro_f1", *(c for c in study.table_columns if c.startswith("test_"))]
             try:
                 view = share_sweep_view(MlflowClient(uri), uri, tracking.experiment_id, tracking.parent_run_id,
@@ -574,8 +719,13 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                 view = uri
                 print(f"[emosweep] could not save the MLflow view of this sweep: {e}", file=sys.stderr)
             print(f"[emosweep] trials in the MLflow UI: {view}")
+            if base.get("_gate_leaks"):
+                MlflowClient(uri).log_text(tracking.parent_run_id, "\n".join(base["_gate_leaks"]) + "\n",
+                                           "split_gate_leaks.txt")
             if study.describe is not None:
                 for artifact, content in study.describe(base).items():
+                    if isinstance(content, str) and base.get("_gate"):
+                        content = content.rstrip("\n") + f"\n\n{base['_gate']}\n"
                     if isinstance(content, Path):  # a picture: logged as a file, not printed
                         MlflowClient(uri).log_artifact(tracking.parent_run_id, str(content))
                         continue
@@ -583,7 +733,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                     MlflowClient(uri).log_text(tracking.parent_run_id, content, artifact)
             state = {"study": study.name, "experiment": experiment, "mlflow_view": view, "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
                      "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
-                     "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": samples}
+                     "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": samples,
+                     "replicates": replicates, "reference": opts.reference}
 
         workers = int(state.get("workers_per_trial", opts.workers_per_trial))
         # A data-parallel trial is a coordinator that holds nothing; its Ray Train workers hold
@@ -598,7 +749,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                                        resume_errored=True)
         else:
             space = searched_space(study, base)
-            searcher = ArmGridSearch(arms, space, base, samples, study.metric, study.mode, opts.seed)
+            searcher = ArmGridSearch(arms, space, base, samples, study.metric, study.mode, opts.seed, replicates)
             sched = None
             if scheduler == "asha":
                 from ray.tune.schedulers import ASHAScheduler
@@ -612,14 +763,14 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                 param_space={},
                 tune_config=tune.TuneConfig(
                     metric=study.metric, mode=study.mode, search_alg=searcher, scheduler=sched,
-                    num_samples=len(arms) * samples, max_concurrent_trials=opts.max_concurrent,
+                    num_samples=len(arms) * samples * len(replicates), max_concurrent_trials=opts.max_concurrent,
                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=name, storage_path=storage.root, verbose=opts.verbose,
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[ChildRunStatus(tracking.experiment_id, tracking.parent_run_id),
-                               *([TrialProgress(len(arms) * samples, study.metric, study.mode)]
+                               *([TrialProgress(len(arms) * samples * len(replicates), study.metric, study.mode)]
                                  if opts.verbose == 0 else [])]),
             )
         state["mlflow_port"] = server.port if server else state.get("mlflow_port")
@@ -634,50 +785,56 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         timings["tune_fit_s"] = time.perf_counter() - t
 
         table = results_table(study, result_grid, arms)
-        expected = len(arms) * int(state["samples_per_arm"])
+        expected = len(arms) * int(state["samples_per_arm"]) * len(state.get("replicates") or [{}])
         finished = result_grid.num_terminated + result_grid.num_errors >= expected
         if not finished:
             print(f"[emosweep] sweep interrupted: {result_grid.num_terminated + result_grid.num_errors} of "
                   f"{expected} trials done. Continue with: --resume {name}", file=sys.stderr)
-        # The table lands in the sweep's folder when that is local, else under EMOSWEEP_HOME/results;
-        # either way it is also logged to the parent run.
+        swept = state.get("base") or {}
+        reference = reference_of(study, arms, state.get("reference"))
+        arms_tab = arm_table(table, arms, study.metric, study.mode, reference, study.table_columns)
+        how = selection_note(swept, int(state["samples_per_arm"]), study.metric)
+        # The tables land in the sweep's folder when that is local, else under EMOSWEEP_HOME/results;
+        # either way they are also logged to the parent run.
         local_dir = Path(storage.path(name)) if storage.local else home / "results" / name
         local_dir.mkdir(parents=True, exist_ok=True)
         out = Path(opts.results_out) if opts.results_out else local_dir / "results.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False)
-        md = out.with_suffix(".md")
-        run_note = (state.get("base") or {}).get("_run_note")
-        md.write_text(f"# {study.name}: {name}\n\n" + (f"{run_note}\n\n" if run_note else "") + f"{format_table(table)}\n")
+        run_note = swept.get("_run_note")
+        out, arms_csv, md = write_tables(table, arms_tab, out, f"{study.name}: {name}", run_note, how)
         run_id = tracking.parent_run_id
         timings["total_s"] = time.perf_counter() - t_start
+        plot = None
         try:
             client = MlflowClient(uri)
-            client.log_artifact(run_id, str(out))
-            client.log_artifact(run_id, str(md))
+            for path in (out, arms_csv, md, arms_csv.with_suffix(".md")):
+                client.log_artifact(run_id, str(path))
+            if len(arms_tab) > 1 and arms_tab["test_acc_mean"].notna().any():
+                plot = plot_arms(arms_tab, out.with_name(out.stem + ".arms.png"))
+                client.log_artifact(run_id, str(plot))
             if not table.empty and table["test_acc"].notna().any():
-                if len(table) > 1:  # a picture of one bar says nothing (and matplotlib costs a second)
-                    client.log_artifact(run_id, str(plot_arms(table, local_dir / "arms.png")))
                 client.log_metric(run_id, "best_test_acc", float(table["test_acc"].max()))
+            if not arms_tab.empty:
+                log_arm_runs(client, tracking, table, arms_tab, state)
             for k, v in timings.items():
                 client.log_metric(run_id, f"driver_{k}", v)
             client.set_terminated(run_id, "FINISHED" if finished else "KILLED")
-        except Exception as e:  # the table is on disk either way; say what MLflow is missing
-            print(f"[emosweep] could not log the results table to MLflow ({type(e).__name__}: {str(e)[:200]}); "
-                  f"it is at {out}", file=sys.stderr)
+        except Exception as e:  # the tables are on disk either way; say what MLflow is missing
+            print(f"[emosweep] could not log the results tables to MLflow ({type(e).__name__}: {str(e)[:200]}); "
+                  f"they are at {out}", file=sys.stderr)
 
-        print(f"\n{study.name} — {name}\n{format_table(table)}\n")
+        print(f"\n{study.name} — {name}\n{how}\n{format_arm_table(arms_tab)}\n")
         if run_note:
             print(f"note: {run_note}")
-        print(f"results: {out} and {md}")
+        print(f"results: {arms_csv} (per arm), {out} (per trial), {md}" + (f", {plot}" if plot else ""))
         print(f"MLflow: {uri}  (experiment '{state['experiment']}', parent run {run_id})")
         if state.get("mlflow_view"):
-            print(f"  the trials, best first: {state['mlflow_view']}")
+            print(f"  the arms, best first: {state['mlflow_view']}")
         if server is not None:
             print(f"  the server stays up {server.idle_s / 60:.0f} min after its last use (`emosweep tracking` "
                   f"shows or stops it); it serves every sweep of {home}")
         print("driver timings: " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
-        table.attrs.update(timings=timings, experiment_dir=storage.path(name), tracking_uri=uri, parent_run_id=run_id)
+        table.attrs.update(timings=timings, experiment_dir=storage.path(name), tracking_uri=uri, parent_run_id=run_id,
+                           arms=arms_tab, arms_csv=str(arms_csv))
         return table
     finally:
         if server is not None:

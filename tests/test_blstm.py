@@ -71,13 +71,16 @@ def blstm_sweep(ray_cluster, mlflow_server, tmp_path_factory):
     from sweeps.runner import main
 
     out = tmp_path_factory.mktemp("blstm")
+    # two folds of speakers: every arm runs twice, and the table pairs the BLSTM with its floor
     return main(STUDY, ["--smoke", "--set", "synth_n=64", "--arms", "ravdess,emodb_to_ravdess,ravdess_floor", "--tracking-uri",
-                        mlflow_server.uri, "--experiment", "test-blstm", "--name", "blstm-smoke",
+                        mlflow_server.uri, "--experiment", "test-blstm", "--name", "blstm-smoke", "--folds", "2",
                         "--storage-path", str(out / "ray"), "--results-out", str(out / "blstm.csv"), "--verbose", "0"])
 
 
 def test_smoke_sweep_within_across_and_floor(blstm_sweep):
-    table = blstm_sweep.set_index("arm")
+    assert sorted(blstm_sweep.groupby("arm")["fold"].apply(sorted).to_dict().items()) == [
+        ("emodb_to_ravdess", [0, 1]), ("ravdess", [0, 1]), ("ravdess_floor", [0, 1])]
+    table = blstm_sweep.drop_duplicates("arm").set_index("arm")
     assert sorted(table.index) == ["emodb_to_ravdess", "ravdess", "ravdess_floor"]
     assert (table["status"].str.startswith("OK")).all(), table["status"]
     assert table.loc["ravdess", "n_classes"] == 8 and table.loc["emodb_to_ravdess", "n_classes"] == 6
@@ -116,3 +119,69 @@ def test_predict_prints_the_top_two_of_any_audio_file(blstm_sweep, mlflow_server
     assert code == 2 and "broken.wav" in out.err and "Traceback" not in out.err
     code, out = run(clip, arm="ravdess_floor")
     assert code == 2 and "logged no model" in out.err
+
+
+def test_two_fold_sweep_writes_the_arm_table_and_nests_its_runs_in_mlflow(blstm_sweep, mlflow_server):
+    from pathlib import Path
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_runs import arm_runs, sweep_runs
+
+    arms = pd.read_csv(blstm_sweep.attrs["arms_csv"]).set_index("arm")
+    assert Path(blstm_sweep.attrs["arms_csv"]).name == "blstm.arms.csv"
+    assert sorted(arms.index) == ["emodb_to_ravdess", "ravdess", "ravdess_floor"]
+    for column in ("test_acc_mean", "test_acc_std", "test_acc_ci95", "test_uar_mean", "test_macro_f1_ci95", "n_runs"):
+        assert column in arms.columns, column
+    assert (arms["n_runs"] == 2).all()
+    trials = blstm_sweep[blstm_sweep["arm"] == "ravdess"]["test_acc"]
+    assert arms.loc["ravdess", "test_acc_mean"] == pytest.approx(trials.mean())
+    # the BLSTM is paired with its corpus's floor over the same two folds; a cross-corpus arm has no floor
+    assert arms.loc["ravdess", "reference"] == "ravdess_floor" and arms.loc["ravdess", "n_pairs"] == 2
+    floor = blstm_sweep[blstm_sweep["arm"] == "ravdess_floor"].sort_values("fold")["test_acc"].to_numpy()
+    mine = blstm_sweep[blstm_sweep["arm"] == "ravdess"].sort_values("fold")["test_acc"].to_numpy()
+    assert arms.loc["ravdess", "test_acc_diff"] == pytest.approx((mine - floor).mean())
+    assert arms.loc["ravdess", "verdict"] in ("better", "worse", "no difference")
+    assert pd.isna(arms.loc["emodb_to_ravdess", "reference"])
+    assert Path(blstm_sweep.attrs["arms_csv"]).with_suffix(".png").exists()
+
+    client = MlflowClient(mlflow_server.uri)
+    (parent,), trials_runs = sweep_runs(client, "test-blstm")
+    rows = arm_runs(client, "test-blstm")
+    assert {r.data.tags["arm"] for r in rows} == set(arms.index) and len(rows) == 3
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in rows)
+    by_id = {r.info.run_id: r for r in rows}
+    assert len(trials_runs) == 6
+    for run in trials_runs:  # each fold run sits under its (arm, configuration) run, tagged with its place
+        holder = by_id[run.data.tags["mlflow.parentRunId"]]
+        assert holder.data.tags["arm"] == run.data.tags["arm"] and run.data.tags["fold"] in ("0", "1")
+        assert run.data.tags["seed"] == "42"
+    row = next(r for r in rows if r.data.tags["arm"] == "ravdess")
+    assert row.data.tags["selected"] == "true" and row.data.metrics["n_runs"] == 2
+    assert row.data.metrics["test_acc_mean"] == pytest.approx(arms.loc["ravdess", "test_acc_mean"])
+    assert "test_acc_ci95" in row.data.metrics and "p_value" in row.data.metrics
+    assert "clean" in parent.data.tags["split_gate"]
+
+
+def test_a_planted_leak_is_refused_by_name(ray_cluster, synth, tmp_path):
+    """The same recording under two actors' names: the gate finds identical audio in two parts
+    and refuses before any trial starts, naming both files."""
+    import shutil
+
+    from sweeps.blstm_attention import STUDY
+    from sweeps.runner import main
+
+    root = tmp_path / "ravdess"
+    shutil.copytree(synth("ravdess", 48, seed=3, faults=False), root)
+    clips = sorted(root.rglob("*.wav"))
+    src = next(c for c in clips if c.parent.name == "Actor_01")
+    fields = src.stem.split("-")
+    other = next(c.parent for c in clips if c.parent.name not in ("Actor_01",))
+    twin = other / ("-".join(fields[:-1] + [other.name.split("_")[1]]) + src.suffix)
+    shutil.copy(src, twin)
+    with pytest.raises(SystemExit) as refused:  # one actor per test fold: the twins always land apart
+        main(STUDY, ["--smoke", "--ravdess", str(root), "--arms", "ravdess_floor", "--folds", "loso",
+                     "--storage-path", str(tmp_path / "ray"), "--verbose", "0"])
+    message = str(refused.value)
+    assert "identical audio" in message and src.name in message and twin.name in message

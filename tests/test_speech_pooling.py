@@ -123,7 +123,8 @@ def test_cross_validation_folds_are_speaker_disjoint():
     items = {f"u{i}": {"y": i % 3, "split": "train", "speaker": f"actor{i % 24:02d}", "path": ""} for i in range(240)}
     seen_test = set()
     for fold in range(4):
-        splits = speech_pooling.trial_splits(items, {"seed": 1, "cv_folds": 4, "cv_fold": fold})
+        splits = speech_pooling.trial_splits(items, {"seed": 1, "n_folds": 4, "fold": fold, "split_by": "speaker",
+                                                     "split_seed": 1})
         by_split = {s: {items[u]["speaker"] for u, v in splits.items() if v == s} for s in ("train", "val", "test")}
         assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"])
         assert not (by_split["train"] & by_split["val"]) and len(by_split["test"]) == 6

@@ -48,6 +48,19 @@ def test_results_table_has_every_trial(sweep):
     assert "| arm" in (sweep["tmp"] / "table.md").read_text()
 
 
+def test_each_arm_is_reported_for_the_configuration_chosen_on_validation(sweep):
+    import pandas as pd
+
+    arms = pd.read_csv(sweep["tmp"] / "table.arms.csv").set_index("arm")
+    table = sweep["table"]
+    for arm in ARMS:
+        mine = table[table["arm"] == arm]
+        best = mine.loc[mine["best_val_acc"].idxmax()]
+        assert arms.loc[arm, "test_acc_mean"] == pytest.approx(best["test_acc"])
+        assert arms.loc[arm, "n_configs"] == 2 and arms.loc[arm, "n_runs"] == 1
+    assert arms.loc["full", "verdict"] == "reference"  # no floor: the report's arm, S3's first
+
+
 def test_first_trial_of_each_arm_reproduces_defaults_and_optuna_searches_the_rest(sweep):
     table = sweep["table"]
     for arm in ARMS:
@@ -64,7 +77,8 @@ def test_parent_run_holds_the_sweep(sweep):
     assert parent.data.tags["study"] == "bert_freezing" and parent.data.tags["random_init"] == "true"
     assert parent.data.params["seed"] == "42" and "optuna_seed.full" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"table.csv", "table.md", "arms.png", "dataset_report.md"} <= artifacts
+    assert {"table.csv", "table.md", "table.arms.csv", "table.arms.md", "table.arms.png",
+            "dataset_report.md"} <= artifacts
     report = client.download_artifacts(parent.info.run_id, "dataset_report.md", str(sweep["tmp"]))
     text = open(report).read()
     assert "| train | 96 | 32 | 32 | 32 |" in text and "| val | 48 |" in text  # class distribution
@@ -81,7 +95,9 @@ def test_one_child_run_per_trial_with_params_metrics_and_artifacts(sweep):
     for child in children:
         tags, params = child.data.tags, child.data.params
         assert child.info.status == "FINISHED"
-        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        holder = client.get_run(tags["mlflow.parentRunId"])  # the run of its (arm, configuration)
+        assert holder.data.tags["emosweep_row"] == "arm" and holder.data.tags["arm"] == tags["arm"]
+        assert holder.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["arm"] in ARMS and tags["model_id"] == "tiny-random-bert" and tags["random_init"] == "true"
         assert tags["dataset_fingerprint"].startswith("c2c94a6e31de:96-48-48")
         assert {"lr", "batch_size", "strategy", "seed", "trainable_params", "total_params"} <= set(params)

@@ -80,6 +80,16 @@ def _arms() -> dict:
 ARMS = _arms()  # within each corpus, across corpora, and the floor of each corpus
 
 
+def floor_of(arm: str, arms: dict) -> str | None:
+    """The reference of an arm in the results table: its corpus's floor, trained and tested
+    on the same data (a cross-corpus arm has none: no floor shares its test set and classes)."""
+    config = ARMS.get(arm, {})
+    if config.get("train_corpus") != config.get("test_corpus"):
+        return None
+    floor = f"{config['train_corpus']}_floor"
+    return floor if floor in arms else None
+
+
 # ----------------------------------------------------------------------------- data
 
 def load_splits(config: dict) -> tuple[dict, list[str]]:

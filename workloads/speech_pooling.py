@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
 from .core.seeding import derive_seed, seed_everything
+from .data.folds import trial_splits
 from .data.study_items import study_items, write_items
 from .models.pooling import POOLINGS, PooledClassifier, build_pooling
 from .models.speech import run_layers
@@ -33,23 +34,6 @@ IMBALANCE = ("class_weights", "resample", "none")
 
 
 # ----------------------------------------------------------------------------- splits and data
-
-def trial_splits(items: dict, config: dict) -> dict:
-    """uid → split. Without cross-validation: the driver's speaker-independent split. With
-    `cv_folds` F and `cv_fold` k: the speakers are dealt (seeded) into F folds; fold k is the
-    test set, a tenth of the other speakers (at least one) validation, the rest training."""
-    folds = int(config.get("cv_folds") or 0)
-    if not folds:
-        return {uid: row["split"] for uid, row in items.items()}
-    speakers = sorted({row["speaker"] for row in items.values()})
-    rng = np.random.default_rng(derive_seed(int(config["seed"]), "cv-speakers"))
-    order = [speakers[i] for i in rng.permutation(len(speakers))]
-    test = set(order[int(config["cv_fold"])::folds])
-    rest = [s for s in order if s not in test]
-    val = set(rest[:max(1, len(rest) // 10)])
-    return {uid: "test" if row["speaker"] in test else "val" if row["speaker"] in val else "train"
-            for uid, row in items.items()}
-
 
 class BalancedSampler(torch.utils.data.Sampler):
     """Resampling for imbalance: each epoch draws len(labels) items with replacement, every
@@ -350,6 +334,12 @@ def prepare(config: dict, opts) -> dict:
         raise SystemExit(f"finetune_top {k}: the encoder has {n_layers} layers")
     y = {c: i for i, c in enumerate(manifest.classes)}
     usable = manifest.items
+    # the decoded samples' digest, for the split gate (cached per corpus like the states)
+    from .data.folds import content_hashes
+    from .data.pipeline import prepare as prepare_media
+
+    hashed = prepare_media(manifest, {"content_hash": {}}, progress=False)
+    hashes = content_hashes(hashed.fs_uri, hashed.stages["content_hash"].dir)
     if config.get("encoder_mode", "cached") == "cached":
         actors, gpus = actor_plan(config.get("encode_actors"))
         result = encode_corpus(manifest, config["model_path"], fingerprint=config["dataset_fingerprint"],
@@ -363,7 +353,9 @@ def prepare(config: dict, opts) -> dict:
                       unusable_clips=len(result.errors))
         bad = set(result.errors["path"])
         usable = usable[~usable["path"].isin(bad)]
-    table = usable.assign(y=[y[label] for label in usable["label"]])[["uid", "y", "split", "speaker", "path"]]
+    table = usable.assign(y=[y[label] for label in usable["label"]], label=usable["label"],
+                          content_hash=usable["uid"].map(hashes).fillna(""))[
+        ["uid", "y", "label", "split", "speaker", "path", "content_hash"]]
     return write_items(config, table, f"{manifest.name}-{config['dataset_fingerprint']}")
 
 

@@ -128,13 +128,14 @@ def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tag
 
 
 def share_sweep_view(client: MlflowClient, uri: str, experiment_id: str, parent_run_id: str,
-                     metrics: list[str], sort_by: str) -> str:
+                     metrics: list[str], sort_by: str, extra_filter: str = "") -> str:
     """A shared view of the MLflow UI (an experiment tag the UI reads) that lists this sweep's
     trials, not the collapsed parent row, with their metrics as columns, best first. Returns
     its address: without it the UI opens on GenAI traces and the default columns show no
     score at all."""
     key = f"sweep-{parent_run_id[:12]}"
-    state = {"searchFilter": f"tags.`{TAG_PARENT}` = '{parent_run_id}'", "orderByKey": f"metrics.`{sort_by}`",
+    state = {"searchFilter": f"tags.`{TAG_PARENT}` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else ""),
+             "orderByKey": f"metrics.`{sort_by}`",
              "orderByAsc": False,
              "selectedColumns": ["tags.`arm`", *(f"metrics.`{m}`" for m in dict.fromkeys([sort_by, *metrics]))]}
     client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
@@ -182,7 +183,11 @@ class TrialRun:
             self.logged_steps = {m.step for m in self.client.get_metric_history(existing.info.run_id, "val_loss")}
             self.run_id = existing.info.run_id
             return
-        all_tags = {**self.ctx.tags, **self.tags, TAG_TRIAL_ID: self.trial_id, TAG_PARENT: self.ctx.parent_run_id}
+        # where the trial sits in the sweep: its configuration, fold and seed (folds × seeds runs)
+        place = {k: ("" if self.params.get(k) is None else self.params[k]) for k in ("config_id", "fold", "seed")
+                 if k in self.params}
+        all_tags = {**self.ctx.tags, **place, **self.tags, TAG_TRIAL_ID: self.trial_id,
+                    TAG_PARENT: self.ctx.parent_run_id}
         run = self.client.create_run(self.ctx.experiment_id, run_name=self.run_name,
                                      tags={k: str(v) for k, v in all_tags.items()})
         self.client.log_batch(run.info.run_id, params=_params(self.params))

@@ -150,6 +150,13 @@ def ssl_input(wave, sr, seconds):
     return {"input_values": out["input_values"][0]}
 
 
+def content_hash(wave, sr):
+    """The split-integrity gate's key: a digest of the decoded samples (128 bits as 16 bytes),
+    so the same recording under two names, or in two containers of lossless audio, is caught."""
+    return {"content_hash": np.frombuffer(hashlib.sha256(np.ascontiguousarray(wave, np.float32).tobytes())
+                                          .digest()[:16], dtype=np.uint8)}
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in [
     AudioStage("waveform", 1, waveform, {"seconds": None}, "mono float32 at the target rate; clip/pad to seconds"),
     AudioStage("logmel", 1, logmel, {"n_mels": 128, "n_fft": 2048, "hop_length": 512, "size": 128, "seconds": None},
@@ -165,6 +172,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     AudioStage("spectral_stats", 1, spectral_stats, {"n_fft": 2048, "hop_length": 512},
           "mean spectral centroid, zero-crossing rate, RMS (S5 speaker ID)"),
     AudioStage("ssl_input", 1, ssl_input, {"seconds": 5.0}, "normalized input_values for SSL encoders (S1, S2)"),
+    AudioStage("content_hash", 1, content_hash, {}, "digest of the decoded samples (the split gate)"),
 ]}
 
 

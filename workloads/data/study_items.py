@@ -58,6 +58,7 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
     left out. Returns (usable items: uid as `corpus/uid`, corpus, label, split, speaker;
     {stage: cache folder}; the cache's filesystem URI; the corpus fingerprint)."""
     from .corpora import read_corpus
+    from .folds import content_hashes
     from .manifest import assign_splits
     from .pipeline import prepare as prepare_media
 
@@ -65,13 +66,15 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
     if manifest.items.empty:
         raise SystemExit(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
     manifest.items = assign_splits(manifest.items, seed, fractions=fractions, by_speaker=by_speaker)
-    result = prepare_media(manifest, stages, progress=False)
+    result = prepare_media(manifest, {**stages, "content_hash": {}}, progress=False)  # the hash: for the split gate
     print(f"[emosweep] {corpus}: {result.summary()}", flush=True)
     usable = manifest.items[~manifest.items["path"].isin(set(result.errors["path"]))]
+    hashes = content_hashes(result.fs_uri, result.stages["content_hash"].dir)
     table = pd.DataFrame({"uid": corpus + "/" + usable["uid"], "corpus": corpus, "label": usable["label"],
-                          "split": usable["split"], "speaker": usable["speaker"]})
-    return (table.reset_index(drop=True), {name: s.dir for name, s in result.stages.items()}, result.fs_uri,
-            manifest.fingerprint())
+                          "split": usable["split"], "speaker": usable["speaker"], "path": usable["path"],
+                          "content_hash": usable["uid"].map(hashes).fillna("")})
+    dirs = {name: s.dir for name, s in result.stages.items() if name != "content_hash"}
+    return table.reset_index(drop=True), dirs, result.fs_uri, manifest.fingerprint()
 
 
 def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict, stack: bool = False,
@@ -84,8 +87,11 @@ def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict,
 
     from .pipeline import read_stage
 
+    from .folds import trial_splits
+
     index = {c: i for i, c in enumerate(classes)}
     items = study_items(config)
+    splits = trial_splits(items, config)
     read = {corpus: read_stage(config["cache_fs"], config["stage_dirs"][corpus][stage], feature)
             for corpus in set(corpus_of_split.values())}  # each corpus's stage read once, for all its splits
     out = {}
@@ -94,7 +100,7 @@ def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict,
         xs, ys = [], []
         for i, uid in enumerate(frame["uid"]):
             row = items.get(f"{corpus}/{uid}")
-            if row is None or row["split"] != split or row["label"] not in index:
+            if row is None or splits[f"{corpus}/{uid}"] != split or row["label"] not in index:
                 continue
             xs.append(np.asarray(arrays[i], dtype=np.float32))
             ys.append(index[row["label"]])

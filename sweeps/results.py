@@ -1,0 +1,239 @@
+"""A sweep's results: the per-trial table, and the per-arm table that answers the study's
+question (which arm, by how much, with what confidence).
+
+A trial is (arm, configuration, fold, seed). Each arm's configuration is chosen by its mean
+validation metric over its folds and seeds; the test metrics of that configuration alone are
+reported (mean, standard deviation, 95% confidence interval), and each arm is compared with
+a reference arm, paired over the same folds and seeds (mean difference, its 95% interval, a
+paired t-test's p-value, a verdict). The statistics are scipy's.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULT_COLUMNS = ["epochs_done", "best_epoch", "best_val_acc", "test_acc", "test_macro_f1",
+                  "trainable_params", "total_params", "wall_s"]
+ARM_METRICS = ("test_acc", "test_uar", "test_macro_f1")  # mean, std and ci95 of each in the arm table
+ALPHA = 0.05
+
+
+# ----------------------------------------------------------------------------- per trial
+
+def results_table(study, result_grid, arms: dict) -> pd.DataFrame:
+    from .runner import arm_space
+
+    rows = []
+    for result in result_grid:
+        cfg, m = result.config or {}, result.metrics or {}
+        row = {"arm": cfg.get("arm"), "config_id": cfg.get("config_id"), "fold": cfg.get("fold"),
+               "seed": cfg.get("seed"), "trial": result.path and Path(result.path).name}
+        unused = set(study.space) - set(arm_space(study.space, arms.get(cfg.get("arm"), {})))
+        # what was used, else asked; blank for a searched knob this arm does not use
+        row.update({k: None if k in unused else m.get(k, cfg.get(k)) for k in study.table_columns})
+        row.update({
+            "epochs_done": m.get("epoch", 0), "best_epoch": m.get("best_epoch"),
+            "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"), "test_uar": m.get("test_uar"),
+            "test_macro_f1": m.get("test_macro_f1"), "trainable_params": m.get("trainable_params"),
+            "total_params": m.get("total_params"), "wall_s": m.get("time_total_s"),
+            "model": cfg.get("model_id"), "random_init": bool(cfg.get("random_init")),
+            "mlflow_unlogged_epochs": m.get("mlflow_unlogged_epochs", 0),
+            "status": "ERROR" if result.error else ("OK, early stop" if m.get("early_stopped") else
+                                                    "OK" if m.get("fitted_once") else
+                                                    "STOPPED" if m.get("epoch", 0) < cfg.get("epochs", 0) else "OK"),
+        })
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    order = {a: i for i, a in enumerate(arms)}
+    df["_order"] = df["arm"].map(order)
+    return (df.sort_values(["_order", "config_id", "fold", "seed"], na_position="first")
+            .drop(columns="_order").reset_index(drop=True))
+
+
+def format_table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt=".4g") if not df.empty else "(no trials)"
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def mean_ci(values) -> tuple[float, float, float]:
+    """(mean, sample standard deviation, half-width of the 95% t interval of the mean). One
+    value has no spread: std and interval are NaN."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    if len(x) < 2:
+        return float(x[0]), math.nan, math.nan
+    mean, std = float(x.mean()), float(x.std(ddof=1))
+    if std == 0:
+        return mean, 0.0, 0.0
+    low, high = stats.ttest_1samp(x, 0.0).confidence_interval(1 - ALPHA)
+    return mean, std, float(high - low) / 2
+
+
+def paired(a, b, higher_is_better: bool = True) -> dict:
+    """a against b, paired (the same folds and seeds, in the same order): the mean difference
+    a − b, the half-width of its 95% interval, the paired t-test's p-value and a verdict."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = a - b
+    mean, _, half = mean_ci(d)
+    n = len(d)
+    if n < 2:
+        return {"diff": mean, "diff_ci95": math.nan, "p_value": math.nan, "n_pairs": n,
+                "verdict": "n/a: one pair"}
+    if np.all(d == d[0]):  # no spread: the t statistic is undefined
+        p = 1.0 if d[0] == 0 else 0.0
+    else:
+        p = float(stats.ttest_rel(a, b).pvalue)
+    if p < ALPHA and mean != 0:
+        verdict = "better" if (mean > 0) == higher_is_better else "worse"
+    else:
+        verdict = "no difference"
+    return {"diff": mean, "diff_ci95": half, "p_value": p, "n_pairs": n, "verdict": verdict}
+
+
+# ----------------------------------------------------------------------------- per arm
+
+def default_reference(study, arms: dict) -> str | None:
+    """The study's floor where it has one among the arms run, else the report's arm (the first)."""
+    if "floor" in arms:
+        return "floor"
+    return next(iter(arms), None)
+
+
+def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mode: str = "max",
+              reference=None, knobs: list | None = None) -> pd.DataFrame:
+    """One row per arm: its configuration chosen by the mean of `metric` (validation) over its
+    folds and seeds, and for that configuration the test metrics' mean, std and 95% interval,
+    and the paired comparison with its reference arm. `reference`: an arm name, a callable
+    arm → reference arm (or None), or None (no comparison)."""
+    if trials.empty:
+        return pd.DataFrame()
+    ok = trials[trials["status"] != "ERROR"]
+    chosen, rows = {}, []
+    for arm in arms:
+        mine = ok[ok["arm"] == arm]
+        if mine.empty:
+            continue
+        config_ids = mine["config_id"].fillna("c0")
+        by_config = mine.assign(config_id=config_ids).groupby("config_id", sort=False)[metric].mean()
+        best = by_config.idxmax() if mode == "max" else by_config.idxmin()
+        picked = mine[config_ids == best]
+        chosen[arm] = picked
+        first = picked.iloc[0]
+        n_failed = int(((trials["arm"] == arm) & (trials["config_id"].fillna("c0") == best)
+                        & (trials["status"] == "ERROR")).sum())
+        row = {"arm": arm, **{k: first.get(k) for k in (knobs or []) if k in picked}, "model": first.get("model"),
+               "n_runs": len(picked), "n_failed": n_failed, "n_configs": len(by_config),
+               "selected_by": (f"one configuration" if len(by_config) == 1 else
+                               f"best mean {metric} of {len(by_config)} configurations")}
+        row[f"{metric.replace('best_', '')}_mean"] = float(picked[metric].mean())
+        for m in ARM_METRICS:
+            if m in picked:
+                row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_ci95"] = mean_ci(picked[m])
+        row["random_init"] = bool(first.get("random_init"))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    refs = {arm: (reference(arm) if callable(reference) else reference) for arm in table["arm"]}
+    for i, arm in enumerate(table["arm"]):
+        ref = refs[arm]
+        table.loc[i, "reference"] = ref if ref in chosen else None
+        if ref not in chosen or ref == arm:
+            continue
+        pairs = chosen[arm].merge(chosen[ref], on=["fold", "seed"], suffixes=("", "_ref"))
+        if pairs.empty:
+            continue
+        result = paired(pairs["test_acc"], pairs["test_acc_ref"])
+        table.loc[i, "test_acc_diff"] = result["diff"]
+        table.loc[i, "test_acc_diff_ci95"] = result["diff_ci95"]
+        table.loc[i, "p_value"] = result["p_value"]
+        table.loc[i, "n_pairs"] = result["n_pairs"]
+        table.loc[i, "verdict"] = result["verdict"]
+    for column in ("reference", "test_acc_diff", "test_acc_diff_ci95", "p_value", "n_pairs", "verdict"):
+        if column not in table:
+            table[column] = None
+    table.loc[table["arm"] == table["reference"], "verdict"] = "reference"
+    table.attrs["chosen"] = {arm: list(picked["trial"]) for arm, picked in chosen.items()}
+    return table
+
+
+def _pm(mean, half, digits: int = 3) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    if half is None or pd.isna(half):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def format_arm_table(table: pd.DataFrame) -> str:
+    """The terminal's view: what answers the study's question, within 120 columns."""
+    if table.empty:
+        return "(no arm finished a trial)"
+    shown = pd.DataFrame({
+        "arm": table["arm"],
+        "n": table["n_runs"].astype(int),
+        "val acc": table.get("val_acc_mean", pd.Series(dtype=float)).map(lambda v: f"{v:.3f}" if pd.notna(v) else ""),
+        "test acc (95% CI)": [_pm(m, h) for m, h in zip(table["test_acc_mean"], table["test_acc_ci95"])],
+        "UAR": [_pm(m, h) for m, h in zip(table.get("test_uar_mean", [None] * len(table)),
+                                          table.get("test_uar_ci95", [None] * len(table)))],
+        "macro F1": [_pm(m, None) for m in table.get("test_macro_f1_mean", [None] * len(table))],
+        "Δ acc vs ref": [("" if pd.isna(d) else f"{d:+.3f}" + ("" if pd.isna(h) else f" ± {h:.3f}"))
+                         for d, h in zip(table["test_acc_diff"], table["test_acc_diff_ci95"])],
+        "p": table["p_value"].map(lambda p: "" if pd.isna(p) else f"{p:.3g}"),
+        "verdict": table["verdict"].fillna(""),
+    })
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def plot_arms(table: pd.DataFrame, path: Path, metric: str = "test_acc") -> Path:
+    """Every arm's mean test metric with its 95% interval, best first, the reference marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = table.sort_values(f"{metric}_mean", ascending=True).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.45 * len(t)))
+    err = t[f"{metric}_ci95"].fillna(0).to_numpy()
+    is_ref = (t["arm"] == t["reference"]).to_numpy()
+    colors = ["tab:orange" if r else "tab:blue" for r in is_ref]
+    ax.barh(range(len(t)), t[f"{metric}_mean"], xerr=err, color=colors, alpha=0.85, capsize=4)
+    labels = [f"{a}  (n={int(n)})" + ("  [reference]" if r else "") for a, n, r in zip(t["arm"], t["n_runs"], is_ref)]
+    ax.set_yticks(range(len(t)), labels)
+    ref_rows = t[is_ref]
+    if not ref_rows.empty:
+        ax.axvline(float(ref_rows[f"{metric}_mean"].iloc[0]), color="tab:orange", ls="--", lw=1)
+    ax.set_xlabel(f"{metric}: mean over folds × seeds, 95% CI")
+    ax.set_xlim(0, 1)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_tables(trials: pd.DataFrame, arms_table: pd.DataFrame, out: Path, title: str, note: str | None,
+                 how: str) -> tuple[Path, Path, Path]:
+    """results.csv (per trial), results.arms.csv and results.arms.md (per arm) beside it, and
+    results.md (both, readable). Returns (csv, arms csv, md)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trials.to_csv(out, index=False)
+    arms_csv = out.with_name(out.stem + ".arms.csv")
+    arms_table.to_csv(arms_csv, index=False)
+    arms_md = out.with_name(out.stem + ".arms.md")
+    head = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{how}\n\n"
+    arms_md.write_text(head + f"{format_arm_table(arms_table)}\n\n{format_table(arms_table)}\n")
+    md = out.with_suffix(".md")
+    md.write_text(head + f"## Arms\n\n{format_arm_table(arms_table)}\n\n## Trials\n\n{format_table(trials)}\n")
+    return out, arms_csv, md

@@ -1,0 +1,161 @@
+"""Folds, the split gate and the per-arm statistics: pure functions, checked on fixed inputs
+(the statistics against scipy's own results on fixed numbers)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sweeps.results import arm_table, format_arm_table, mean_ci, paired
+from workloads.data.folds import (FoldError, check_splits, count_folds, fold_splits, gate, parse_folds,
+                                  resolve_split_by)
+
+
+def corpus(n_speakers=10, per_speaker=12, classes=("a", "b", "c"), corpus_name=None):
+    items = {}
+    for s in range(n_speakers):
+        for i in range(per_speaker):
+            uid = f"s{s:02d}-{i:02d}"
+            items[uid] = {"speaker": f"spk{s:02d}", "label": classes[i % len(classes)], "split": "",
+                          "content_hash": f"{s:02d}{i:02d}", "path": f"/data/{uid}.wav",
+                          **({"corpus": corpus_name} if corpus_name else {})}
+    return items
+
+
+def test_speaker_folds_are_disjoint_cover_every_speaker_once_and_are_seeded():
+    items = corpus()
+    tested = []
+    for k in range(4):
+        splits = fold_splits(items, 4, k, "speaker", seed=7)
+        parts = {p: {items[u]["speaker"] for u, s in splits.items() if s == p} for p in ("train", "val", "test")}
+        assert all(parts.values()), parts  # every part has speakers
+        assert not (parts["train"] & parts["val"] or parts["train"] & parts["test"] or parts["val"] & parts["test"])
+        tested += sorted(parts["test"])
+        assert check_splits(items, splits, check_speakers=True) == []
+    assert sorted(tested) == sorted({r["speaker"] for r in items.values()})  # each speaker tested in one fold
+    # the same seed gives the same folds whatever the order the items come in (a resumed trial)
+    shuffled = dict(reversed(list(items.items())))
+    assert fold_splits(shuffled, 4, 2, "speaker", 7) == fold_splits(items, 4, 2, "speaker", 7)
+    assert fold_splits(items, 4, 2, "speaker", 8) != fold_splits(items, 4, 2, "speaker", 7)
+
+
+def test_loso_is_one_fold_per_speaker_and_refused_where_it_cannot_be():
+    items = corpus(n_speakers=5)
+    assert count_folds(items, "loso", "speaker") == 5
+    for k in range(5):
+        test = {items[u]["speaker"] for u, s in fold_splits(items, 5, k, "speaker", 1).items() if s == "test"}
+        assert len(test) == 1
+    two = {**corpus(n_speakers=5, corpus_name="x"), **{f"y{u}": v for u, v in corpus(6, corpus_name="y").items()}}
+    with pytest.raises(FoldError, match="different numbers of speakers"):
+        count_folds(two, "loso", "speaker")
+    with pytest.raises(FoldError, match="too few"):
+        count_folds(corpus(n_speakers=4), 4, "speaker")
+    with pytest.raises(FoldError, match="at least 2"):
+        parse_folds("1")
+    assert parse_folds("LOSO") == "loso" and parse_folds(None) == 0 and parse_folds("3") == 3
+
+
+def test_item_folds_are_stratified_and_split_by_falls_back_without_speakers():
+    items = corpus(n_speakers=1, per_speaker=90)
+    for row in items.values():
+        row["speaker"] = ""
+    assert resolve_split_by(items, None)[0] == "item"
+    with pytest.raises(FoldError, match="no speaker"):
+        resolve_split_by(items, "speaker")
+    assert resolve_split_by(corpus(), None, speaker_folds=False)[0] == "item"
+    seen = []
+    for k in range(3):
+        splits = fold_splits(items, 3, k, "item", 0)
+        test = [u for u, s in splits.items() if s == "test"]
+        seen += test
+        counts = pd.Series([items[u]["label"] for u in test]).value_counts()
+        assert counts.to_dict() == {"a": 10, "b": 10, "c": 10}  # class proportions kept
+        assert sum(s == "val" for s in splits.values()) == 6  # a tenth of the 60 left, 2 per class
+    assert sorted(seen) == sorted(items)
+
+
+def test_gate_names_a_planted_speaker_leak_and_identical_audio():
+    items = corpus()
+    splits = fold_splits(items, 4, 0, "speaker", 3)
+    test_uid = next(u for u, s in splits.items() if s == "test")
+    train_uid = next(u for u, s in splits.items() if s == "train")
+    items[test_uid]["content_hash"] = items[train_uid]["content_hash"]  # the same recording twice
+    leaks = check_splits(items, splits, check_speakers=True)
+    assert len(leaks) == 1 and "identical audio in train and test" in leaks[0]
+    assert items[test_uid]["path"] in leaks[0] and items[train_uid]["path"] in leaks[0]
+    # a speaker planted in the test part of a split the driver wrote
+    for uid, row in items.items():
+        row["split"] = splits[uid]
+    row = items[train_uid]
+    moved = next(u for u, r in items.items() if r["speaker"] == row["speaker"] and u != train_uid)
+    items[moved]["split"] = "test"
+    per, leaks = gate(items, 0, "speaker", 3)
+    assert per == {"split": 2} and any(f"speaker {row['speaker']} is in train and test" in x for x in leaks)
+    # item folds check only identical audio
+    per, leaks = gate(items, 0, "item", 3)
+    assert per == {"split": 1}
+
+
+def test_mean_ci_and_paired_test_agree_with_scipy():
+    x = [0.71, 0.74, 0.69, 0.77, 0.73]
+    mean, std, half = mean_ci(x)
+    low, high = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert mean == pytest.approx(np.mean(x)) and std == pytest.approx(np.std(x, ddof=1))
+    assert half == pytest.approx((high - low) / 2)
+    assert mean_ci([0.5])[0] == 0.5 and math.isnan(mean_ci([0.5])[2])
+    a, b = [0.80, 0.78, 0.83, 0.79], [0.70, 0.72, 0.71, 0.69]
+    r = paired(a, b)
+    d = np.subtract(a, b)
+    assert r["diff"] == pytest.approx(d.mean())
+    assert r["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    lo, hi = stats.t.interval(0.95, 3, loc=d.mean(), scale=stats.sem(d))
+    assert r["diff_ci95"] == pytest.approx((hi - lo) / 2)
+    assert r["verdict"] == "better" and paired(b, a)["verdict"] == "worse"
+    assert paired([0.7, 0.6, 0.8], [0.71, 0.59, 0.79])["verdict"] == "no difference"
+    assert paired([0.7], [0.6])["verdict"].startswith("n/a")
+
+
+def test_arm_table_chooses_by_validation_and_pairs_over_folds():
+    rows = []
+    # arm x: config c0 has the better validation mean but the worse test: it must be chosen anyway
+    for fold, (v0, t0, v1, t1, vf, tf) in enumerate([(0.8, 0.60, 0.7, 0.90, 0.5, 0.50), (0.8, 0.62, 0.7, 0.92, 0.5, 0.52),
+                                                      (0.8, 0.64, 0.7, 0.94, 0.5, 0.49)]):
+        for arm, cid, val, test in (("x", "x/c0", v0, t0), ("x", "x/c1", v1, t1), ("floor", "floor/c0", vf, tf)):
+            rows.append({"arm": arm, "config_id": cid, "fold": fold, "seed": 42, "trial": f"{cid}-{fold}",
+                         "best_val_acc": val, "test_acc": test, "test_uar": test, "test_macro_f1": test - 0.1,
+                         "status": "OK", "model": "m", "random_init": False})
+    trials = pd.DataFrame(rows)
+    table = arm_table(trials, {"x": {}, "floor": {}}, reference="floor").set_index("arm")
+    assert table.loc["x", "test_acc_mean"] == pytest.approx(0.62)  # c0's test, chosen on validation
+    assert table.loc["x", "n_runs"] == 3 and table.loc["x", "n_configs"] == 2
+    assert "best mean best_val_acc of 2" in table.loc["x", "selected_by"]
+    assert table.loc["x", "test_acc_diff"] == pytest.approx(np.mean([0.10, 0.10, 0.15]))
+    assert table.loc["x", "p_value"] == pytest.approx(stats.ttest_rel([0.60, 0.62, 0.64], [0.50, 0.52, 0.49]).pvalue)
+    assert table.loc["floor", "verdict"] == "reference"
+    text = format_arm_table(table.reset_index())
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert "0.620 ±" in text
+
+
+@pytest.mark.parametrize("study_module, argv, message", [
+    ("sweeps.bert_freezing", ["--folds", "4"], "FarsTail's official train/val/test files"),
+    ("sweeps.fer_architectures", ["--folds", "loso"], "FER2013's official"),
+    ("sweeps.meld_fusion", ["--split-by", "item"], "MELD's official"),
+    ("sweeps.speaker_id", ["--folds", "3", "--split-by", "speaker"], "labels are the speakers"),
+    ("sweeps.hubert_pooling", ["--split-by", "item"], "give --folds K too"),
+    ("sweeps.hubert_pooling", ["--folds", "one"], "2 or more"),
+    ("sweeps.hubert_pooling", ["--reference", "nope"], "not an arm"),
+])
+def test_fold_flags_a_study_cannot_use_are_refused(study_module, argv, message, tmp_path):
+    """Before Ray or MLflow start: one line, naming why."""
+    import importlib
+
+    from sweeps.runner import main
+
+    study = importlib.import_module(study_module).STUDY
+    with pytest.raises(SystemExit) as refused:
+        main(study, [*argv, "--storage-path", str(tmp_path)])
+    assert message in str(refused.value) and "\n" not in str(refused.value)
