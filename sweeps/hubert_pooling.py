@@ -1,6 +1,6 @@
 """S2. Pooling a speech encoder's frames for emotion recognition (RAVDESS, ShEMO).
 
-Seven arms, one pooling each, on a frozen encoder whose hidden states are computed once per
+Nine arms, one pooling each, and a frozen probe as the floor, on a frozen encoder whose hidden states are computed once per
 corpus and shared by every trial: masked mean, masked max, mean + standard deviation,
 learned attention, first frame, the SUPERB learned weighted sum of all layers (then mean),
 and one hidden layer k mean-pooled (k searched). Searched: lr, head width, dropout, weight
@@ -23,8 +23,11 @@ STUDY = Study(
     trainable=speech_pooling.train,
     prepare=speech_pooling.prepare,
     describe=speech_pooling.describe,
-    arms={name: {"pooling": name} for name in
-          ("masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean")},
+    arms={**{name: {"pooling": name} for name in
+             ("masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean",
+              "layers_mean", "layers_mean_std")},
+          # the floor: a standardized logistic regression on every layer's mean (a frozen probe)
+          "probe": {"pooling": "probe", "searched": ()}},
     space={
         "lr": tune.loguniform(1e-4, 3e-3),
         "head_width": tune.choice([128, 256, 512]),
@@ -44,11 +47,16 @@ STUDY = Study(
         "encoder_mode": "cached",  # live: run the frozen encoder every batch (the padding study)
         "padding": "fixed",  # live mode: fixed (to clip_seconds) or dynamic (to the batch's longest)
         "cache_dtype": "float16",
+        # standardize each speaker's states by that speaker's own statistics (all their clips, no
+        # labels; a test speaker's unlabeled clips too, as speaker normalization in SER does)
+        "speaker_norm": False,
+        "floor_c": 1.0,  # the probe's inverse regularization
     },
     smoke={"synth_n": 96, "epochs": 3},
-    table_columns=["pooling", "layer_used", "hidden_states", "imbalance", "lr", "head_width", "dropout",
-                   "weight_decay", "finetune_top"],
+    table_columns=["pooling", "layer_used", "hidden_states", "speaker_norm", "imbalance", "lr", "head_width",
+                   "dropout", "weight_decay", "finetune_top"],
     metric="best_val_acc",
+    reference="probe",  # does a learned pooling beat the frozen probe on the same folds?
 )
 
 if __name__ == "__main__":

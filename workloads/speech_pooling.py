@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,43 +65,107 @@ def pad_states(arrays: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def load_cached(config: dict) -> dict:
-    """split → (list of per-clip state tensors, labels, real-frame counts) from the cache."""
+@lru_cache(maxsize=1)
+def _cached_states(fs_uri: str, states_dir: str) -> tuple[list, list, list]:
+    """(uids, per-clip state tensors (L, T, D), real-frame counts) of one frozen-encoder cache.
+    Read once per process: Tune reuses a trial's actor for the next trial (and the folds of a
+    sweep read the same cache), so only the first trial of an actor pays for the read. The
+    tensors are read-only views of the Parquet buffers (no copy: the states are gigabytes);
+    nothing writes to them."""
+    import warnings
+
     from .data.pipeline import read_stage
 
-    frame, arrays = read_stage(config["cache_fs"], config["states_dir"], "states")
+    frame, arrays = read_stage(fs_uri, states_dir, "states")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's note that the buffer is read-only
+        tensors = [torch.from_numpy(a) for a in arrays]
+    tensors = [t if t.dim() == 3 else t.unsqueeze(0) for t in tensors]  # a prefix cache holds one layer
+    return list(frame["uid"]), tensors, [int(n) for n in frame["frames"]]
+
+
+def speaker_stats(states: list, lengths: list, speakers: list) -> dict:
+    """speaker → (mean, std), each (L, 1, D) float32: every layer's statistics over the real
+    frames of all that speaker's clips. Uses no label."""
+    sums: dict = {}
+    for x, n, who in zip(states, lengths, speakers):
+        real = x[:, :n].float()
+        s1, s2, count = sums.get(who, (0.0, 0.0, 0))
+        sums[who] = (s1 + real.sum(1, dtype=torch.float64), s2 + (real.double() ** 2).sum(1), count + n)
+    out = {}
+    for who, (s1, s2, count) in sums.items():
+        mean = s1 / max(count, 1)
+        std = (s2 / max(count, 1) - mean ** 2).clamp_min(0).sqrt() + 1e-5
+        out[who] = (mean.float().unsqueeze(1), std.float().unsqueeze(1))
+    return out
+
+
+def load_cached(config: dict) -> dict:
+    """split → (per-clip state tensors, labels, real-frame counts, per-clip speaker statistics
+    or None) from the cache. With `speaker_norm`, each clip is standardized by its speaker's
+    statistics in the collate (computed over every clip of that speaker, no labels)."""
+    uids, tensors, frames = _cached_states(config["cache_fs"], config["states_dir"])
     items = study_items(config)
     splits = trial_splits(items, config)
-    out = {s: ([], [], []) for s in ("train", "val", "test")}
-    for uid, arr, frames in zip(frame["uid"], arrays, frame["frames"]):
-        if uid not in items:
-            continue
-        states, labels, lengths = out[splits[uid]]
-        t = torch.from_numpy(np.array(arr))  # a writable copy; the Parquet buffer is read-only
-        states.append(t if t.dim() == 3 else t.unsqueeze(0))  # a prefix cache holds one layer
-        labels.append(items[uid]["y"])
-        lengths.append(int(frames))
+    keep = [i for i, uid in enumerate(uids) if uid in items]
+    norms = [None] * len(keep)
+    if config.get("speaker_norm"):
+        who = [items[uids[i]]["speaker"] for i in keep]
+        stats = speaker_stats([tensors[i] for i in keep], [frames[i] for i in keep], who)
+        norms = [stats[w] for w in who]
+    out = {s: ([], [], [], []) for s in ("train", "val", "test")}
+    for i, norm in zip(keep, norms):
+        states, labels, lengths, clip_norms = out[splits[uids[i]]]
+        states.append(tensors[i])
+        labels.append(items[uids[i]]["y"])
+        lengths.append(frames[i])
+        clip_norms.append(norm)
     return out
 
 
 class CachedStates(torch.utils.data.Dataset):
-    def __init__(self, states, labels, lengths):
+    def __init__(self, states, labels, lengths, norms=None):
         self.states, self.labels, self.lengths = states, labels, lengths
+        self.norms = norms or [None] * len(labels)
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.states[i], self.labels[i], self.lengths[i]
+        return self.states[i], self.labels[i], self.lengths[i], self.norms[i]
 
 
 def collate_cached(items):
     """(states, real-frame mask, labels). The mask comes from each clip's real frame count, which
-    is what the cache stored too (a prefix cache keeps the whole window, padding included)."""
-    states = pad_states([s for s, _, _ in items])
-    lengths = torch.tensor([n for _, _, n in items])
+    is what the cache stored too (a prefix cache keeps the whole window, padding included).
+    Clips that carry their speaker's statistics are standardized by them."""
+    states = pad_states([item[0] for item in items])
+    lengths = torch.tensor([item[2] for item in items])
     mask = torch.arange(states.shape[2])[None] < lengths[:, None]
-    return states, mask, torch.tensor([y for _, y, _ in items])
+    norms = [item[3] if len(item) > 3 else None for item in items]
+    if any(n is not None for n in norms):
+        states = states.float()
+        for i, (mean, std) in enumerate(norms):
+            states[i] = (states[i] - mean) / std
+    return states, mask, torch.tensor([item[1] for item in items])
+
+
+def pooled_layer_means(data: dict) -> dict:
+    """split → (every layer's masked mean, concatenated (N, L·D); labels): the probe's features."""
+    from .models.pooling import masked_mean
+
+    out = {}
+    for split, (xs, ys, lengths, norms) in data.items():
+        rows = []
+        for start in range(0, len(ys), 64):
+            batch = list(zip(xs[start:start + 64], ys[start:start + 64], lengths[start:start + 64],
+                             norms[start:start + 64]))
+            states, mask, _ = collate_cached(batch)
+            b, layers, t, d = states.shape
+            means = masked_mean(states.float().permute(0, 2, 1, 3).reshape(b, t, layers * d), mask)
+            rows.append(means.numpy())
+        out[split] = (np.concatenate(rows), np.asarray(ys))
+    return out
 
 
 # ----------------------------------------------------------------------------- model
@@ -186,7 +251,16 @@ class LiveEncoderLoader:
 # ----------------------------------------------------------------------------- the trainable
 
 def run_name(config: dict) -> str:
-    return f"{config['arm']} lr={config['lr']:.0e} w={config['head_width']} {config['imbalance']}"
+    norm = " spk-norm" if config.get("speaker_norm") else ""
+    if config["pooling"] == "probe":
+        return f"{config['arm']} logistic regression C={config['floor_c']:g}{norm}"
+    return f"{config['arm']} lr={config['lr']:.0e} w={config['head_width']} {config['imbalance']}{norm}"
+
+
+def probe_tags(config: dict) -> dict:
+    return {"workload": WORKLOAD, "arm": config["arm"], "pooling": "probe", "model_id": config["model_id"],
+            "random_init": str(bool(config.get("random_init"))).lower(),
+            "dataset_fingerprint": config["dataset_fingerprint"], "speaker_norm": str(bool(config.get("speaker_norm")))}
 
 
 def train(config: dict, tracking: TrackingContext | None = None) -> None:
@@ -211,10 +285,16 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
         n_states, dim = int(config["n_states"]), int(config["dim"])
     if not all(len(data[s][1]) for s in data):
         raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
+    if config["pooling"] == "probe":  # the floor: a standardized logistic regression, no training loop
+        from .core.sklearn_trial import fit_floor
+
+        return fit_floor(config, pooled_layer_means(data), list(config["classes"]), tracking, run_name(config),
+                         probe_tags(config), {"pooling": "probe", "hidden_states": n_states,
+                                              "train_clips": len(data["train"][1])})
     train_labels = data["train"][1]
     weights = class_weights(train_labels, n_classes) if config["imbalance"] == "class_weights" else None
     loaders = {}
-    for split, (xs, ys, lengths) in data.items():
+    for split, (xs, ys, lengths, *norms) in data.items():
         if split == "train" and config["imbalance"] == "resample":
             sampler = BalancedSampler(ys, int(config["seed"]))
         else:
@@ -224,7 +304,7 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
             loaders[split] = LiveEncoderLoader(encoder, xs, ys, bs, sampler, config.get("padding", "fixed"),
                                                float(config["clip_seconds"]))
         else:
-            loaders[split] = DataLoader(CachedStates(xs, ys, lengths), batch_size=bs, sampler=sampler,
+            loaders[split] = DataLoader(CachedStates(xs, ys, lengths, *norms), batch_size=bs, sampler=sampler,
                                         collate_fn=collate_cached)
     model = build_model(config, n_states, dim, n_classes, encoder)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -237,7 +317,8 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
         epochs=int(config["epochs"]), grad_clip=config.get("grad_clip", 1.0), info=info,
         tags={"workload": WORKLOAD, "arm": config["arm"], "pooling": config["pooling"],
               "model_id": config["model_id"], "random_init": str(bool(config.get("random_init"))).lower(),
-              "dataset_fingerprint": config["dataset_fingerprint"], "imbalance": config["imbalance"]})
+              "dataset_fingerprint": config["dataset_fingerprint"], "imbalance": config["imbalance"],
+              "speaker_norm": str(bool(config.get("speaker_norm")))})
     if live:  # the padding study's figures, logged with every epoch
         setup.epoch_metrics = lambda: live_padding_metrics(loaders)
     fit(config, setup, tracking, run_name(config))
@@ -305,7 +386,9 @@ def prepare(config: dict, opts) -> dict:
     from .models.speech import make_tiny_hubert, speech_encoder_facts
 
     config = dict(config)
-    if config["pooling"] not in POOLINGS and config.get("pooling"):
+    if config.get("speaker_norm") and config.get("encoder_mode", "cached") == "live":
+        raise SystemExit("speaker_norm standardizes cached states; the live encoder mode has none")
+    if config["pooling"] not in POOLINGS and config.get("pooling") != "probe":
         raise SystemExit(f"unknown pooling {config['pooling']!r}; choose from {', '.join(POOLINGS)}")
     if config["imbalance"] not in IMBALANCE:
         raise SystemExit(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")

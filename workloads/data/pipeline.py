@@ -343,19 +343,35 @@ def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None) -> tuple
     arrays = [c[:-len("_shape")] for c in table.column_names if c.endswith("_shape")]
     feature = feature or arrays[0]
     meta = [c for c in table.column_names if c != "uid" and c not in arrays and not c.endswith("_shape")]
-    values = table.column(feature).combine_chunks()
-    flat = values.values.to_numpy(zero_copy_only=False)
-    offsets = values.offsets.to_numpy()
     shapes = table.column(f"{feature}_shape").to_pylist()
     frame = table.select(["uid"] + meta).to_pandas()
     # a uid listed twice (a task of a killed run that finished after the resume began) is the same work
     keep = ~frame["uid"].duplicated().to_numpy()
-    if shapes and all(sh == shapes[0] for sh in shapes) and offsets[0] == 0:
+    if not (shapes and all(sh == shapes[0] for sh in shapes)):
+        out = [a for a, k in zip(_views(table.column(feature), shapes), keep) if k]
+        return frame[keep].reset_index(drop=True), out
+    values = table.column(feature).combine_chunks()
+    flat = values.values.to_numpy(zero_copy_only=False)
+    offsets = values.offsets.to_numpy()
+    if offsets[0] == 0:
         out = flat[:offsets[-1]].reshape(len(shapes), *shapes[0])
         out = out if keep.all() else out[keep]
     else:
-        out = [flat[offsets[i]:offsets[i + 1]].reshape(shape) for i, shape in enumerate(shapes) if keep[i]]
+        out = [a for a, k in zip(_views(table.column(feature), shapes), keep) if k]
     return frame[keep].reset_index(drop=True), out
+
+
+def _views(column: pa.ChunkedArray, shapes: list) -> list:
+    """One read-only numpy view per item of a list column, chunk by chunk: no copy of the
+    column (a frozen encoder's states are gigabytes; a trial must not hold them twice)."""
+    out, i = [], 0
+    for chunk in column.chunks:
+        flat = chunk.values.to_numpy(zero_copy_only=False)
+        offsets = chunk.offsets.to_numpy()
+        for j in range(len(chunk)):
+            out.append(flat[offsets[j]:offsets[j + 1]].reshape(shapes[i]))
+            i += 1
+    return out
 
 
 def load_features(result: PrepareResult, stage: str, feature: str | None = None):

@@ -13,6 +13,8 @@ entries like the rest.
     first_frame      the last layer's first frame (as a [CLS] would be used)
     weighted_layers  a learned softmax weight per layer, the weighted sum, then masked mean (SUPERB)
     layer_mean       one hidden layer k (`layer`, searched), masked mean
+    layers_mean      every hidden layer's masked mean, concatenated
+    layers_mean_std  every hidden layer's mean and standard deviation, concatenated
 """
 from __future__ import annotations
 
@@ -121,6 +123,34 @@ class WeightedLayers(Pooling):
     def forward(self, states, mask):
         w = self.layer_logits.softmax(0)
         return masked_mean(torch.einsum("l,bltd->btd", w, states.float()), mask)
+
+
+@register("layers_mean")
+class LayersMean(Pooling):
+    """Every hidden layer mean-pooled, concatenated (L·D): the probe's features, learned on."""
+
+    def __init__(self, dim, n_layers, layer=-1):
+        super().__init__(dim, n_layers, layer)
+        self.out_dim = n_layers * dim
+
+    def forward(self, states, mask):
+        b, layers, t, d = states.shape
+        return masked_mean(states.float().permute(0, 2, 1, 3).reshape(b, t, layers * d), mask)
+
+
+@register("layers_mean_std")
+class LayersMeanStd(Pooling):
+    """Every hidden layer's mean and standard deviation, concatenated (2·L·D)."""
+
+    def __init__(self, dim, n_layers, layer=-1):
+        super().__init__(dim, n_layers, layer)
+        self.out_dim = 2 * n_layers * dim
+
+    def forward(self, states, mask):
+        b, layers, t, d = states.shape
+        x = states.float().permute(0, 2, 1, 3).reshape(b, t, layers * d)
+        mean = masked_mean(x, mask)
+        return torch.cat([mean, masked_std(x, mask, mean)], dim=-1)
 
 
 def build_pooling(name: str, dim: int, n_layers: int, layer: int = -1) -> Pooling:
