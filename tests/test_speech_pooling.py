@@ -14,10 +14,12 @@ from workloads.data.audio import decode_audio
 from workloads.data.encoder_cache import encode_corpus
 from workloads.data.corpora import read_corpus
 from workloads.models.pooling import POOLINGS, build_pooling
+from workloads.speech_pooling import speaker_stats
 from workloads.models.shelf import shelf_model_path
 from workloads.models.speech import SpeechEncoder, make_tiny_hubert, run_layers
 
-ARMS = ["masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean"]
+ARMS = ["masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean",
+        "layers_mean", "layers_mean_std", "probe"]
 
 
 @pytest.mark.parametrize("name", sorted(POOLINGS))
@@ -36,6 +38,25 @@ def test_poolings_ignore_padded_frames(name):
         changed = states.clone()
         changed[0, :, 3] += 5
         assert not torch.allclose(pool(changed, mask)[0], out[0])
+
+
+def test_speaker_norm_standardizes_each_speakers_real_frames_and_the_probe_reads_every_layer():
+    torch.manual_seed(0)
+    lengths = [5, 7, 4, 6]
+    speakers = ["a", "a", "b", "b"]
+    states = [torch.randn(3, 8, 4) * (1 + 3 * (s == "b")) + 2 * (s == "b") for s in speakers]  # b: louder, shifted
+    stats = speaker_stats(states, lengths, speakers)
+    assert stats["a"][0].shape == (3, 1, 4)
+    batch = [(x, 0, n, stats[s]) for x, n, s in zip(states, lengths, speakers)]
+    normed, mask, _ = speech_pooling.collate_cached(batch)
+    for who in ("a", "b"):  # over that speaker's real frames: mean 0, std 1, per layer and dimension
+        real = torch.cat([normed[i, :, :lengths[i]] for i in range(4) if speakers[i] == who], dim=1)
+        assert torch.allclose(real.mean(1), torch.zeros(3, 4), atol=1e-4)
+        assert torch.allclose(real.std(1, unbiased=False), torch.ones(3, 4), atol=1e-3)
+    data = {"train": (states, [0, 1, 0, 1], lengths, [None] * 4)}
+    X, y = speech_pooling.pooled_layer_means(data)["train"]
+    assert X.shape == (4, 3 * 4) and list(y) == [0, 1, 0, 1]
+    assert np.allclose(X[1, 4:8], states[1][1, :7].mean(0).numpy(), atol=1e-6)  # layer 1's mean, real frames only
 
 
 def test_unknown_pooling_and_layer_are_clear_errors():

@@ -150,6 +150,37 @@ def collate_cached(items):
     return states, mask, torch.tensor([item[1] for item in items])
 
 
+class Prepooled(torch.nn.Module):
+    """Stands where a parameter-free pooling stood once its vectors are computed: passes them on."""
+
+    def __init__(self, out_dim: int):
+        super().__init__()
+        self.out_dim = out_dim
+
+    def forward(self, pooled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return pooled
+
+
+@torch.no_grad()
+def pool_once(pooling, data: dict) -> dict:
+    """split → (one pooled vector per clip, labels, lengths, norms): a parameter-free pooling
+    applied once, in batches, to the (speaker-normalized, where asked) cached states."""
+    out = {}
+    for split, (xs, ys, lengths, norms) in data.items():
+        vectors = []
+        for start in range(0, len(ys), 64):
+            states, mask, _ = collate_cached(list(zip(xs[start:start + 64], ys[start:start + 64],
+                                                      lengths[start:start + 64], norms[start:start + 64])))
+            vectors.extend(pooling(states, mask).float())
+        out[split] = (vectors, ys, lengths, norms)
+    return out
+
+
+def collate_pooled(items):
+    vectors = torch.stack([v for v, _ in items])
+    return vectors, torch.ones(len(items), 1, dtype=torch.bool), torch.tensor([y for _, y in items])
+
+
 def pooled_layer_means(data: dict) -> dict:
     """split → (every layer's masked mean, concatenated (N, L·D); labels): the probe's features."""
     from .models.pooling import masked_mean
@@ -293,6 +324,13 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
                                               "train_clips": len(data["train"][1])})
     train_labels = data["train"][1]
     weights = class_weights(train_labels, n_classes) if config["imbalance"] == "class_weights" else None
+    model = build_model(config, n_states, dim, n_classes, encoder)
+    # A pooling with nothing to learn gives every clip the same vector each epoch: pool once,
+    # then train the head on the vectors (the same model and batches; about 20× faster).
+    prepooled = encoder is None and not any(True for _ in model.pooling.parameters())
+    if prepooled:
+        data = pool_once(model.pooling, data)
+        model.pooling = Prepooled(model.pooling.out_dim)
     loaders = {}
     for split, (xs, ys, lengths, *norms) in data.items():
         if split == "train" and config["imbalance"] == "resample":
@@ -303,10 +341,11 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
         if live:
             loaders[split] = LiveEncoderLoader(encoder, xs, ys, bs, sampler, config.get("padding", "fixed"),
                                                float(config["clip_seconds"]))
+        elif prepooled:
+            loaders[split] = DataLoader(list(zip(xs, ys)), batch_size=bs, sampler=sampler, collate_fn=collate_pooled)
         else:
             loaders[split] = DataLoader(CachedStates(xs, ys, lengths, *norms), batch_size=bs, sampler=sampler,
                                         collate_fn=collate_cached)
-    model = build_model(config, n_states, dim, n_classes, encoder)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
     info = {"pooling": config["pooling"], "layer_used": layer_used(config, n_states), "hidden_states": n_states,
