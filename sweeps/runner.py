@@ -120,7 +120,8 @@ class ArmGridSearch(Searcher):
 
     def suggest(self, trial_id: str):
         if not self.queue:
-            pending = [a for a in self.arms if self.counts[a] < self.samples_per_arm]
+            # an arm that searches nothing (a floor) has one configuration: its repeats would be copies
+            pending = [a for a in self.arms if self.counts[a] < (self.samples_per_arm if a in self.searchers else 1)]
             if not pending:
                 return Searcher.FINISHED
             arm = min(pending, key=lambda a: self.counts[a])  # round-robin: early waves span the arms
@@ -283,7 +284,7 @@ def _in_domain(domain, value) -> bool:
         return False
 
 
-def searched_space(study: Study, base: dict) -> dict:
+def searched_space(study: Study, base: dict, quiet: bool = False) -> dict:
     """The study's space less what is pinned: keys set on the command line, and defaults that
     lie outside their domain (the reproduction config must run as written; say so)."""
     space = {}
@@ -291,6 +292,8 @@ def searched_space(study: Study, base: dict) -> dict:
         if key in base.get("_pinned", ()):
             continue
         if key in base and not _in_domain(domain, base[key]):
+            if quiet:
+                continue
             print(f"[emosweep] {key}={base[key]!r} lies outside the searched {domain!r}; "
                   f"every trial uses {base[key]!r}", file=sys.stderr)
             continue
@@ -421,6 +424,13 @@ def plan_folds(study: Study, base: dict, opts) -> dict:
         raise SystemExit(f"the split leaks between train, val and test; refusing to run:\n  {shown}\n"
                          f"(--allow-leak runs it anyway, and records that)")
     return base
+
+
+def trial_count(study: Study, arms: dict, state: dict) -> int:
+    """Trials a sweep runs: configurations (one for an arm that searches nothing) × folds × seeds."""
+    space = searched_space(study, state["base"], quiet=True)
+    configs = sum(int(state["samples_per_arm"]) if arm_space(space, arms[a]) else 1 for a in arms)
+    return configs * len(state.get("replicates") or [{}])
 
 
 def replicates_of(base: dict) -> list[dict]:
@@ -763,14 +773,14 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                 param_space={},
                 tune_config=tune.TuneConfig(
                     metric=study.metric, mode=study.mode, search_alg=searcher, scheduler=sched,
-                    num_samples=len(arms) * samples * len(replicates), max_concurrent_trials=opts.max_concurrent,
+                    num_samples=trial_count(study, arms, state), max_concurrent_trials=opts.max_concurrent,
                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=name, storage_path=storage.root, verbose=opts.verbose,
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[ChildRunStatus(tracking.experiment_id, tracking.parent_run_id),
-                               *([TrialProgress(len(arms) * samples * len(replicates), study.metric, study.mode)]
+                               *([TrialProgress(trial_count(study, arms, state), study.metric, study.mode)]
                                  if opts.verbose == 0 else [])]),
             )
         state["mlflow_port"] = server.port if server else state.get("mlflow_port")
@@ -785,7 +795,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         timings["tune_fit_s"] = time.perf_counter() - t
 
         table = results_table(study, result_grid, arms)
-        expected = len(arms) * int(state["samples_per_arm"]) * len(state.get("replicates") or [{}])
+        expected = trial_count(study, arms, state)
         finished = result_grid.num_terminated + result_grid.num_errors >= expected
         if not finished:
             print(f"[emosweep] sweep interrupted: {result_grid.num_terminated + result_grid.num_errors} of "

@@ -3,6 +3,7 @@ run (--set, --epochs, --smoke, the CPU subset) ← the sampler's values; and eac
 trial is its reproduction point."""
 from __future__ import annotations
 
+import pytest
 from ray import tune
 
 from sweeps.runner import ArmGridSearch
@@ -37,9 +38,31 @@ def test_an_arm_searches_only_the_knobs_it_names():
     search = ArmGridSearch(arms, SPACE, {"lr": 1e-3, "dropout": 0.25, "_over_arms": []}, samples_per_arm=2,
                            metric="best_val_acc", mode="max", seed=0)
     first = [search.suggest(f"t{i}") for i in range(3)]
-    second = [search.suggest(f"t{i}") for i in range(3, 6)]
+    second = [search.suggest(f"t{i}") for i in range(3, 5)]
     by_arm = {s["arm"]: s for s in second}
     assert by_arm["sgd"]["dropout"] == 0.25 and by_arm["sgd"]["lr"] != 1e-3  # lr searched, dropout left alone
-    assert by_arm["fixed"] == {**first[1], "arm": "fixed"}  # nothing searched: the defaults again
+    # nothing searched: one configuration, the defaults (a second would be a copy)
+    assert first[1]["arm"] == "fixed" and first[1]["lr"] == 1e-3 and "fixed" not in by_arm
+    assert search.suggest("t5") == "FINISHED"
     assert by_arm["all"]["lr"] != 1e-3
     assert set(arm_space(SPACE, arms["sgd"])) == {"lr"} and arm_space(SPACE, arms["all"]) == SPACE
+
+
+def test_a_configuration_runs_once_per_fold_and_seed_and_optuna_hears_their_mean():
+    replicates = [{"fold": f, "seed": s, "replicate": r} for f in range(2) for r, s in enumerate((42, 7))]
+    search = ArmGridSearch({"a": {}, "b": {}}, SPACE, {"lr": 1e-3, "dropout": 0.25, "_over_arms": []},
+                           samples_per_arm=2, metric="best_val_acc", mode="max", seed=0, replicates=replicates)
+    first = [search.suggest(f"t{i}") for i in range(4)]
+    assert {c["config_id"] for c in first} == {"a/c0"}  # one configuration's four runs, then the next
+    assert [(c["fold"], c["seed"]) for c in first] == [(0, 42), (0, 7), (1, 42), (1, 7)]
+    assert all({k: v for k, v in c.items() if k not in ("fold", "seed", "replicate")} ==
+               {k: v for k, v in first[0].items() if k not in ("fold", "seed", "replicate")} for c in first)
+    optuna = search.searchers["a"]
+    for i, value in enumerate((0.5, 0.7, 0.6, 0.8)):
+        search.on_trial_complete(f"t{i}", {"best_val_acc": value})
+        done = optuna._ot_study.trials[0].state.name
+        assert (done == "COMPLETE") == (i == 3)  # told only when every run of the configuration is done
+    assert optuna._ot_study.trials[0].value == pytest.approx(0.65)
+    second = [search.suggest(f"t{i}") for i in range(4, 16)]
+    assert [c["config_id"] for c in second[::4]] == ["b/c0", "a/c1", "b/c1"]
+    assert search.suggest("t16") == "FINISHED"
