@@ -255,9 +255,9 @@ def test_demo_page_in_a_real_browser(fusion_sweep, mlflow_server, tmp_path):
         app.close()
 
 
-def test_mlflow_ui_shows_the_trials_and_compares_them(fusion_sweep, mlflow_server):
-    """The sweep's MLflow view lists the child runs with their arm names and test metrics, and
-    the compare page of three child runs draws its charts."""
+def test_mlflow_ui_shows_one_row_per_arm_and_compares_the_trials(fusion_sweep, mlflow_server):
+    """The sweep's own MLflow view (the link it printed) lists one row per arm with its mean
+    and 95% CI at first sight, and the compare page of three trial runs draws its charts."""
     import json
     from urllib.parse import quote
 
@@ -265,21 +265,26 @@ def test_mlflow_ui_shows_the_trials_and_compares_them(fusion_sweep, mlflow_serve
     from selenium.webdriver.common.by import By
 
     from browser import chromium, screenshot, wait_for
-    from workloads.core.tracking import share_sweep_view
+    from mlflow_runs import arm_runs
 
     client = MlflowClient(mlflow_server.uri)
     parent, runs = _runs_by_arm(client)
     exp = client.get_experiment_by_name(EXPERIMENT)
-    url = share_sweep_view(client, mlflow_server.uri, exp.experiment_id, parent.info.run_id,
-                           ["test_acc", "test_macro_f1"], "best_val_acc")
+    rows = {r.data.tags["arm"]: r for r in arm_runs(client, EXPERIMENT)}
+    assert set(rows) == set(runs) and all(r.data.tags["selected"] == "true" for r in rows.values())
+    # the address the sweep printed: its shared view, saved again once the arm rows exist
+    url = (f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+           f"&viewStateShareKey=sweep-{parent.info.run_id[:12]}")
     driver = chromium()
     try:
         driver.get(url)
-        body = wait_for(lambda: all(arm in driver.find_element(By.TAG_NAME, "body").text for arm in runs)
-                        and driver.find_element(By.TAG_NAME, "body").text, timeout=60, what="the runs table")
-        screenshot(driver, "mlflow-runs")
-        assert "test_acc" in body and "best_val_acc" in body
-        assert f"{runs['late_concat'].data.metrics['test_acc']:.4f}"[:5] in body
+        body = wait_for(lambda: all(rows[a].info.run_name in driver.find_element(By.TAG_NAME, "body").text
+                                    for a in rows) and driver.find_element(By.TAG_NAME, "body").text,
+                        timeout=60, what="the arm rows")
+        screenshot(driver, "mlflow-arms")
+        assert "test_acc_mean" in body and "test_acc_ci95" in body and "val_acc_mean" in body
+        assert f"{rows['late_concat'].data.metrics['test_acc_mean']:.4f}"[:5] in body
+        assert not any(r.info.run_name in body for r in runs.values())  # the trials sit under their arm rows
         three = [runs[a].info.run_id for a in ("late_concat", "text_only", "audio_only")]
         driver.get(f"{mlflow_server.uri}/#/compare-runs?runs={quote(json.dumps(three))}"
                    f"&experiments={quote(json.dumps([exp.experiment_id]))}&workflowType=machine_learning")

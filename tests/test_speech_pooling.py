@@ -53,10 +53,10 @@ def test_speaker_norm_standardizes_each_speakers_real_frames_and_the_probe_reads
         real = torch.cat([normed[i, :, :lengths[i]] for i in range(4) if speakers[i] == who], dim=1)
         assert torch.allclose(real.mean(1), torch.zeros(3, 4), atol=1e-4)
         assert torch.allclose(real.std(1, unbiased=False), torch.ones(3, 4), atol=1e-3)
-    data = {"train": (states, [0, 1, 0, 1], lengths, [None] * 4)}
-    X, y = speech_pooling.pooled_layer_means(data)["train"]
-    assert X.shape == (4, 3 * 4) and list(y) == [0, 1, 0, 1]
-    assert np.allclose(X[1, 4:8], states[1][1, :7].mean(0).numpy(), atol=1e-6)  # layer 1's mean, real frames only
+    plain, mask, _ = speech_pooling.collate_cached([(x, 0, n, None) for x, n in zip(states, lengths)])
+    X = build_pooling("layers_mean", 4, 3)(plain, mask)  # the probe's features
+    assert X.shape == (4, 3 * 4)
+    assert np.allclose(X[1, 4:8].numpy(), states[1][1, :7].mean(0).numpy(), atol=1e-6)  # layer 1, real frames
 
 
 def test_unknown_pooling_and_layer_are_clear_errors():

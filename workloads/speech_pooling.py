@@ -100,6 +100,71 @@ def speaker_stats(states: list, lengths: list, speakers: list) -> dict:
     return out
 
 
+_MEMO: dict = {}  # per process, like _cached_states: speaker statistics and pooled vectors of the cache
+
+
+def _memo(key, make):
+    """A small per-process memo (at most 6 entries, oldest out): what every trial of an actor
+    would otherwise compute again from the same cache."""
+    if key not in _MEMO:
+        if len(_MEMO) >= 6:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = make()
+    return _MEMO[key]
+
+
+def _memo_key(config: dict, *more) -> tuple | None:
+    """Items handed in directly (tests, plain processes) are not memoized."""
+    if "items" in config:
+        return None
+    return (config["cache_fs"], config["states_dir"], config["items_file"], *more)
+
+
+def speaker_norms(config: dict) -> dict:
+    """speaker → (mean, std) of that speaker's cached states (see speaker_stats)."""
+    def make():
+        uids, tensors, frames = _cached_states(config["cache_fs"], config["states_dir"])
+        items = study_items(config)
+        keep = [i for i, uid in enumerate(uids) if uid in items]
+        return speaker_stats([tensors[i] for i in keep], [frames[i] for i in keep],
+                             [items[uids[i]]["speaker"] for i in keep])
+    key = _memo_key(config, "speaker_norms")
+    return make() if key is None else _memo(key, make)
+
+
+@torch.no_grad()
+def pooled_vectors(config: dict, pooling) -> dict:
+    """uid → the clip's vector under a parameter-free pooling (after speaker normalization when
+    asked): the same for every fold and hyper-parameter, so computed once per process."""
+    def make():
+        uids, tensors, frames = _cached_states(config["cache_fs"], config["states_dir"])
+        items = study_items(config)
+        stats = speaker_norms(config) if config.get("speaker_norm") else {}
+        keep = [i for i, uid in enumerate(uids) if uid in items]
+        rows = []
+        for start in range(0, len(keep), 64):
+            batch = [(tensors[i], 0, frames[i], stats.get(items[uids[i]]["speaker"])) for i in keep[start:start + 64]]
+            states, mask, _ = collate_cached(batch)
+            rows.extend(pooling(states, mask).float())
+        return dict(zip((uids[i] for i in keep), rows))
+    key = _memo_key(config, type(pooling).__name__, pooling.layer, pooling.n_layers, bool(config.get("speaker_norm")))
+    return make() if key is None else _memo(key, make)
+
+
+def pooled_splits(config: dict, pooling) -> dict:
+    """split → (pooled vectors, labels, -, -) for this trial's fold, in the cache's order."""
+    items = study_items(config)
+    splits = trial_splits(items, config)
+    out = {s: ([], [], [], []) for s in ("train", "val", "test")}
+    for uid, vector in pooled_vectors(config, pooling).items():
+        xs, ys, lengths, norms = out[splits[uid]]
+        xs.append(vector)
+        ys.append(items[uid]["y"])
+        lengths.append(0)
+        norms.append(None)
+    return out
+
+
 def load_cached(config: dict) -> dict:
     """split → (per-clip state tensors, labels, real-frame counts, per-clip speaker statistics
     or None) from the cache. With `speaker_norm`, each clip is standardized by its speaker's
@@ -108,11 +173,8 @@ def load_cached(config: dict) -> dict:
     items = study_items(config)
     splits = trial_splits(items, config)
     keep = [i for i, uid in enumerate(uids) if uid in items]
-    norms = [None] * len(keep)
-    if config.get("speaker_norm"):
-        who = [items[uids[i]]["speaker"] for i in keep]
-        stats = speaker_stats([tensors[i] for i in keep], [frames[i] for i in keep], who)
-        norms = [stats[w] for w in who]
+    stats = speaker_norms(config) if config.get("speaker_norm") else {}
+    norms = [stats.get(items[uids[i]]["speaker"]) for i in keep]
     out = {s: ([], [], [], []) for s in ("train", "val", "test")}
     for i, norm in zip(keep, norms):
         states, labels, lengths, clip_norms = out[splits[uids[i]]]
@@ -145,8 +207,9 @@ def collate_cached(items):
     norms = [item[3] if len(item) > 3 else None for item in items]
     if any(n is not None for n in norms):
         states = states.float()
-        for i, (mean, std) in enumerate(norms):
-            states[i] = (states[i] - mean) / std
+        for i, norm in enumerate(norms):
+            if norm is not None:
+                states[i] = (states[i] - norm[0]) / norm[1]
     return states, mask, torch.tensor([item[1] for item in items])
 
 
@@ -161,42 +224,9 @@ class Prepooled(torch.nn.Module):
         return pooled
 
 
-@torch.no_grad()
-def pool_once(pooling, data: dict) -> dict:
-    """split → (one pooled vector per clip, labels, lengths, norms): a parameter-free pooling
-    applied once, in batches, to the (speaker-normalized, where asked) cached states."""
-    out = {}
-    for split, (xs, ys, lengths, norms) in data.items():
-        vectors = []
-        for start in range(0, len(ys), 64):
-            states, mask, _ = collate_cached(list(zip(xs[start:start + 64], ys[start:start + 64],
-                                                      lengths[start:start + 64], norms[start:start + 64])))
-            vectors.extend(pooling(states, mask).float())
-        out[split] = (vectors, ys, lengths, norms)
-    return out
-
-
 def collate_pooled(items):
     vectors = torch.stack([v for v, _ in items])
     return vectors, torch.ones(len(items), 1, dtype=torch.bool), torch.tensor([y for _, y in items])
-
-
-def pooled_layer_means(data: dict) -> dict:
-    """split → (every layer's masked mean, concatenated (N, L·D); labels): the probe's features."""
-    from .models.pooling import masked_mean
-
-    out = {}
-    for split, (xs, ys, lengths, norms) in data.items():
-        rows = []
-        for start in range(0, len(ys), 64):
-            batch = list(zip(xs[start:start + 64], ys[start:start + 64], lengths[start:start + 64],
-                             norms[start:start + 64]))
-            states, mask, _ = collate_cached(batch)
-            b, layers, t, d = states.shape
-            means = masked_mean(states.float().permute(0, 2, 1, 3).reshape(b, t, layers * d), mask)
-            rows.append(means.numpy())
-        out[split] = (np.concatenate(rows), np.asarray(ys))
-    return out
 
 
 # ----------------------------------------------------------------------------- model
@@ -308,29 +338,30 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
         encoder = SpeechEncoder(config["model_path"], config.get("window_seconds"))
         for p in encoder.model.parameters():
             p.requires_grad_(False)
-    if live:
-        data = _decode_splits(config)
-        n_states, dim = encoder.n_states, encoder.dim
-    else:
-        data = load_cached(config)
-        n_states, dim = int(config["n_states"]), int(config["dim"])
-    if not all(len(data[s][1]) for s in data):
-        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
+    n_states, dim = (encoder.n_states, encoder.dim) if live else (int(config["n_states"]), int(config["dim"]))
     if config["pooling"] == "probe":  # the floor: a standardized logistic regression, no training loop
         from .core.sklearn_trial import fit_floor
 
-        return fit_floor(config, pooled_layer_means(data), list(config["classes"]), tracking, run_name(config),
-                         probe_tags(config), {"pooling": "probe", "hidden_states": n_states,
-                                              "train_clips": len(data["train"][1])})
+        data = pooled_splits(config, build_pooling("layers_mean", dim, n_states))
+        features = {s: (torch.stack(xs).numpy(), np.asarray(ys)) for s, (xs, ys, *_) in data.items()}
+        return fit_floor(config, features, list(config["classes"]), tracking, run_name(config), probe_tags(config),
+                         {"pooling": "probe", "hidden_states": n_states, "train_clips": len(data["train"][1])})
+    model = build_model(config, n_states, dim, n_classes, encoder)
+    # A pooling with nothing to learn gives every clip the same vector each epoch: pool once (per
+    # process: every fold and configuration of an actor shares it), then train the head on the
+    # vectors (the same model and batches; about 20× faster).
+    prepooled = encoder is None and not any(True for _ in model.pooling.parameters())
+    if live:
+        data = _decode_splits(config)
+    elif prepooled:
+        data = pooled_splits(config, model.pooling)
+        model.pooling = Prepooled(model.pooling.out_dim)
+    else:
+        data = load_cached(config)
+    if not all(len(data[s][1]) for s in data):
+        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
     train_labels = data["train"][1]
     weights = class_weights(train_labels, n_classes) if config["imbalance"] == "class_weights" else None
-    model = build_model(config, n_states, dim, n_classes, encoder)
-    # A pooling with nothing to learn gives every clip the same vector each epoch: pool once,
-    # then train the head on the vectors (the same model and batches; about 20× faster).
-    prepooled = encoder is None and not any(True for _ in model.pooling.parameters())
-    if prepooled:
-        data = pool_once(model.pooling, data)
-        model.pooling = Prepooled(model.pooling.out_dim)
     loaders = {}
     for split, (xs, ys, lengths, *norms) in data.items():
         if split == "train" and config["imbalance"] == "resample":
