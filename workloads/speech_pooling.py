@@ -224,6 +224,16 @@ class Prepooled(torch.nn.Module):
         return pooled
 
 
+def standardize_vectors(data: dict) -> dict:
+    """Each feature scaled by the training split's mean and standard deviation, as the probe's
+    are: a concatenation of means (about 0) and standard deviations (about 1 after speaker
+    normalization) is otherwise dominated by the part with the larger offset, which the head's
+    per-clip LayerNorm cannot undo (mean + std pooled this way trained to 0.29 on RAVDESS)."""
+    train = torch.stack(data["train"][0])
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return {s: ([(v - mean) / std for v in xs], ys, lengths, norms) for s, (xs, ys, lengths, norms) in data.items()}
+
+
 def collate_pooled(items):
     vectors = torch.stack([v for v, _ in items])
     return vectors, torch.ones(len(items), 1, dtype=torch.bool), torch.tensor([y for _, y in items])
@@ -354,7 +364,7 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     if live:
         data = _decode_splits(config)
     elif prepooled:
-        data = pooled_splits(config, model.pooling)
+        data = standardize_vectors(pooled_splits(config, model.pooling))
         model.pooling = Prepooled(model.pooling.out_dim)
     else:
         data = load_cached(config)
