@@ -382,7 +382,8 @@ def plan_folds(study: Study, base: dict, opts) -> dict:
     """After the study's prepare: how many folds, split how, and the split-integrity gate over
     every fold (or the one split) before any trial starts. A leak is refused by name unless
     --allow-leak. Sets n_folds, split_by, split_seed and the gate's report on base."""
-    from workloads.data.folds import FoldError, count_folds, gate, parse_folds, resolve_split_by
+    from workloads.data.folds import (FoldError, assignments, count_folds, gate, parse_folds, resolve_split_by,
+                                      split_sizes)
 
     base = dict(base)
     folds = parse_folds(opts.folds)
@@ -402,21 +403,20 @@ def plan_folds(study: Study, base: dict, opts) -> dict:
             base["split_by"] = "item"
     except FoldError as e:
         raise SystemExit(str(e)) from None
-    per, leaks = gate(items, base["n_folds"], base["split_by"], opts.seed)
+    checks = assignments(items, base["n_folds"], base["split_by"], opts.seed)
+    per, leaks = gate(items, checks, base["split_by"])
     hashed = any(r.get("content_hash") for r in items.values())
-    checks = (["no speaker in two parts"] if base["split_by"] == "speaker" else []) + \
-             (["no identical decoded audio in two parts"] if hashed else [])
+    checked = (["no speaker in two parts"] if base["split_by"] == "speaker" else []) + \
+              (["no identical decoded audio in two parts"] if hashed else [])
     verdict = "clean" if not leaks else f"{len(leaks)} leak(s)" + (", allowed by --allow-leak" if opts.allow_leak else "")
-    base["_gate"] = (f"split gate ({', '.join(checks) or 'nothing to check'}) over "
+    base["_gate"] = (f"split gate ({', '.join(checked) or 'nothing to check'}) over "
                      f"{len(per)} {'folds' if base['n_folds'] else 'split'}: {verdict}")
     base["_gate_leaks"] = leaks[:50]
     if base["n_folds"]:  # the data report: what each fold trains, validates and tests on
-        from workloads.data.folds import fold_splits, split_sizes
-
         lines = ["| fold | train items (speakers) | val | test |", "|---|---|---|---|"]
-        for k in range(base["n_folds"]):
-            sizes = split_sizes(items, fold_splits(items, base["n_folds"], k, base["split_by"], opts.seed))
-            lines.append(f"| {k} | " + " | ".join(f"{n} ({s})" for n, s in sizes.values()) + " |")
+        for name, splits in checks:
+            sizes = split_sizes(items, splits)
+            lines.append(f"| {name.split()[-1]} | " + " | ".join(f"{n} ({s})" for n, s in sizes.values()) + " |")
         base["_gate"] += "\n\n" + "\n".join(lines)
     print(f"[emosweep] {base['_gate'].splitlines()[0]}")
     if leaks and not opts.allow_leak:

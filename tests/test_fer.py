@@ -142,7 +142,7 @@ def test_smoke_sweep_logged_to_mlflow(ray_cluster, mlflow_server, tmp_path):
     (parent,), children = sweep_runs(client, "test-fer")
     assert len(children) == 2
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"fer.csv", "dataset_report.md", "examples.png", "arms.png"} <= parent_files
+    assert {"fer.csv", "fer.arms.csv", "fer.arms.md", "dataset_report.md", "examples.png", "fer.arms.png"} <= parent_files
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val_f1_disgust")
         assert [m.step for m in history] == [1, 2]

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from sweeps.results import arm_table, format_arm_table, mean_ci, paired
-from workloads.data.folds import (FoldError, check_splits, count_folds, fold_splits, gate, parse_folds,
+from workloads.data.folds import (FoldError, assignments, check_splits, count_folds, fold_splits, gate, parse_folds,
                                   resolve_split_by)
 
 
@@ -92,10 +92,10 @@ def test_gate_names_a_planted_speaker_leak_and_identical_audio():
     row = items[train_uid]
     moved = next(u for u, r in items.items() if r["speaker"] == row["speaker"] and u != train_uid)
     items[moved]["split"] = "test"
-    per, leaks = gate(items, 0, "speaker", 3)
+    per, leaks = gate(items, assignments(items, 0, "speaker", 3), "speaker")
     assert per == {"split": 2} and any(f"speaker {row['speaker']} is in train and test" in x for x in leaks)
     # item folds check only identical audio
-    per, leaks = gate(items, 0, "item", 3)
+    per, leaks = gate(items, assignments(items, 0, "item", 3), "item")
     assert per == {"split": 1}
 
 

@@ -186,12 +186,17 @@ def check_splits(items: dict, splits: dict, check_speakers: bool) -> list[str]:
     return leaks
 
 
-def gate(items: dict, n_folds: int, split_by: str, seed: int) -> tuple[dict, list[str]]:
-    """Check every fold (or the one split). Returns ({fold or 'split': number of leaks}, the
-    leaks, each prefixed with its fold)."""
+def assignments(items: dict, n_folds: int, split_by: str, seed: int) -> list[tuple[str, dict]]:
+    """[(name, uid → split)] of every fold, or of the driver's one split when there are none."""
+    if not n_folds:
+        return [("split", {uid: row["split"] for uid, row in items.items()})]
+    return [(f"fold {k}", fold_splits(items, n_folds, k, split_by, seed)) for k in range(n_folds)]
+
+
+def gate(items: dict, checks: list[tuple[str, dict]], split_by: str) -> tuple[dict, list[str]]:
+    """Check every assignment (see `assignments`). Returns ({its name: number of leaks}, the
+    leaks, each prefixed with its name)."""
     per, leaks = {}, []
-    checks = ([(f"fold {k}", fold_splits(items, n_folds, k, split_by, seed)) for k in range(n_folds)] if n_folds
-              else [("split", {uid: row["split"] for uid, row in items.items()})])
     for name, splits in checks:
         found = check_splits(items, splits, check_speakers=split_by == "speaker")
         per[name] = len(found)
