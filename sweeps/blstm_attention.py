@@ -37,10 +37,12 @@ STUDY = Study(
     defaults={
         "lr": 1e-3, "hidden": 256, "dropout": 0.0, "patience": 5, "epochs": 30, "batch_size": 32,
         "class_weights": False, "grad_clip": None, "floor_c": 1.0, "synth_n": 480, "log_model": True,
+        # each speaker's features standardized by that speaker's own statistics (no labels), floor too
+        "speaker_norm": False,
     },
     smoke={"synth_n": 96, "epochs": 3, "hidden": 64},
-    table_columns=["train_corpus", "test_corpus", "method", "n_classes", "chance", "classes", "lr", "hidden",
-                   "dropout", "patience"],
+    table_columns=["train_corpus", "test_corpus", "method", "n_classes", "chance", "classes", "speaker_norm", "lr",
+                   "hidden", "dropout", "patience"],
     metric="best_val_acc",
     reference=blstm_attention.floor_of,  # each corpus's BLSTM against that corpus's floor
 )

@@ -185,3 +185,21 @@ def test_a_planted_leak_is_refused_by_name(ray_cluster, synth, tmp_path):
                      "--storage-path", str(tmp_path / "ray"), "--verbose", "0"])
     message = str(refused.value)
     assert "identical audio" in message and src.name in message and twin.name in message
+
+
+def test_speaker_normalization_uses_each_speakers_own_frames():
+    import pandas as pd
+
+    from workloads.data.study_items import speaker_standardized
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"uid": ["a1", "a2", "b1"]})
+    items = {"x/a1": {"speaker": "A"}, "x/a2": {"speaker": "A"}, "x/b1": {"speaker": "B"}}
+    arrays = [rng.normal(5, 2, (10, 3)), rng.normal(5, 2, (6, 3)), rng.normal(-1, 9, (8, 3))]
+    _, normed = speaker_standardized(frame, arrays, "x", items)
+    a = np.concatenate(normed[:2])
+    np.testing.assert_allclose(a.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(a.std(0), 1, atol=1e-4)
+    np.testing.assert_allclose(normed[2].mean(0), 0, atol=1e-5)
+    both = np.concatenate(arrays[:2])  # speaker A's statistics, from both of A's clips
+    np.testing.assert_allclose(normed[1], (arrays[1] - both.mean(0)) / (both.std(0) + 1e-6), rtol=1e-5)

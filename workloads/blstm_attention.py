@@ -126,8 +126,10 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     model = AttentionBLSTM(data["train"][0].shape[-1], len(classes), hidden=int(config["hidden"]),
                            dropout=float(config["dropout"]))
     weights = class_weights(data["train"][1], len(classes)) if config.get("class_weights") else None
+    # A served model reads one file of an unknown speaker: it cannot normalize by that speaker,
+    # so a speaker-normalized trial logs no model.
     export = ((lambda best, run: export_model(config, classes, mean, std, best, run))
-              if config.get("log_model", True) else None)
+              if config.get("log_model", True) and not config.get("speaker_norm") else None)
     return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config),
                                        tags_of(config), info, weights=weights, export=export, eval_batch_size=128)
 

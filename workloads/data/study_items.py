@@ -82,18 +82,20 @@ def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict,
     """Trial side: split → (arrays, int64 labels) of one cached stage, for the items the driver
     wrote whose label is one of `classes` (label index = position): a list of arrays, or one
     array with `stack` (every item the same shape). corpus_of_split: split → the corpus it is
-    read from (config["stage_dirs"][corpus][stage])."""
+    read from (config["stage_dirs"][corpus][stage]). With config["speaker_norm"], every item is
+    first standardized by its speaker's statistics (see speaker_standardized)."""
     import numpy as np
 
-    from .pipeline import read_stage
-
     from .folds import trial_splits
+    from .pipeline import read_stage
 
     index = {c: i for i, c in enumerate(classes)}
     items = study_items(config)
     splits = trial_splits(items, config)
     read = {corpus: read_stage(config["cache_fs"], config["stage_dirs"][corpus][stage], feature)
             for corpus in set(corpus_of_split.values())}  # each corpus's stage read once, for all its splits
+    if config.get("speaker_norm"):
+        read = {corpus: speaker_standardized(frame, arrays, corpus, items) for corpus, (frame, arrays) in read.items()}
     out = {}
     for split, corpus in corpus_of_split.items():
         frame, arrays = read[corpus]
@@ -108,3 +110,24 @@ def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict,
             raise ValueError(f"{corpus}: no {split} clips of the classes {classes}")
         out[split] = (np.stack(xs) if stack else xs, np.asarray(ys, dtype=np.int64))
     return out
+
+
+def speaker_standardized(frame, arrays, corpus: str, items: dict) -> tuple:
+    """Speaker normalization of one stage: each item's features (the last axis) minus its
+    speaker's mean, over that speaker's standard deviation, both over every frame of all that
+    speaker's clips in the corpus. No label is read; a test speaker's unlabeled clips are used,
+    as speaker normalization in emotion recognition does."""
+    import numpy as np
+
+    speakers = [str((items.get(f"{corpus}/{uid}") or {}).get("speaker") or "") for uid in frame["uid"]]
+    sums: dict = {}
+    for who, a in zip(speakers, arrays):
+        x = np.asarray(a, dtype=np.float64).reshape(-1, np.shape(a)[-1])
+        s1, s2, n = sums.get(who, (0.0, 0.0, 0))
+        sums[who] = (s1 + x.sum(0), s2 + (x ** 2).sum(0), n + len(x))
+    stats = {}
+    for who, (s1, s2, n) in sums.items():
+        mean = s1 / n
+        stats[who] = (mean, np.sqrt(np.maximum(s2 / n - mean ** 2, 0)) + 1e-6)
+    return frame, [((np.asarray(a, dtype=np.float64) - stats[w][0]) / stats[w][1]).astype(np.float32)
+                   for w, a in zip(speakers, arrays)]
