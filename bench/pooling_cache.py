@@ -45,7 +45,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--model", default="whisper-base")
     args = p.parse_args()
-    common = ["--epochs", str(args.epochs), "--model", args.model, "--verbose", "0", "--max-concurrent", "2"]
+    common = ["--epochs", str(args.epochs), "--model", args.model, "--verbose", "0", "--max-concurrent", "2",
+              "--set", "speaker_norm=false"]  # the live mode has no cached states to normalize
     with tempfile.TemporaryDirectory(prefix="emosweep-bench-pool-") as work:
         work = Path(work)
         data = args.data_dir

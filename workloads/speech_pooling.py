@@ -467,7 +467,10 @@ def prepare(config: dict, opts) -> dict:
 
     config = dict(config)
     if config.get("speaker_norm") and config.get("encoder_mode", "cached") == "live":
-        raise SystemExit("speaker_norm standardizes cached states; the live encoder mode has none")
+        if "speaker_norm" in config.get("_pinned", ()):
+            raise SystemExit("speaker_norm standardizes cached states; the live encoder mode has none")
+        print("[emosweep] the live encoder mode runs without speaker_norm (it standardizes cached states)")
+        config["speaker_norm"] = False
     if config["pooling"] not in POOLINGS and config.get("pooling") != "probe":
         raise SystemExit(f"unknown pooling {config['pooling']!r}; choose from {', '.join(POOLINGS)}")
     if config["imbalance"] not in IMBALANCE:
