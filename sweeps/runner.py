@@ -832,7 +832,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             print(f"[emosweep] could not log the results tables to MLflow ({type(e).__name__}: {str(e)[:200]}); "
                   f"they are at {out}", file=sys.stderr)
 
-        print(f"\n{study.name} — {name}\n{how}\n{format_arm_table(arms_tab)}\n")
+        models = ", ".join(str(m) for m in arms_tab.get("model", pd.Series(dtype=object)).dropna().unique())
+        print(f"\n{study.name} — {name}\n{how}\n{format_arm_table(arms_tab)}\n" + (f"model: {models}\n" if models else ""))
         if run_note:
             print(f"note: {run_note}")
         print(f"results: {arms_csv} (per arm), {out} (per trial), {md}" + (f", {plot}" if plot else ""))
