@@ -134,7 +134,7 @@ def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mo
                         & (trials["status"] == "ERROR")).sum())
         row = {"arm": arm, **{k: first.get(k) for k in (knobs or []) if k in picked}, "model": first.get("model"),
                "n_runs": len(picked), "n_failed": n_failed, "n_configs": len(by_config),
-               "selected_by": (f"one configuration" if len(by_config) == 1 else
+               "selected_by": ("one configuration" if len(by_config) == 1 else
                                f"best mean {metric} of {len(by_config)} configurations")}
         row[f"{metric.replace('best_', '')}_mean"] = float(picked[metric].mean())
         for m in ARM_METRICS:

@@ -33,7 +33,7 @@ from workloads.core.ray_start import start_ray
 from workloads.core.storage import filesystem
 from workloads.core.seeding import derive_seed
 from workloads.core.mlflow_server import SharedServer
-from sweeps.results import (arm_table, default_reference, format_arm_table, format_table, plot_arms,
+from sweeps.results import (arm_table, default_reference, format_arm_table, plot_arms,
                             results_table, write_tables)
 from workloads.core.tracking import (TrackingContext, fail_fast_requests, find_child_run, git_commit,
                                      share_sweep_view, start_parent_run)
@@ -626,10 +626,8 @@ def log_arm_runs(client, tracking: TrackingContext, trials: pd.DataFrame, arms_t
                     metrics[k] = float(value)
             if by_arm.loc[arm, "verdict"]:
                 client.set_tag(run.info.run_id, "verdict", str(by_arm.loc[arm, "verdict"]))
-        import math
-
         for k, v in metrics.items():
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            if v is not None and not pd.isna(v):
                 client.log_metric(run.info.run_id, k, float(v))
         for trial_id in group["trial"].dropna():  # its fold and seed runs become its children
             child = find_child_run(client, ctx, trial_id)
