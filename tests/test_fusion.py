@@ -133,6 +133,10 @@ def fusion_sweep(ray_cluster, mlflow_server, tmp_path_factory):
                         "--results-out", str(out / "fusion.csv"), "--verbose", "0"])
 
 
+def exp_tags(client, experiment_id: str) -> dict:
+    return client.get_experiment(experiment_id).tags
+
+
 def _runs_by_arm(client):
     from mlflow_runs import sweep_runs
 
@@ -282,7 +286,10 @@ def test_mlflow_ui_shows_one_row_per_arm_and_compares_the_trials(fusion_sweep, m
                                     for a in rows) and driver.find_element(By.TAG_NAME, "body").text,
                         timeout=60, what="the arm rows")
         screenshot(driver, "mlflow-arms")
-        assert "test_acc_mean" in body and "test_acc_ci95" in body and "val_acc_mean" in body
+        assert "test_acc_mean" in body and "val_acc_mean" in body and "test_acc_diff" in body
+        # the interval's column is chosen too (this sweep's arms ran once each, so none has one to show)
+        view = json.loads(exp_tags(client, exp.experiment_id)[f"mlflow.sharedViewState.sweep-{parent.info.run_id[:12]}"])
+        assert "metrics.`test_acc_ci95`" in view["selectedColumns"] and "tags.selected = 'true'" in view["searchFilter"]
         assert f"{rows['late_concat'].data.metrics['test_acc_mean']:.4f}"[:5] in body
         assert not any(r.info.run_name in body for r in runs.values())  # the trials sit under their arm rows
         three = [runs[a].info.run_id for a in ("late_concat", "text_only", "audio_only")]
