@@ -103,7 +103,18 @@ def paired(a, b, higher_is_better: bool = True) -> dict:
 
 # ----------------------------------------------------------------------------- per arm
 
-def default_reference(study, arms: dict) -> str | None:
+def config_stats(runs: pd.DataFrame, metric: str = "best_val_acc") -> dict:
+    """The aggregate of one configuration's finished runs (its folds × seeds): n_runs, the
+    selection metric's mean (`val_acc_mean` for best_val_acc) and each test metric's mean, std
+    and 95% interval. The arm table's row and the configuration's MLflow run both hold these."""
+    stats = {"n_runs": len(runs), f"{metric.replace('best_', '')}_mean": float(runs[metric].mean())}
+    for m in ARM_METRICS:
+        if m in runs:
+            stats[f"{m}_mean"], stats[f"{m}_std"], stats[f"{m}_ci95"] = mean_ci(runs[m])
+    return stats
+
+
+def default_reference(arms: dict) -> str | None:
     """The study's floor where it has one among the arms run, else the report's arm (the first)."""
     if "floor" in arms:
         return "floor"
@@ -119,7 +130,7 @@ def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mo
     if trials.empty:
         return pd.DataFrame()
     ok = trials[trials["status"] != "ERROR"]
-    chosen, rows = {}, []
+    chosen, chosen_ids, rows = {}, {}, []
     for arm in arms:
         mine = ok[ok["arm"] == arm]
         if mine.empty:
@@ -129,18 +140,16 @@ def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mo
         best = by_config.idxmax() if mode == "max" else by_config.idxmin()
         picked = mine[config_ids == best]
         chosen[arm] = picked
+        chosen_ids[arm] = best
         first = picked.iloc[0]
         n_failed = int(((trials["arm"] == arm) & (trials["config_id"].fillna("c0") == best)
                         & (trials["status"] == "ERROR")).sum())
+        stats = config_stats(picked, metric)
         row = {"arm": arm, **{k: first.get(k) for k in (knobs or []) if k in picked}, "model": first.get("model"),
-               "n_runs": len(picked), "n_failed": n_failed, "n_configs": len(by_config),
+               "n_runs": stats.pop("n_runs"), "n_failed": n_failed, "n_configs": len(by_config),
                "selected_by": ("one configuration" if len(by_config) == 1 else
-                               f"best mean {metric} of {len(by_config)} configurations")}
-        row[f"{metric.replace('best_', '')}_mean"] = float(picked[metric].mean())
-        for m in ARM_METRICS:
-            if m in picked:
-                row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_ci95"] = mean_ci(picked[m])
-        row["random_init"] = bool(first.get("random_init"))
+                               f"best mean {metric} of {len(by_config)} configurations"),
+               **stats, "random_init": bool(first.get("random_init"))}
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -164,7 +173,7 @@ def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mo
         if column not in table:
             table[column] = None
     table.loc[table["arm"] == table["reference"], "verdict"] = "reference"
-    table.attrs["chosen"] = {arm: list(picked["trial"]) for arm, picked in chosen.items()}
+    table.attrs["chosen"] = chosen_ids  # arm → the config_id its row reports
     return table
 
 

@@ -577,7 +577,7 @@ def reference_of(study: Study, arms: dict, asked: str | None):
         return asked
     if callable(study.reference):
         return lambda arm: study.reference(arm, arms)
-    return study.reference if study.reference in arms else default_reference(study, arms)
+    return study.reference if study.reference in arms else default_reference(arms)
 
 
 def selection_note(base: dict, samples: int, metric: str) -> str:
@@ -593,50 +593,47 @@ def selection_note(base: dict, samples: int, metric: str) -> str:
 
 
 def log_arm_runs(client, tracking: TrackingContext, trials: pd.DataFrame, arms_tab: pd.DataFrame,
-                 state: dict) -> None:
+                 metric: str) -> None:
     """One MLflow run per (arm, configuration) under the sweep's parent, holding its fold and
-    seed runs as children and its aggregate metrics; the chosen configuration of each arm is
-    tagged `selected`, and the sweep's shared view lists those, one row per arm. Runs made by
-    an earlier end of the same sweep (a resumed one) are reused."""
-    from workloads.core.tracking import TAG_PARENT
-    from sweeps.results import ARM_METRICS, mean_ci
+    seed runs as children and its aggregate metrics (results.config_stats); the configuration
+    each arm's row reports is tagged `selected`, and the sweep's shared view lists those, one
+    row per arm. Runs made by an earlier end of the same sweep (a resumed one) are reused."""
+    from mlflow.entities import Metric
+
+    from sweeps.results import config_stats
+    from workloads.core.tracking import TAG_PARENT, TAG_TRIAL_ID
 
     ctx = tracking
-    existing = {r.data.tags.get("config_id"): r for r in client.search_runs(
-        [ctx.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}' and tags.emosweep_row = 'arm'",
-        max_results=1000)}
-    chosen = {arm: set(trials_) for arm, trials_ in arms_tab.attrs.get("chosen", {}).items()}
+    children = client.search_runs([ctx.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}'",
+                                  max_results=50000)
+    existing = {r.data.tags["config_id"]: r for r in children if r.data.tags.get("emosweep_row") == "arm"}
+    trial_runs = {r.data.tags.get(TAG_TRIAL_ID): r for r in children if "emosweep_row" not in r.data.tags}
+    chosen = arms_tab.attrs.get("chosen", {})
     by_arm = arms_tab.set_index("arm")
+    now = int(time.time() * 1000)
+    done = trials[trials["status"] != "ERROR"]
     for config_id, group in trials.groupby(trials["config_id"].fillna("c0"), sort=False):
         arm = group["arm"].iloc[0]
-        selected = arm in chosen and set(group["trial"]) & chosen[arm] != set()
+        selected = chosen.get(arm) == config_id
         tags = {TAG_PARENT: ctx.parent_run_id, "emosweep_row": "arm", "arm": arm, "config_id": config_id,
-                "selected": str(bool(selected)).lower(), **{k: v for k, v in ctx.tags.items() if k != "git_commit"}}
+                "selected": str(selected).lower(), **{k: v for k, v in ctx.tags.items() if k != "git_commit"}}
         run = existing.get(config_id) or client.create_run(ctx.experiment_id, run_name=f"{arm} ({config_id})",
                                                             tags={k: str(v) for k, v in tags.items()})
-        metrics = {"n_runs": len(group), "val_acc_mean": float(group["best_val_acc"].mean())}
-        for m in ARM_METRICS:
-            if m in group:
-                mean, std, half = mean_ci(group[m])
-                metrics.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci95": half})
+        runs = done[done["config_id"].fillna("c0") == config_id]
+        metrics = config_stats(runs, metric) if len(runs) else {"n_runs": 0}
         if selected:
-            for k in ("test_acc_diff", "test_acc_diff_ci95", "p_value"):
-                value = by_arm.loc[arm, k]
-                if value is not None and not pd.isna(value):
-                    metrics[k] = float(value)
-            if by_arm.loc[arm, "verdict"]:
+            metrics.update({k: by_arm.loc[arm, k] for k in ("test_acc_diff", "test_acc_diff_ci95", "p_value")})
+            if pd.notna(by_arm.loc[arm, "verdict"]):
                 client.set_tag(run.info.run_id, "verdict", str(by_arm.loc[arm, "verdict"]))
-        for k, v in metrics.items():
-            if v is not None and not pd.isna(v):
-                client.log_metric(run.info.run_id, k, float(v))
+        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                                   if v is not None and pd.notna(v)])
         for trial_id in group["trial"].dropna():  # its fold and seed runs become its children
-            child = find_child_run(client, ctx, trial_id)
-            if child is not None:
-                client.set_tag(child.info.run_id, TAG_PARENT, run.info.run_id)
+            if trial_id in trial_runs:
+                client.set_tag(trial_runs[trial_id].info.run_id, TAG_PARENT, run.info.run_id)
         client.set_terminated(run.info.run_id, "FINISHED")
     share_sweep_view(client, ctx.uri, ctx.experiment_id, ctx.parent_run_id,
                      ["test_acc_mean", "test_acc_ci95", "test_uar_mean", "test_macro_f1_mean", "test_acc_diff",
-                      "p_value", "n_runs"], "val_acc_mean", extra_filter="tags.selected = 'true'")
+                      "p_value", "n_runs"], f"{metric.replace('best_', '')}_mean", extra_filter="tags.selected = 'true'")
 
 
 def run_study(study: Study, opts) -> pd.DataFrame:
@@ -743,6 +740,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                      "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
                      "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": samples,
                      "replicates": replicates, "reference": opts.reference}
+            state["n_trials"] = trial_count(study, arms, state)
 
         workers = int(state.get("workers_per_trial", opts.workers_per_trial))
         # A data-parallel trial is a coordinator that holds nothing; its Ray Train workers hold
@@ -771,14 +769,14 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                 param_space={},
                 tune_config=tune.TuneConfig(
                     metric=study.metric, mode=study.mode, search_alg=searcher, scheduler=sched,
-                    num_samples=trial_count(study, arms, state), max_concurrent_trials=opts.max_concurrent,
+                    num_samples=state["n_trials"], max_concurrent_trials=opts.max_concurrent,
                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=name, storage_path=storage.root, verbose=opts.verbose,
                     failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     callbacks=[ChildRunStatus(tracking.experiment_id, tracking.parent_run_id),
-                               *([TrialProgress(trial_count(study, arms, state), study.metric, study.mode)]
+                               *([TrialProgress(state["n_trials"], study.metric, study.mode)]
                                  if opts.verbose == 0 else [])]),
             )
         state["mlflow_port"] = server.port if server else state.get("mlflow_port")
@@ -793,7 +791,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         timings["tune_fit_s"] = time.perf_counter() - t
 
         table = results_table(study, result_grid, arms)
-        expected = trial_count(study, arms, state)
+        expected = state.get("n_trials") or trial_count(study, arms, state)
         finished = result_grid.num_terminated + result_grid.num_errors >= expected
         if not finished:
             print(f"[emosweep] sweep interrupted: {result_grid.num_terminated + result_grid.num_errors} of "
@@ -822,7 +820,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             if not table.empty and table["test_acc"].notna().any():
                 client.log_metric(run_id, "best_test_acc", float(table["test_acc"].max()))
             if not arms_tab.empty:
-                log_arm_runs(client, tracking, table, arms_tab, state)
+                log_arm_runs(client, tracking, table, arms_tab, study.metric)
             for k, v in timings.items():
                 client.log_metric(run_id, f"driver_{k}", v)
             client.set_terminated(run_id, "FINISHED" if finished else "KILLED")

@@ -86,18 +86,11 @@ def _cached_states(fs_uri: str, states_dir: str) -> tuple[list, list, list]:
 
 def speaker_stats(states: list, lengths: list, speakers: list) -> dict:
     """speaker → (mean, std), each (L, 1, D) float32: every layer's statistics over the real
-    frames of all that speaker's clips. Uses no label."""
-    sums: dict = {}
-    for x, n, who in zip(states, lengths, speakers):
-        real = x[:, :n].float()
-        s1, s2, count = sums.get(who, (0.0, 0.0, 0))
-        sums[who] = (s1 + real.sum(1, dtype=torch.float64), s2 + (real.double() ** 2).sum(1), count + n)
-    out = {}
-    for who, (s1, s2, count) in sums.items():
-        mean = s1 / max(count, 1)
-        std = (s2 / max(count, 1) - mean ** 2).clamp_min(0).sqrt() + 1e-5
-        out[who] = (mean.float().unsqueeze(1), std.float().unsqueeze(1))
-    return out
+    frames of all that speaker's clips (data/study_items.speaker_statistics). Uses no label."""
+    from .data.study_items import speaker_statistics
+
+    stats = speaker_statistics(((who, x[:, :n].numpy()) for x, n, who in zip(states, lengths, speakers)), eps=1e-5)
+    return {who: (torch.from_numpy(mean).float(), torch.from_numpy(std).float()) for who, (mean, std) in stats.items()}
 
 
 _MEMO: dict = {}  # per process, like _cached_states: speaker statistics and pooled vectors of the cache

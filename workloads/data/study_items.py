@@ -112,6 +112,24 @@ def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict,
     return out
 
 
+def speaker_statistics(samples, eps: float = 1e-6) -> dict:
+    """speaker → (mean, std) over every observation of all that speaker's samples. samples:
+    (speaker, array (..., observations, features)) pairs; the statistics keep the leading axes
+    and one observation, (..., 1, features), summed in float64. Reads no label."""
+    import numpy as np
+
+    sums: dict = {}
+    for who, x in samples:
+        x = np.asarray(x, dtype=np.float64)
+        s1, s2, n = sums.get(who, (0.0, 0.0, 0))
+        sums[who] = (s1 + x.sum(-2, keepdims=True), s2 + (x ** 2).sum(-2, keepdims=True), n + x.shape[-2])
+    out = {}
+    for who, (s1, s2, n) in sums.items():
+        mean = s1 / max(n, 1)
+        out[who] = (mean, np.sqrt(np.maximum(s2 / max(n, 1) - mean ** 2, 0)) + eps)
+    return out
+
+
 def speaker_standardized(frame, arrays, corpus: str, items: dict) -> tuple:
     """Speaker normalization of one stage: each item's features (the last axis) minus its
     speaker's mean, over that speaker's standard deviation, both over every frame of all that
@@ -120,14 +138,6 @@ def speaker_standardized(frame, arrays, corpus: str, items: dict) -> tuple:
     import numpy as np
 
     speakers = [str((items.get(f"{corpus}/{uid}") or {}).get("speaker") or "") for uid in frame["uid"]]
-    sums: dict = {}
-    for who, a in zip(speakers, arrays):
-        x = np.asarray(a, dtype=np.float64).reshape(-1, np.shape(a)[-1])
-        s1, s2, n = sums.get(who, (0.0, 0.0, 0))
-        sums[who] = (s1 + x.sum(0), s2 + (x ** 2).sum(0), n + len(x))
-    stats = {}
-    for who, (s1, s2, n) in sums.items():
-        mean = s1 / n
-        stats[who] = (mean, np.sqrt(np.maximum(s2 / n - mean ** 2, 0)) + 1e-6)
-    return frame, [((np.asarray(a, dtype=np.float64) - stats[w][0]) / stats[w][1]).astype(np.float32)
+    stats = speaker_statistics((w, np.reshape(a, (-1, np.shape(a)[-1]))) for w, a in zip(speakers, arrays))
+    return frame, [((np.asarray(a, dtype=np.float64) - stats[w][0][0]) / stats[w][1][0]).astype(np.float32)
                    for w, a in zip(speakers, arrays)]
