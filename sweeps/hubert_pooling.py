@@ -1,13 +1,17 @@
 """S2. Pooling a speech encoder's frames for emotion recognition (RAVDESS, ShEMO).
 
-Nine arms, one pooling each, and a frozen probe as the floor, on a frozen encoder whose hidden states are computed once per
+Nine arms, one pooling each, on a frozen encoder whose hidden states are computed once per
 corpus and shared by every trial: masked mean, masked max, mean + standard deviation,
 learned attention, first frame, the SUPERB learned weighted sum of all layers (then mean),
-and one hidden layer k mean-pooled (k searched). Searched: lr, head width, dropout, weight
-decay, imbalance handling. Splits keep every speaker in one split.
+one hidden layer k mean-pooled (k searched), every layer's mean, and every layer's mean and
+standard deviation; and the floor every arm is paired with, a frozen probe (a logistic
+regression on every layer's mean). Searched: lr, head width, dropout, weight decay, imbalance
+handling. Splits keep every speaker in one split; each speaker's states are standardized by
+that speaker's statistics (speaker_norm).
 
     python sweeps/hubert_pooling.py                                   # RAVDESS look-alike, whisper-base offline
     python sweeps/hubert_pooling.py --data-dir ../shared/data/ravdess # real RAVDESS speech
+    python sweeps/hubert_pooling.py --data-dir ../shared/data/ravdess --folds 4   # four speaker folds, mean ± CI
     python sweeps/hubert_pooling.py --smoke                           # tiny random HuBERT, about a minute
     python sweeps/hubert_pooling.py --set encoder_mode=live --set padding=dynamic --arms masked_mean
 """
