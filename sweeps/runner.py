@@ -366,6 +366,8 @@ def check_fold_flags(study: Study, opts) -> None:
     if folds and study.official_splits:
         raise SystemExit(f"--folds: {study.name} uses {study.official_splits}; its splits are fixed. "
                          f"Use --seeds N to repeat every configuration with other seeds")
+    if opts.allow_leak and study.official_splits:
+        raise SystemExit(f"--allow-leak: {study.name} uses {study.official_splits}; the split gate does not run on them")
     if opts.split_by and study.official_splits:
         raise SystemExit(f"--split-by: {study.name} uses {study.official_splits}; its splits are fixed")
     if opts.split_by and not folds:

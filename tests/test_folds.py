@@ -146,6 +146,7 @@ def test_arm_table_chooses_by_validation_and_pairs_over_folds():
     ("sweeps.meld_fusion", ["--split-by", "item"], "MELD's official"),
     ("sweeps.speaker_id", ["--folds", "3", "--split-by", "speaker"], "labels are the speakers"),
     ("sweeps.hubert_pooling", ["--split-by", "item"], "give --folds K too"),
+    ("sweeps.bert_head_pruning", ["--allow-leak"], "the split gate does not run"),
     ("sweeps.hubert_pooling", ["--folds", "one"], "2 or more"),
     ("sweeps.hubert_pooling", ["--reference", "nope"], "not an arm"),
 ])

@@ -75,6 +75,8 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
 
 
 def prepare(config: dict, opts) -> dict:
+    if config.get("speaker_norm"):  # it would standardize away the very thing the labels name
+        raise SystemExit("speaker_norm: speaker identification's labels are the speakers; it cannot normalize by them")
     return classic_audio.prepare_single(config, "speakers", STAGES, WORKLOAD)
 
 
