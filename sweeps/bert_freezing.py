@@ -9,9 +9,8 @@ scale with the model's depth. Searched: learning rate, batch size, epochs, warmu
     python sweeps/bert_freezing.py            # offline default: embedded FarsTail, CPU subset, e5-small
     python sweeps/bert_freezing.py --smoke    # tiny random BERT, about a minute
 """
-from ray import tune
-
 from sweeps.runner import Study, main
+from sweeps.space import choice, loguniform, uniform
 from workloads import bert_nli
 
 STUDY = Study(
@@ -29,11 +28,11 @@ STUDY = Study(
         "prune_heads_50": {"strategy": "prune_heads", "prune_fraction": 0.5},
     },
     space={
-        "lr": tune.loguniform(1e-5, 1e-4),
-        "batch_size": tune.choice([16, 32]),
-        "epochs": tune.choice([2, 3, 4]),
-        "warmup_ratio": tune.uniform(0.0, 0.2),
-        "weight_decay": tune.choice([0.0, 0.01, 0.1]),
+        "lr": loguniform(1e-5, 1e-4),
+        "batch_size": choice([16, 32]),
+        "epochs": choice([2, 3, 4]),
+        "warmup_ratio": uniform(0.0, 0.2),
+        "weight_decay": choice([0.0, 0.01, 0.1]),
     },
     defaults={
         "model": "HooshvareLab/bert-base-parsbert-uncased",
@@ -52,6 +51,7 @@ STUDY = Study(
               "H100) show with --full-data on a GPU."),
     # A random tiny BERT learns nothing at a fine-tuning rate; smoke checks the machinery.
     smoke={"train_size": 96, "val_size": 48, "test_size": 48, "epochs": 2, "max_length": 64, "lr": 1e-4},
+    terminal_columns=["layers_frozen", "lr"],  # the arm"s own knobs beside the metrics, within 120 columns
     table_columns=["strategy", "layers_frozen", "layers_kept", "heads_per_layer_after", "lr", "batch_size",
                    "epochs", "warmup_ratio", "weight_decay"],
     official_splits="FarsTail's official train/val/test files",

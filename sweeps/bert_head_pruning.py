@@ -5,7 +5,7 @@ then fine-tune; the learning rate is searched.
 
     python sweeps/bert_head_pruning.py --smoke
 """
-from ray import tune
+from sweeps.space import loguniform
 
 from sweeps.bert_freezing import STUDY as FREEZING
 from sweeps.runner import Study, main
@@ -18,13 +18,14 @@ STUDY = Study(
     prepare=FREEZING.prepare,
     describe=FREEZING.describe,
     arms={f"prune_{int(f * 100)}": {"strategy": "prune_heads", "prune_fraction": f} for f in (0.0, 0.25, 0.5, 0.75)},
-    space={"lr": tune.loguniform(1e-5, 1e-4)},
+    space={"lr": loguniform(1e-5, 1e-4)},
     defaults=FREEZING.defaults,
     cpu_subset=FREEZING.cpu_subset,
     cpu_note=("No GPU: a stratified CPU subset of FarsTail ({subset}). At this size every arm stays near chance "
               "(accuracy ~0.33): this run checks the pipeline, not what pruning costs. That shows with --full-data "
               "on a GPU (e5-small on an H100: 0.781 unpruned, 0.728 with half the heads pruned)."),
     smoke=FREEZING.smoke,
+    terminal_columns=["heads_per_layer_after", "lr"],  # the arm"s own knobs beside the metrics, within 120 columns
     table_columns=["prune_fraction", "heads_per_layer_before", "heads_per_layer_after", "lr", "batch_size", "epochs"],
     official_splits="FarsTail's official train/val/test files",
 )

@@ -14,10 +14,25 @@ patience. Splits keep every speaker in one split.
     python sweeps/blstm_attention.py --smoke                          # about a minute
     emosweep predict clip.wav --run-id RUN                            # top-2 emotions of any audio file
 """
-from ray import tune
-
 from sweeps.runner import Study, main
+from sweeps.space import choice, loguniform, uniform
 from workloads import blstm_attention
+
+def _arms() -> dict:
+    blstm = {"method": "blstm", "model_id": "Attention_BLSTM (from scratch)"}
+    floor = {"method": "floor", "model_id": "logistic regression on clip mean + std", "searched": ()}
+    within = {c: {"train_corpus": c, "test_corpus": c, **blstm} for c in blstm_attention.CORPORA}
+    cross = {f"{a}_to_{b}": {"train_corpus": a, "test_corpus": b, **blstm}
+             for a, b in (("emodb", "ravdess"), ("ravdess", "emodb"), ("shemo", "ravdess"), ("ravdess", "shemo"))}
+    floors = {f"{c}_floor": {"train_corpus": c, "test_corpus": c, **floor} for c in blstm_attention.CORPORA}
+    arms = {**within, **cross, **floors}
+    for arm in arms.values():  # the class map, in the table: what each arm trains and is tested on
+        arm["classes"] = ",".join(blstm_attention.arm_classes(arm))
+    return arms
+
+
+ARMS = _arms()  # within each corpus, across corpora, and the floor of each corpus
+
 
 STUDY = Study(
     name="blstm_attention",
@@ -27,12 +42,12 @@ STUDY = Study(
     prepare=blstm_attention.prepare,
     describe=blstm_attention.describe,
     extra_flags={c: f"{c} corpus folder (default: a generated look-alike)" for c in blstm_attention.CORPORA},
-    arms=blstm_attention.ARMS,
+    arms=ARMS,
     space={
-        "lr": tune.loguniform(1e-4, 3e-3),
-        "hidden": tune.choice([64, 128, 256]),
-        "dropout": tune.uniform(0.0, 0.5),
-        "patience": tune.choice([3, 5, 8]),
+        "lr": loguniform(1e-4, 3e-3),
+        "hidden": choice([64, 128, 256]),
+        "dropout": uniform(0.0, 0.5),
+        "patience": choice([3, 5, 8]),
     },
     defaults={
         "lr": 1e-3, "hidden": 256, "dropout": 0.0, "patience": 5, "epochs": 30, "batch_size": 32,
@@ -41,6 +56,7 @@ STUDY = Study(
         "speaker_norm": False,
     },
     smoke={"synth_n": 96, "epochs": 3, "hidden": 64},
+    terminal_columns=["n_classes", "chance"],  # the arm"s own knobs beside the metrics, within 120 columns
     table_columns=["train_corpus", "test_corpus", "method", "n_classes", "chance", "classes", "speaker_norm", "lr",
                    "hidden", "dropout", "patience"],
     metric="best_val_acc",

@@ -12,9 +12,8 @@ size, and how to handle the imbalance (up-sample, class-weighted loss, or nothin
     python sweeps/fer_architectures.py --smoke                  # all four in about a minute
     python sweeps/fer_architectures.py --data-dir ~/data/fer2013.csv   # the real study
 """
-from ray import tune
-
 from sweeps.runner import Study, main
+from sweeps.space import choice, loguniform
 from workloads import fer
 from workloads.data.fer2013 import LABELS
 
@@ -32,10 +31,10 @@ STUDY = Study(
         "emotion_se": {"architecture": "emotion_se", "model_id": "EmotionRecognitionNet", "epochs": 40},
     },
     space={
-        "lr": tune.loguniform(1e-4, 3e-3),
-        "dropout": tune.choice([0.0, 0.25, 0.4]),
-        "batch_size": tune.choice([64, 128, 256]),
-        "imbalance": tune.choice(list(fer.IMBALANCE)),
+        "lr": loguniform(1e-4, 3e-3),
+        "dropout": choice([0.0, 0.25, 0.4]),
+        "batch_size": choice([64, 128, 256]),
+        "imbalance": choice(list(fer.IMBALANCE)),
     },
     defaults={
         "data_dir": None,  # None: a generated look-alike of fer2013.csv
@@ -49,6 +48,7 @@ STUDY = Study(
     cpu_subset={"synth_n": 4000, "train_size": 3200, "val_size": 400, "test_size": 400, "epochs": 6},
     # small batches so two epochs take enough steps to move (and BatchNorm's running stats)
     smoke={"synth_n": 600, "train_size": 480, "val_size": 60, "test_size": 60, "epochs": 2, "batch_size": 32},
+    terminal_columns=["epochs", "lr", "batch_size"],  # the arm"s own knobs beside the metrics, within 120 columns
     table_columns=["architecture", "lr", "dropout", "batch_size", "imbalance", "epochs", "train_items_per_s",
                    "test_weighted_f1", *[f"test_f1_{c}" for c in LABELS]],
     official_splits="FER2013's official Training/PublicTest/PrivateTest rows",

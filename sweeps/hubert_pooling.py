@@ -15,9 +15,8 @@ that speaker's statistics (speaker_norm).
     python sweeps/hubert_pooling.py --smoke                           # tiny random HuBERT, about a minute
     python sweeps/hubert_pooling.py --set encoder_mode=live --set padding=dynamic --arms masked_mean
 """
-from ray import tune
-
 from sweeps.runner import Study, main
+from sweeps.space import choice, loguniform, uniform
 from workloads import speech_pooling
 
 STUDY = Study(
@@ -33,12 +32,12 @@ STUDY = Study(
           # the floor: a standardized logistic regression on every layer's mean (a frozen probe)
           "probe": {"pooling": "probe", "searched": ()}},
     space={
-        "lr": tune.loguniform(1e-4, 3e-3),
-        "head_width": tune.choice([128, 256, 512]),
-        "dropout": tune.uniform(0.0, 0.4),
-        "weight_decay": tune.choice([0.0, 0.01, 0.1]),
-        "imbalance": tune.choice(["class_weights", "resample", "none"]),
-        "layer_frac": tune.uniform(0.0, 1.0),  # read by the layer_mean arm only
+        "lr": loguniform(1e-4, 3e-3),
+        "head_width": choice([128, 256, 512]),
+        "dropout": uniform(0.0, 0.4),
+        "weight_decay": choice([0.0, 0.01, 0.1]),
+        "imbalance": choice(["class_weights", "resample", "none"]),
+        "layer_frac": uniform(0.0, 1.0),  # read by the layer_mean arm only
     },
     defaults={
         "model": "facebook/hubert-base-ls960",  # offline: the shelf's whisper-base encoder
@@ -61,6 +60,7 @@ STUDY = Study(
         "floor_c": 1.0,  # the probe's inverse regularization
     },
     smoke={"synth_n": 96, "epochs": 3},
+    terminal_columns=["layer_used", "lr"],  # the arm"s own knobs beside the metrics, within 120 columns
     table_columns=["pooling", "layer_used", "hidden_states", "speaker_norm", "imbalance", "lr", "head_width",
                    "dropout", "weight_decay", "finetune_top"],
     metric="best_val_acc",

@@ -17,9 +17,8 @@ The frozen encoder bottoms run once per corpus (prefix cache); trials train only
     python sweeps/meld_fusion.py --smoke                        # tiny random encoders, about a minute
     emosweep demo                                               # the best trial's model in a web page
 """
-from ray import tune
-
 from sweeps.runner import Study, main
+from sweeps.space import choice, loguniform, uniform
 from workloads import meld_fusion
 
 STUDY = Study(
@@ -42,10 +41,10 @@ STUDY = Study(
         "cross_attention": {"fusion": "cross_attention"},
     },
     space={
-        "lr": tune.loguniform(1e-5, 1e-4),  # the encoders' top layers
-        "head_lr": tune.loguniform(1e-4, 3e-3),
-        "fusion_width": tune.choice([128, 256]),
-        "dropout": tune.uniform(0.0, 0.3),
+        "lr": loguniform(1e-5, 1e-4),  # the encoders' top layers
+        "head_lr": loguniform(1e-4, 3e-3),
+        "fusion_width": choice([128, 256]),
+        "dropout": uniform(0.0, 0.3),
     },
     defaults={
         "text_model": "roberta-base", "audio_model": "facebook/wav2vec2-base-960h",
@@ -61,6 +60,7 @@ STUDY = Study(
     cpu_subset={"max_items": 1500},
     cpu_note=("CPU run: at most 1,500 utterances of a real MELD archive ({subset}), the look-alike whole; "
               "--full-data on a GPU for the report's setting"),
+    terminal_columns=["test_weighted_f1", "test_acc_no_audio", "test_acc_no_text"],  # the arm"s own knobs beside the metrics, within 120 columns
     table_columns=["fusion", "test_weighted_f1", "test_acc_no_audio", "test_acc_no_text", "lr", "head_lr",
                    "fusion_width", "dropout"],
     metric="best_val_acc",

@@ -24,7 +24,7 @@ ALPHA = 0.05
 # ----------------------------------------------------------------------------- per trial
 
 def results_table(study, result_grid, arms: dict) -> pd.DataFrame:
-    from .runner import arm_space
+    from .study import arm_space
 
     rows = []
     for result in result_grid:
@@ -185,24 +185,54 @@ def _pm(mean, half, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def format_arm_table(table: pd.DataFrame) -> str:
-    """The terminal's view: what answers the study's question, within 120 columns."""
+TERMINAL_WIDTH = 120
+
+
+def _short(value) -> str:
+    """A config value as the terminal shows it: short floats, no trailing noise."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+    return str(value)
+
+
+def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDTH) -> str:
+    """The terminal's view: what answers the study's question (the arm, its own knobs, the
+    main test metrics with their 95% interval, the paired difference with the reference),
+    within `width` columns. Lower-priority columns go first when it is too wide; every column
+    stays in results.arms.csv/.md."""
     if table.empty:
         return "(no arm finished a trial)"
-    shown = pd.DataFrame({
-        "arm": table["arm"],
-        "n": table["n_runs"].astype(int),
-        "val acc": table.get("val_acc_mean", pd.Series(dtype=float)).map(lambda v: f"{v:.3f}" if pd.notna(v) else ""),
-        "test acc (95% CI)": [_pm(m, h) for m, h in zip(table["test_acc_mean"], table["test_acc_ci95"])],
-        "UAR": [_pm(m, h) for m, h in zip(table.get("test_uar_mean", [None] * len(table)),
-                                          table.get("test_uar_ci95", [None] * len(table)))],
-        "macro F1": [_pm(m, None) for m in table.get("test_macro_f1_mean", [None] * len(table))],
-        "Δ acc vs ref": [("" if pd.isna(d) else f"{d:+.3f}" + ("" if pd.isna(h) else f" ± {h:.3f}"))
-                         for d, h in zip(table["test_acc_diff"], table["test_acc_diff_ci95"])],
-        "p": table["p_value"].map(lambda p: "" if pd.isna(p) else f"{p:.3g}"),
-        "verdict": table["verdict"].fillna(""),
-    })
-    return shown.to_markdown(index=False, disable_numparse=True)
+    n = len(table)
+    none = [None] * n
+    cols = [  # (priority: higher stays longer, header, cells)
+        (9, "arm", list(table["arm"])),
+        (2, "n", [str(int(v)) for v in table["n_runs"]]),
+    ]
+    for i, column in enumerate(c for c in columns if c in table and c != "arm"):
+        cols.append((4 - min(i, 3) * 0.5, column, [_short(v) for v in table[column]]))
+    cols += [
+        (3, "val acc", [_pm(v, None) for v in table.get("val_acc_mean", none)]),
+        (8, "test acc (95% CI)", [_pm(m, h) for m, h in zip(table["test_acc_mean"], table["test_acc_ci95"])]),
+        (6, "UAR", [_pm(m, h) for m, h in zip(table.get("test_uar_mean", none), table.get("test_uar_ci95", none))]),
+        (3.5, "macro F1", [_pm(m, None) for m in table.get("test_macro_f1_mean", none)]),
+        (7, "Δ acc vs ref", [("" if pd.isna(d) else f"{d:+.3f}" + ("" if pd.isna(h) else f" ± {h:.3f}"))
+                             for d, h in zip(table["test_acc_diff"], table["test_acc_diff_ci95"])]),
+        (5, "p", ["" if pd.isna(p) else f"{p:.2g}" for p in table["p_value"]]),
+        (5, "verdict", [str(v) for v in table["verdict"].fillna("")]),
+    ]
+    cols = [c for c in cols if any(cell for cell in c[2]) or c[1] in ("arm", "test acc (95% CI)")]
+    if all(v in ("", "reference") or v.startswith("n/a") for v in table["verdict"].fillna("")):
+        cols = [c for c in cols if c[1] not in ("p", "verdict")]  # no pairs to test: nothing to say
+    while True:
+        text = pd.DataFrame({h: cells for _, h, cells in cols}).to_markdown(index=False, disable_numparse=True)
+        if max(len(line) for line in text.splitlines()) <= width or len(cols) <= 2:
+            return text
+        drop = min((c for c in cols if c[1] not in ("arm", "test acc (95% CI)")), key=lambda c: c[0])
+        cols.remove(drop)
 
 
 def plot_arms(table: pd.DataFrame, path: Path, metric: str = "test_acc") -> Path:
@@ -233,7 +263,7 @@ def plot_arms(table: pd.DataFrame, path: Path, metric: str = "test_acc") -> Path
 
 
 def write_tables(trials: pd.DataFrame, arms_table: pd.DataFrame, out: Path, title: str, note: str | None,
-                 how: str) -> tuple[Path, Path, Path]:
+                 how: str, columns=()) -> tuple[Path, Path, Path]:
     """results.csv (per trial), results.arms.csv and results.arms.md (per arm) beside it, and
     results.md (both, readable). Returns (csv, arms csv, md)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +272,7 @@ def write_tables(trials: pd.DataFrame, arms_table: pd.DataFrame, out: Path, titl
     arms_table.to_csv(arms_csv, index=False)
     arms_md = out.with_name(out.stem + ".arms.md")
     head = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + f"{how}\n\n"
-    arms_md.write_text(head + f"{format_arm_table(arms_table)}\n\n{format_table(arms_table)}\n")
+    arms_md.write_text(head + f"{format_arm_table(arms_table, columns)}\n\n{format_table(arms_table)}\n")
     md = out.with_suffix(".md")
-    md.write_text(head + f"## Arms\n\n{format_arm_table(arms_table)}\n\n## Trials\n\n{format_table(trials)}\n")
+    md.write_text(head + f"## Arms\n\n{format_arm_table(arms_table, columns)}\n\n## Trials\n\n{format_table(trials)}\n")
     return out, arms_csv, md

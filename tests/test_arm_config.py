@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
-from sweeps.runner import ArmGridSearch
+from sweeps.search import ArmGridSearch
 
 ARMS = {"basic": {"epochs": 10, "dropout": 0.0}, "deep": {"epochs": 40}}
 SPACE = {"lr": tune.loguniform(1e-4, 1e-2), "dropout": tune.choice([0.0, 0.25, 0.4])}
@@ -32,7 +32,7 @@ def test_values_set_for_the_run_beat_the_arm_but_not_the_search():
 
 
 def test_an_arm_searches_only_the_knobs_it_names():
-    from sweeps.runner import arm_space
+    from sweeps.study import arm_space
 
     arms = {"sgd": {"searched": ("lr",)}, "fixed": {"searched": ()}, "all": {}}
     search = ArmGridSearch(arms, SPACE, {"lr": 1e-3, "dropout": 0.25, "_over_arms": []}, samples_per_arm=2,

@@ -96,9 +96,12 @@ def test_speaker_id_estimators_are_logged_trials(speaker_sweep, mlflow_server):
 
 def _trial(module, arm: str, config: dict, **overrides) -> dict:
     """One arm of a prepared study in a plain process: its best epoch's metrics."""
+    import importlib
+
     from workloads.core.loop import LocalSession
 
-    config = {**config, **module.ARMS[arm], **overrides, "arm": arm}
+    arms = importlib.import_module(f"sweeps.{module.WORKLOAD}").STUDY.arms
+    config = {**config, **arms[arm], **overrides, "arm": arm}
     state = module.train(config, None, LocalSession(quiet=True))
     return state["best"]
 
@@ -107,7 +110,7 @@ def test_audiomnist_mlp_and_its_references_learn(ray_cluster, capsys):
     from sweeps.audiomnist_mlp import STUDY
     from workloads import audiomnist_mlp
 
-    config = audiomnist_mlp.prepare({**STUDY.defaults, "synth_n": 120, "seed": 0, "data_dir": None}, None)
+    config = audiomnist_mlp.prepare({**STUDY.defaults, "synth_n": 120, "seed": 0, "data_dir": None})
     assert config["classes"] == [str(d) for d in range(10)]
     mlp = _trial(audiomnist_mlp, "h1_relu_deltas", config, epochs=12, patience=None)
     ref = _trial(audiomnist_mlp, "sklearn_mlp", config)
@@ -122,7 +125,7 @@ def test_gtzan_reports_the_corrupt_file_and_trains(ray_cluster, capsys):
     from workloads import gtzan_cnn
     from workloads.data.study_items import study_items
 
-    config = gtzan_cnn.prepare({**STUDY.defaults, "synth_n": 60, "seed": 0, "data_dir": None}, None)
+    config = gtzan_cnn.prepare({**STUDY.defaults, "synth_n": 60, "seed": 0, "data_dir": None})
     out = capsys.readouterr().out
     assert "1 errors" in out and "jazz.00054.wav" in out  # the real archive's corrupt file, named
     uids = set(study_items(config))

@@ -19,7 +19,8 @@ def test_parameter_count_is_the_reports():
 
 
 def test_cross_corpus_class_map():
-    from workloads.blstm_attention import ARMS, CLASS_MAP, CORPUS_CLASSES, arm_classes
+    from sweeps.blstm_attention import ARMS
+    from workloads.blstm_attention import CLASS_MAP, CORPUS_CLASSES, arm_classes
     from workloads.data.corpora import EMODB_LABELS, RAVDESS_EMOTIONS, SHEMO_LABELS
 
     # every reader's labels map onto the canonical names, in the reader's order
@@ -166,7 +167,7 @@ def test_two_fold_sweep_writes_the_arm_table_and_nests_its_runs_in_mlflow(blstm_
     assert "clean" in parent.data.tags["split_gate"]
 
 
-def test_a_planted_leak_is_refused_by_name(ray_cluster, synth, tmp_path):
+def test_a_planted_leak_is_refused_by_name(ray_cluster, synth, tmp_path, capsys):
     """The same recording under two actors' names: the gate finds identical audio in two parts
     and refuses before any trial starts, naming both files."""
     import shutil
@@ -185,7 +186,8 @@ def test_a_planted_leak_is_refused_by_name(ray_cluster, synth, tmp_path):
     with pytest.raises(SystemExit) as refused:  # one actor per test fold: the twins always land apart
         main(STUDY, ["--smoke", "--ravdess", str(root), "--arms", "ravdess_floor", "--folds", "loso",
                      "--storage-path", str(tmp_path / "ray"), "--verbose", "0"])
-    message = str(refused.value)
+    message = capsys.readouterr().err
+    assert refused.value.code == 2
     assert "identical audio" in message and src.name in message and twin.name in message
 
 

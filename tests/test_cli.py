@@ -14,7 +14,7 @@ def test_emosweep_studies_lists_the_runnable_studies():
 
 
 def test_unknown_study_is_a_clear_error(capsys):
-    from workloads.cli import main
+    from sweeps.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["run", "nope"])
@@ -30,10 +30,12 @@ def test_study_script_shows_the_common_flags():
         assert flag in out
 
 
-def test_unknown_arm_is_rejected_before_anything_starts(tmp_path):
+def test_unknown_arm_is_rejected_before_anything_starts(tmp_path, capsys):
     """Before Ray or MLflow start: nothing listens on port 9, and the run ends in an instant."""
     from sweeps.bert_freezing import STUDY
     from sweeps.runner import main
 
-    with pytest.raises(SystemExit, match=r"unknown arm\(s\) \['bogus'\]"):
+    with pytest.raises(SystemExit) as refused:
         main(STUDY, ["--arms", "full,bogus", "--storage-path", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"])
+    assert refused.value.code == 2 and "unknown arm(s) ['bogus']" in capsys.readouterr().err
+    assert "ray" not in __import__("sys").modules or not __import__("ray").is_initialized()

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from workloads.cli import main
+from sweeps.cli import main
 from workloads.data.synth import load_manifest
 
 

@@ -150,7 +150,7 @@ def test_arm_table_chooses_by_validation_and_pairs_over_folds():
     ("sweeps.hubert_pooling", ["--folds", "one"], "2 or more"),
     ("sweeps.hubert_pooling", ["--reference", "nope"], "not an arm"),
 ])
-def test_fold_flags_a_study_cannot_use_are_refused(study_module, argv, message, tmp_path):
+def test_fold_flags_a_study_cannot_use_are_refused(study_module, argv, message, tmp_path, capsys):
     """Before Ray or MLflow start: one line, naming why."""
     import importlib
 
@@ -159,4 +159,5 @@ def test_fold_flags_a_study_cannot_use_are_refused(study_module, argv, message, 
     study = importlib.import_module(study_module).STUDY
     with pytest.raises(SystemExit) as refused:
         main(study, [*argv, "--storage-path", str(tmp_path)])
-    assert message in str(refused.value) and "\n" not in str(refused.value)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -63,7 +63,7 @@ def test_faults_reported_good_items_kept_and_cache_reused(ray_cluster, synth, tm
     pd.testing.assert_frame_equal(warm.errors.reset_index(drop=True), cold.errors.reset_index(drop=True))
     assert "errors by reason" in warm.summary()
     # and `emosweep data prepare` on a warm cache computes nothing, so it never imports Ray
-    code = ("import sys; from workloads.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from sweeps.cli import main; rc = main(sys.argv[1:]); "
             "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, "data", "prepare", corpus, "--root", str(root), "--features",
                           "mfcc_mean", "waveform", "--param", "waveform.seconds=1.0", "--cache-dir", str(tmp_path),
@@ -94,7 +94,7 @@ def _shards(cache: Path, stage: str) -> list[Path]:
 def test_killed_run_resumes_without_redoing_finished_shards(ray_cluster, synth, tmp_path):
     root = synth("gtzan", n=80, seed=2, faults=False)
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "workloads.cli", "data", "prepare", "gtzan", "--root", str(root),
+    cmd = [sys.executable, "-m", "sweeps.cli", "data", "prepare", "gtzan", "--root", str(root),
            "--features", "logmel", "frame46", "--shard-size", "2", "--cache-dir", str(cache),
            "--address", ray_cluster, "--no-progress"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -35,31 +35,6 @@ FEATURES = ("deltas", "mean")
 ACTIVATION_NAMES = {"relu": "relu", "bipolar": "bipolar_sigmoid"}
 
 
-def _reported(layout: str, activation: str, features: str) -> str:
-    """The report's test accuracy for an arm, where it gave one."""
-    if (layout, activation) == ("h1", "relu"):
-        return "0.9612" if features == "deltas" else "0.8017"
-    if layout != "h1" and features == "deltas":
-        return "0.60–0.65"  # "two hidden layers did worse"
-    return ""
-
-
-def _arms() -> dict:
-    arms = {}
-    for layout in LAYOUTS:
-        for short, activation in ACTIVATION_NAMES.items():
-            for features in FEATURES:
-                arms[f"{layout}_{short}_{features}"] = {
-                    "method": "mlp", "layout": layout, "activation": activation, "features": features,
-                    "model_id": f"MLP {layout}, {activation}", "report_test_acc": _reported(layout, activation, features)}
-    arms["sklearn_mlp"] = {"method": "sklearn_mlp", "layout": "h1", "activation": "relu", "features": "deltas",
-                           "model_id": "scikit-learn MLPClassifier", "report_test_acc": "", "searched": ()}
-    arms["floor"] = {"method": "floor", "layout": "", "activation": "", "features": "mean+std",
-                     "model_id": "logistic regression on clip mean + std", "report_test_acc": "", "searched": ()}
-    return arms
-
-
-ARMS = _arms()
 
 
 def features(frames: dict, kind: str) -> dict:
@@ -88,7 +63,7 @@ def run_name(config: dict) -> str:
 
 
 def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict | None:
-    from .core.loop import configure_threads
+    from .core.on_ray import configure_threads
     from .core.sklearn_trial import fit_estimator, fit_floor
 
     configure_threads()
@@ -112,7 +87,7 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config), tags, info)
 
 
-def prepare(config: dict, opts) -> dict:
+def prepare(config: dict) -> dict:
     return classic_audio.prepare_single(config, "audiomnist", {STAGE: {}}, WORKLOAD)
 
 

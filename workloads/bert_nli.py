@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader
 
-from .core.loop import (EpochShardSampler, TrainSession, TrainSetup, distributed_rank, fit, pick_device,
-                        run_data_parallel)
+from .core.loop import EpochShardSampler, TrainSetup, fit, pick_device
+from .core.on_ray import TrainSession, distributed_rank, run_data_parallel
 from .core.graphs import GraphedTrainStep, capturable, rate, round_up, wants_graphs
 from .core.seeding import derive_seed, seed_everything
 from .data.farstail import LABEL_NAMES, LABELS, read_farstail
@@ -198,7 +198,7 @@ def describe(config: dict) -> dict:
 OFFLINE_FALLBACK = "e5-small"  # multilingual: reads Persian; 12 layers × 12 heads like ParsBERT
 
 
-def prepare(config: dict, opts) -> dict:
+def prepare(config: dict, *, smoke: bool = False, model: str | None = None) -> dict:
     """Driver-side, once per sweep: check the data (fail fast, report bad rows) and decide the
     model. --smoke builds a tiny random BERT over FarsTail's characters; otherwise the study's
     default (ParsBERT) or --model is resolved; when ParsBERT is unreachable, the shelf's
@@ -212,7 +212,7 @@ def prepare(config: dict, opts) -> dict:
         print(f"[emosweep] {len(manifest.problems)} FarsTail rows skipped:\n"
               f"{manifest.problems.to_string(max_rows=20)}")
     config = dict(config)
-    if getattr(opts, "smoke", False) and not getattr(opts, "model", None):
+    if smoke and not model:
         from workloads.core.paths import emosweep_home
 
         texts = list(manifest.items["text"].head(2000)) + list(manifest.items["text_b"].head(2000))
@@ -220,7 +220,7 @@ def prepare(config: dict, opts) -> dict:
                               seed=config["seed"])
         config.update(model_path=path, model_id="tiny-random-bert", model_source="tiny-random", random_init=True)
         return config
-    resolved = resolve_model(getattr(opts, "model", None), default=config["model"], fallback=OFFLINE_FALLBACK)
+    resolved = resolve_model(model, default=config["model"], fallback=OFFLINE_FALLBACK)
     model_id, path = resolved.label, resolved.path
     if resolved.source == "shelf" and config.get("trim_vocab", True):
         trim = trim_vocabulary(path, list(manifest.items["text"]) + list(manifest.items["text_b"]))

@@ -64,26 +64,10 @@ def arm_classes(config: dict) -> list[str]:
     return shared_classes(config["train_corpus"], config["test_corpus"])
 
 
-def _arms() -> dict:
-    blstm = {"method": "blstm", "model_id": "Attention_BLSTM (from scratch)"}
-    floor = {"method": "floor", "model_id": "logistic regression on clip mean + std", "searched": ()}
-    within = {c: {"train_corpus": c, "test_corpus": c, **blstm} for c in CORPORA}
-    cross = {f"{a}_to_{b}": {"train_corpus": a, "test_corpus": b, **blstm}
-             for a, b in (("emodb", "ravdess"), ("ravdess", "emodb"), ("shemo", "ravdess"), ("ravdess", "shemo"))}
-    floors = {f"{c}_floor": {"train_corpus": c, "test_corpus": c, **floor} for c in CORPORA}
-    arms = {**within, **cross, **floors}
-    for arm in arms.values():  # the class map, in the table: what each arm trains and is tested on
-        arm["classes"] = ",".join(arm_classes(arm))
-    return arms
-
-
-ARMS = _arms()  # within each corpus, across corpora, and the floor of each corpus
-
-
 def floor_of(arm: str, arms: dict) -> str | None:
     """The reference of an arm in the results table: its corpus's floor, trained and tested
     on the same data (a cross-corpus arm has none: no floor shares its test set and classes)."""
-    config = ARMS.get(arm, {})
+    config = arms.get(arm, {})
     if config.get("train_corpus") != config.get("test_corpus"):
         return None
     floor = f"{config['train_corpus']}_floor"
@@ -113,7 +97,7 @@ def tags_of(config: dict) -> dict:
 
 
 def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict:
-    from .core.loop import configure_threads
+    from .core.on_ray import configure_threads
 
     configure_threads()
     seed_everything(int(config["seed"]))
@@ -151,32 +135,14 @@ def export_model(config: dict, classes: list, mean: np.ndarray, std: np.ndarray,
                               frame_signature(classes), pip_requirements())
 
 
-class FrameRuntime:
-    """The served BLSTM: decode, frame46, standardize, classify."""
-
-    def __init__(self, spec: dict, weights: dict):
-        self.spec, self.classes = spec, list(spec["classes"])
-        self.mean, self.std = np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32)
-        self.model = AttentionBLSTM(int(spec["n_features"]), len(self.classes), hidden=int(spec["hidden"]))
-        self.model.load_state_dict(weights)
-        self.model.eval()
-
-    @torch.inference_mode()
-    def probabilities(self, waves: list[np.ndarray]) -> np.ndarray:
-        from .data.features import STAGES
-
-        stage = STAGES["frame46"]
-        x = np.stack([(stage(w, **self.spec["stage_params"])["frame46"] - self.mean) / self.std for w in waves])
-        return torch.softmax(self.model(torch.from_numpy(x.astype(np.float32))), dim=-1).numpy()
-
-
 # ----------------------------------------------------------------------------- driver side
 
 def corpora_needed(arms: dict) -> list[str]:
     return [c for c in CORPORA if any(c in (a["train_corpus"], a["test_corpus"]) for a in arms.values())]
 
 
-def prepare(config: dict, opts) -> dict:
+def prepare(config: dict, *, arms: dict, ravdess: str | None = None,
+            shemo: str | None = None, emodb: str | None = None) -> dict:
     """Driver-side, once per sweep: each corpus the chosen arms (--arms) need, split by speaker,
     with its frame46 features in the cache."""
     import pandas as pd
@@ -184,12 +150,11 @@ def prepare(config: dict, opts) -> dict:
     from .data.features import STAGES
 
     config = dict(config)
-    chosen = [a.strip() for a in (getattr(opts, "arms", None) or "").split(",") if a.strip()]
-    arms = {a: ARMS[a] for a in chosen if a in ARMS} or ARMS
+    given = {"ravdess": ravdess, "shemo": shemo, "emodb": emodb}
     config["stage_params"] = STAGES["frame46"].params({})
     tables, dirs, sources, prints = [], {}, {}, []
     for corpus in corpora_needed(arms):
-        root, sources[corpus] = corpus_source(config, corpus, getattr(opts, corpus, None) or config.get(f"{corpus}_dir"))
+        root, sources[corpus] = corpus_source(config, corpus, given[corpus] or config.get(f"{corpus}_dir"))
         table, dirs[corpus], config["cache_fs"], fingerprint = prepare_corpus(
             corpus, root, {"frame46": {}}, int(config["seed"]), by_speaker=True)
         table["label"] = table["label"].map(CANONICAL)

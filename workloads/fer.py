@@ -21,6 +21,7 @@ from .core.seeding import derive_seed, seed_everything
 from .data.fer2013 import LABELS
 from .data.manifest import stratified_subset
 from .models.fer_nets import build_fer_net
+from .core.errors import UserError
 
 if TYPE_CHECKING:
     from .core.tracking import TrackingContext
@@ -217,7 +218,7 @@ def run_name(config: dict) -> str:
     return f"{config['arm']} lr={config['lr']:.0e} bs={config['batch_size']} {config['imbalance']}"
 
 
-def prepare(config: dict, opts) -> dict:
+def prepare(config: dict) -> dict:
     """Driver-side, once per sweep: find fer2013.csv (or generate a look-alike), parse it on
     Ray Data into the cache (a warm cache parses nothing) and report malformed rows."""
     from .core.paths import emosweep_home
@@ -225,7 +226,7 @@ def prepare(config: dict, opts) -> dict:
 
     config = dict(config)
     if config["imbalance"] not in IMBALANCE:
-        raise SystemExit(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
+        raise UserError(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
     path = config.get("data_dir")
     if path is None:
         path = ensure_synthetic(emosweep_home() / "data", int(config["synth_n"]), int(config["seed"]))

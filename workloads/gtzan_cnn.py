@@ -25,11 +25,6 @@ if TYPE_CHECKING:
 
 WORKLOAD = "gtzan_cnn"
 STAGE = "logmel"
-ARMS = {
-    "cnn": {"method": "cnn", "model_id": "GTZAN CNN (from scratch)", "report_test_acc": "0.68"},
-    "floor": {"method": "floor", "model_id": "logistic regression on clip mean + std", "report_test_acc": "",
-              "searched": ()},  # the network's knobs are not the floor's
-}
 
 
 def run_name(config: dict) -> str:
@@ -37,7 +32,7 @@ def run_name(config: dict) -> str:
 
 
 def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict | None:
-    from .core.loop import configure_threads
+    from .core.on_ray import configure_threads
     from .core.sklearn_trial import fit_floor, mean_and_std
 
     configure_threads()
@@ -56,7 +51,7 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config), tags, info)
 
 
-def prepare(config: dict, opts) -> dict:
+def prepare(config: dict) -> dict:
     # the look-alike carries the real archive's one corrupt file
     return classic_audio.prepare_single(config, "gtzan", {STAGE: {}}, WORKLOAD, corrupt_file=True)
 

@@ -26,7 +26,8 @@ from .core.graphs import GraphedTrainStep, capturable, rate, round_up, wants_gra
 from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit, pick_device
 from .core.seeding import seed_everything
 from .data.study_items import study_items, write_items
-from .models.fusion import FusionHead, FusionModel, uses
+from .models.fusion import FusionModel, build_model, load_encoders, uses
+from .core.errors import UserError
 
 if TYPE_CHECKING:
     from .core.tracking import TrackingContext
@@ -103,35 +104,6 @@ def collate(batch, pad: tuple[int, int] = (1, 1)):
 
 # ----------------------------------------------------------------------------- model
 
-def build_model(config: dict, text_encoder=None, speech_encoder=None) -> FusionModel:
-    """The fusion head and copies of each used encoder's top `finetune_top` layers."""
-    seed_everything(int(config["seed"]))
-    k = int(config.get("finetune_top", 1))
-    head = FusionHead(config["fusion"], int(config["text_dim"]), int(config["audio_dim"]), len(config["classes"]),
-                      width=int(config["fusion_width"]), hidden=int(config["head_hidden"]),
-                      dropout=float(config["dropout"]))
-    text_layers = list(text_encoder.layers[-k:]) if text_encoder is not None and k else None
-    audio_layers = list(speech_encoder.layers[-k:]) if speech_encoder is not None and k else None
-    norm = speech_encoder.final_norm if speech_encoder is not None else None
-    return FusionModel(head, text_layers, audio_layers, norm)
-
-
-def load_encoders(config: dict, text: bool, audio: bool, device: str = "cpu"):
-    """(TextEncoder or None, SpeechEncoder or None) with frozen weights."""
-    text_encoder = speech_encoder = None
-    if text:
-        from .models.text import TextEncoder
-
-        text_encoder = TextEncoder(config["text_model_path"], int(config["max_length"]), device)
-        text_encoder.model.requires_grad_(False)
-    if audio:
-        from .models.speech import SpeechEncoder
-
-        speech_encoder = SpeechEncoder(config["audio_model_path"], config.get("window_seconds"), device)
-        speech_encoder.model.requires_grad_(False)
-    return text_encoder, speech_encoder
-
-
 def make_optimizer(model: FusionModel, lr: float, head_lr: float, weight_decay: float,
                    device: torch.device) -> torch.optim.Optimizer:
     """AdamW, the encoder tops at `lr` and the head at `head_lr`; on a GPU fused and
@@ -188,7 +160,7 @@ def spec_of(config: dict) -> dict:
 def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict:
     """One trial. Under Tune it reports there and returns nothing; in a plain process pass a
     LocalSession and read the returned state: its "best" holds the best epoch's metrics."""
-    from .core.loop import configure_threads
+    from .core.on_ray import configure_threads
 
     configure_threads()
     seed_everything(int(config["seed"]))
@@ -259,37 +231,6 @@ def export_model(config: dict, best_weights: dict, run) -> str | None:
 
 # ----------------------------------------------------------------------------- serving (no Ray, no MLflow)
 
-class FusionRuntime:
-    """The end-to-end model: transcripts and waveforms in, class probabilities out. The frozen
-    encoder bottoms run live, then the trained top layers and the head."""
-
-    def __init__(self, spec: dict, weights: dict, text_path: str | None, audio_path: str | None,
-                 device: str = "cpu"):
-        self.spec, self.device = spec, torch.device(device)
-        self.text, self.audio = uses(spec["fusion"])
-        config = {**spec, "text_model_path": text_path, "audio_model_path": audio_path}
-        self.text_encoder, self.speech_encoder = load_encoders(config, self.text, self.audio, device)
-        self.model = build_model(config, self.text_encoder, self.speech_encoder)
-        self.model.load_state_dict(weights)
-        self.model.to(self.device).eval()
-        self.classes = list(spec["classes"])
-
-    @torch.inference_mode()
-    def probabilities(self, texts: list[str], waves: list[np.ndarray | None]) -> np.ndarray:
-        k = int(self.spec.get("finetune_top", 1))
-        tokens = token_mask = frames = frame_mask = None
-        if self.text:
-            states, token_mask = self.text_encoder.hidden_states([t or "" for t in texts])
-            tokens = states[:, states.shape[1] - 1 - k]
-        if self.audio:
-            clip = int(float(self.spec["clip_seconds"]) * SAMPLE_RATE)
-            cut = [(w if w is not None and len(w) else np.zeros(SAMPLE_RATE, np.float32))[:clip] for w in waves]
-            states, frame_mask = self.speech_encoder.hidden_states(cut, "fixed", float(self.spec["clip_seconds"]))
-            frames = states[:, states.shape[1] - 1 - k]
-        logits = self.model(tokens, token_mask, frames, frame_mask)
-        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
-
-
 # ----------------------------------------------------------------------------- driver side
 
 def _resolve(config: dict, requested: str | None, default_key: str, fallback: str, prefix: str) -> None:
@@ -300,7 +241,8 @@ def _resolve(config: dict, requested: str | None, default_key: str, fallback: st
     config["random_init"] = bool(config.get("random_init")) or resolved.random_init
 
 
-def resolve_encoders(config: dict, opts, texts: list[str]) -> dict:
+def resolve_encoders(config: dict, texts: list[str], smoke: bool = False, text_model: str | None = None,
+                     audio_model: str | None = None) -> dict:
     """Text and audio encoders: --text-model / --audio-model (hub ids, folders, shelf names,
     `offline`), else the report's, else the shelf's stand-ins; --smoke: tiny random models."""
     from .core.paths import emosweep_home
@@ -308,19 +250,19 @@ def resolve_encoders(config: dict, opts, texts: list[str]) -> dict:
     from .models.speech import make_tiny_hubert
 
     home = emosweep_home() / "models"
-    if getattr(opts, "smoke", False) and not getattr(opts, "text_model", None):
+    if smoke and not text_model:
         path = make_tiny_bert(home / f"tiny-bert-meld-s{config['seed']}", texts[:2000], layers=2, hidden=32,
                               heads=2, intermediate=64, seed=int(config["seed"]))
         config.update(text_model_path=path, text_model_id="tiny-random-bert", random_init=True)
     else:
-        _resolve(config, getattr(opts, "text_model", None), "text_model", "minilm", "text")
+        _resolve(config, text_model, "text_model", "minilm", "text")
     if config.get("audio_missing"):
         config.update(audio_model_path=None, audio_model_id="(no audio)")
-    elif getattr(opts, "smoke", False) and not getattr(opts, "audio_model", None):
+    elif smoke and not audio_model:
         path = make_tiny_hubert(home / f"tiny-hubert-s{config['seed']}", seed=int(config["seed"]))
         config.update(audio_model_path=path, audio_model_id="tiny-random-hubert", random_init=True)
     else:
-        _resolve(config, getattr(opts, "audio_model", None), "audio_model", "whisper-base", "audio")
+        _resolve(config, audio_model, "audio_model", "whisper-base", "audio")
     config["model_id"] = f"text: {config['text_model_id']}; audio: {config['audio_model_id']}"
     return config
 
@@ -341,7 +283,7 @@ def read_manifest(config: dict):
         config["audio_missing"] = (f"{config['data_dir']} holds the MELD transcripts but no media "
                                    f"(dia*_utt*.mp4) at all")
     if manifest.items.empty:
-        raise SystemExit(f"{config['data_dir']}: no usable MELD utterances; the reader said:\n"
+        raise UserError(f"{config['data_dir']}: no usable MELD utterances; the reader said:\n"
                          f"{manifest.problems.head(10).to_string()}")
     limit = config.get("max_items")
     if limit:  # the CPU subset: each split cut to its share of max_items, classes kept in proportion
@@ -352,7 +294,8 @@ def read_manifest(config: dict):
     return manifest
 
 
-def prepare(config: dict, opts) -> dict:
+def prepare(config: dict, *, smoke: bool = False, text_model: str | None = None,
+            audio_model: str | None = None) -> dict:
     """Driver-side, once per sweep: the corpus (or its look-alike), both encoders, and the
     states entering their top layers in the cache."""
     from .data.encoder_cache import actor_plan, encode_corpus, encode_texts
@@ -365,13 +308,13 @@ def prepare(config: dict, opts) -> dict:
     uses(config["fusion"])
     study_corpus(config, "meld", "utterances")
     manifest = read_manifest(config)
-    resolve_encoders(config, opts, manifest.items["text"].tolist())
+    resolve_encoders(config, manifest.items["text"].tolist(), smoke, text_model, audio_model)
     k = int(config.get("finetune_top", 1))
     from transformers import AutoConfig
 
     text_config = AutoConfig.from_pretrained(config["text_model_path"])
     if not 0 <= k <= text_config.num_hidden_layers:
-        raise SystemExit(f"finetune_top {k}: the text encoder has {text_config.num_hidden_layers} layers")
+        raise UserError(f"finetune_top {k}: the text encoder has {text_config.num_hidden_layers} layers")
     config.update(text_dim=text_config.hidden_size, classes=list(manifest.classes),
                   dataset_fingerprint=manifest.fingerprint())
     actors, gpus = actor_plan(config.get("encode_actors"))
@@ -386,9 +329,9 @@ def prepare(config: dict, opts) -> dict:
             facts = speech_encoder_facts(config["audio_model_path"], config.get("whisper_window"),
                                          float(config["clip_seconds"]))
         except ValueError as e:
-            raise SystemExit(str(e)) from None
+            raise UserError(str(e)) from None
         if not 0 <= k <= facts["n_layers"]:
-            raise SystemExit(f"finetune_top {k}: the audio encoder has {facts['n_layers']} layers")
+            raise UserError(f"finetune_top {k}: the audio encoder has {facts['n_layers']} layers")
         config.update(audio_dim=facts["dim"], window_seconds=facts["window_seconds"])
         config["audio_model_id"] += facts["label_suffix"]
         audio = encode_corpus(manifest, config["audio_model_path"], fingerprint=config["dataset_fingerprint"],

@@ -16,23 +16,13 @@ from typing import TYPE_CHECKING
 
 from . import classic_audio
 from .core.seeding import seed_everything
+from .core.errors import UserError
 
 if TYPE_CHECKING:
     from .core.tracking import TrackingContext
 
 WORKLOAD = "speaker_id"
 STAGES = {"spectral_stats": {}, "mfcc_stats": {}}
-REPORTED = {("sgd", "spectral"): "0.665", ("sag", "spectral"): "0.716", ("sgd", "mfcc"): "0.965",
-            ("sag", "mfcc"): "0.977"}
-SOLVERS = {"sgd": "SGD, log loss, constant lr 0.01", "sag": "logistic regression, sag solver"}
-ARMS = {
-    **{f"{solver}_{features}": {"method": solver, "features": features, "standardize": True,
-                                "model_id": SOLVERS[solver], "report_test_acc": reported,
-                                "searched": ("alpha",) if solver == "sgd" else ("C",)}
-       for (solver, features), reported in REPORTED.items()},
-    "floor": {"method": "floor", "features": "mfcc mean+std", "standardize": True,
-              "model_id": "logistic regression on clip mean + std", "report_test_acc": "", "searched": ()},
-}
 
 
 def estimator_of(config: dict):
@@ -74,9 +64,9 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     return fit_estimator(config, estimator_of(config), data, classes, tracking, run_name(config), tags, info, session)
 
 
-def prepare(config: dict, opts) -> dict:
+def prepare(config: dict) -> dict:
     if config.get("speaker_norm"):  # it would standardize away the very thing the labels name
-        raise SystemExit("speaker_norm: speaker identification's labels are the speakers; it cannot normalize by them")
+        raise UserError("speaker_norm: speaker identification's labels are the speakers; it cannot normalize by them")
     return classic_audio.prepare_single(config, "speakers", STAGES, WORKLOAD)
 
 

@@ -26,6 +26,7 @@ from .data.folds import trial_splits
 from .data.study_items import study_items, write_items
 from .models.pooling import POOLINGS, PooledClassifier, build_pooling
 from .models.speech import run_layers
+from .core.errors import UserError
 
 if TYPE_CHECKING:
     from .core.tracking import TrackingContext
@@ -328,7 +329,7 @@ def probe_tags(config: dict) -> dict:
 
 
 def train(config: dict, tracking: TrackingContext | None = None) -> None:
-    from .core.loop import configure_threads
+    from .core.on_ray import configure_threads
 
     configure_threads()
     seed_everything(config["seed"])
@@ -443,13 +444,13 @@ def read_manifest(config: dict):
                 config["corpus"], manifest = other, guess
                 break
     if manifest.items.empty:
-        raise SystemExit(f"{config['data_dir']}: no usable {config['corpus']} clips; the reader said:\n"
+        raise UserError(f"{config['data_dir']}: no usable {config['corpus']} clips; the reader said:\n"
                          f"{manifest.problems.head(10).to_string()}")
     manifest.items = assign_splits(manifest.items, int(config["seed"]), by_speaker=True)
     return manifest
 
 
-def prepare(config: dict, opts) -> dict:
+def prepare(config: dict, *, smoke: bool = False, model: str | None = None) -> dict:
     """Driver-side, once per sweep: the corpus (or its look-alike), the encoder, and, when the
     encoder is frozen, its states in the cache."""
     from .core.paths import emosweep_home
@@ -461,28 +462,28 @@ def prepare(config: dict, opts) -> dict:
     config = dict(config)
     if config.get("speaker_norm") and config.get("encoder_mode", "cached") == "live":
         if "speaker_norm" in config.get("_pinned", ()):
-            raise SystemExit("speaker_norm standardizes cached states; the live encoder mode has none")
+            raise UserError("speaker_norm standardizes cached states; the live encoder mode has none")
         print("[emosweep] the live encoder mode runs without speaker_norm (it standardizes cached states)")
         config["speaker_norm"] = False
     if config["pooling"] not in POOLINGS and config.get("pooling") != "probe":
-        raise SystemExit(f"unknown pooling {config['pooling']!r}; choose from {', '.join(POOLINGS)}")
+        raise UserError(f"unknown pooling {config['pooling']!r}; choose from {', '.join(POOLINGS)}")
     if config["imbalance"] not in IMBALANCE:
-        raise SystemExit(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
+        raise UserError(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
     if config.get("data_dir") is None:
         config["corpus"] = "ravdess"
     study_corpus(config, "ravdess", "clips")
     manifest = read_manifest(config)
-    if getattr(opts, "smoke", False) and not getattr(opts, "model", None):
+    if smoke and not model:
         path = make_tiny_hubert(emosweep_home() / "models" / f"tiny-hubert-s{config['seed']}", seed=int(config["seed"]))
         config.update(model_path=path, model_id="tiny-random-hubert", model_source="tiny-random", random_init=True)
     else:
-        resolved = resolve_model(getattr(opts, "model", None), default=config["model"], fallback="whisper-base")
+        resolved = resolve_model(model, default=config["model"], fallback="whisper-base")
         config.update(model_path=resolved.path, model_id=resolved.label, model_source=resolved.source,
                       random_init=resolved.random_init)
     try:
         facts = speech_encoder_facts(config["model_path"], config.get("whisper_window"), float(config["clip_seconds"]))
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise UserError(str(e)) from None
     n_layers = facts["n_layers"]
     config["window_seconds"] = facts["window_seconds"]
     config["model_id"] += facts["label_suffix"]
@@ -490,7 +491,7 @@ def prepare(config: dict, opts) -> dict:
                   classes=list(manifest.classes), dataset_fingerprint=manifest.fingerprint())  # reads every file's ends: once
     k = int(config.get("finetune_top") or 0)
     if k >= n_layers + 1 or k < 0:
-        raise SystemExit(f"finetune_top {k}: the encoder has {n_layers} layers")
+        raise UserError(f"finetune_top {k}: the encoder has {n_layers} layers")
     y = {c: i for i, c in enumerate(manifest.classes)}
     usable = manifest.items
     # the decoded samples' digest, for the split gate (cached per corpus like the states)

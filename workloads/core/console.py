@@ -11,7 +11,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-NOISY = ("ray", "optuna", "mlflow", "alembic", "urllib3", "py.warnings", "filelock", "numba")
+NOISY = ("ray", "ray.data", "optuna", "mlflow", "alembic", "urllib3", "py.warnings", "filelock", "numba")
 # what prints without logging: MLflow's run links (inherited by the trials' workers), and Tune's
 # new output engine, which draws its boxes at every verbosity (the older reporter is silent at 0)
 QUIET_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "RAY_AIR_NEW_OUTPUT": "0"}
@@ -41,10 +41,44 @@ def quiet_logs(folder: Path, name: str, lazy: bool = False) -> Path | None:
         logger.addHandler(handler)
         logger.propagate = False
     logging.captureWarnings(True)
-    _QUIET["env"] = {k: os.environ.get(k) for k in QUIET_ENV}
-    os.environ.update(QUIET_ENV)
+    env = {**QUIET_ENV, "RAY_DATA_LOGGING_CONFIG": str(_ray_data_config(folder))}
+    _QUIET["env"] = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     _QUIET.update(path=path, handler=handler)
     return path
+
+
+def _ray_data_config(folder: Path) -> Path:
+    """Ray Data configures its own logger (console included) when it is imported, in the driver
+    and in every worker; this configuration keeps its file in Ray's session logs and drops the
+    console. (JSON is YAML, which is what Ray Data reads.)"""
+    import json
+
+    path = folder / "ray-data-logging.json"
+    path.write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"ray": {"format": "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"}},
+        "handlers": {"file": {"class": "ray.data._internal.logging.SessionFileHandler", "formatter": "ray",
+                              "filename": "ray-data.log"}},
+        "loggers": {"ray.data": {"level": "DEBUG", "handlers": ["file"], "propagate": False}},
+    }))
+    return path
+
+
+def requiet() -> None:
+    """Libraries imported after quiet_logs may add their own console handler on import
+    (Optuna does); take them off again. A no-op when the terminal is not quiet."""
+    handler = _QUIET.get("handler")
+    if handler is None:
+        return
+    for logger_name in NOISY:
+        logger = logging.getLogger(logger_name)
+        for h in list(logger.handlers):
+            if h is not handler:
+                logger.removeHandler(h)
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+        logger.propagate = False
 
 
 def when_ray_starts() -> None:

@@ -8,10 +8,10 @@ evaluates the test split whenever validation accuracy improves (so a trial stopp
 the scheduler still has test numbers for its best epoch), logs to MLflow and reports to Tune.
 
 Ray at the edge: this module, the models and the workloads' data code import with PyTorch
-alone. A session object is the one adapter to the outside: `TuneSession` (a Tune trial),
-`TrainSession` (one rank of a Ray Train data-parallel trial) or `LocalSession` (a plain
-process: a notebook, a bare GPU box), which `fit` picks by itself. Ray and MLflow are
-imported only by the sessions and the tracker that need them.
+alone. A session object is the one adapter to the outside: `LocalSession` here (a plain
+process: `--local`, a notebook, a bare GPU box), or the Ray adapters of `on_ray.py` (a Tune
+trial, one rank of a Ray Train data-parallel trial); `fit` picks by itself. Ray and MLflow
+are imported only by the sessions and the tracker that need them.
 """
 from __future__ import annotations
 
@@ -28,18 +28,13 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
+from .session import LocalSession
 from .metrics import classification_metrics, plot_confusion, plot_learning_curves
 from .seeding import derive_seed, seed_everything
 
 if TYPE_CHECKING:
     from .tracking import TrackingContext
 
-
-def _ray():
-    """Ray if this process already runs it (a Tune or Train worker, a driver), else None.
-    Never imports it: a process without Ray never pays for it or needs it."""
-    ray = sys.modules.get("ray")
-    return ray if ray is not None and ray.is_initialized() else None
 
 StepFn = Callable[[torch.nn.Module, object, torch.device], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
 
@@ -99,149 +94,6 @@ class EpochShardSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.n, self.world))
 
 
-class LocalSession:
-    """A plain process, no Ray: the epoch's metrics are kept in `reports` and printed in one
-    line; with `checkpoint_dir` the latest checkpoint is kept there and a new session on the
-    same folder continues from it."""
-
-    rank, world = 0, 1
-
-    def __init__(self, checkpoint_dir: str | None = None, trial: str = "local", quiet: bool = False):
-        self.trial_id, self.checkpoint_dir, self.quiet = trial, checkpoint_dir, quiet
-        self.reports: list[dict] = []
-
-    def get_checkpoint(self):
-        if self.checkpoint_dir and os.path.exists(os.path.join(self.checkpoint_dir, "progress.json")):
-            return _LocalCheckpoint(self.checkpoint_dir)
-        return None
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self.reports.append(metrics)
-        if checkpoint_dir and self.checkpoint_dir:
-            tmp = self.checkpoint_dir.rstrip("/") + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, tmp)
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-            os.replace(tmp, self.checkpoint_dir)
-        if not self.quiet:
-            keys = ("epoch", "train_loss", "train_acc", "val_acc", "best_val_acc", "test_acc", "train_items_per_s")
-            print(" ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))),
-                  flush=True)
-
-    def gather(self, obj) -> list:
-        return [obj]
-
-    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        return model.to(device)
-
-
-class _LocalCheckpoint:
-    def __init__(self, path: str):
-        self.path = path
-
-    def as_directory(self):
-        from contextlib import nullcontext
-
-        return nullcontext(self.path)
-
-
-class TuneSession(LocalSession):
-    """A trial that is one process: reports go straight to Tune."""
-
-    def __init__(self):
-        super().__init__(trial=trial_id())
-
-    def get_checkpoint(self):
-        from ray import tune
-
-        return tune.get_checkpoint()
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        from ray import tune
-
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
-
-
-def in_tune_trial() -> bool:
-    return trial_id() != "local"
-
-
-class TrainSession(TuneSession):
-    """One rank of a data-parallel trial run by Ray Train: rank 0 checkpoints and logs, every
-    rank reports (Train forwards rank 0's metrics to Tune), evaluation is gathered."""
-
-    def __init__(self, trial: str):
-        import ray.train
-
-        ctx = ray.train.get_context()
-        self.rank, self.world, self.trial_id = ctx.get_world_rank(), ctx.get_world_size(), trial
-
-    def get_checkpoint(self):
-        import ray.train
-
-        return ray.train.get_checkpoint()
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        import ray.train
-
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
-                         if checkpoint_dir and self.rank == 0 else None)
-
-    def gather(self, obj) -> list:
-        out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model, move_to_device=device)
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) inside a Ray Train worker, else (0, 1): workloads shard data by it."""
-    if _ray() is None:
-        return 0, 1
-    try:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        return ctx.get_world_rank(), ctx.get_world_size()
-    except Exception:
-        return 0, 1
-
-
-def run_data_parallel(worker_fn: Callable, config: dict, tracking: TrackingContext | None) -> None:
-    """Run `worker_fn({"config", "tracking", "trial_id"})` on config["workers_per_trial"] Ray
-    Train workers (DDP; gloo on CPU, NCCL on GPU) inside this Tune trial. Train restarts
-    failed workers from the latest checkpoint; a retried trial resumes from it too."""
-    from ray.train import FailureConfig as TrainFailureConfig
-    from ray.train import RunConfig as TrainRunConfig
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    n = int(config["workers_per_trial"])
-    gpus = float(config.get("gpus_per_worker", 0) or 0)
-    cpus = float(config.get("cpus_per_worker", 1) or 1)
-    tid = trial_id()
-    storage = tune.get_context().get_trial_dir()
-    name = f"data-parallel-{tid}"
-    latest = sorted(Path(storage, name).glob("checkpoint_*")) if "://" not in storage else []
-    trainer = TorchTrainer(
-        worker_fn,
-        train_loop_config={"config": config, "tracking": tracking, "trial_id": tid},
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
-        scaling_config=ScalingConfig(num_workers=n, use_gpu=gpus > 0,
-                                     resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
-        run_config=TrainRunConfig(name=name, storage_path=storage, callbacks=[TuneReportCallback()],
-                                  failure_config=TrainFailureConfig(max_failures=int(config.get("worker_retries", 2)))),
-        resume_from_checkpoint=tune.Checkpoint(str(latest[-1])) if latest else None,
-    )
-    trainer.fit()
-
-
 def array_loaders(data: dict, seed: int, batch_size: int, eval_batch_size: int = 256) -> dict:
     """split → DataLoader over in-memory arrays ({split: (X, y)}, numpy): the training split
     shuffled per (seed, epoch), the others in order."""
@@ -287,6 +139,8 @@ def pick_device() -> torch.device:
     """The GPU Ray assigned to this trial, else the CPU. Ray sets CUDA_VISIBLE_DEVICES to the
     assigned ids, so cuda:0 is always one of ours."""
     if torch.cuda.is_available():
+        from .on_ray import _ray
+
         ray = _ray()
         try:
             if ray is not None and not ray.get_gpu_ids():
@@ -295,28 +149,6 @@ def pick_device() -> torch.device:
             pass
         return torch.device("cuda:0")
     return torch.device("cpu")
-
-
-def configure_threads() -> int:
-    """Use as many intra-op threads as CPUs Ray gave this trial (never the whole node)."""
-    try:
-        n = int(_ray().get_runtime_context().get_assigned_resources().get("CPU", 0))
-    except Exception:  # not in a Ray worker: torch's own default
-        n = 0
-    if n > 0:
-        torch.set_num_threads(n)
-    return torch.get_num_threads()
-
-
-def placement() -> dict:
-    """Where this trial runs: Ray node and the GPU ids Ray assigned (CUDA_VISIBLE_DEVICES)."""
-    try:
-        ray = _ray()
-        ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
-    except Exception:
-        return {"node_id": "", "gpu_ids": "", "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
 def _maybe_inject_fault(config: dict, epoch: int, batch_index: int) -> None:
@@ -420,12 +252,9 @@ def _write(directory: str, name: str, text: str) -> str:
 
 def _save_unlogged(run, history: list) -> None:
     """MLflow stayed unreachable past the patience: keep what it lacks beside the trial."""
-    try:
-        from ray import tune
+    from .on_ray import trial_dir
 
-        directory = tune.get_context().get_trial_dir() or run.artifact_dir  # None outside a trial
-    except Exception:
-        directory = run.artifact_dir
+    directory = trial_dir() or run.artifact_dir
     path = os.path.join(directory, "mlflow_unlogged.json")
     _write(directory, "mlflow_unlogged.json", json.dumps(
         {"run_id": run.run_id, "error": run.last_error,
@@ -434,23 +263,14 @@ def _save_unlogged(run, history: list) -> None:
           f"logged; saved to {path}", file=sys.stderr)
 
 
-def trial_id() -> str:
-    if _ray() is None:
-        return "local"
-    try:
-        from ray import tune
-
-        return tune.get_context().get_trial_id() or "local"
-    except Exception:
-        return "local"
-
-
 def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_name: str,
         session: LocalSession | None = None) -> dict:
     """Train for setup.epochs, reporting every epoch to Tune (with a checkpoint) and MLflow.
     With a TrainSession it runs as one rank of a data-parallel trial; outside Ray, in a plain
     LocalSession. Returns the final state (epoch, history, best)."""
-    session = session or (TuneSession() if in_tune_trial() else LocalSession())
+    from .on_ray import configure_threads, current_session, placement
+
+    session = current_session(session)
     device = pick_device()
     threads = configure_threads()
     setup.model.to(device)

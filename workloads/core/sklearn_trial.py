@@ -14,7 +14,8 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from .loop import LocalSession, TuneSession, in_tune_trial
+from .on_ray import current_session
+from .session import LocalSession
 from .metrics import classification_metrics, plot_confusion
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
     the epoch loop's callers: {"best": the reported metrics} in a plain process (a session
     handed in), None under Tune (a dict returned to Tune would be read as a result)."""
     plain = session is not None
-    session = session or (TuneSession() if in_tune_trial() else LocalSession())
+    session = current_session(session)
     t = time.perf_counter()
     estimator.fit(*data["train"])
     train_s = time.perf_counter() - t

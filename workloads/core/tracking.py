@@ -100,12 +100,23 @@ class TrackingContext:
     tags: dict = field(default_factory=dict)  # study, workload, git_commit: the same for every trial
 
 
+def artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside the database for a sqlite:/// URI
+    (MLflow's own default is ./mlruns of whatever folder the process runs in), else the
+    server's choice (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    return (db.parent / f"{db.stem}-artifacts" / name).as_uri()
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The experiment's id, created if new, and tagged as model training so that the MLflow UI
     opens it on the runs table (an experiment with no kind opens on GenAI traces)."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, tags=EXPERIMENT_KIND,
+                                        artifact_location=artifact_location(client.tracking_uri, name))
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     for key, value in EXPERIMENT_KIND.items():

@@ -16,6 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest, invalid_utf8, read_text_records
+from ..core.errors import BadInput, InputNotFound
 
 MEDIA_EXTENSIONS = (".wav", ".mp4", ".flac", ".ogg", ".mp3", ".m4a", ".mkv", ".avi", ".webm", ".opus", ".aac")
 
@@ -48,7 +49,7 @@ DISPLAY_NAMES = {"meld": "MELD", "shemo": "ShEMO", "emodb": "EmoDB", "audiomnist
 def _require_dir(root, corpus: str, expected: str) -> Path:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{DISPLAY_NAMES.get(corpus, corpus)}: folder not found: {root} (expected {expected})")
+        raise InputNotFound(f"{DISPLAY_NAMES.get(corpus, corpus)}: folder not found: {root} (expected {expected})")
     return root
 
 
@@ -93,7 +94,7 @@ def read_meld(root, media_root=None, require_media: bool = True) -> Manifest:
     csvs = _find_meld_csvs(root)
     missing = [p for p in MELD_SPLITS if p not in csvs]
     if missing:
-        raise FileNotFoundError(f"MELD: no {', '.join(f'{m}_sent_emo.csv' for m in missing)} under {root}")
+        raise InputNotFound(f"MELD: no {', '.join(f'{m}_sent_emo.csv' for m in missing)} under {root}")
     media_root = Path(media_root) if media_root else root
     index = index_media(media_root) if require_media else {}
     items, problems = [], []
@@ -151,7 +152,7 @@ def _read_named(corpus: str, root, expected: str, classes, parse: Callable[[Path
             uid = os.path.relpath(path, root)
             items.append({"uid": uid, "path": path, "split": "", "text": "", **fields})
     if not items and not problems:
-        raise FileNotFoundError(f"{DISPLAY_NAMES.get(corpus, corpus)}: no media files under {root} (expected {expected})")
+        raise InputNotFound(f"{DISPLAY_NAMES.get(corpus, corpus)}: no media files under {root} (expected {expected})")
     return _manifest(corpus, items, problems, classes)
 
 
@@ -265,5 +266,5 @@ READERS: dict[str, Callable[..., Manifest]] = {
 
 def read_corpus(corpus: str, root, **kwargs) -> Manifest:
     if corpus not in READERS:
-        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(READERS)}")
+        raise BadInput(f"unknown corpus {corpus!r}; choose from {', '.join(READERS)}")
     return READERS[corpus](root, **kwargs)

@@ -34,7 +34,7 @@ STAGE = Stage("encoder_states", version=1, fn=None, defaults={
 def actor_plan(requested: int | None = None) -> tuple[int, int]:
     """(encoder actors, GPUs per actor): one actor per GPU on a cluster; on a CPU machine one
     single-threaded actor per core. `requested` overrides the count."""
-    from ..core.loop import _ray
+    from ..core.on_ray import _ray
 
     ray = _ray()
     gpus = int(ray.cluster_resources().get("GPU", 0)) if ray else 0

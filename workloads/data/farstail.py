@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest, invalid_utf8, read_text_records
+from ..core.errors import BadInput, InputNotFound
 
 LABELS = ["e", "c", "n"]
 LABEL_NAMES = ["entailment", "contradiction", "neutral"]
@@ -40,11 +41,11 @@ def read_farstail(root: str | Path | None = None) -> Manifest:
     with their file and line; every good row is kept."""
     root = Path(root) if root is not None else embedded_root()
     if not root.is_dir():
-        raise FileNotFoundError(f"FarsTail folder not found: {root}")
+        raise InputNotFound(f"FarsTail folder not found: {root}")
     files = find_split_files(root)
     missing = [s for s in SPLIT_PATTERNS if s not in files]
     if missing:
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"{root}: no FarsTail file for split(s) {missing}; expected Train-word.csv, Val-word.csv, "
             f"Test-word.csv (tab-separated, header 'premise hypothesis label')")
     items, problems = [], []
@@ -52,7 +53,7 @@ def read_farstail(root: str | Path | None = None) -> Manifest:
         records = read_text_records(path, delimiter="\t")
         _, header = next(records, (0, None))
         if header is None or [h.strip() for h in header[:3]] != ["premise", "hypothesis", "label"]:
-            raise ValueError(f"{path}: header must start with 'premise<TAB>hypothesis<TAB>label', got {header}")
+            raise BadInput(f"{path}: header must start with 'premise<TAB>hypothesis<TAB>label', got {header}")
         for line, row in records:
             reason = None
             if len(row) < 3:

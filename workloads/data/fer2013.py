@@ -21,6 +21,7 @@ from .features import Stage
 from .manifest import PROBLEM_COLUMNS
 from .pipeline import PrepareResult, ShardWriter, load_features, run_cached
 from ..core.storage import read_range
+from ..core.errors import BadInput, InputNotFound
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
@@ -74,10 +75,10 @@ def find_csv(path) -> Path:
     if path.is_dir():
         candidates = sorted(path.rglob("fer2013.csv")) or sorted(path.glob("*.csv"))
         if not candidates:
-            raise FileNotFoundError(f"FER2013: no fer2013.csv under {path}")
+            raise InputNotFound(f"FER2013: no fer2013.csv under {path}")
         path = candidates[0]
     if not path.is_file():
-        raise FileNotFoundError(f"FER2013: file not found: {path} (expected fer2013.csv)")
+        raise InputNotFound(f"FER2013: file not found: {path} (expected fer2013.csv)")
     return path
 
 
@@ -87,7 +88,7 @@ def line_index(path: Path) -> tuple[pd.DataFrame, str]:
     data = path.read_bytes()
     header = data[: data.find(b"\n") if b"\n" in data else len(data)].decode("utf-8", "replace").strip().lstrip("\ufeff")
     if [h.strip() for h in header.split(",")] != HEADER:
-        raise ValueError(f"{path}: header must be 'emotion,pixels,Usage', got {header[:80]!r}")
+        raise BadInput(f"{path}: header must be 'emotion,pixels,Usage', got {header[:80]!r}")
     starts, stops, lines = [], [], []
     pos, line = data.find(b"\n") + 1, 2  # after the header
     while 0 < pos < len(data):

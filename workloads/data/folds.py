@@ -14,6 +14,8 @@ in two of them.
 """
 from __future__ import annotations
 
+from ..core.errors import BadInput
+
 from collections import defaultdict
 
 import numpy as np
@@ -22,7 +24,7 @@ SPLITS = ("train", "val", "test")
 VAL_SHARE = 0.1  # of the items (or speakers) left once the test fold is out
 
 
-class FoldError(ValueError):
+class FoldError(BadInput):
     """A fold request this corpus cannot satisfy; the message says why, in one line."""
 
 

@@ -79,10 +79,11 @@ class ShardWriter:
     the arrays flattened with their shapes, and any per-item metadata) and one failed file."""
 
     def __init__(self, stages: dict, fs_uri: str):
-        import ray
+        from ..core.on_ray import _ray
 
         self.stages, self.fs = stages, filesystem(fs_uri)[0]
-        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        ray = _ray()
+        self.node = ray.get_runtime_context().get_node_id() if ray is not None else ""
         self.results = {name: [] for name in stages}
         self.failures = {name: [] for name in stages}
         self.summary = []
@@ -267,6 +268,20 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
         for u in todo:
             need.setdefault(u, []).append(s.name)
 
+    if need and without_ray():
+        pending = items[items["uid"].isin(need)].copy()
+        pending["need"] = [",".join(need[u]) for u in pending["uid"]]
+        spec = {n: {"params": s.params, "dir": s.dir} for n, s in result.stages.items()}
+        fn = worker(**(actors or {}).get("init", {})) if actors is not None else worker
+        for i in _progress(range(0, len(pending), shard_size), progress, f"{name}: decoding in this process"):
+            batch = fn(pending.iloc[i:i + shard_size], stages=spec, fs_uri=fs_uri, **worker_kwargs)
+            result.decoded += len(batch)
+            result.nodes.update(batch["node"])
+            bad = batch[~batch["ok"]]
+            if strict and len(bad):
+                raise StrictModeError(_strict_message(bad.iloc[0]))
+            failed_rows += bad.to_dict("records")
+        need = {}
     if need:
         import ray
 
@@ -311,6 +326,31 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
             "items": len(uids), **(key_context or {})}).encode())
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def without_ray() -> bool:
+    """Whether this process computes what the cache lacks itself, not on Ray Data: `--local`
+    (EMOSWEEP_LOCAL=1) outside a running Ray, or no Ray installed."""
+    import importlib.util
+
+    from ..core.on_ray import _ray
+
+    if _ray() is not None:
+        return False
+    return os.environ.get("EMOSWEEP_LOCAL") == "1" or importlib.util.find_spec("ray") is None
+
+
+def _progress(steps, show: bool, desc: str):
+    """steps, with a bar over them when show."""
+    from ..core.console import progress_bar
+
+    bar = progress_bar(len(steps), desc, "shard") if show else None
+    for step in steps:
+        yield step
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
 
 
 def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bool = False,

@@ -11,6 +11,8 @@ from functools import lru_cache
 
 import pandas as pd
 
+from ..core.errors import BadInput
+
 
 def write_items(config: dict, table: pd.DataFrame, corpus_dir_name: str) -> dict:
     """Write `table` (a uid column and whatever the trials read) under the cache and set
@@ -64,7 +66,7 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
 
     manifest = read_corpus(corpus, root)
     if manifest.items.empty:
-        raise SystemExit(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
+        raise BadInput(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
     manifest.items = assign_splits(manifest.items, seed, fractions=fractions, by_speaker=by_speaker)
     result = prepare_media(manifest, {**stages, "content_hash": {}}, progress=False)  # the hash: for the split gate
     print(f"[emosweep] {corpus}: {result.summary()}", flush=True)

@@ -100,3 +100,34 @@ class FusionModel(nn.Module):
             frames = run_layers(self.audio_top, frames.float(), self.audio_norm)[-1]
         return self.head(tokens.float() if tokens is not None else None, token_mask,
                          frames.float() if frames is not None else None, frame_mask, self.ablate)
+
+
+def build_model(config: dict, text_encoder=None, speech_encoder=None) -> FusionModel:
+    """The fusion head and copies of each used encoder's top `finetune_top` layers."""
+    from ..core.seeding import seed_everything
+
+    seed_everything(int(config["seed"]))
+    k = int(config.get("finetune_top", 1))
+    head = FusionHead(config["fusion"], int(config["text_dim"]), int(config["audio_dim"]), len(config["classes"]),
+                      width=int(config["fusion_width"]), hidden=int(config["head_hidden"]),
+                      dropout=float(config["dropout"]))
+    text_layers = list(text_encoder.layers[-k:]) if text_encoder is not None and k else None
+    audio_layers = list(speech_encoder.layers[-k:]) if speech_encoder is not None and k else None
+    norm = speech_encoder.final_norm if speech_encoder is not None else None
+    return FusionModel(head, text_layers, audio_layers, norm)
+
+
+def load_encoders(config: dict, text: bool, audio: bool, device: str = "cpu"):
+    """(TextEncoder or None, SpeechEncoder or None) with frozen weights."""
+    text_encoder = speech_encoder = None
+    if text:
+        from .text import TextEncoder
+
+        text_encoder = TextEncoder(config["text_model_path"], int(config["max_length"]), device)
+        text_encoder.model.requires_grad_(False)
+    if audio:
+        from .speech import SpeechEncoder
+
+        speech_encoder = SpeechEncoder(config["audio_model_path"], config.get("window_seconds"), device)
+        speech_encoder.model.requires_grad_(False)
+    return text_encoder, speech_encoder

@@ -8,6 +8,7 @@
     emosweep predict FILE --run-id RUN
                                      the top-2 emotions of an audio file, from a trial's model
     emosweep tracking [--stop]       where this machine's shared MLflow server listens; stop it
+    emosweep ui [SWEEP]              open a sweep's arms in the MLflow UI (the latest sweep by default)
 """
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ import pkgutil
 import sys
 
 
+# the engine's own modules; every other module of sweeps/ is a study file
+ENGINE_MODULES = {"runner", "study", "space", "search", "callbacks", "storage", "results", "report", "local", "cli"}
+
+
 def discover_studies() -> dict:
     """Every module in `sweeps/` that defines STUDY, by study name."""
     import sweeps
 
     found = {}
     for info in pkgutil.iter_modules(sweeps.__path__):
-        if info.name == "runner":
+        if info.name in ENGINE_MODULES:
             continue
         module = importlib.import_module(f"sweeps.{info.name}")
         study = getattr(module, "STUDY", None)
@@ -48,11 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_parser(sub)
     tracking = sub.add_parser("tracking", help="the MLflow server the sweeps of $EMOSWEEP_HOME share")
     tracking.add_argument("--stop", action="store_true", help="stop it now")
+    ui = sub.add_parser("ui", help="open a sweep's arms in the MLflow UI, starting the shared server if needed")
+    ui.add_argument("sweep", nargs="?", help="the sweep's name or parent run id (default: the latest sweep)")
+    ui.add_argument("--tracking-uri", help="MLflow server (default: $EMOSWEEP_TRACKING_URI, else the shared one)")
+    ui.add_argument("--print-only", action="store_true", help="print the address; open no browser")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "run":  # only `run` passes its flags on, to the study
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "tracking":
         return tracking_command(args)
+    if args.command == "ui":
+        return ui_command(args)
     if args.command == "data":
         return data_prepare(args)
     if args.command in ("demo", "predict"):
@@ -90,6 +101,55 @@ def tracking_command(args) -> int:
     print(f"MLflow server at {info['uri']} (keeper pid {info['keeper_pid']}, store {server.root}); "
           f"in use by {len(holders)} process(es); it stops {float(info.get('idle_s', server.idle_s)) / 60:.0f} min "
           f"after its last use")
+    return 0
+
+
+def sweep_view(client, sweep: str | None) -> tuple[str, str]:
+    """(the sweep's name, the path of its shared view) for a sweep's name or parent run id, or
+    the latest sweep (a parent run: it has a study tag and no parent)."""
+    from workloads.core.errors import UserError
+    from workloads.core.tracking import TAG_PARENT
+
+    experiments = client.search_experiments()
+    ids = [e.experiment_id for e in experiments]
+    runs = client.search_runs(ids, filter_string="tags.study != ''", order_by=["attributes.start_time DESC"],
+                              max_results=500) if ids else []
+    parents = [r for r in runs if TAG_PARENT not in r.data.tags]
+    if sweep:
+        parents = [r for r in parents if sweep in (r.info.run_name, r.info.run_id)]
+    if not parents:
+        raise UserError(f"no sweep named {sweep!r} in this MLflow store" if sweep else "no sweep in this MLflow store "
+                        "yet: run a study first (python sweeps/bert_freezing.py --smoke)")
+    run = parents[0]
+    experiment = next(e for e in experiments if e.experiment_id == run.info.experiment_id)
+    key = f"sweep-{run.info.run_id[:12]}"
+    view = (f"#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={key}"
+            if f"mlflow.sharedViewState.{key}" in experiment.tags
+            else f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+    return run.info.run_name, view
+
+
+def ui_command(args) -> int:
+    """Open the sweep's shared view (one row per arm, best first) in the user's browser; where
+    none can be opened, print the address. The shared server stays up after this command, for
+    its idle time."""
+    import webbrowser
+
+    from mlflow.tracking import MlflowClient
+
+    from workloads.core.errors import UserError
+    from workloads.core.tracking import fail_fast_requests, tracking_server
+
+    fail_fast_requests()
+    try:
+        with tracking_server(args.tracking_uri) as uri:
+            name, view = sweep_view(MlflowClient(uri), args.sweep)
+    except UserError as e:
+        print(f"emosweep ui: {e}", file=sys.stderr)
+        return 2
+    url = f"{uri.rstrip('/')}/{view}"
+    opened = not args.print_only and webbrowser.open(url)
+    print(f"{name}: {url}" + ("" if opened else "  (open it in a browser)"))
     return 0
 
 

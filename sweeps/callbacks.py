@@ -1,0 +1,110 @@
+"""The sweep's Tune callbacks: MLflow run status, and the quiet terminal's progress bar."""
+from __future__ import annotations
+
+import sys
+
+from ray import tune
+
+from workloads.core.tracking import TrackingContext, find_child_run
+
+_CURRENT_TRACKING_URI: str | None = None  # this driver's tracking URI (a resumed sweep may get a new port)
+
+
+def set_tracking_uri(uri: str) -> None:
+    global _CURRENT_TRACKING_URI
+    _CURRENT_TRACKING_URI = uri
+
+
+class ChildRunStatus(tune.Callback):
+    """Closes each trial's MLflow run when Tune is done with it: FINISHED, stopped early by
+    the scheduler (tagged), or FAILED after its last retry. Tune pickles callbacks with the
+    sweep, so it reads the tracking URI of the current driver rather than keeping one."""
+
+    def __init__(self, experiment_id: str, parent_run_id: str, epochs_key: str = "epochs"):
+        self.experiment_id, self.parent_run_id, self.epochs_key = experiment_id, parent_run_id, epochs_key
+
+    def _close(self, trial, status: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        uri = _CURRENT_TRACKING_URI
+        if not uri:
+            return
+        ctx = TrackingContext(uri, self.experiment_id, self.parent_run_id)
+        client = MlflowClient(uri)
+        try:
+            run = find_child_run(client, ctx, trial.trial_id)
+            if run is None or run.info.status == "FINISHED":  # a resumed sweep re-announces finished trials
+                return
+            done = int((trial.last_result or {}).get("epoch", 0))
+            planned = int(trial.config.get(self.epochs_key, done))
+            client.set_tag(run.info.run_id, "num_failures", str(trial.num_failures))
+            if status == "FINISHED" and done < planned and not (trial.last_result or {}).get("early_stopped"):
+                client.set_tag(run.info.run_id, "stopped_early", f"after epoch {done} of {planned}")
+            client.set_terminated(run.info.run_id, status)
+        except Exception as e:  # tracking must never take the sweep down
+            print(f"[emosweep] could not close the MLflow run of trial {trial.trial_id}: {e}", file=sys.stderr)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._close(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "FAILED")
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def trial_name(trial) -> str:
+    return f"{trial.config.get('arm', 'trial')}_{trial.trial_id.split('_')[-1]}"
+
+
+
+class TrialProgress(tune.Callback):
+    """The quiet terminal's view of a sweep: one bar over its trials, with the best result so
+    far. Tune pickles callbacks with the sweep's state, so the bar is made when first needed."""
+
+    def __init__(self, total: int, metric: str, mode: str):
+        self.total, self.metric, self.mode = total, metric, mode
+        self.best, self.errors, self.finished, self._bar = None, 0, 0, None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_bar": None}
+
+    def bar(self):
+        if self._bar is None:
+            from workloads.core.console import progress_bar
+
+            self._bar = progress_bar(self.total, "trials", "trial")
+        return self._bar
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and (self.best is None or (value > self.best) == (self.mode == "max")):
+            self.best = value
+        running = sum(t.status == "RUNNING" for t in trials)
+        self.bar().set_postfix_str(f"running {running}, best {self.metric} {self.best:.4g}"
+                                   + (f", {self.errors} failed" if self.errors else ""), refresh=True)
+
+    def _done(self, trial, what: str) -> None:
+        bar = self.bar()
+        bar.update(1)
+        self.finished += 1
+        if bar.disable:  # no terminal (a log file, CI): one line per finished trial instead of a bar
+            result = trial.last_result or {}
+            value = result.get(self.metric)
+            shown = f", {self.metric} {value:.4g}" if isinstance(value, (int, float)) else ""
+            test = f", test_acc {result['test_acc']:.4g}" if isinstance(result.get("test_acc"), (int, float)) else ""
+            print(f"[emosweep] trial {self.finished}/{self.total} {what}: {trial.config.get('arm')} ({trial.trial_id}){shown}"
+                  f"{test}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._done(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.errors += 1
+        self._done(trial, "failed")
+
+    def on_experiment_end(self, trials, **info):
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,167 @@
+"""`--local`: a study without Ray, in this process, one trial after another.
+
+Each chosen arm runs its first configuration (the study's defaults with the arm's knobs), on
+every fold and seed asked for, by calling the study's trainable, `train(config, tracking)`,
+directly. Nothing imports Ray: the data cache is filled in this process, and a breakpoint in a
+trainable stops right there. MLflow is used when it is installed (the shared server, or
+--tracking-uri); otherwise the results go to the table and a local folder only. What it
+cannot do is refused: a search (--num-samples > 1), data-parallel trials, a Ray cluster,
+--resume.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from sweeps.study import Study, arm_config, check_flags, replicates_of, study_config
+from workloads.core.errors import UserError
+
+REFUSED = {  # flag → why --local cannot honour it
+    "address": "--local runs without Ray; a cluster needs the Ray engine",
+    "resume": "--local keeps no Tune state to resume; run it again",
+    "max_concurrent": "--local runs one trial at a time",
+    "scheduler": "--local runs every trial to its end",
+}
+
+
+@dataclass
+class LocalResult:
+    """One trial's outcome, shaped like Tune's Result for results_table."""
+
+    config: dict
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    path: str | None = None
+
+
+def refuse_flags(opts) -> None:
+    for flag, why in REFUSED.items():
+        if getattr(opts, flag, None):
+            raise UserError(f"--{flag.replace('_', '-')}: {why}")
+    if opts.num_samples > 1:
+        raise UserError("--num-samples: --local runs each arm's first configuration; searching needs the Ray engine")
+    if opts.workers_per_trial > 1:
+        raise UserError("--workers-per-trial: data-parallel trials need Ray Train; --local runs one process")
+
+
+def run_local(study: Study, opts) -> pd.DataFrame:
+    """Run each chosen arm's first configuration here; returns the per-trial results table."""
+    from sweeps.report import finish
+    from sweeps.results import results_table
+    from workloads.core.session import LocalSession
+    from workloads.core.paths import emosweep_home
+
+    refuse_flags(opts)
+    check_flags(study, opts)
+    import torch
+
+    home = emosweep_home()
+    name = opts.name or f"{study.name}-local-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = home / "local" / name
+    previous = os.environ.get("EMOSWEEP_LOCAL")
+    os.environ["EMOSWEEP_LOCAL"] = "1"  # the data cache is filled in this process, not on Ray Data
+    server = None
+    if opts.verbose == 0:
+        from workloads.core.console import quiet_logs
+
+        log = quiet_logs(home / "logs", f"{study.name}-local")
+        print(f"[emosweep] MLflow's and the libraries' logs go to {log} (--verbose 1 shows them here)", flush=True)
+    try:
+        arms, base = study_config(study, opts, torch.cuda.is_available())
+        tracking, server = open_tracking(study, opts, name, base, home)
+        replicates = replicates_of(base)
+        state = {"base": base, "samples_per_arm": 1, "reference": opts.reference, "experiment": study.name}
+        print(f"[emosweep] --local: {len(arms)} arm(s) × {len(replicates)} run(s) in this process, no Ray; "
+              f"results in {folder}")
+        results = []
+        for arm in arms:
+            for replicate in replicates:
+                config = {**arm_config(base, arms[arm]), "arm": arm, "config_id": f"{arm}/c0", **replicate}
+                trial = f"local_{arm}_{replicate['fold'] if replicate['fold'] is not None else 0}_{replicate['replicate']}"
+                session = LocalSession(checkpoint_dir=str(folder / trial / "checkpoint"), trial=trial,
+                                       quiet=opts.verbose == 0)
+                print(f"[emosweep] {arm}" + (f", fold {replicate['fold']}" if replicate["fold"] is not None else "")
+                      + f", seed {replicate['seed']}", flush=True)
+                results.append(run_trial(study, config, tracking, session, folder / trial))
+        table = results_table(study, results, arms)
+        state["finished"] = True
+        finish(study, name, table, arms, state, folder, opts.results_out, tracking)
+        if tracking is not None:
+            print(f"MLflow: {tracking.uri}  (experiment '{study.name}', parent run {tracking.parent_run_id}; "
+                  f"`emosweep ui` opens it)")
+        return table
+    finally:
+        from workloads.core.console import restore_logs
+
+        restore_logs()
+        if previous is None:
+            os.environ.pop("EMOSWEEP_LOCAL", None)
+        else:
+            os.environ["EMOSWEEP_LOCAL"] = previous
+        if server is not None:
+            server.release()
+
+
+def run_trial(study: Study, config: dict, tracking, session, folder: Path) -> LocalResult:
+    """One trial through the study's trainable; a crash is reported with its traceback and the
+    next trial runs."""
+    from workloads.core.session import local_session
+
+    t = time.perf_counter()
+    error = None
+    with local_session(session):
+        try:
+            study.trainable(config, tracking)
+        except Exception:
+            error = traceback.format_exc()
+            print(f"[emosweep] trial {session.trial_id} failed:\n{error}", file=sys.stderr)
+    metrics = dict(session.reports[-1]) if session.reports else {}
+    metrics["time_total_s"] = time.perf_counter() - t
+    close_child_run(tracking, session.trial_id, "FAILED" if error else "FINISHED")
+    return LocalResult(config, metrics, error, str(folder))
+
+
+def open_tracking(study: Study, opts, name: str, base: dict, home: Path):
+    """(tracking context, shared server or None): MLflow when installed, else (None, None)."""
+    if importlib.util.find_spec("mlflow") is None:
+        print("[emosweep] MLflow is not installed: the results go to the table and the local folder only")
+        return None, None
+    from workloads.core.mlflow_server import SharedServer
+    from workloads.core.tracking import fail_fast_requests, git_commit, start_parent_run
+
+    fail_fast_requests()
+    uri = opts.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")
+    server = None
+    if not uri:
+        server = SharedServer(home / "mlflow").acquire().wait_ready()
+        uri = server.uri
+    tags = {"study": study.name, "workload": study.workload, "git_commit": git_commit(), "engine": "local",
+            "random_init": str(bool(base.get("random_init"))).lower(), "model_id": base.get("model_id", "")}
+    params = {"study": study.name, "engine": "local", "seed": opts.seed, "smoke": opts.smoke,
+              **{f"base.{k}": v for k, v in base.items()}}
+    tracking = start_parent_run(uri, opts.experiment or study.name, name, params, tags)
+    tracking.tags = {k: tags[k] for k in ("study", "workload", "git_commit", "engine")}
+    return tracking, server
+
+
+def close_child_run(tracking, trial_id: str, status: str) -> None:
+    if tracking is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from workloads.core.tracking import find_child_run
+
+    try:
+        run = find_child_run(MlflowClient(tracking.uri), tracking, trial_id)
+        if run is not None:
+            MlflowClient(tracking.uri).set_terminated(run.info.run_id, status)
+    except Exception as e:  # tracking never takes the run down
+        print(f"[emosweep] could not close the MLflow run of {trial_id}: {e}", file=sys.stderr)

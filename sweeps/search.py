@@ -1,0 +1,101 @@
+"""The Tune searcher of every study: each arm × its configurations × (folds × seeds)."""
+from __future__ import annotations
+
+import pickle
+
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeps.space import to_tune
+from sweeps.study import arm_config, arm_space
+from workloads.core.seeding import derive_seed
+
+
+class ArmGridSearch(Searcher):
+    """Every arm × `samples_per_arm` configurations × `replicates` (folds × seeds). Each arm
+    has its own Optuna TPE sampler (seeded from the sweep seed and the arm name), because the
+    best hyper-parameters of one arm say little about another's; its first suggestion is the
+    study's default configuration, so every arm always includes the reproduction of the
+    original setup. A configuration runs once per replicate, each its own Tune trial; Optuna
+    is told the configuration's mean validation metric once all its replicates are done."""
+
+    def __init__(self, arms: dict, space: dict, base: dict, samples_per_arm: int, metric: str, mode: str,
+                 seed: int, replicates: list | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self.arms, self.base, self.samples_per_arm = arms, base, samples_per_arm
+        self.replicates = list(replicates or [{}])  # [{"fold": k, "seed": s, "replicate": r}, ...]
+        self.counts = {arm: 0 for arm in arms}
+        self.trial_arm: dict = {}
+        self.trial_group: dict = {}
+        self.groups: dict = {}  # config_id → {"arm", "left": replicates not done, "values": their metrics}
+        self.queue: list = []  # the remaining replicates of the configuration being handed out
+        self.seeds = {arm: derive_seed(seed, "optuna", arm) for arm in arms}
+        self.searchers = {}
+        for arm in arms:
+            own = arm_space(space, arms[arm])  # an arm may search only the knobs it uses
+            if not own:
+                continue
+            # the reproduction point: the arm's own values (e.g. its dropout) over the defaults
+            config = self.arm_config(arm)
+            first = {k: config[k] for k in own if k in config}
+            self.searchers[arm] = OptunaSearch(space=OptunaSearch.convert_search_space({k: to_tune(v) for k, v in own.items()}), metric=metric,
+                                               mode=mode, points_to_evaluate=[first] if first else None,
+                                               seed=self.seeds[arm])
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space is ours; Tune's param_space is empty
+
+    def suggest(self, trial_id: str):
+        if not self.queue:
+            # an arm that searches nothing (a floor) has one configuration: its repeats would be copies
+            pending = [a for a in self.arms if self.counts[a] < (self.samples_per_arm if a in self.searchers else 1)]
+            if not pending:
+                return Searcher.FINISHED
+            arm = min(pending, key=lambda a: self.counts[a])  # round-robin: early waves span the arms
+            group = f"{arm}/c{self.counts[arm]}"
+            sampled = {}
+            if arm in self.searchers:
+                sampled = self.searchers[arm].suggest(group)
+                if sampled is None or sampled == Searcher.FINISHED:
+                    return sampled
+            self.counts[arm] += 1
+            self.groups[group] = {"arm": arm, "left": len(self.replicates), "values": []}
+            config = {**self.arm_config(arm), **sampled, "arm": arm, "config_id": group}
+            self.queue = [{**config, **replicate} for replicate in self.replicates]
+        config = self.queue.pop(0)
+        self.trial_arm[trial_id] = config["arm"]
+        self.trial_group[trial_id] = config["config_id"]
+        return config
+
+    def arm_config(self, arm: str) -> dict:
+        """Defaults ← the arm's own values ← values set for this run (--set, --epochs, --smoke,
+        the CPU subset), which beat the arm's. The sampler's values go on top."""
+        return arm_config(self.base, self.arms[arm])
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        arm, group = self.trial_arm.get(trial_id), self.trial_group.get(trial_id)
+        # intermediate values (Optuna's pruners) only mean something for a configuration run once
+        if arm in self.searchers and self.metric in result and len(self.replicates) == 1:
+            self.searchers[arm].on_trial_result(group, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        arm, group = self.trial_arm.get(trial_id), self.trial_group.get(trial_id)
+        if group not in self.groups:
+            return
+        state = self.groups[group]
+        state["left"] -= 1
+        if result is not None and not error and self.metric in result:
+            state["values"].append(float(result[self.metric]))
+        if state["left"] == 0 and arm in self.searchers:
+            values = state["values"]
+            mean = {self.metric: sum(values) / len(values)} if values else None
+            self.searchers[arm].on_trial_complete(group, mean, error=not values)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+

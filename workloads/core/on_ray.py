@@ -1,0 +1,179 @@
+"""Ray at the edge: every place a trial touches Ray, in one module.
+
+The training code (`loop.py`, the models, the workloads) imports with PyTorch alone and talks
+to a session: `LocalSession` in a plain process (`--local`, a notebook, a bare GPU box), or
+the adapters here: `TuneSession` (a Tune trial), `TrainSession` (one rank of a Ray Train
+data-parallel trial) and `run_data_parallel`, which launches those ranks. The helpers that
+ask Ray where a trial runs (its id, rank, CPUs, GPUs) answer for a plain process too. Ray
+itself is imported only when this process already runs it."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from .session import _ACTIVE, LocalSession
+
+if TYPE_CHECKING:
+    from .tracking import TrackingContext
+
+
+def _ray():
+    """Ray if this process already runs it (a Tune or Train worker, a driver), else None.
+    Never imports it: a process without Ray never pays for it or needs it."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+class TuneSession(LocalSession):
+    """A trial that is one process: reports go straight to Tune."""
+
+    def __init__(self):
+        super().__init__(trial=trial_id())
+
+    def get_checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def in_tune_trial() -> bool:
+    return trial_id() != "local"
+
+
+class TrainSession(TuneSession):
+    """One rank of a data-parallel trial run by Ray Train: rank 0 checkpoints and logs, every
+    rank reports (Train forwards rank 0's metrics to Tune), evaluation is gathered."""
+
+    def __init__(self, trial: str):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.trial_id = ctx.get_world_rank(), ctx.get_world_size(), trial
+
+    def get_checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir and self.rank == 0 else None)
+
+    def gather(self, obj) -> list:
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=device)
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) inside a Ray Train worker, else (0, 1): workloads shard data by it."""
+    if _ray() is None:
+        return 0, 1
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+    except Exception:
+        return 0, 1
+
+
+def run_data_parallel(worker_fn: Callable, config: dict, tracking: TrackingContext | None) -> None:
+    """Run `worker_fn({"config", "tracking", "trial_id"})` on config["workers_per_trial"] Ray
+    Train workers (DDP; gloo on CPU, NCCL on GPU) inside this Tune trial. Train restarts
+    failed workers from the latest checkpoint; a retried trial resumes from it too."""
+    from ray.train import FailureConfig as TrainFailureConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    n = int(config["workers_per_trial"])
+    gpus = float(config.get("gpus_per_worker", 0) or 0)
+    cpus = float(config.get("cpus_per_worker", 1) or 1)
+    tid = trial_id()
+    storage = tune.get_context().get_trial_dir()
+    name = f"data-parallel-{tid}"
+    latest = sorted(Path(storage, name).glob("checkpoint_*")) if "://" not in storage else []
+    trainer = TorchTrainer(
+        worker_fn,
+        train_loop_config={"config": config, "tracking": tracking, "trial_id": tid},
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=gpus > 0,
+                                     resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
+        run_config=TrainRunConfig(name=name, storage_path=storage, callbacks=[TuneReportCallback()],
+                                  failure_config=TrainFailureConfig(max_failures=int(config.get("worker_retries", 2)))),
+        resume_from_checkpoint=tune.Checkpoint(str(latest[-1])) if latest else None,
+    )
+    trainer.fit()
+
+
+def configure_threads() -> int:
+    """Use as many intra-op threads as CPUs Ray gave this trial (never the whole node)."""
+    try:
+        n = int(_ray().get_runtime_context().get_assigned_resources().get("CPU", 0))
+    except Exception:  # not in a Ray worker: torch's own default
+        n = 0
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def placement() -> dict:
+    """Where this trial runs: Ray node and the GPU ids Ray assigned (CUDA_VISIBLE_DEVICES)."""
+    try:
+        ray = _ray()
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    except Exception:
+        return {"node_id": "", "gpu_ids": "", "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+
+def trial_id() -> str:
+    if _ray() is None:
+        return "local"
+    try:
+        from ray import tune
+
+        return tune.get_context().get_trial_id() or "local"
+    except Exception:
+        return "local"
+
+
+def trial_dir() -> str | None:
+    """The Tune trial's folder, or None outside a trial."""
+    if _ray() is None:
+        return None
+    try:
+        from ray import tune
+
+        return tune.get_context().get_trial_dir()
+    except Exception:
+        return None
+
+
+def current_session(session: LocalSession | None = None) -> LocalSession:
+    """The session a trial reports to: the one given, else the active local one, else Tune's
+    inside a Tune trial, else a plain LocalSession."""
+    if session is not None:
+        return session
+    if _ACTIVE:
+        return _ACTIVE[-1]
+    return TuneSession() if in_tune_trial() else LocalSession()
