@@ -41,6 +41,7 @@ STUDY = Study(
     trainable=blstm_attention.train,
     prepare=blstm_attention.prepare,
     describe=blstm_attention.describe,
+    path_flags=("ravdess", "shemo", "emodb"),
     extra_flags={c: f"{c} corpus folder (default: a generated look-alike)" for c in blstm_attention.CORPORA},
     arms=ARMS,
     space={

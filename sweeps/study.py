@@ -177,7 +177,7 @@ def select_arms(study: Study, opts) -> dict:
     wanted = [a.strip() for a in opts.arms.split(",") if a.strip()]
     unknown = [a for a in wanted if a not in study.arms]
     if unknown:
-        hint = difflib.get_close_matches(unknown[0], study.arms, n=1)
+        hint = nearest(unknown[0], study.arms)
         raise UserError(f"--arms: unknown arm(s) {unknown}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                         + f"; {study.name} has {', '.join(study.arms)}")
     return {a: study.arms[a] for a in wanted}
@@ -201,6 +201,20 @@ def settable(study: Study) -> dict:
     for k, domain in study.space.items():
         keys[k] = (study.defaults.get(k, domain), f"searched: {domain!r}")
     return keys
+
+
+def nearest(typed: str, names) -> list[str]:
+    """The name a typo most likely meant: a close spelling, else the one its words' initials
+    spell (learning_rate → lr), else one that contains it or that it contains."""
+    names = list(names)
+    close = difflib.get_close_matches(typed, names, n=1)
+    if close:
+        return close
+    initials = "".join(w[0] for w in typed.split("_") if w)
+    for name in names:
+        if name == initials or (len(name) > 2 and (name in typed or typed in name)):
+            return [name]
+    return []
 
 
 def _type_ok(example, value) -> bool:
@@ -239,7 +253,7 @@ def parse_sets(study: Study, items: list[str]) -> dict:
         if not eq or not key:
             raise UserError(f"--set {item}: expected KEY=VALUE")
         if key not in keys:
-            hint = difflib.get_close_matches(key, keys, n=1)
+            hint = nearest(key, keys)
             raise UserError(f"--set {key}: {study.name} has no such key" + (f"; did you mean {hint[0]}?" if hint else "")
                             + f" (valid: {', '.join(sorted(keys))}; --set help explains each)")
         value = parse_value(text)

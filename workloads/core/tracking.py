@@ -247,6 +247,9 @@ class TrialRun:
             from mlflow.models import Model
 
             mlflow.set_tracking_uri(self.ctx.uri)
+            # the logged model belongs to the sweep's experiment (else MLflow's default one, whose
+            # artifacts a sqlite store would put in ./mlruns of the current folder)
+            mlflow.set_experiment(experiment_id=self.ctx.experiment_id)
             # Model.log, not pyfunc.log_model: it takes the run id, so no fluent run is opened
             # (and closed as FINISHED) inside a trial
             info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id, python_model=python_model,

@@ -1,0 +1,192 @@
+"""What a new user meets first: mistakes are one line and exit 2 before anything starts, --set
+refuses typos, the quiet terminal holds only emosweep's lines, --local runs every study without
+Ray, and a sqlite tracking URI writes nothing into the current folder."""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ["bert_freezing", "bert_head_pruning", "fer_architectures", "hubert_pooling", "meld_fusion",
+           "blstm_attention", "audiomnist_mlp", "gtzan_cnn", "speaker_id"]
+
+
+def _refused(study_name: str, argv: list[str], capsys, tmp_path) -> str:
+    """Run a study in this process; it must stop with exit 2 and one line on stderr, before Ray
+    or MLflow start (the tracking URI points at a port nothing listens on)."""
+    from sweeps.runner import main
+
+    study = importlib.import_module(f"sweeps.{study_name}").STUDY
+    with pytest.raises(SystemExit) as stopped:
+        main(study, [*argv, "--storage-path", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_studies_list_is_complete():
+    from sweeps.cli import discover_studies
+
+    assert sorted(discover_studies()) == sorted(STUDIES)
+
+
+@pytest.mark.parametrize("study_name", STUDIES)
+def test_a_missing_data_dir_is_one_line_in_every_study(study_name, capsys, tmp_path):
+    err = _refused(study_name, ["--data-dir", str(tmp_path / "nonexistent")], capsys, tmp_path)
+    assert "--data-dir" in err and "nonexistent" in err and "no such file or folder" in err
+
+
+def test_a_set_typo_names_the_valid_keys_and_the_nearest(capsys, tmp_path):
+    err = _refused("hubert_pooling", ["--set", "learning_rate=1e-4"], capsys, tmp_path)
+    assert "learning_rate" in err and "did you mean lr?" in err and "head_width" in err and "cuda_graphs" in err
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("lr=fast", "expected a number (the default is 0.0004)"),
+    ("layer_frac=\"top\"", "expected a number"),
+    ("epochs=2.5", "expected an integer"),
+    ("speaker_norm=1", "expected true or false"),
+    ("arms", "expected KEY=VALUE"),
+])
+def test_a_set_value_of_the_wrong_type_is_refused(setting, expected, capsys, tmp_path):
+    assert expected in _refused("hubert_pooling", ["--set", setting], capsys, tmp_path)
+
+
+def test_set_takes_declared_engine_knobs_and_arm_knobs():
+    from sweeps.hubert_pooling import STUDY
+    from sweeps.study import ENGINE_KNOBS, parse_sets
+
+    assert parse_sets(STUDY, ["cuda_graphs=false", "pooling=\"attention\"", "lr=1e-3"]) == {
+        "cuda_graphs": False, "pooling": "attention", "lr": 1e-3}
+    assert all(text for _, text in ENGINE_KNOBS.values())  # each declared with its one-line help
+
+
+@pytest.mark.parametrize("study_name, argv, expected", [
+    ("fer_architectures", ["--model", "e5-small"], "--model: fer_architectures does not use it"),
+    ("speaker_id", ["--full-data"], "always uses all its data"),
+    ("blstm_attention", ["--ravdess", "/nonexistent/ravdess"], "--ravdess /nonexistent/ravdess: no such file"),
+    ("bert_freezing", ["--arms", "ful"], "did you mean 'full'?"),
+    ("bert_freezing", ["--local", "--num-samples", "2"], "searching needs the Ray engine"),
+])
+def test_flags_a_study_cannot_use_are_refused(study_name, argv, expected, capsys, tmp_path):
+    assert expected in _refused(study_name, argv, capsys, tmp_path)
+
+
+def test_a_user_error_from_the_script_has_no_traceback_and_verbose_shows_one(tmp_path):
+    script = [sys.executable, str(ROOT / "sweeps" / "fer_architectures.py"), "--data-dir", str(tmp_path / "x.csv")]
+    quiet = subprocess.run(script, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert quiet.returncode == 2 and quiet.stdout == ""
+    assert quiet.stderr.strip() == f"fer_architectures: --data-dir {tmp_path / 'x.csv'}: no such file or folder"
+    loud = subprocess.run(script + ["--verbose", "1"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert loud.returncode == 2 and "Traceback" in loud.stderr and "InputNotFound" in loud.stderr
+
+
+# ----------------------------------------------------------------------------- --local, with Ray hidden
+
+HIDE = r'''
+import importlib.abc, json, sys
+HIDDEN = {"ray", "optuna"}
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        frame = sys._getframe(1)
+        while frame is not None:  # a probe (importlib.util.find_spec) is answered: only importing is refused
+            if frame.f_code.co_name == "find_spec" and "importlib.util" in frame.f_code.co_filename:
+                return None
+            frame = frame.f_back
+        if name.split(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden)", name=name)
+
+sys.meta_path.insert(0, Hide())
+import importlib
+from sweeps.runner import main
+
+out = {}
+for name, arms in json.loads(sys.argv[1]).items():
+    study = importlib.import_module("sweeps." + name).STUDY
+    table = main(study, ["--smoke", "--local", "--arms", arms, "--tracking-uri", sys.argv[2]])
+    out[name] = {"arms": sorted(table["arm"]), "test_acc": [float(v) for v in table["test_acc"]],
+                 "status": sorted(set(table["status"]))}
+out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN)
+print(json.dumps(out))
+'''
+
+# each study's first arm and its floor or reference, where it has one
+LOCAL_ARMS = {"bert_freezing": "full,freeze_first_9", "bert_head_pruning": "prune_heads_0",
+              "fer_architectures": "basic_cnn", "hubert_pooling": "masked_mean,probe",
+              "meld_fusion": "late_concat,text_only", "blstm_attention": "ravdess,ravdess_floor",
+              "audiomnist_mlp": "h1_relu_deltas,floor", "gtzan_cnn": "cnn,floor", "speaker_id": "sgd_mfcc,floor"}
+
+
+@pytest.mark.slow
+def test_local_runs_every_study_without_ray_and_sqlite_writes_nothing_here(tmp_path):
+    """Each study's smoke through --local, in one process where Ray and Optuna cannot be
+    imported; MLflow is a sqlite file, whose artifacts land beside it, never in the folder the
+    command ran from."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    for study in STUDIES:
+        module = importlib.import_module(f"sweeps.{study}")
+        assert all(a in module.STUDY.arms for a in LOCAL_ARMS[study].split(","))
+    here = tmp_path / "here"
+    here.mkdir()
+    db = tmp_path / "db" / "mlflow.db"
+    db.parent.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EMOSWEEP_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", HIDE, json.dumps(LOCAL_ARMS), f"sqlite:///{db}"], cwd=here, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result.pop("loaded") == []
+    for study, arms in LOCAL_ARMS.items():
+        got = result[study]
+        assert got["arms"] == sorted(arms.split(",")) and got["status"] != ["ERROR"], (study, got)
+        assert all(0 <= v <= 1 for v in got["test_acc"]), (study, got)
+    assert list(here.iterdir()) == []  # no ./mlruns, nothing at all
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("fer_architectures")
+    assert experiment.artifact_location.startswith((db.parent / "mlflow-artifacts").as_uri())
+    parents = client.search_runs([experiment.experiment_id], "tags.engine = 'local'")
+    assert parents and any(r.data.tags.get("emosweep_row") == "arm" for r in parents)
+    assert (db.parent / "mlflow-artifacts").is_dir()
+
+
+# ----------------------------------------------------------------------------- the quiet terminal
+
+OURS = re.compile(r"^(\[emosweep\] |\||# |fer2013 \(|  fer_image|0 malformed|Over the |model: |results: |MLflow: |"
+                  r"  the arms|  the server|driver timings: |fer_architectures — |$)")
+
+
+@pytest.mark.slow
+def test_a_quiet_smoke_sweep_prints_only_emosweeps_lines(mlflow_server, tmp_path):
+    """The terminal of `python sweeps/fer_architectures.py --smoke`: no Ray, Ray Data, Tune,
+    Optuna or MLflow log line, no Python warning, no object repr; the table fits 120 columns."""
+    env = {**os.environ, "COLUMNS": "120", "EMOSWEEP_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "fer_architectures.py"), "--smoke",
+                          "--arms", "basic_cnn,enhanced", "--tracking-uri", mlflow_server.uri,
+                          "--storage-path", str(tmp_path / "ray"), "--experiment", "test-quiet"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    strangers = [line for line in text.splitlines() if not OURS.match(line)]
+    assert strangers == [], "\n".join(strangers)
+    assert " object at 0x" not in text and "choice of [64, 128, 256]" in text
+    table = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    assert table and max(len(line) for line in table) <= 120
+    assert any("basic_cnn" in line for line in table) and "test acc (95% CI)" in table[0]
+
+
+def test_the_checker_would_catch_library_lines():
+    for line in ("2026-11-29 16:20:40,001\tWARNING __init__.py:28 -- Progress bars disabled.",
+                 "[I 2026-11-29 16:28:36,977] A new study created in memory with name: optuna",
+                 "(TrainableWrapper pid=123) hello", "🏃 View run x at: http://..."):
+        assert not OURS.match(line)
