@@ -42,8 +42,8 @@ STUDY = Study(
         "length_buckets": False,  # True: batches of similar length (less padding; a GPU speed-up)
         "train_size": None, "val_size": None, "test_size": None,  # None: the whole split
     },
-    # No GPU: a stratified subset sized so the five-arm default run on the trimmed e5-small
-    # (about 7 training pairs/s on 2 cores) ends in under 10 minutes. --full-data lifts it.
+    # No GPU: a stratified subset sized so the five-arm default run on the trimmed e5-small ends
+    # in minutes on a laptop (docs/measurements.md: the measured time). --full-data lifts it.
     cpu_subset={"train_size": 240, "val_size": 96, "test_size": 240, "epochs": 2},
     cpu_note=("No GPU: a stratified CPU subset of FarsTail ({subset}) so the five arms finish in under 10 "
               "minutes. At this size every strategy stays near chance (accuracy ~0.33): this run checks the "

@@ -44,7 +44,7 @@ STUDY = Study(
         "train_size": None, "val_size": None, "test_size": None,  # None: the whole split
     },
     # No GPU: 4,000 generated faces (or a stratified 3200/400/400 of a real file) and 6
-    # epochs for every arm, so the four arms end in about 10 minutes on 2 cores.
+    # epochs for every arm, so the four arms end in minutes on a laptop (docs/measurements.md).
     cpu_subset={"synth_n": 4000, "train_size": 3200, "val_size": 400, "test_size": 400, "epochs": 6},
     # small batches so two epochs take enough steps to move (and BatchNorm's running stats)
     smoke={"synth_n": 600, "train_size": 480, "val_size": 60, "test_size": 60, "epochs": 2, "batch_size": 32},

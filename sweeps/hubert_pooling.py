@@ -45,8 +45,8 @@ STUDY = Study(
         "corpus": "ravdess", "data_dir": None, "synth_n": 480, "synth_difficulty": 0.5,
         "clip_seconds": 5.0, "pooling": "masked_mean", "layer_frac": 0.5,
         # The head's settings a search found on real RAVDESS (whisper-base, 4 speaker folds,
-        # speaker_norm, 10 configurations per arm × 5 arms + the probe, ASHA: 204 trials, 19 min on
-        # 2 cores): layers_mean's best mean validation accuracy; docs/real-data.md has the search.
+        # speaker_norm): layers_mean's best mean validation accuracy. docs/real-data.md has the
+        # search, its size and what it cost.
         # The report's own were lr 1e-3, width 256, dropout 0.1, class weights.
         "lr": 4e-4, "head_width": 512, "dropout": 0.25, "weight_decay": 0.01, "imbalance": "none",
         "batch_size": 32, "epochs": 20, "grad_clip": 1.0,

@@ -135,7 +135,8 @@ def open_tracking(study: Study, opts, name: str, base: dict, home: Path):
         print("[emosweep] MLflow is not installed: the results go to the table and the local folder only")
         return None, None
     from workloads.core.mlflow_server import SharedServer
-    from workloads.core.tracking import fail_fast_requests, git_commit, start_parent_run
+    from sweeps.report import sweep_tags
+    from workloads.core.tracking import fail_fast_requests, start_parent_run
 
     fail_fast_requests()
     uri = opts.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")
@@ -143,8 +144,7 @@ def open_tracking(study: Study, opts, name: str, base: dict, home: Path):
     if not uri:
         server = SharedServer(home / "mlflow").acquire().wait_ready()
         uri = server.uri
-    tags = {"study": study.name, "workload": study.workload, "git_commit": git_commit(), "engine": "local",
-            "random_init": str(bool(base.get("random_init"))).lower(), "model_id": base.get("model_id", "")}
+    tags = sweep_tags(study, base, engine="local")
     params = {"study": study.name, "engine": "local", "seed": opts.seed, "smoke": opts.smoke,
               **{f"base.{k}": v for k, v in base.items()}}
     tracking = start_parent_run(uri, opts.experiment or study.name, name, params, tags)

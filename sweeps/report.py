@@ -2,6 +2,7 @@
 tables on disk, the arm runs in MLflow, and what the terminal shows."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,17 @@ def reference_of(study: Study, arms: dict, asked: str | None):
     return study.reference if study.reference in arms else default_reference(arms)
 
 
+def sweep_tags(study: Study, base: dict | None = None, **more) -> dict:
+    """The tags of a sweep's parent run (and, through the tracking context, of its trials):
+    the study, its workload, the code's commit, and what the prepared config says of the model."""
+    from workloads.core.tracking import git_commit
+
+    tags = {"study": study.name, "workload": study.workload, "git_commit": git_commit()}
+    if base is not None:
+        tags.update({"random_init": str(bool(base.get("random_init"))).lower(), "model_id": base.get("model_id", "")})
+    return {**tags, **more}
+
+
 def finish(study: Study, name: str, table: pd.DataFrame, arms: dict, state: dict, out_dir: Path,
            results_out: str | None, tracking=None, timings: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Arm table, files, MLflow (when tracking is given), and the terminal's summary. Returns
@@ -35,7 +47,7 @@ def finish(study: Study, name: str, table: pd.DataFrame, arms: dict, state: dict
     run_note = swept.get("_run_note")
     out, arms_csv, md = write_tables(table, arms_tab, out, f"{study.name}: {name}", run_note, how, study.terminal_columns)
     plot = None
-    if len(arms_tab) > 1 and arms_tab["test_acc_mean"].notna().any():
+    if len(arms_tab) > 1 and arms_tab["test_acc_mean"].notna().any() and importlib.util.find_spec("matplotlib"):
         plot = plot_arms(arms_tab, out.with_name(out.stem + ".arms.png"))
     if tracking is not None:
         _log_results(tracking, table, arms_tab, study.metric, [out, arms_csv, md, arms_csv.with_suffix(".md"), plot],

@@ -55,8 +55,18 @@ def results_table(study, result_grid, arms: dict) -> pd.DataFrame:
             .drop(columns="_order").reset_index(drop=True))
 
 
+def markdown(df: pd.DataFrame, **options) -> str:
+    """A Markdown table (pandas + tabulate); plain text where tabulate is not installed (a bare
+    GPU box running --local has pandas but may lack it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tabulate") is None:
+        return df.to_string(index=False)
+    return df.to_markdown(index=False, **options)
+
+
 def format_table(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, floatfmt=".4g") if not df.empty else "(no trials)"
+    return markdown(df, floatfmt=".4g") if not df.empty else "(no trials)"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -228,7 +238,7 @@ def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDT
     if all(v in ("", "reference") or v.startswith("n/a") for v in table["verdict"].fillna("")):
         cols = [c for c in cols if c[1] not in ("p", "verdict")]  # no pairs to test: nothing to say
     while True:
-        text = pd.DataFrame({h: cells for _, h, cells in cols}).to_markdown(index=False, disable_numparse=True)
+        text = markdown(pd.DataFrame({h: cells for _, h, cells in cols}), disable_numparse=True)
         if max(len(line) for line in text.splitlines()) <= width or len(cols) <= 2:
             return text
         drop = min((c for c in cols if c[1] not in ("arm", "test acc (95% CI)")), key=lambda c: c[0])

@@ -160,10 +160,11 @@ def warn_if_unreachable(uri: str) -> None:
 
 
 def reopen_sweep(study: Study, state: dict, name: str, uri: str):
-    from workloads.core.tracking import git_commit, start_parent_run
+    from sweeps.report import sweep_tags
+    from workloads.core.tracking import start_parent_run
 
-    tags = {"study": study.name, "workload": study.workload, "git_commit": git_commit()}
-    tracking = start_parent_run(uri, state["experiment"], name, {}, tags, resume_run_id=state["parent_run_id"])
+    tracking = start_parent_run(uri, state["experiment"], name, {}, sweep_tags(study),
+                                resume_run_id=state["parent_run_id"])
     return tracking, state["arms"]
 
 
@@ -189,14 +190,13 @@ def open_sweep(study: Study, opts, name: str, arms: dict, base: dict, uri: str, 
     (tracking context, the sweep's state as saved for --resume)."""
     from mlflow.tracking import MlflowClient
 
-    from workloads.core.tracking import git_commit, share_sweep_view, start_parent_run
+    from sweeps.report import sweep_tags
+    from workloads.core.tracking import share_sweep_view, start_parent_run
 
     replicates = replicates_of(base)
     scheduler = opts.scheduler or ("asha" if opts.num_samples > 1 else "fifo")
     experiment = opts.experiment or study.name
-    tags = {"study": study.name, "workload": study.workload, "git_commit": git_commit(),
-            "random_init": str(bool(base.get("random_init"))).lower(), "model_id": base.get("model_id", ""),
-            "split_gate": base.get("_gate", "not run: the study's official splits"),
+    tags = {**sweep_tags(study, base), "split_gate": base.get("_gate", "not run: the study's official splits"),
             **({"mlflow.note.content": base["_run_note"]} if base.get("_run_note") else {}),
             **({"allow_leak": "true"} if opts.allow_leak and base.get("_gate_leaks") else {})}
     tracking = start_parent_run(uri, experiment, name, sweep_params(study, opts, arms, base, gpus, scheduler,

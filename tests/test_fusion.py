@@ -259,10 +259,13 @@ def test_demo_page_in_a_real_browser(fusion_sweep, mlflow_server, tmp_path):
         app.close()
 
 
-def test_mlflow_ui_shows_one_row_per_arm_and_compares_the_trials(fusion_sweep, mlflow_server):
-    """The sweep's own MLflow view (the link it printed) lists one row per arm with its mean
-    and 95% CI at first sight, and the compare page of three trial runs draws its charts."""
+def test_emosweep_ui_opens_one_row_per_arm_and_the_trials_compare(fusion_sweep, mlflow_server, tmp_path):
+    """`emosweep ui` opens the sweep's own MLflow view, which lists one row per arm with its
+    mean and 95% CI at first sight; the compare page of three trial runs draws its charts."""
     import json
+    import os
+    import subprocess
+    import sys
     from urllib.parse import quote
 
     from mlflow.tracking import MlflowClient
@@ -276,9 +279,18 @@ def test_mlflow_ui_shows_one_row_per_arm_and_compares_the_trials(fusion_sweep, m
     exp = client.get_experiment_by_name(EXPERIMENT)
     rows = {r.data.tags["arm"]: r for r in arm_runs(client, EXPERIMENT)}
     assert set(rows) == set(runs) and all(r.data.tags["selected"] == "true" for r in rows.values())
-    # the address the sweep printed: its shared view, saved again once the arm rows exist
-    url = (f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
-           f"&viewStateShareKey=sweep-{parent.info.run_id[:12]}")
+    # `emosweep ui SWEEP` opens the sweep's shared view (saved again once the arm rows exist) in
+    # the user's browser: here a BROWSER command that writes down the address it is handed
+    opened = tmp_path / "opened.txt"
+    recorder = tmp_path / "browser.py"
+    recorder.write_text(f"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\n")
+    ui = subprocess.run(["emosweep", "ui", "fusion-lookalike", "--tracking-uri", mlflow_server.uri],
+                        env={**os.environ, "BROWSER": f"{sys.executable} {recorder} %s"}, capture_output=True,
+                        text=True, timeout=120)
+    assert ui.returncode == 0, ui.stderr
+    url = opened.read_text()
+    assert url == (f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                   f"&viewStateShareKey=sweep-{parent.info.run_id[:12]}") and url in ui.stdout
     driver = chromium()
     try:
         driver.get(url)

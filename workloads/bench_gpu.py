@@ -22,8 +22,7 @@ the AudioMNIST MLP (one hidden layer, real AudioMNIST's 101 frames × 36 MFCC + 
 and the GTZAN CNN on 128 × 128 log-mel images. FLOPs are counted by torch's
 FlopCounterMode on the step itself.
 
-Measured on one H100 (docs/gpu.md has the whole table): S3 bf16 at batch 32, 784 pairs/s
-eager against 4,212 graphed; FER BasicCNN, a whole epoch at 163,000 images/s.
+What it measured, dated, with the machine: docs/gpu.md.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from .core.on_ray import TrainSession, distributed_rank, run_data_parallel
 from .core.graphs import GraphedTrainStep, capturable, rate, round_up, wants_graphs
 from .core.seeding import derive_seed, seed_everything
 from .data.farstail import LABEL_NAMES, LABELS, read_farstail
-from .data.manifest import stratified_subset
+from .data.manifest import split_subset
 from .models.encoders import load_sequence_classifier, load_tokenizer
 from .models.strategies import apply_strategy
 
@@ -66,7 +66,7 @@ def build_loaders(config: dict, tokenizer, rank: int = 0, world: int = 1, pad_mu
 
     loaders = {}
     for split in ("train", "val", "test"):
-        frame = stratified_subset(manifest.split(split), config.get(f"{split}_size"), seed=config["seed"])
+        frame = split_subset(manifest.items, split, config)
         items = _encode(tokenizer, frame, config["max_length"])
         if split == "train" and config.get("length_buckets") and world == 1:
             batches = LengthBucketSampler([len(it["input_ids"]) for it in items], config["batch_size"], config["seed"])
@@ -182,7 +182,7 @@ def describe(config: dict) -> dict:
              "| split | pairs | e | c | n | premise tokens (median / p95) | hypothesis tokens (median / p95) "
              f"| pairs longer than max_length={config['max_length']} |", "|---|---|---|---|---|---|---|---|"]
     for split in ("train", "val", "test"):
-        frame = stratified_subset(manifest.split(split), config.get(f"{split}_size"), seed=config["seed"])
+        frame = split_subset(manifest.items, split, config)
         counts = frame["label"].value_counts()
         premise = np.array([len(x) for x in tokenizer(list(frame["text"]), add_special_tokens=False)["input_ids"]])
         hypo = np.array([len(x) for x in tokenizer(list(frame["text_b"]), add_special_tokens=False)["input_ids"]])

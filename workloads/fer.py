@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .core.loop import TrainSetup, class_weights, fit, pick_device
+from .core.loop import TrainSetup, class_weights, fit, pick_device, require_splits
 from .core.graphs import GraphedTrainStep, capturable, rate, wants_graphs
 from .core.seeding import derive_seed, seed_everything
 from .data.fer2013 import LABELS
-from .data.manifest import stratified_subset
+from .data.manifest import split_subset
 from .models.fer_nets import build_fer_net
 from .core.errors import UserError
 
@@ -93,7 +93,7 @@ def load_split_arrays(config: dict) -> dict:
     images = np.asarray(arrays) if len(arrays) else np.zeros((0, 48, 48), np.uint8)  # one N×48×48 array: no copy
     out = {}
     for split in ("train", "val", "test"):
-        part = stratified_subset(frame[frame["split"] == split], config.get(f"{split}_size"), seed=config["seed"])
+        part = split_subset(frame, split, config)
         part = part.sort_values("index")
         out[split] = (images[part["index"].to_numpy()], part["label"].to_numpy().astype(np.int64))
     return out
@@ -208,9 +208,7 @@ def build_setup(config: dict, data: dict, device: torch.device) -> TrainSetup:
 
 def train(config: dict, tracking: TrackingContext | None = None) -> None:
     seed_everything(config["seed"])
-    data = load_split_arrays(config)
-    if not all(len(data[s][1]) for s in data):
-        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
+    data = require_splits(load_split_arrays(config))
     fit(config, build_setup(config, data, pick_device()), tracking, run_name(config), None)
 
 

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .core.graphs import GraphedTrainStep, capturable, rate, round_up, wants_graphs
-from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit, pick_device
+from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit, pick_device, require_splits
 from .core.seeding import seed_everything
 from .data.study_items import study_items, write_items
 from .models.fusion import FusionModel, build_model, load_encoders, uses
@@ -165,9 +165,7 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     configure_threads()
     seed_everything(int(config["seed"]))
     text, audio = uses(config["fusion"])
-    data = load_cached(config, text, audio)
-    if not all(len(d[3]) for d in data.values()):
-        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[3])}' for s, d in data.items())}")
+    data = require_splits(load_cached(config, text, audio), labels=3)
     text_encoder, speech_encoder = load_encoders(config, text, audio)
     model = build_model(config, text_encoder, speech_encoder)
     del text_encoder, speech_encoder  # the trial trains copies of the top layers; the rest is cached

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit
+from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit, require_splits
 from .core.seeding import derive_seed, seed_everything
 from .data.folds import trial_splits
 from .data.study_items import study_items, write_items
@@ -362,8 +362,7 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
         model.pooling = Prepooled(model.pooling.out_dim)
     else:
         data = load_cached(config)
-    if not all(len(data[s][1]) for s in data):
-        raise ValueError(f"empty split: {', '.join(f'{s}={len(d[1])}' for s, d in data.items())}")
+    require_splits(data)
     train_labels = data["train"][1]
     weights = class_weights(train_labels, n_classes) if config["imbalance"] == "class_weights" else None
     loaders = {}

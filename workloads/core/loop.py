@@ -94,6 +94,15 @@ class EpochShardSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.n, self.world))
 
 
+def require_splits(data: dict, labels: int = 1) -> dict:
+    """data (split → a tuple whose `labels`-th entry holds the labels), refused when a split is
+    empty: a trial cannot train, choose or test on nothing. Returns data."""
+    sizes = {s: len(d[labels]) for s, d in data.items()}
+    if not all(sizes.values()):
+        raise ValueError(f"empty split: {', '.join(f'{s}={n}' for s, n in sizes.items())}")
+    return data
+
+
 def array_loaders(data: dict, seed: int, batch_size: int, eval_batch_size: int = 256) -> dict:
     """split → DataLoader over in-memory arrays ({split: (X, y)}, numpy): the training split
     shuffled per (seed, epoch), the others in order."""

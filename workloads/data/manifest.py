@@ -126,3 +126,10 @@ def stratified_subset(df: pd.DataFrame, n: int | None, seed: int, label: str = "
         take[cls] += 1
     parts = [df[df[label] == cls].sample(n=int(k), random_state=seed) for cls, k in take.items() if k > 0]
     return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def split_subset(items: pd.DataFrame, split: str, config: dict) -> pd.DataFrame:
+    """The rows of one split, cut to the run's `<split>_size` (a CPU subset, a smoke run) by a
+    stratified draw from the run's seed; all of them when the size is None."""
+    part = items[items["split"] == split].reset_index(drop=True)
+    return stratified_subset(part, config.get(f"{split}_size"), seed=config["seed"])
