@@ -65,6 +65,7 @@ STUDY = Study(
     },
     smoke={"synth_n": 120, "epochs": 3, "sklearn_max_iter": 30},
     terminal_columns=["report_test_acc"],  # the arm"s own knobs beside the metrics, within 120 columns
+    knobs={"speaker_norm": (False, "standardize each speaker's features by that speaker's own statistics")},
     table_columns=["report_test_acc", "layout", "activation", "features", "n_inputs", "hidden_1", "hidden_2"],
     metric="best_val_acc",
     split_by="item",  # the report's random 80/20; --folds K folds speakers

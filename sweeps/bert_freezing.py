@@ -52,6 +52,8 @@ STUDY = Study(
     # A random tiny BERT learns nothing at a fine-tuning rate; smoke checks the machinery.
     smoke={"train_size": 96, "val_size": 48, "test_size": 48, "epochs": 2, "max_length": 64, "lr": 1e-4},
     terminal_columns=["layers_frozen", "lr"],  # the arm"s own knobs beside the metrics, within 120 columns
+    knobs={"dropout": (None, "the encoder's hidden and attention dropout (None: the model's own)"),
+           "trim_vocab": (True, "a shelf model keeps only the vocabulary pieces FarsTail uses (same outputs)")},
     table_columns=["strategy", "layers_frozen", "layers_kept", "heads_per_layer_after", "lr", "batch_size",
                    "epochs", "warmup_ratio", "weight_decay"],
     official_splits="FarsTail's official train/val/test files",

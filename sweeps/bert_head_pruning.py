@@ -26,6 +26,8 @@ STUDY = Study(
               "on a GPU (e5-small on an H100: 0.781 unpruned, 0.728 with half the heads pruned)."),
     smoke=FREEZING.smoke,
     terminal_columns=["heads_per_layer_after", "lr"],  # the arm"s own knobs beside the metrics, within 120 columns
+    knobs={"dropout": (None, "the encoder's hidden and attention dropout (None: the model's own)"),
+           "trim_vocab": (True, "a shelf model keeps only the vocabulary pieces FarsTail uses (same outputs)")},
     table_columns=["prune_fraction", "heads_per_layer_before", "heads_per_layer_after", "lr", "batch_size", "epochs"],
     official_splits="FarsTail's official train/val/test files",
 )

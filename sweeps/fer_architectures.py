@@ -49,6 +49,7 @@ STUDY = Study(
     # small batches so two epochs take enough steps to move (and BatchNorm's running stats)
     smoke={"synth_n": 600, "train_size": 480, "val_size": 60, "test_size": 60, "epochs": 2, "batch_size": 32},
     terminal_columns=["epochs", "lr", "batch_size"],  # the arm"s own knobs beside the metrics, within 120 columns
+    knobs={"grad_clip": (None, "clip the gradients' norm to this (None: no clipping)")},
     table_columns=["architecture", "lr", "dropout", "batch_size", "imbalance", "epochs", "train_items_per_s",
                    "test_weighted_f1", *[f"test_f1_{c}" for c in LABELS]],
     official_splits="FER2013's official Training/PublicTest/PrivateTest rows",

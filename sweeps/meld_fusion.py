@@ -61,6 +61,7 @@ STUDY = Study(
     cpu_note=("CPU run: at most 1,500 utterances of a real MELD archive ({subset}), the look-alike whole; "
               "--full-data on a GPU for the report's setting"),
     terminal_columns=["test_weighted_f1", "test_acc_no_audio", "test_acc_no_text"],  # the arm"s own knobs beside the metrics, within 120 columns
+    knobs={"log_model": (None, "true (every trial logs its model), false, or a list of the arms that do")},
     table_columns=["fusion", "test_weighted_f1", "test_acc_no_audio", "test_acc_no_text", "lr", "head_lr",
                    "fusion_width", "dropout"],
     metric="best_val_acc",

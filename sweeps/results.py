@@ -196,6 +196,10 @@ def _pm(mean, half, digits: int = 3) -> str:
 
 
 TERMINAL_WIDTH = 120
+# short headers for the knobs and metrics the studies show on the terminal
+HEADERS = {"report_test_acc": "report", "test_weighted_f1": "weighted F1", "test_acc_no_audio": "acc, no audio",
+           "test_acc_no_text": "acc, no text", "heads_per_layer_after": "heads left", "layers_frozen": "frozen",
+           "layer_used": "layer", "n_classes": "classes"}
 
 
 def _short(value) -> str:
@@ -223,7 +227,7 @@ def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDT
         (2, "n", [str(int(v)) for v in table["n_runs"]]),
     ]
     for i, column in enumerate(c for c in columns if c in table and c != "arm"):
-        cols.append((4 - min(i, 3) * 0.5, column, [_short(v) for v in table[column]]))
+        cols.append((4 - min(i, 3) * 0.5, HEADERS.get(column, column), [_short(v) for v in table[column]]))
     cols += [
         (3, "val acc", [_pm(v, None) for v in table.get("val_acc_mean", none)]),
         (8, "test acc (95% CI)", [_pm(m, h) for m, h in zip(table["test_acc_mean"], table["test_acc_ci95"])]),

@@ -60,7 +60,9 @@ class Study:
     # the arm each arm is compared with: an arm name, a callable arm → arm (or None), or None:
     # the floor where the study has one, else its first arm (the report's)
     reference: object = None
-    knobs: dict = field(default_factory=dict)  # more settable keys of this study: name → (default, one-line help)
+    # more settable keys of this study, or what a default's key takes when its type says too
+    # little: name → (an example value whose type a --set value must have, None for any; one-line help)
+    knobs: dict = field(default_factory=dict)
 
 
 # Keys the training engine reads on every study, settable with --set: name → (default, help).
@@ -189,7 +191,6 @@ def settable(study: Study) -> dict:
     """Every key --set takes: name → (an example value whose type the value must have, or a
     domain, or None for any; where it comes from)."""
     keys = {name: (default, f"engine: {text}") for name, (default, text) in ENGINE_KNOBS.items()}
-    keys.update({name: (default, f"{study.name}: {text}") for name, (default, text) in study.knobs.items()})
     for arm, config in study.arms.items():
         for k, v in config.items():
             if k != "searched":
@@ -200,6 +201,8 @@ def settable(study: Study) -> dict:
     keys.update({k: (v, "default") for k, v in study.defaults.items()})
     for k, domain in study.space.items():
         keys[k] = (study.defaults.get(k, domain), f"searched: {domain!r}")
+    for k, (example, text) in study.knobs.items():  # a declared knob says what it takes (None: any type)
+        keys[k] = (example, f"{study.name}: {text}")
     return keys
 
 

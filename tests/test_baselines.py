@@ -100,10 +100,13 @@ def _trial(module, arm: str, config: dict, **overrides) -> dict:
 
     from workloads.core.loop import LocalSession
 
+    from workloads.core.session import local_session
+
     arms = importlib.import_module(f"sweeps.{module.WORKLOAD}").STUDY.arms
     config = {**config, **arms[arm], **overrides, "arm": arm}
-    state = module.train(config, None, LocalSession(quiet=True))
-    return state["best"]
+    with local_session(LocalSession(quiet=True)) as session:
+        module.train(config, None)  # the one trainable contract: train(config, tracking)
+    return session.reports[-1]
 
 
 def test_audiomnist_mlp_and_its_references_learn(ray_cluster, capsys):

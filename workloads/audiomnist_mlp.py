@@ -62,7 +62,7 @@ def run_name(config: dict) -> str:
     return config["arm"]
 
 
-def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict | None:
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
     from .core.on_ray import configure_threads
     from .core.sklearn_trial import fit_estimator, fit_floor
 
@@ -73,7 +73,8 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     info = {**classic_audio.info_of(data, classes), "n_inputs": data["train"][0].shape[1]}
     tags = classic_audio.tags_of(config, WORKLOAD)
     if config["method"] == "floor":
-        return fit_floor(config, data, classes, tracking, run_name(config), tags, info, session)
+        fit_floor(config, data, classes, tracking, run_name(config), tags, info)
+        return
     data, _, _ = classic_audio.standardize(data)
     n_in = data["train"][0].shape[1]
     info.update({f"hidden_{i + 1}": size for i, size in enumerate(hidden_sizes(config["layout"], n_in, len(classes)))})
@@ -82,9 +83,10 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
 
         estimator = MLPClassifier(hidden_layer_sizes=tuple(hidden_sizes("h1", n_in, len(classes))), activation="relu",
                                   random_state=int(config["seed"]), max_iter=int(config["sklearn_max_iter"]))
-        return fit_estimator(config, estimator, data, classes, tracking, run_name(config), tags, info, session)
+        fit_estimator(config, estimator, data, classes, tracking, run_name(config), tags, info)
+        return
     model = MLP(n_in, len(classes), config["layout"], config["activation"], dropout=float(config["dropout"]))
-    return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config), tags, info)
+    classic_audio.network_trial(config, model, data, classes, tracking, run_name(config), tags, info)
 
 
 def prepare(config: dict) -> dict:

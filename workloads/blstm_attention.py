@@ -96,7 +96,7 @@ def tags_of(config: dict) -> dict:
             "test_corpus": config["test_corpus"]}
 
 
-def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict:
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
     from .core.on_ray import configure_threads
 
     configure_threads()
@@ -105,7 +105,8 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     info = classic_audio.info_of(data, classes)
     if config["method"] == "floor":
         features = {s: (mean_and_std(x), y) for s, (x, y) in data.items()}
-        return fit_floor(config, features, classes, tracking, run_name(config), tags_of(config), info, session)
+        fit_floor(config, features, classes, tracking, run_name(config), tags_of(config), info)
+        return
     data, mean, std = classic_audio.standardize(data)
     model = AttentionBLSTM(data["train"][0].shape[-1], len(classes), hidden=int(config["hidden"]),
                            dropout=float(config["dropout"]))
@@ -114,7 +115,7 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     # so a speaker-normalized trial logs no model.
     export = ((lambda best, run: export_model(config, classes, mean, std, best, run))
               if config.get("log_model", True) and not config.get("speaker_norm") else None)
-    return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config),
+    classic_audio.network_trial(config, model, data, classes, tracking, run_name(config),
                                        tags_of(config), info, weights=weights, export=export, eval_batch_size=128)
 
 

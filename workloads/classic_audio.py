@@ -66,9 +66,9 @@ def info_of(data: dict, classes: list) -> dict:
             "train_clips": len(data["train"][1]), "val_clips": len(data["val"][1]), "test_clips": len(data["test"][1])}
 
 
-def network_trial(config: dict, model, data: dict, classes: list, tracking: TrackingContext | None, session,
+def network_trial(config: dict, model, data: dict, classes: list, tracking: TrackingContext | None,
                   run_name: str, tags: dict, info: dict, weights=None, export=None,
-                  eval_batch_size: int = 256) -> dict | None:
+                  eval_batch_size: int = 256) -> None:
     """A PyTorch classifier on in-memory arrays (split → (X, y)), trained by the shared epoch
     loop with Adam (lr, batch_size, epochs, patience from config); `weights`: class weights of
     the loss; `export`: TrainSetup.export (the best epoch as a logged model)."""
@@ -82,8 +82,7 @@ def network_trial(config: dict, model, data: dict, classes: list, tracking: Trac
     setup = TrainSetup(model=model, optimizer=optimizer, loaders=loaders, step=classification_step(weights),
                        class_names=classes, epochs=int(config["epochs"]), grad_clip=config.get("grad_clip"),
                        info=info, tags=tags, patience=int(patience) if patience else None, export=export)
-    state = fit(config, setup, tracking, run_name, session)
-    return state if session is not None else None  # a dict returned to Tune would be read as a result
+    fit(config, setup, tracking, run_name)
 
 
 def describe(config: dict) -> dict:

@@ -31,7 +31,7 @@ def run_name(config: dict) -> str:
     return f"cnn lr={config['lr']:.0e} bs={config['batch_size']}" if config["method"] == "cnn" else config["arm"]
 
 
-def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict | None:
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
     from .core.on_ray import configure_threads
     from .core.sklearn_trial import fit_floor, mean_and_std
 
@@ -43,12 +43,13 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
     tags = classic_audio.tags_of(config, WORKLOAD)
     if config["method"] == "floor":
         stats = {s: (mean_and_std(list(x.transpose(0, 2, 1))), y) for s, (x, y) in images.items()}
-        return fit_floor(config, stats, classes, tracking, run_name(config), tags, info, session)
+        fit_floor(config, stats, classes, tracking, run_name(config), tags, info)
+        return
     mean, std = images["train"][0].mean(), images["train"][0].std() + 1e-6
     data = {s: (((x - mean) / std)[:, None].astype(np.float32), y) for s, (x, y) in images.items()}
     model = GenreCNN(len(classes), size=data["train"][0].shape[-1])
     info["keras_params"] = keras_parameter_count(model)
-    return classic_audio.network_trial(config, model, data, classes, tracking, session, run_name(config), tags, info)
+    classic_audio.network_trial(config, model, data, classes, tracking, run_name(config), tags, info)
 
 
 def prepare(config: dict) -> dict:

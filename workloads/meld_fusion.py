@@ -157,7 +157,7 @@ def spec_of(config: dict) -> dict:
     return {k: config.get(k) for k in keys}
 
 
-def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict:
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
     """One trial. Under Tune it reports there and returns nothing; in a plain process pass a
     LocalSession and read the returned state: its "best" holds the best epoch's metrics."""
     from .core.on_ray import configure_threads
@@ -199,8 +199,7 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
               "dataset_fingerprint": config["dataset_fingerprint"]},
         best_metrics=ablation if text and audio else None,
         export=(lambda best, run: export_model(config, best, run)) if logs_model(config) else None)
-    state = fit(config, setup, tracking, run_name(config), session)
-    return state if session is not None else None  # a dict returned to Tune would be read as a result
+    fit(config, setup, tracking, run_name(config))
 
 
 def export_model(config: dict, best_weights: dict, run) -> str | None:

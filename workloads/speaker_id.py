@@ -46,7 +46,7 @@ def run_name(config: dict) -> str:
     return f"{config['arm']} {knob}".strip()
 
 
-def train(config: dict, tracking: TrackingContext | None = None, session=None) -> dict | None:
+def train(config: dict, tracking: TrackingContext | None = None) -> None:
     from .core.sklearn_trial import fit_estimator, fit_floor
 
     seed_everything(int(config["seed"]))
@@ -59,9 +59,10 @@ def train(config: dict, tracking: TrackingContext | None = None, session=None) -
         data = stats if config["method"] == "floor" else {s: (x[:, : x.shape[1] // 2], y) for s, (x, y) in stats.items()}
     info = classic_audio.info_of(data, classes)
     if config["method"] == "floor":
-        return fit_floor(config, data, classes, tracking, run_name(config), tags, info, session)
+        fit_floor(config, data, classes, tracking, run_name(config), tags, info)
+        return
     # whether the solver converged is logged with the trial (solver_iterations, solver_converged)
-    return fit_estimator(config, estimator_of(config), data, classes, tracking, run_name(config), tags, info, session)
+    fit_estimator(config, estimator_of(config), data, classes, tracking, run_name(config), tags, info)
 
 
 def prepare(config: dict) -> dict:

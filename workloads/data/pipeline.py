@@ -268,44 +268,13 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
         for u in todo:
             need.setdefault(u, []).append(s.name)
 
-    if need and without_ray():
-        pending = items[items["uid"].isin(need)].copy()
-        pending["need"] = [",".join(need[u]) for u in pending["uid"]]
-        spec = {n: {"params": s.params, "dir": s.dir} for n, s in result.stages.items()}
-        fn = worker(**(actors or {}).get("init", {})) if actors is not None else worker
-        for i in _progress(range(0, len(pending), shard_size), progress, f"{name}: decoding in this process"):
-            batch = fn(pending.iloc[i:i + shard_size], stages=spec, fs_uri=fs_uri, **worker_kwargs)
-            result.decoded += len(batch)
-            result.nodes.update(batch["node"])
-            bad = batch[~batch["ok"]]
-            if strict and len(bad):
-                raise StrictModeError(_strict_message(bad.iloc[0]))
-            failed_rows += bad.to_dict("records")
-        need = {}
     if need:
-        import ray
-
-        from ..core.console import when_ray_starts
-
-        when_ray_starts()
         pending = items[items["uid"].isin(need)].copy()
         pending["need"] = [",".join(need[u]) for u in pending["uid"]]
-        from ..core.ray_start import start_ray
-
-        start_ray()
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress
-        ctx.print_on_execution_start = progress
-        shards = [pending.iloc[i:i + shard_size] for i in range(0, len(pending), shard_size)]
         spec = {n: {"params": s.params, "dir": s.dir} for n, s in result.stages.items()}
-        kwargs = {"fn_kwargs": {"stages": spec, "fs_uri": fs_uri, **worker_kwargs}, "num_cpus": 1}
-        if actors is not None:
-            kwargs.update(fn_constructor_kwargs=actors.get("init", {}), num_cpus=actors.get("num_cpus", 1),
-                          compute=ray.data.ActorPoolStrategy(size=int(actors.get("concurrency", 1))))
-            if actors.get("num_gpus"):
-                kwargs["num_gpus"] = actors["num_gpus"]
-        ds = ray.data.from_pandas(shards).map_batches(worker, batch_size=None, batch_format="pandas", **kwargs)
-        for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+        run = _in_process if without_ray() else _on_ray_data
+        for batch in run(name, pending, worker, {"stages": spec, "fs_uri": fs_uri, **worker_kwargs}, actors,
+                         shard_size, progress):
             result.decoded += len(batch)
             result.nodes.update(batch["node"])
             bad = batch[~batch["ok"]]
@@ -326,6 +295,38 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
             "items": len(uids), **(key_context or {})}).encode())
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _in_process(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, actors: dict | None, shard_size: int,
+                progress: bool):
+    """The worker's summary of each shard, computed in this process (--local)."""
+    fn = worker(**actors.get("init", {})) if actors is not None else worker
+    for i in _progress(range(0, len(pending), shard_size), progress, f"{name}: decoding in this process"):
+        yield fn(pending.iloc[i:i + shard_size], **fn_kwargs)
+
+
+def _on_ray_data(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, actors: dict | None, shard_size: int,
+                 progress: bool):
+    """The worker's summary of each shard, computed by Ray Data tasks (or a pool of actors)."""
+    import ray
+
+    from ..core.console import when_ray_starts
+    from ..core.ray_start import start_ray
+
+    when_ray_starts()
+    start_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = progress
+    shards = [pending.iloc[i:i + shard_size] for i in range(0, len(pending), shard_size)]
+    kwargs = {"fn_kwargs": fn_kwargs, "num_cpus": 1}
+    if actors is not None:
+        kwargs.update(fn_constructor_kwargs=actors.get("init", {}), num_cpus=actors.get("num_cpus", 1),
+                      compute=ray.data.ActorPoolStrategy(size=int(actors.get("concurrency", 1))))
+        if actors.get("num_gpus"):
+            kwargs["num_gpus"] = actors["num_gpus"]
+    ds = ray.data.from_pandas(shards).map_batches(worker, batch_size=None, batch_format="pandas", **kwargs)
+    yield from ds.iter_batches(batch_format="pandas", batch_size=None)
 
 
 def without_ray() -> bool:
