@@ -67,6 +67,7 @@ def speaker_sweep(ray_cluster, mlflow_server, tmp_path_factory):
                         "--results-out", str(out / "speaker.csv"), "--verbose", "0"])
 
 
+@pytest.mark.slow
 def test_speaker_id_estimators_are_logged_trials(speaker_sweep, mlflow_server):
     from mlflow.tracking import MlflowClient
 
@@ -109,6 +110,7 @@ def _trial(module, arm: str, config: dict, **overrides) -> dict:
     return session.reports[-1]
 
 
+@pytest.mark.slow
 def test_audiomnist_mlp_and_its_references_learn(ray_cluster, capsys):
     from sweeps.audiomnist_mlp import STUDY
     from workloads import audiomnist_mlp

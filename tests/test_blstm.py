@@ -78,6 +78,7 @@ def blstm_sweep(ray_cluster, mlflow_server, tmp_path_factory):
                         "--storage-path", str(out / "ray"), "--results-out", str(out / "blstm.csv"), "--verbose", "0"])
 
 
+@pytest.mark.slow
 def test_smoke_sweep_within_across_and_floor(blstm_sweep):
     assert sorted(blstm_sweep.groupby("arm")["fold"].apply(sorted).to_dict().items()) == [
         ("emodb_to_ravdess", [0, 1]), ("ravdess", [0, 1]), ("ravdess_floor", [0, 1])]
@@ -92,6 +93,7 @@ def test_smoke_sweep_within_across_and_floor(blstm_sweep):
     assert table.loc["ravdess", "total_params"] == sum(p.numel() for p in AttentionBLSTM(46, 8, hidden=64).parameters())
 
 
+@pytest.mark.slow
 def test_predict_prints_the_top_two_of_any_audio_file(blstm_sweep, mlflow_server, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -124,6 +126,7 @@ def test_predict_prints_the_top_two_of_any_audio_file(blstm_sweep, mlflow_server
     assert code == 2 and "logged no model" in out.err
 
 
+@pytest.mark.slow
 def test_two_fold_sweep_writes_the_arm_table_and_nests_its_runs_in_mlflow(blstm_sweep, mlflow_server):
     from pathlib import Path
 
@@ -167,6 +170,7 @@ def test_two_fold_sweep_writes_the_arm_table_and_nests_its_runs_in_mlflow(blstm_
     assert "clean" in parent.data.tags["split_gate"]
 
 
+@pytest.mark.slow
 def test_a_planted_leak_is_refused_by_name(ray_cluster, synth, tmp_path, capsys):
     """The same recording under two actors' names: the gate finds identical audio in two parts
     and refuses before any trial starts, naming both files."""

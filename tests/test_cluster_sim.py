@@ -19,6 +19,8 @@ from mlflow_runs import child_runs
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
 
+pytestmark = pytest.mark.slow  # whole sweeps: the full suite, not the fast tier
+
 ARMS = ["full", "freeze_first_9", "keep_first_9"]
 EPOCHS = 4
 KILLED_ARM = "full"  # its worker is SIGKILLed; another arm's node is removed

@@ -121,6 +121,7 @@ def test_speaker_independent_split_never_shares_a_speaker():
         assign_splits(_items(speakers=2), seed=0, by_speaker=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corpus", CORPORA)
 def test_generated_corpus_is_learnable(synth, corpus):
     """Mean MFCCs + spectral statistics and a logistic regression beat chance by a wide margin

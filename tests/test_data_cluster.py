@@ -10,6 +10,8 @@ import pytest
 from sweeps.cli import main
 from workloads.data.synth import load_manifest
 
+pytestmark = pytest.mark.slow  # whole sweeps: the full suite, not the fast tier
+
 
 @pytest.fixture(scope="module")
 def two_nodes():

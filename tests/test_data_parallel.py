@@ -8,6 +8,10 @@ from mlflow_runs import child_runs
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole sweeps: the full suite, not the fast tier
+
 COMMON = ["--smoke", "--arms", "full", "--scheduler", "fifo", "--cpus-per-trial", "1", "--verbose", "0",
           "--set", "epochs=2", "--set", "dropout=0.0", "--set", "lr=0.001", "--set", "batch_size=16"]
 KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")

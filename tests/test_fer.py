@@ -123,6 +123,7 @@ def test_architecture_shape_params_and_a_step_lowers_the_loss(name):
         build_fer_net("vgg", 0.0)
 
 
+@pytest.mark.slow
 def test_smoke_sweep_logged_to_mlflow(ray_cluster, mlflow_server, tmp_path):
     from sweeps.fer_architectures import STUDY
     from sweeps.runner import main

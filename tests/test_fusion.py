@@ -88,6 +88,7 @@ def test_transcripts_only_folder_runs_the_text_arm_alone(synth, tmp_path):
     assert config["audio_missing"] == "" and meld_fusion.unavailable({**config, "fusion": "concat"}) is None
 
 
+@pytest.mark.slow
 def test_lookalike_splits_the_signal_between_modalities(fusion_sweep):
     """The hard look-alike the sweep ran on: some transcripts lack a cue word, and the twin
     classes share cue words (text) or voices (audio)."""
@@ -144,6 +145,7 @@ def _runs_by_arm(client):
     return parent, {r.data.tags["arm"]: r for r in children}
 
 
+@pytest.mark.slow
 def test_sweep_logs_every_arm_its_ablation_and_a_model(fusion_sweep, mlflow_server):
     from mlflow.tracking import MlflowClient
 
@@ -168,6 +170,7 @@ def test_sweep_logs_every_arm_its_ablation_and_a_model(fusion_sweep, mlflow_serv
             assert "test_acc_no_audio" in run.data.metrics and "val_acc_no_text" in run.data.metrics
 
 
+@pytest.mark.slow
 def test_fusion_beats_each_modality_on_the_hard_lookalike(fusion_sweep):
     """On the look-alike at difficulty 0.5, with real pretrained encoders, text alone and audio
     alone each fall well short, and the report's late fusion beats both on the test split; its
@@ -189,6 +192,7 @@ def _wav(path, seconds=1.5, seed=0):
     return str(path)
 
 
+@pytest.mark.slow
 def test_served_model_reads_text_and_audio_bytes(fusion_sweep, mlflow_server, tmp_path):
     """The logged pyfunc, loaded back from MLflow, takes a transcript and any audio file's
     bytes and returns seven probabilities; a file that is not audio is a clear MediaError."""
@@ -207,6 +211,7 @@ def test_served_model_reads_text_and_audio_bytes(fusion_sweep, mlflow_server, tm
         model.predict(pd.DataFrame({"text": ["x"], "audio": [b"not audio at all"]}))
 
 
+@pytest.mark.slow
 def test_demo_page_in_a_real_browser(fusion_sweep, mlflow_server, tmp_path):
     """Chromium types a transcript, uploads a wav, submits, and reads seven probabilities that
     sum to 1; a broken file gets a message on the page."""
@@ -259,6 +264,7 @@ def test_demo_page_in_a_real_browser(fusion_sweep, mlflow_server, tmp_path):
         app.close()
 
 
+@pytest.mark.slow
 def test_emosweep_ui_opens_one_row_per_arm_and_the_trials_compare(fusion_sweep, mlflow_server, tmp_path):
     """`emosweep ui` opens the sweep's own MLflow view, which lists one row per arm with its
     mean and 95% CI at first sight; the compare page of three trial runs draws its charts."""

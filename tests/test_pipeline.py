@@ -91,6 +91,7 @@ def _shards(cache: Path, stage: str) -> list[Path]:
     return sorted(cache.glob(f"*/{stage}-*/shard-*.parquet"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_redoing_finished_shards(ray_cluster, synth, tmp_path):
     root = synth("gtzan", n=80, seed=2, faults=False)
     cache = tmp_path / "cache"

@@ -15,6 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_runs import child_runs, sweep_runs
 
+pytestmark = pytest.mark.slow  # whole sweeps: the full suite, not the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = "full,prune_heads_50"
 

@@ -124,6 +124,7 @@ def _cache_uids(result):
     return list(frame["uid"])
 
 
+@pytest.mark.slow
 def test_cache_key_follows_encoder_corpus_and_clip_policy(ray_cluster, small_ravdess, tmp_path):
     cache = str(tmp_path / "cache")
     tiny = make_tiny_hubert(tmp_path / "hubert", seed=0)
@@ -153,6 +154,7 @@ def test_cross_validation_folds_are_speaker_disjoint():
     assert len(seen_test) == 24  # every actor is tested exactly once across the folds
 
 
+@pytest.mark.slow
 def test_pooling_sweep_runs_its_arms_and_logs_to_mlflow(ray_cluster, mlflow_server, tmp_path):
     from sweeps.hubert_pooling import STUDY
     from sweeps.runner import main

@@ -13,6 +13,8 @@ from mlflow_runs import sweep_runs
 from sweeps.bert_freezing import STUDY
 from sweeps.runner import main
 
+pytestmark = pytest.mark.slow  # whole sweeps: the full suite, not the fast tier
+
 ARMS = ["full", "freeze_first_9", "prune_heads_50"]
 
 

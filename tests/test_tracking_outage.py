@@ -15,6 +15,10 @@ from workloads.core.loop import _save_unlogged
 from workloads.core.mlflow_server import MlflowServer, free_port
 from workloads.core.tracking import TrackingContext, TrialRun
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole sweeps: the full suite, not the fast tier
+
 EPOCHS = 5
 
 
