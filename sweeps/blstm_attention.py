@@ -42,6 +42,7 @@ STUDY = Study(
     prepare=blstm_attention.prepare,
     describe=blstm_attention.describe,
     path_flags=("ravdess", "shemo", "emodb"),
+    no_data_dir="blstm_attention reads one folder per corpus: --ravdess DIR, --shemo DIR, --emodb DIR",
     extra_flags={c: f"{c} corpus folder (default: a generated look-alike)" for c in blstm_attention.CORPORA},
     arms=ARMS,
     space={

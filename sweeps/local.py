@@ -54,7 +54,7 @@ def refuse_flags(opts) -> None:
 
 def run_local(study: Study, opts) -> pd.DataFrame:
     """Run each chosen arm's first configuration here; returns the per-trial results table."""
-    from sweeps.report import finish
+    from sweeps.report import finish, log_data_report
     from sweeps.results import results_table
     from workloads.core.session import LocalSession
     from workloads.core.paths import emosweep_home
@@ -77,6 +77,12 @@ def run_local(study: Study, opts) -> pd.DataFrame:
     try:
         arms, base = study_config(study, opts, torch.cuda.is_available())
         tracking, server = open_tracking(study, opts, name, base, home)
+        if tracking is not None:
+            from mlflow.tracking import MlflowClient
+
+            log_data_report(study, base, MlflowClient(tracking.uri), tracking.parent_run_id)
+        else:
+            log_data_report(study, base)
         replicates = replicates_of(base)
         state = {"base": base, "samples_per_arm": 1, "reference": opts.reference, "experiment": study.name}
         print(f"[emosweep] --local: {len(arms)} arm(s) × {len(replicates)} run(s) in this process, no Ray; "

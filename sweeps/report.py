@@ -34,6 +34,30 @@ def sweep_tags(study: Study, base: dict | None = None, **more) -> dict:
     return {**tags, **more}
 
 
+def log_data_report(study: Study, base: dict, client=None, run_id: str | None = None) -> None:
+    """The study's data report (and the split gate's), printed, and on the parent run when
+    there is one (--local without MLflow has none)."""
+    if base.get("_gate_leaks") and client is not None:
+        client.log_text(run_id, "\n".join(base["_gate_leaks"]) + "\n", "split_gate_leaks.txt")
+    if study.describe is None:
+        return
+    try:
+        report = study.describe(base)
+    except ImportError as e:  # a bare box without tabulate (pandas' Markdown): the run goes on without it
+        print(f"[emosweep] no data report: {e}", file=sys.stderr)
+        return
+    for artifact, content in report.items():
+        if isinstance(content, str) and base.get("_gate"):
+            content = content.rstrip("\n") + f"\n\n{base['_gate']}\n"
+        if isinstance(content, Path):  # a picture: logged as a file, not printed
+            if client is not None:
+                client.log_artifact(run_id, str(content))
+            continue
+        print(content)
+        if client is not None:
+            client.log_text(run_id, content, artifact)
+
+
 def finish(study: Study, name: str, table: pd.DataFrame, arms: dict, state: dict, out_dir: Path,
            results_out: str | None, tracking=None, timings: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Arm table, files, MLflow (when tracking is given), and the terminal's summary. Returns

@@ -190,7 +190,7 @@ def open_sweep(study: Study, opts, name: str, arms: dict, base: dict, uri: str, 
     (tracking context, the sweep's state as saved for --resume)."""
     from mlflow.tracking import MlflowClient
 
-    from sweeps.report import sweep_tags
+    from sweeps.report import log_data_report, sweep_tags
     from workloads.core.tracking import share_sweep_view, start_parent_run
 
     replicates = replicates_of(base)
@@ -217,22 +217,6 @@ def open_sweep(study: Study, opts, name: str, arms: dict, base: dict, uri: str, 
              "replicates": replicates, "reference": opts.reference}
     state["n_trials"] = trial_count(study, arms, state)
     return tracking, state
-
-
-def log_data_report(study: Study, base: dict, client, run_id: str) -> None:
-    """The study's data report (and the split gate's), printed and on the parent run."""
-    if base.get("_gate_leaks"):
-        client.log_text(run_id, "\n".join(base["_gate_leaks"]) + "\n", "split_gate_leaks.txt")
-    if study.describe is None:
-        return
-    for artifact, content in study.describe(base).items():
-        if isinstance(content, str) and base.get("_gate"):
-            content = content.rstrip("\n") + f"\n\n{base['_gate']}\n"
-        if isinstance(content, Path):  # a picture: logged as a file, not printed
-            client.log_artifact(run_id, str(content))
-            continue
-        print(content)
-        client.log_text(run_id, content, artifact)
 
 
 def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, arms: dict, gpus: float):

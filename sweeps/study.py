@@ -52,6 +52,8 @@ class Study:
     unavailable: Callable | None = None
     extra_flags: dict = field(default_factory=dict)  # flag name → help: more string options (--text-model …)
     path_flags: tuple = ()  # which extra flags name a path that must exist (checked before anything starts)
+    # why --data-dir is refused, where the study reads its corpora from other flags (S4: one per corpus)
+    no_data_dir: str = ""
     # Folds: a corpus with official splits refuses --folds (this says why); otherwise the
     # driver's items table (prepare → write_items) is folded by speaker or by item.
     official_splits: str = ""
@@ -156,6 +158,8 @@ def check_flags(study: Study, opts) -> None:
     for flag in ["model", *study.extra_flags]:
         if getattr(opts, flag.replace("-", "_"), None) and flag.replace("-", "_") not in takes:
             raise UserError(f"--{flag}: {study.name} does not use it ({_flags_it_takes(study, takes)})")
+    if opts.data_dir and study.no_data_dir:
+        raise UserError(f"--data-dir: {study.no_data_dir}")
     if opts.full_data and not study.cpu_subset:
         raise UserError(f"--full-data: {study.name} always uses all its data")
     paths = {"--data-dir": opts.data_dir, **{f"--{f}": getattr(opts, f.replace('-', '_'), None)
