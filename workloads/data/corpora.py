@@ -7,15 +7,17 @@ and reason; nothing is dropped silently.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
-from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest, invalid_utf8, read_text_records
+from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest, field_problem, read_text_records
 from ..core.errors import BadInput, InputNotFound
 
 MEDIA_EXTENSIONS = (".wav", ".mp4", ".flac", ".ogg", ".mp3", ".m4a", ".mkv", ".avi", ".webm", ".opus", ".aac")
@@ -31,14 +33,59 @@ def media_key(name: str) -> str:
         key = stem
 
 
-def index_media(root: Path) -> dict[str, list[str]]:
-    """Every media file under root by media_key, in a stable order."""
+def unusable_entry(path: str, root: Path) -> str | None:
+    """Why a directory entry named like media cannot be read as one, or None. Nothing is
+    opened: a FIFO or device would block or stream forever. A name that is not valid UTF-8,
+    a dangling link, a link loop, a link leading outside root and anything that is not a
+    regular file are each one reason."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8"
+    if os.path.islink(path):
+        try:
+            target = Path(path).resolve(strict=True)
+        except RuntimeError:
+            return "symlink loop"
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "symlink loop"
+            return f"dangling symlink (→ {os.readlink(path)})"
+        if not target.is_relative_to(Path(root).resolve()):
+            return f"symlink leads outside the corpus folder (→ {target})"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot stat: {e.strerror}"
+    if not stat.S_ISREG(mode):
+        kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else
+                "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "folder" if stat.S_ISDIR(mode) else "special")
+        return f"not a regular file ({kind}); not opened"
+    return None
+
+
+def shown(path: str) -> str:
+    """A path as text, whatever bytes its name holds (undecodable ones as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def index_media(root: Path, problems: list | None = None) -> dict[str, list[str]]:
+    """Every usable media file under root by media_key, in a stable order. Entries named like
+    media that cannot be used (unusable_entry) go to `problems`, one row each, and are left
+    out; symlinked folders are not entered."""
     index = defaultdict(list)
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
-            if os.path.splitext(name.lower())[1] in MEDIA_EXTENSIONS:
-                index[media_key(name)].append(os.path.join(folder, name))
+            if os.path.splitext(name.lower())[1] not in MEDIA_EXTENSIONS:
+                continue
+            path = os.path.join(folder, name)
+            reason = unusable_entry(path, root)
+            if reason is not None:
+                if problems is not None:
+                    problems.append({"path": shown(path), "line": 0, "reason": reason})
+                continue
+            index[media_key(name)].append(path)
     return index
 
 
@@ -96,8 +143,8 @@ def read_meld(root, media_root=None, require_media: bool = True) -> Manifest:
     if missing:
         raise InputNotFound(f"MELD: no {', '.join(f'{m}_sent_emo.csv' for m in missing)} under {root}")
     media_root = Path(media_root) if media_root else root
-    index = index_media(media_root) if require_media else {}
     items, problems = [], []
+    index = index_media(media_root, problems) if require_media else {}
     for prefix, split in MELD_SPLITS.items():
         path, hint = csvs[prefix], prefix  # the split's media folder carries the CSV's prefix
         records = read_text_records(path, delimiter=",")
@@ -113,8 +160,8 @@ def read_meld(root, media_root=None, require_media: bool = True) -> Manifest:
             reason, media = None, ""
             if len(row) != len(header):
                 reason = f"expected {len(header)} fields, got {len(row)}"
-            elif invalid_utf8(row):
-                reason = "not valid UTF-8"
+            elif field_problem(row):
+                reason = field_problem(row)
             elif row[col["Emotion"]].strip().lower() not in MELD_LABELS:
                 reason = f"unknown label {row[col['Emotion']].strip()!r} (expected one of {MELD_LABELS})"
             elif not (row[col["Dialogue_ID"]].strip().isdigit() and row[col["Utterance_ID"]].strip().isdigit()):
@@ -142,7 +189,7 @@ def _read_named(corpus: str, root, expected: str, classes, parse: Callable[[Path
     ValueError(reason) for a file that is not an item of this corpus."""
     root = _require_dir(root, corpus, expected)
     items, problems = [], []
-    for key, paths in sorted(index_media(root).items()):
+    for key, paths in sorted(index_media(root, problems).items()):
         for path in paths:
             try:
                 fields = parse(Path(path), root)

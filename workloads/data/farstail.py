@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest, invalid_utf8, read_text_records
+from .manifest import ITEM_COLUMNS, PROBLEM_COLUMNS, Manifest, field_problem, read_text_records
 from ..core.errors import BadInput, InputNotFound
 
 LABELS = ["e", "c", "n"]
@@ -58,8 +58,8 @@ def read_farstail(root: str | Path | None = None) -> Manifest:
             reason = None
             if len(row) < 3:
                 reason = f"expected at least 3 tab-separated fields, got {len(row)}"
-            elif invalid_utf8(row):
-                reason = "not valid UTF-8"
+            elif field_problem(row):
+                reason = field_problem(row)
             elif not row[0].strip() or not row[1].strip():
                 reason = "empty premise or hypothesis"
             elif row[2].strip() not in LABELS:

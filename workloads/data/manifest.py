@@ -62,13 +62,31 @@ def read_text_records(path: Path, delimiter: str) -> Iterator[tuple[int, list[st
     text = Path(path).read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"')
     start = 0
-    for row in reader:
-        line, start = start + 1, reader.line_num
-        yield line, row
+    limit = csv.field_size_limit(max(len(text), FIELD_LIMIT) + 1)  # an oversized field is a row's problem, not the file's
+    try:
+        for row in reader:
+            line, start = start + 1, reader.line_num
+            yield line, row
+    finally:
+        csv.field_size_limit(limit)
+
+
+FIELD_LIMIT = 128 * 1024  # characters a field may hold (the csv module's own default)
 
 
 def invalid_utf8(fields) -> bool:
     return any("\udc80" <= ch <= "\udcff" for field in fields for ch in field)
+
+
+def field_problem(fields) -> str | None:
+    """Why a record's fields cannot be used as text, or None: bytes that are not UTF-8, or a
+    field longer than FIELD_LIMIT."""
+    if invalid_utf8(fields):
+        return "not valid UTF-8"
+    longest = max((len(f) for f in fields), default=0)
+    if longest > FIELD_LIMIT:
+        return f"a field of {longest // 1024} KiB (at most {FIELD_LIMIT // 1024} KiB)"
+    return None
 
 
 SPLITS = ("train", "val", "test")
