@@ -8,8 +8,8 @@ import os
 
 
 def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
-    """Join the cluster at `address`, or start a local Ray lean: no dashboard, no metrics
-    exporter (nor its export errors), no usage report. Quiet: the workers' output stays in
+    """Join the cluster at `address` (never one that was not asked for), or start a local Ray
+    lean: no dashboard, no metrics exporter (nor its export errors), no usage report. Quiet: the workers' output stays in
     Ray's session logs. Nothing happens if this process already runs Ray."""
     import ray
 
@@ -20,4 +20,6 @@ def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
         return
     os.environ.setdefault("RAY_enable_metrics_collection", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(include_dashboard=False, log_to_driver=not quiet, **kwargs)
+    # "local": a Ray of its own. Ray's default (no address) joins the latest cluster it finds in
+    # its temp folder, or $RAY_ADDRESS: a laptop sweep would run its trials on a stranger's Ray.
+    ray.init(address="local", include_dashboard=False, log_to_driver=not quiet, **kwargs)
