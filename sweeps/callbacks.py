@@ -5,7 +5,7 @@ import sys
 
 from ray import tune
 
-from workloads.core.tracking import TrackingContext, find_child_run
+from workloads.core.tracking import TrackingContext, close_trial_run
 
 _CURRENT_TRACKING_URI: str | None = None  # this driver's tracking URI (a resumed sweep may get a new port)
 
@@ -24,25 +24,15 @@ class ChildRunStatus(tune.Callback):
         self.experiment_id, self.parent_run_id, self.epochs_key = experiment_id, parent_run_id, epochs_key
 
     def _close(self, trial, status: str) -> None:
-        from mlflow.tracking import MlflowClient
-
         uri = _CURRENT_TRACKING_URI
         if not uri:
             return
-        ctx = TrackingContext(uri, self.experiment_id, self.parent_run_id)
-        client = MlflowClient(uri)
-        try:
-            run = find_child_run(client, ctx, trial.trial_id)
-            if run is None or run.info.status == "FINISHED":  # a resumed sweep re-announces finished trials
-                return
-            done = int((trial.last_result or {}).get("epoch", 0))
-            planned = int(trial.config.get(self.epochs_key, done))
-            client.set_tag(run.info.run_id, "num_failures", str(trial.num_failures))
-            if status == "FINISHED" and done < planned and not (trial.last_result or {}).get("early_stopped"):
-                client.set_tag(run.info.run_id, "stopped_early", f"after epoch {done} of {planned}")
-            client.set_terminated(run.info.run_id, status)
-        except Exception as e:  # tracking must never take the sweep down
-            print(f"[emosweep] could not close the MLflow run of trial {trial.trial_id}: {e}", file=sys.stderr)
+        done = int((trial.last_result or {}).get("epoch", 0))
+        planned = int(trial.config.get(self.epochs_key, done))
+        tags = {"num_failures": str(trial.num_failures)}
+        if status == "FINISHED" and done < planned and not (trial.last_result or {}).get("early_stopped"):
+            tags["stopped_early"] = f"after epoch {done} of {planned}"
+        close_trial_run(TrackingContext(uri, self.experiment_id, self.parent_run_id), trial.trial_id, status, tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, "FINISHED")

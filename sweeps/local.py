@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -68,7 +69,7 @@ def run_local(study: Study, opts) -> pd.DataFrame:
     folder = home / "local" / name
     previous = os.environ.get("EMOSWEEP_LOCAL")
     os.environ["EMOSWEEP_LOCAL"] = "1"  # the data cache is filled in this process, not on Ray Data
-    server = None
+    stack = ExitStack()
     if opts.verbose == 0:
         from workloads.core.console import quiet_logs
 
@@ -76,7 +77,7 @@ def run_local(study: Study, opts) -> pd.DataFrame:
         print(f"[emosweep] MLflow's and the libraries' logs go to {log} (--verbose 1 shows them here)", flush=True)
     try:
         arms, base = study_config(study, opts, torch.cuda.is_available())
-        tracking, server = open_tracking(study, opts, name, base, home)
+        tracking = open_tracking(study, opts, name, base, stack)
         if tracking is not None:
             from mlflow.tracking import MlflowClient
 
@@ -112,8 +113,7 @@ def run_local(study: Study, opts) -> pd.DataFrame:
             os.environ.pop("EMOSWEEP_LOCAL", None)
         else:
             os.environ["EMOSWEEP_LOCAL"] = previous
-        if server is not None:
-            server.release()
+        stack.close()
 
 
 def run_trial(study: Study, config: dict, tracking, session, folder: Path) -> LocalResult:
@@ -131,43 +131,24 @@ def run_trial(study: Study, config: dict, tracking, session, folder: Path) -> Lo
             print(f"[emosweep] trial {session.trial_id} failed:\n{error}", file=sys.stderr)
     metrics = dict(session.reports[-1]) if session.reports else {}
     metrics["time_total_s"] = time.perf_counter() - t
-    close_child_run(tracking, session.trial_id, "FAILED" if error else "FINISHED")
+    if tracking is not None:
+        from workloads.core.tracking import close_trial_run
+
+        close_trial_run(tracking, session.trial_id, "FAILED" if error else "FINISHED")
     return LocalResult(config, metrics, error, str(folder))
 
 
-def open_tracking(study: Study, opts, name: str, base: dict, home: Path):
-    """(tracking context, shared server or None): MLflow when installed, else (None, None)."""
+def open_tracking(study: Study, opts, name: str, base: dict, stack: ExitStack):
+    """The sweep's parent run when MLflow is installed (--tracking-uri, $EMOSWEEP_TRACKING_URI,
+    else the shared server, held until `stack` closes), else None."""
     if importlib.util.find_spec("mlflow") is None:
         print("[emosweep] MLflow is not installed: the results go to the table and the local folder only")
-        return None, None
-    from workloads.core.mlflow_server import SharedServer
+        return None
     from sweeps.report import sweep_tags
-    from workloads.core.tracking import fail_fast_requests, start_parent_run
+    from workloads.core.tracking import fail_fast_requests, start_parent_run, tracking_server
 
     fail_fast_requests()
-    uri = opts.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")
-    server = None
-    if not uri:
-        server = SharedServer(home / "mlflow").acquire().wait_ready()
-        uri = server.uri
-    tags = sweep_tags(study, base, engine="local")
+    uri = stack.enter_context(tracking_server(opts.tracking_uri))
     params = {"study": study.name, "engine": "local", "seed": opts.seed, "smoke": opts.smoke,
               **{f"base.{k}": v for k, v in base.items()}}
-    tracking = start_parent_run(uri, opts.experiment or study.name, name, params, tags)
-    tracking.tags = {k: tags[k] for k in ("study", "workload", "git_commit", "engine")}
-    return tracking, server
-
-
-def close_child_run(tracking, trial_id: str, status: str) -> None:
-    if tracking is None:
-        return
-    from mlflow.tracking import MlflowClient
-
-    from workloads.core.tracking import find_child_run
-
-    try:
-        run = find_child_run(MlflowClient(tracking.uri), tracking, trial_id)
-        if run is not None:
-            MlflowClient(tracking.uri).set_terminated(run.info.run_id, status)
-    except Exception as e:  # tracking never takes the run down
-        print(f"[emosweep] could not close the MLflow run of {trial_id}: {e}", file=sys.stderr)
+    return start_parent_run(uri, opts.experiment or study.name, name, params, sweep_tags(study, base, engine="local"))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hidden_imports import hiding
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ["bert_freezing", "bert_head_pruning", "fer_architectures", "hubert_pooling", "meld_fusion",
@@ -93,21 +94,8 @@ def test_a_user_error_from_the_script_has_no_traceback_and_verbose_shows_one(tmp
 
 # ----------------------------------------------------------------------------- --local, with Ray hidden
 
-HIDE = r'''
-import importlib.abc, json, sys
-HIDDEN = {"ray", "optuna"}
-
-class Hide(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        frame = sys._getframe(1)
-        while frame is not None:  # a probe (importlib.util.find_spec) is answered: only importing is refused
-            if frame.f_code.co_name == "find_spec" and "importlib.util" in frame.f_code.co_filename:
-                return None
-            frame = frame.f_back
-        if name.split(".")[0] in HIDDEN:
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden)", name=name)
-
-sys.meta_path.insert(0, Hide())
+HIDE = hiding({"ray", "optuna"}, r'''
+import json, sys
 import importlib
 from sweeps.runner import main
 
@@ -119,7 +107,7 @@ for name, arms in json.loads(sys.argv[1]).items():
                  "status": sorted(set(table["status"]))}
 out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN)
 print(json.dumps(out))
-'''
+''')
 
 # each study's first arm and its floor or reference, where it has one
 LOCAL_ARMS = {"bert_freezing": "full,freeze_first_9", "bert_head_pruning": "prune_0",

@@ -8,31 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hidden_imports import hiding
+
 ROOT = Path(__file__).resolve().parents[1]
 
-SCRIPT = r'''
-import importlib.abc, json, sys
 HIDDEN = {"ray", "mlflow", "optuna", "matplotlib", "av", "librosa", "tabulate"}
-
-class Hide(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        frame = sys._getframe(1)
-        while frame is not None:  # a probe (importlib.util.find_spec, as accelerate's) is answered
-            if frame.f_code.co_name == "find_spec" and "importlib.util" in frame.f_code.co_filename:
-                return None  # as installed; only importing is refused
-            frame = frame.f_back
-        if name.split(".")[0] in HIDDEN:
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden)", name=name)
-
-    @staticmethod
-    def hidden(name):
-        return name.split(".")[0] in HIDDEN
-
-sys.meta_path.insert(0, Hide())
-import importlib.util
-_find = importlib.util.find_spec
-importlib.util.find_spec = lambda name, *a, **k: None if Hide.hidden(name) else _find(name, *a, **k)
-
+SCRIPT = hiding(HIDDEN, r'''
+import json
 # every training module imports; then one study runs through its study file, --local
 from workloads import audiomnist_mlp, bench_gpu, bert_nli, blstm_attention, fer, gtzan_cnn, meld_fusion, speech_pooling
 from workloads.data import corpora, encoder_cache, farstail, pipeline, study_items
@@ -44,7 +26,7 @@ table = main(STUDY, ["--smoke", "--local", "--arms", "full,freeze_first_9", "--e
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN)
 print(json.dumps({"arms": list(table["arm"]), "test_acc": list(table["test_acc"]), "epochs": list(table["epochs_done"]),
                   "status": list(table["status"]), "loaded": loaded}))
-'''
+''')
 
 
 def test_a_study_runs_local_with_ray_mlflow_and_optuna_hidden(tmp_path):

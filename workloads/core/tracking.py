@@ -162,6 +162,22 @@ def find_child_run(client: MlflowClient, ctx: TrackingContext, trial_id: str):
     return runs[0] if runs else None
 
 
+def close_trial_run(ctx: TrackingContext, trial_id: str, status: str, tags: dict | None = None) -> None:
+    """Set a trial's child run to its final status (FINISHED, FAILED), with `tags`; a run
+    already FINISHED (a resumed sweep re-announces finished trials) is left as it is. Tracking
+    never takes a sweep down: a failure is one line on stderr."""
+    try:
+        client = MlflowClient(ctx.uri)
+        run = find_child_run(client, ctx, trial_id)
+        if run is None or run.info.status == "FINISHED":
+            return
+        for key, value in (tags or {}).items():
+            client.set_tag(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, status)
+    except Exception as e:
+        print(f"[emosweep] could not close the MLflow run of trial {trial_id}: {e}", file=sys.stderr)
+
+
 class TrialRun:
     """The child run of one trial, kept in step with the trial's history.
 
