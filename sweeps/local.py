@@ -25,11 +25,13 @@ import pandas as pd
 from sweeps.study import Study, arm_config, check_flags, replicates_of, study_config
 from workloads.core.errors import UserError
 
-REFUSED = {  # flag → why --local cannot honour it
+REFUSED = {  # flag → why --local cannot honour it (the Ray engine's flags)
     "address": "--local runs without Ray; a cluster needs the Ray engine",
     "resume": "--local keeps no Tune state to resume; run it again",
     "max_concurrent": "--local runs one trial at a time",
     "scheduler": "--local runs every trial to its end",
+    "storage_path": "--local keeps no Tune state; its results go under $EMOSWEEP_HOME/local (--results-out moves the table)",
+    "gpus_per_trial": "--local trains on this process's device (a visible GPU, else the CPU)",
 }
 
 
@@ -44,13 +46,18 @@ class LocalResult:
 
 
 def refuse_flags(opts) -> None:
+    """The Ray engine's flags are refused, never ignored."""
+    if opts.num_samples > 1:
+        raise UserError("--num-samples: --local runs each arm's first configuration; searching needs the Ray engine")
     for flag, why in REFUSED.items():
         if getattr(opts, flag, None):
             raise UserError(f"--{flag.replace('_', '-')}: {why}")
-    if opts.num_samples > 1:
-        raise UserError("--num-samples: --local runs each arm's first configuration; searching needs the Ray engine")
     if opts.workers_per_trial > 1:
         raise UserError("--workers-per-trial: data-parallel trials need Ray Train; --local runs one process")
+    if opts.cpus_per_trial != 1:
+        raise UserError("--cpus-per-trial: --local trains with the threads PyTorch gives this process")
+    if opts.max_failures != 2:
+        raise UserError("--max-failures: --local runs each trial once and reports a crash")
 
 
 def run_local(study: Study, opts) -> pd.DataFrame:

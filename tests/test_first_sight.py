@@ -25,7 +25,8 @@ def _refused(study_name: str, argv: list[str], capsys, tmp_path) -> str:
 
     study = importlib.import_module(f"sweeps.{study_name}").STUDY
     with pytest.raises(SystemExit) as stopped:
-        main(study, [*argv, "--storage-path", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"])
+        where = [] if "--local" in argv else ["--storage-path", str(tmp_path)]  # --local refuses it
+        main(study, [*argv, *where, "--tracking-uri", "http://127.0.0.1:9"])
     err = capsys.readouterr().err
     assert stopped.value.code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -78,6 +79,8 @@ def test_set_takes_declared_engine_knobs_and_arm_knobs():
     ("blstm_attention", ["--ravdess", "/nonexistent/ravdess"], "--ravdess /nonexistent/ravdess: no such file"),
     ("bert_freezing", ["--arms", "ful"], "did you mean 'full'?"),
     ("bert_freezing", ["--local", "--num-samples", "2"], "searching needs the Ray engine"),
+    ("bert_freezing", ["--local", "--gpus-per-trial", "0.5"], "--gpus-per-trial: --local trains on this process"),
+    ("bert_freezing", ["--local", "--max-failures", "0"], "--max-failures: --local runs each trial once"),
 ])
 def test_flags_a_study_cannot_use_are_refused(study_name, argv, expected, capsys, tmp_path):
     assert expected in _refused(study_name, argv, capsys, tmp_path)
