@@ -17,6 +17,8 @@ import importlib
 import pkgutil
 import sys
 
+from workloads.core.paths import mask_uri
+
 
 # the engine's own modules; every other module of sweeps/ is a study file
 ENGINE_MODULES = {"runner", "study", "space", "search", "callbacks", "storage", "results", "report", "local", "cli"}
@@ -97,6 +99,10 @@ def tracking_command(args) -> int:
         server.stop()
         print(f"stopped the MLflow server at {info['uri']}")
         return 0
+    if info.get("orphan"):
+        print(f"MLflow server at {info['uri']} (pid {info['server_pid']}, store {server.root}) runs without its "
+              f"keeper; the next sweep, demo or predict adopts it, and --stop stops it")
+        return 0
     holders = [p.name for p in (server.root / "leases").glob("*")]
     print(f"MLflow server at {info['uri']} (keeper pid {info['keeper_pid']}, store {server.root}); "
           f"in use by {len(holders)} process(es); it stops {float(info.get('idle_s', server.idle_s)) / 60:.0f} min "
@@ -149,7 +155,7 @@ def ui_command(args) -> int:
         return 2
     url = f"{uri.rstrip('/')}/{view}"
     opened = not args.print_only and webbrowser.open(url)
-    print(f"{name}: {url}" + ("" if opened else "  (open it in a browser)"))
+    print(f"{name}: {mask_uri(url)}" + ("" if opened else "  (open it in a browser)"))
     return 0
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from sweeps.study import Study, arm_config, check_flags, replicates_of, study_config
 from workloads.core.errors import UserError
+from workloads.core.paths import mask_uri
 
 REFUSED = {  # flag → why --local cannot honour it (the Ray engine's flags)
     "address": "--local runs without Ray; a cluster needs the Ray engine",
@@ -109,7 +110,7 @@ def run_local(study: Study, opts) -> pd.DataFrame:
         state["finished"] = True
         finish(study, name, table, arms, state, folder, opts.results_out, tracking)
         if tracking is not None:
-            print(f"MLflow: {tracking.uri}  (experiment '{study.name}', parent run {tracking.parent_run_id}; "
+            print(f"MLflow: {mask_uri(tracking.uri)}  (experiment '{study.name}', parent run {tracking.parent_run_id}; "
                   f"`emosweep ui` opens it)")
         return table
     finally:

@@ -30,6 +30,7 @@ import pandas as pd
 from sweeps.study import (Study, build_parser, check_flags, replicates_of, searched_space, study_config,
                           trial_count)
 from workloads.core.errors import UserError
+from workloads.core.paths import mask_uri
 
 __all__ = ["Study", "main", "run_study"]
 
@@ -154,7 +155,7 @@ def warn_if_unreachable(uri: str) -> None:
         return
     hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
     if len(hosts) > 1:
-        print(f"[emosweep] warning: MLflow at {uri} is loopback-only but the cluster spans {len(hosts)} hosts; "
+        print(f"[emosweep] warning: MLflow at {mask_uri(uri)} is loopback-only but the cluster spans {len(hosts)} hosts; "
               f"trials elsewhere cannot log. Pass --tracking-uri http://<head-ip>:5000 or set "
               f"EMOSWEEP_TRACKING_URI.", file=sys.stderr)
 
@@ -208,7 +209,7 @@ def open_sweep(study: Study, opts, name: str, arms: dict, base: dict, uri: str, 
     except Exception as e:  # a view is a convenience; the sweep goes on without it
         view = uri
         print(f"[emosweep] could not save the MLflow view of this sweep: {e}", file=sys.stderr)
-    print(f"[emosweep] trials in the MLflow UI: {view}")
+    print(f"[emosweep] trials in the MLflow UI: {mask_uri(view)}")
     log_data_report(study, base, client, tracking.parent_run_id)
     state = {"study": study.name, "experiment": experiment, "mlflow_view": view,
              "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
@@ -294,9 +295,9 @@ def report_sweep(study: Study, opts, state: dict, name: str, arms: dict, result_
     local_dir = Path(storage.path(name)) if storage.local else home / "results" / name
     arms_tab, files = finish(study, name, table, arms, state, local_dir, opts.results_out, tracking, timings)
     uri, run_id = tracking.uri, tracking.parent_run_id
-    print(f"MLflow: {uri}  (experiment '{state['experiment']}', parent run {run_id})")
+    print(f"MLflow: {mask_uri(uri)}  (experiment '{state['experiment']}', parent run {run_id})")
     if state.get("mlflow_view"):
-        print(f"  the arms, best first: {state['mlflow_view']}  (`emosweep ui` opens it)")
+        print(f"  the arms, best first: {mask_uri(state['mlflow_view'])}  (`emosweep ui` opens it)")
     if server is not None:
         print(f"  the server stays up {server.idle_s / 60:.0f} min after its last use (`emosweep tracking` "
               f"shows or stops it); it serves every sweep of {home}")

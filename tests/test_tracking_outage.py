@@ -113,3 +113,76 @@ def test_shared_server_is_reused_and_stops_once_unused(tmp_path):
     except OSError:
         stopped = True
     assert stopped, "the server outlived its keeper"
+
+
+def test_a_sigkilled_keepers_server_is_adopted_and_stopped(tmp_path):
+    """A keeper killed with SIGKILL leaves its server serving the store. The next user adopts
+    that server (the same address, no second server on the SQLite file), `emosweep tracking`
+    shows it, and stop() stops it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from workloads.core.mlflow_server import SharedServer, same_process
+
+    root = tmp_path / "mlflow"
+    first = SharedServer(root, idle_s=600).acquire().wait_ready()
+    info = json.loads((root / "server.json").read_text())
+    deadline = time.time() + 30
+    while "server_pid" not in info and time.time() < deadline:  # the keeper records its server
+        time.sleep(0.2)
+        info = json.loads((root / "server.json").read_text())
+    os.kill(info["keeper_pid"], signal.SIGKILL)
+    first.release()
+    time.sleep(1)
+    urllib.request.urlopen(f"{first.uri}/health", timeout=5).read()  # the orphan serves on
+    orphan = first.running()
+    assert orphan is not None and orphan["orphan"]
+
+    env = {**os.environ, "EMOSWEEP_HOME": str(tmp_path)}
+    shown = subprocess.run([sys.executable, "-m", "sweeps.cli", "tracking"], env=env, capture_output=True, text=True)
+    assert "without its keeper" in shown.stdout and first.uri in shown.stdout
+
+    second = SharedServer(root, idle_s=600).acquire().wait_ready()
+    assert second.adopted and second.uri == first.uri
+    adopted = json.loads((root / "server.json").read_text())
+    assert adopted["server_pid"] == info["server_pid"] and adopted["keeper_pid"] != info["keeper_pid"]
+    assert second.running() is not None and not second.running().get("orphan")
+    second.release()
+
+    stopped = subprocess.run([sys.executable, "-m", "sweeps.cli", "tracking", "--stop"], env=env,
+                             capture_output=True, text=True)
+    assert "stopped the MLflow server" in stopped.stdout, stopped.stderr
+    deadline = time.time() + 30
+    while same_process(info["server_pid"], info["server_start"]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not same_process(info["server_pid"], info["server_start"]), "the adopted server outlived --stop"
+
+
+def test_stop_never_signals_a_process_that_reused_the_servers_pid(tmp_path):
+    """server.json names a pid that now belongs to another process (same pid, another start
+    time): nothing is running, and stop() signals nobody."""
+    import json
+    import subprocess
+
+    from workloads.core.mlflow_server import SharedServer, process_start
+
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        root = tmp_path / "mlflow"
+        root.mkdir()
+        start = int(process_start(stranger.pid)) - 1  # the pid's earlier owner
+        (root / "server.json").write_text(json.dumps({
+            "uri": "http://127.0.0.1:9", "port": 9, "keeper_pid": stranger.pid, "keeper_start": str(start),
+            "server_pid": stranger.pid, "server_start": str(start)}))
+        server = SharedServer(root)
+        assert server.running() is None
+        assert server.stop() is False
+        time.sleep(0.5)
+        assert stranger.poll() is None, "a stranger that reused the pid was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()

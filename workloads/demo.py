@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .core.paths import mask_uri
+
 DEFAULT_EXPERIMENT = "meld_fusion"
 
 
@@ -27,7 +29,7 @@ def find_run(client, experiment: str, run_id: str | None = None):
         try:
             run = client.get_run(run_id)
         except Exception as e:
-            raise DemoError(f"no run {run_id} at {client.tracking_uri} ({type(e).__name__})") from None
+            raise DemoError(f"no run {run_id} at {mask_uri(client.tracking_uri)} ({type(e).__name__})") from None
         if not run.data.tags.get(TAG_MODEL):
             raise DemoError(f"run {run_id} ({run.info.run_name}) logged no model (tag {TAG_MODEL}); floors and "
                             f"unfinished trials have none")

@@ -119,6 +119,43 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None (gone, or no /proc on this system)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            stat = f.read()
+    except (OSError, ValueError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()  # the name in () may hold spaces
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), or None where it is
+    gone or the system has no /proc. With the pid it names one process: a pid is reused, a
+    (pid, start) pair is not."""
+    fields = _stat(pid)
+    return fields[19] if fields else None  # field 22
+
+
+def same_process(pid, start) -> bool:
+    """Whether `pid` is still the live process that had `start` (a recorded process_start); a
+    zombie (dead, not yet reaped by its parent) is not."""
+    if not pid or not _pid_alive(int(pid)):
+        return False
+    fields = _stat(int(pid))
+    if fields is None:  # no /proc: the pid is all there is to go by
+        return True
+    return fields[0] != "Z" and (start is None or fields[19] == str(start))
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+        return True
+    except OSError:
+        return False
+
+
 def default_idle_s() -> float:
     return float(os.environ.get("EMOSWEEP_MLFLOW_IDLE_S", 1800))
 
@@ -131,8 +168,13 @@ class SharedServer:
     named by its pid, so a user that dies holds nothing). The keeper
     (`python -m workloads.core.mlflow_server keep ...`) is a small process that owns the server.
 
+    `server.json` in the root says where it listens, and which processes keep and serve it
+    (pid and start time each, so a reused pid is never mistaken for them). A server whose
+    keeper died (SIGKILL) goes on serving the store: the next acquire() adopts it with a new
+    keeper rather than start a second server on the same SQLite file.
+
     acquire() returns at once (a new server boots while Ray starts); wait_ready() blocks until
-    /health answers. `server.json` in the root says where it listens."""
+    /health answers."""
 
     def __init__(self, root: str | os.PathLike, port: int | None = None, idle_s: float | None = None):
         self.root = Path(root).resolve()
@@ -140,45 +182,67 @@ class SharedServer:
         self.port: int | None = None
         self.uri: str | None = None
         self.reused = False
+        self.adopted = False
         self._keeper_pid: int | None = None
 
     @property
     def info_file(self) -> Path:
         return self.root / "server.json"
 
-    def running(self) -> dict | None:
-        """server.json, if its keeper lives (its server may still be booting), else None."""
+    def _info(self) -> dict | None:
         try:
-            info = json.loads(self.info_file.read_text())
+            return json.loads(self.info_file.read_text())
         except (OSError, ValueError):
             return None
-        if not _pid_alive(int(info.get("keeper_pid", 0))):
+
+    def running(self) -> dict | None:
+        """server.json if its keeper lives (its server may still be booting), or if its keeper
+        died but its server still serves (then with "orphan": True); else None."""
+        info = self._info()
+        if info is None:
             return None
+        if same_process(info.get("keeper_pid"), info.get("keeper_start")):
+            return info
+        if same_process(info.get("server_pid"), info.get("server_start")) and _healthy(info["uri"]):
+            return {**info, "orphan": True}
+        return None
+
+    def _spawn_keeper(self, port: int, adopt: dict | None = None) -> dict:
+        args = [str(self.root), str(port), str(self.idle_s)]
+        if adopt:
+            args += [str(adopt["server_pid"]), str(adopt.get("server_start") or "")]
+        with open(self.root / "mlflow-server.log", "ab") as log:
+            keeper = subprocess.Popen([sys.executable, "-m", "workloads.core.mlflow_server", "keep", *args],
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
+        info = {**(adopt or {}), "uri": f"http://127.0.0.1:{port}", "port": port, "keeper_pid": keeper.pid,
+                "keeper_start": process_start(keeper.pid), "idle_s": self.idle_s}
+        info.setdefault("started", time.time())
+        info.pop("orphan", None)
+        _write_json(self.info_file, info)
         return info
 
     def acquire(self) -> "SharedServer":
-        import fcntl
-
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "leases").mkdir(exist_ok=True)
-        with open(self.root / ".server.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._lock():
             info = self.running()
             if info is None:
                 port = self.preferred_port if self.preferred_port and port_free(self.preferred_port) else free_port()
-                with open(self.root / "mlflow-server.log", "ab") as log:
-                    keeper = subprocess.Popen(
-                        [sys.executable, "-m", "workloads.core.mlflow_server", "keep", str(self.root), str(port),
-                         str(self.idle_s)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        start_new_session=True)
-                info = {"uri": f"http://127.0.0.1:{port}", "port": port, "keeper_pid": keeper.pid,
-                        "started": time.time(), "idle_s": self.idle_s}
-                self.info_file.write_text(json.dumps(info))
+                info = self._spawn_keeper(port)
+            elif info.get("orphan"):
+                print(f"[emosweep] adopting the MLflow server at {info['uri']} (pid {info['server_pid']}), whose "
+                      f"keeper is gone", file=sys.stderr)
+                info = self._spawn_keeper(int(info["port"]), adopt=info)
+                self.reused = self.adopted = True
             else:
                 self.reused = True
             (self.root / "leases" / str(os.getpid())).touch()
         self.port, self.uri, self._keeper_pid = int(info["port"]), info["uri"], int(info["keeper_pid"])
         return self
+
+    def _lock(self):
+        return _file_lock(self.root / ".server.lock")
 
     def wait_ready(self, timeout: float = 120.0) -> "SharedServer":
         _wait_healthy(self.uri, lambda: None if _pid_alive(self._keeper_pid) else "the MLflow server's keeper exited",
@@ -192,47 +256,125 @@ class SharedServer:
             pass
 
     def stop(self) -> bool:
-        """Stop the keeper (and so its server) now, whoever holds it. Returns whether one ran."""
+        """Stop the server now, whoever holds it: through its keeper, or (an orphan) by
+        signalling the server's own process group. Returns whether one ran. Only processes
+        whose pid and start time match server.json are signalled."""
         info = self.running()
         if info is None:
             return False
-        os.kill(int(info["keeper_pid"]), signal.SIGTERM)
+        if not info.get("orphan"):
+            os.kill(int(info["keeper_pid"]), signal.SIGTERM)
+            return True
+        _stop_group(int(info["server_pid"]), info.get("server_start"))
+        self.info_file.unlink(missing_ok=True)
         return True
 
 
-def keep(root: str, port: int, idle_s: float) -> None:
-    """The keeper: run the server of `root`; stop it when no live lease has been seen for idle_s,
-    on SIGTERM, or when it dies."""
-    root_path = Path(root)
-    server = MlflowServer(root_path, port=port).start()
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    idle_since = time.monotonic()
+def _write_json(path: Path, info: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+class _file_lock:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.file = open(self.path, "w")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # closing releases the lock
+
+
+def _stop_group(pid: int, start, timeout: float = 15.0) -> None:
+    """SIGTERM the process group led by `pid` (the server: started in a session of its own, its
+    uvicorn workers with it), SIGKILL after `timeout`; nothing if `pid` is no longer that
+    process."""
+    if not same_process(pid, start):
+        return
     try:
-        while not stopping and server._proc.poll() is None:
-            held = False
-            for lease in (root_path / "leases").glob("*"):
-                if lease.name.isdigit() and _pid_alive(int(lease.name)):
-                    held = True
-                else:
-                    lease.unlink(missing_ok=True)  # its holder died without releasing
-            if held:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > idle_s:
-                break
-            time.sleep(1.0)
-    finally:
-        server.stop()
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and same_process(pid, start):
+        time.sleep(0.2)
+    if same_process(pid, start):
         try:
-            info = json.loads((root_path / "server.json").read_text())
-            if int(info.get("keeper_pid", 0)) == os.getpid():
-                (root_path / "server.json").unlink()
-        except (OSError, ValueError):
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
-if __name__ == "__main__":  # python -m workloads.core.mlflow_server keep ROOT PORT IDLE_S: the shared server's keeper
-    if len(sys.argv) == 5 and sys.argv[1] == "keep":
-        keep(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+def _held(root: Path) -> bool:
+    """Whether a live process holds a lease; a dead holder's lease is cleared."""
+    held = False
+    for lease in (root / "leases").glob("*"):
+        if lease.name.isdigit() and _pid_alive(int(lease.name)):
+            held = True
+        else:
+            lease.unlink(missing_ok=True)  # its holder died without releasing
+    return held
+
+
+def keep(root: str, port: int, idle_s: float, adopt_pid: int | None = None, adopt_start: str | None = None) -> None:
+    """The keeper: run the server of `root` (or watch the one it adopts, `adopt_pid`); stop it
+    when no live lease has been seen for idle_s, on SIGTERM, or when it dies. The idle stop
+    takes the lock acquire() takes, so a user that arrives as the keeper gives up is never
+    handed a server that is about to stop."""
+    root_path = Path(root)
+    if adopt_pid:
+        server, pid, start = None, adopt_pid, adopt_start or None
     else:
-        sys.exit("usage: python -m workloads.core.mlflow_server keep ROOT PORT IDLE_S")
+        server = MlflowServer(root_path, port=port).start()
+        pid, start = server._proc.pid, process_start(server._proc.pid)
+    me = os.getpid()
+    with _file_lock(root_path / ".server.lock"):  # acquire() wrote server.json before this keeper could run
+        info = json.loads((root_path / "server.json").read_text()) if (root_path / "server.json").exists() else {}
+        if int(info.get("keeper_pid", 0)) == me:
+            _write_json(root_path / "server.json", {**info, "server_pid": pid, "server_start": start})
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    idle_since = time.monotonic()
+
+    def alive() -> bool:
+        return server._proc.poll() is None if server is not None else same_process(pid, start)
+
+    lock = None
+    try:
+        while not stopping and alive():
+            if _held(root_path):
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > idle_s:
+                lock = _file_lock(root_path / ".server.lock").__enter__()
+                if not _held(root_path):  # nobody arrived meanwhile: stop, holding the lock
+                    break
+                lock.__exit__()
+                lock, idle_since = None, time.monotonic()
+            time.sleep(1.0)
+    finally:
+        if server is not None:
+            server.stop()
+        else:
+            _stop_group(pid, start)
+        try:
+            info = json.loads((root_path / "server.json").read_text())
+            if int(info.get("keeper_pid", 0)) == me:
+                (root_path / "server.json").unlink()
+        except (OSError, ValueError):
+            pass
+        if lock is not None:
+            lock.__exit__()
+
+
+if __name__ == "__main__":  # python -m workloads.core.mlflow_server keep ROOT PORT IDLE_S [PID START]: the keeper
+    if len(sys.argv) in (5, 7) and sys.argv[1] == "keep":
+        keep(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]),
+             *((int(sys.argv[5]), sys.argv[6]) if len(sys.argv) == 7 else ()))
+    else:
+        sys.exit("usage: python -m workloads.core.mlflow_server keep ROOT PORT IDLE_S [ADOPT_PID ADOPT_START]")
