@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     data = sub.add_parser("data", help="corpus readers, feature extraction and the cache")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     add_prepare_parser(data_sub)
+    verify = data_sub.add_parser("verify", help="check every cached file in full; move damaged ones aside",
+                                 description="Check each cached file against the size and SHA-256 recorded "
+                                             "when it was written, and read every page against its checksum. "
+                                             "A damaged file is moved to its stage's damaged/ folder, and the "
+                                             "next run recomputes its items. Exit 1 when any was found.")
+    verify.add_argument("path", nargs="?", help="a cache root, one corpus or one stage folder "
+                                                "(default: $EMOSWEEP_HOME/cache)")
     from workloads import demo, predict
 
     demo.add_parser(sub)
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         return ui_command(args)
     if args.command == "data":
-        return data_prepare(args)
+        return data_verify(args) if args.data_command == "verify" else data_prepare(args)
     if args.command in ("demo", "predict"):
         return (demo if args.command == "demo" else predict).main(args)
 
@@ -242,6 +250,29 @@ def data_prepare(args) -> int:
         return 0
     finally:
         restore_logs()
+
+
+def data_verify(args) -> int:
+    from workloads.core.storage import filesystem
+    from workloads.data.pipeline import default_cache_dir
+    from workloads.data.shards import INDEX, check_stage, list_parquet
+
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(args.path or default_cache_dir())
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        print(f"emosweep data verify: {args.path or root}: no such cache folder", file=sys.stderr)
+        return 2
+    stages = sorted({os.path.dirname(i.path) for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                     if i.base_name == INDEX or (i.base_name.startswith("shard-") and "/damaged/" not in i.path)})
+    damaged, files = [], 0
+    for stage in stages:
+        files += len(list_parquet(fs, stage, "shard-")) + len(list_parquet(fs, stage, "failed-"))
+        damaged += check_stage(fs, stage, full=True)
+    print(f"{root}: {len(stages)} stages, {files} files checked, {len(damaged)} damaged"
+          + (" (moved aside; the next run of their study or `emosweep data prepare` recomputes their items)"
+             if damaged else ""))
+    return 1 if damaged else 0
 
 
 if __name__ == "__main__":

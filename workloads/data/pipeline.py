@@ -11,7 +11,9 @@ Cache layout (`cache_dir` is a local folder or a pyarrow URI such as s3://bucket
         {stage}-v{version}-{params hash}/   one stage with one set of params
             shard-{hash}.parquet            uid + the stage's arrays (flattened) + their shapes
             failed-{hash}.parquet           items of that shard that could not be used
-            _SUCCESS.json                   written last, for people and tools: the stage is complete
+            _SUCCESS.json                   written last: the stage is complete; every file's size,
+                                            mtime and SHA-256 (workloads/data/shards.py checks them)
+            damaged/                        files found damaged, moved aside (their items recomputed)
 
 A shard is written by the worker that computed it, to a temporary name and then renamed,
 so no half-written shard is ever read. An item is done when a shard or failed file lists
@@ -24,7 +26,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,8 @@ import pyarrow.parquet as pq
 from .audio import TARGET_SR, MediaError, decode_audio
 from .features import get_stage
 from .manifest import Manifest
+from .shards import INDEX, build_index, check_stage, list_parquet, read_index, read_shard
+from .shards import write_atomic as _write_atomic
 from ..core.storage import filesystem, read_bytes
 
 ERROR_COLUMNS = ["path", "line", "stage", "reason", "detail"]
@@ -47,22 +50,8 @@ class StrictModeError(RuntimeError):
 
 # ----------------------------------------------------------------------------- storage
 
-def _write_atomic(fs: pafs.FileSystem, path: str, content: pa.Table | bytes) -> None:
-    """Write to a temporary name, then rename: readers see the whole file or nothing.
-    A table is written as Parquet, bytes as they are."""
-    tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}-{os.path.basename(path)}"
-    if isinstance(content, pa.Table):
-        pq.write_table(content, tmp, filesystem=fs)
-    else:
-        with fs.open_output_stream(tmp) as f:
-            f.write(content)
-    fs.move(tmp, path)
-
-
 def _list(fs: pafs.FileSystem, folder: str, prefix: str) -> list[str]:
-    info = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    return sorted(i.path for i in info if i.type == pafs.FileType.File
-                  and os.path.basename(i.path).startswith(prefix) and i.path.endswith(".parquet"))
+    return [i.path for i in list_parquet(fs, folder, prefix)]
 
 
 def _shard_name(uids) -> str:
@@ -212,6 +201,9 @@ def default_cache_dir() -> str:
 
 
 def _done_uids(fs, folder: str) -> tuple[set, list]:
+    """The items the stage holds (computed or failed), after any damaged file was moved aside
+    (its items are then not done: this run recomputes them)."""
+    check_stage(fs, folder)
     done, failed_rows = set(), []
     for path in _list(fs, folder, "shard-"):
         done.update(pq.read_table(path, columns=["uid"], filesystem=fs).column("uid").to_pylist())
@@ -289,10 +281,11 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
     result.errors["line"] = result.errors["line"].fillna(0).astype(int)
     _write_atomic(fs, f"{corpus_dir}/errors.csv", result.errors.to_csv(index=False).encode())
     _write_atomic(fs, f"{corpus_dir}/errors.parquet", pa.Table.from_pandas(result.errors, preserve_index=False))
-    for s in result.stages.values():
-        _write_atomic(fs, f"{s.dir}/_SUCCESS.json", json.dumps({
+    for s in result.stages.values():  # the index of every file, with _SUCCESS in one atomic write
+        _write_atomic(fs, f"{s.dir}/{INDEX}", json.dumps({
             "corpus": name, "fingerprint": fingerprint, "stage": s.name, "params": s.params, "key": s.key,
-            "items": len(uids), **(key_context or {})}).encode())
+            "items": len(uids), **(key_context or {}),
+            "shards": build_index(fs, s.dir, read_index(fs, s.dir))}).encode())
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -377,7 +370,7 @@ def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None) -> tuple
     has the same shape the arrays are one ndarray (N × shape, no copy of the column);
     otherwise a list."""
     fs, _ = filesystem(fs_uri)
-    tables = [pq.read_table(p, filesystem=fs) for p in _list(fs, stage_dir, "shard-")]
+    tables = [read_shard(fs, p, stage_dir) for p in _list(fs, stage_dir, "shard-")]
     if not tables:
         return pd.DataFrame(columns=["uid"]), []
     table = pa.concat_tables(tables)

@@ -1,0 +1,168 @@
+"""The cache's files and their integrity: atomic, fsynced writes; Parquet page checksums; an
+index of every shard (size, mtime, SHA-256) kept in the stage's `_SUCCESS.json`; and the
+checks that find a damaged shard, move it aside and let the next run recompute its items.
+
+What finds what:
+- a re-run of a stage (cheap): a shard whose size differs from the index, or that is missing;
+  a shard whose mtime changed, by its SHA-256; a shard whose footer or uid column cannot be
+  read. The damaged shard goes to `{stage}/damaged/`, one warning line names it, and its items
+  are recomputed; the rest are kept.
+- a trial reading a stage: Parquet's page checksums (CRC32 of every data page, written with
+  the shard) and the footer; it stops with the shard's path and the command that repairs it.
+- `emosweep data verify` (full): every shard's SHA-256 against the index and a full read with
+  page checksums; damaged shards are moved aside the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..core.errors import BadInput
+
+INDEX = "_SUCCESS.json"
+DAMAGED = "damaged"
+
+
+class DamagedShard(BadInput):
+    """A cache file that cannot be read as it was written."""
+
+
+def repair_hint(stage_dir: str) -> str:
+    return f"`emosweep data verify {stage_dir}` moves it aside; the next run recomputes its items"
+
+
+def write_atomic(fs: pafs.FileSystem, path: str, content: pa.Table | bytes) -> None:
+    """Write to a temporary name, then rename: readers see the whole file or nothing. On a
+    local disk the file and its folder are fsynced, so a crash never leaves a named file
+    with lost pages. A table is written as Parquet with page checksums, bytes as they are."""
+    folder = os.path.dirname(path)
+    tmp = f"{folder}/.tmp-{uuid.uuid4().hex}-{os.path.basename(path)}"
+    local = isinstance(fs, pafs.LocalFileSystem)
+    if local:
+        with open(tmp, "wb") as f:
+            if isinstance(content, pa.Table):
+                pq.write_table(content, f, write_page_checksum=True)
+            else:
+                f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
+    if isinstance(content, pa.Table):
+        pq.write_table(content, tmp, filesystem=fs, write_page_checksum=True)
+    else:
+        with fs.open_output_stream(tmp) as f:
+            f.write(content)
+    fs.move(tmp, path)
+
+
+def list_parquet(fs: pafs.FileSystem, folder: str, prefix: str) -> list[pafs.FileInfo]:
+    info = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted((i for i in info if i.type == pafs.FileType.File and i.base_name.startswith(prefix)
+                   and i.base_name.endswith(".parquet")), key=lambda i: i.path)
+
+
+def sha256(fs: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_index(fs: pafs.FileSystem, folder: str) -> dict:
+    """{file name: {size, mtime_ns, sha256}} as the stage's last complete run recorded it."""
+    try:
+        with fs.open_input_stream(f"{folder}/{INDEX}") as f:
+            return dict(json.loads(f.read()).get("shards") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _stat(info: pafs.FileInfo) -> dict:
+    return {"size": info.size, "mtime_ns": info.mtime_ns}
+
+
+def build_index(fs: pafs.FileSystem, folder: str, previous: dict) -> dict:
+    """The index of the stage's files now: a file the previous index lists with the same size
+    and mtime keeps its hash; any other is hashed."""
+    index = {}
+    for info in list_parquet(fs, folder, "shard-") + list_parquet(fs, folder, "failed-"):
+        known = previous.get(info.base_name)
+        same = known and known.get("size") == info.size and known.get("mtime_ns") == info.mtime_ns
+        index[info.base_name] = {**_stat(info), "sha256": known["sha256"] if same else sha256(fs, info.path)}
+    return index
+
+
+def move_aside(fs: pafs.FileSystem, path: str, why: str, stage_dir: str) -> str:
+    """Move a damaged file into `{stage}/damaged/` (kept for a post-mortem, never read again)
+    and say so in one line."""
+    target_dir = f"{stage_dir}/{DAMAGED}"
+    fs.create_dir(target_dir, recursive=True)
+    target = f"{target_dir}/{os.path.basename(path)}.{time.strftime('%Y%m%d-%H%M%S')}"
+    fs.move(path, target)
+    print(f"[emosweep] damaged cache file {path} ({why}): moved to {target}; its items are recomputed",
+          file=sys.stderr, flush=True)
+    return target
+
+
+def damage(fs: pafs.FileSystem, info: pafs.FileInfo, recorded: dict | None, full: bool) -> str | None:
+    """Why a cache file is damaged, or None. Cheap unless `full` or its mtime changed since it
+    was indexed: then its SHA-256 is compared too; `full` also reads every page."""
+    if info.size == 0:
+        return "empty file"
+    if recorded:
+        if recorded.get("size") != info.size:
+            return f"size {info.size} bytes, {recorded.get('size')} when written"
+        if (full or recorded.get("mtime_ns") != info.mtime_ns) and sha256(fs, info.path) != recorded.get("sha256"):
+            return "its SHA-256 differs from the one recorded when it was written"
+    try:
+        if full:
+            pq.read_table(info.path, filesystem=fs, page_checksum_verification=True)
+        else:
+            pq.read_table(info.path, columns=["uid"], filesystem=fs, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as e:
+        return f"unreadable Parquet: {str(e).splitlines()[0][:200]}"
+    return None
+
+
+def check_stage(fs: pafs.FileSystem, folder: str, full: bool = False) -> list[tuple[str, str]]:
+    """Find the stage's damaged files, move them aside, and return (path, why) for each; an
+    indexed file that is gone is reported too (its items are recomputed)."""
+    index = read_index(fs, folder)
+    found = []
+    present = set()
+    for info in list_parquet(fs, folder, "shard-") + list_parquet(fs, folder, "failed-"):
+        present.add(info.base_name)
+        why = damage(fs, info, index.get(info.base_name), full)
+        if why:
+            move_aside(fs, info.path, why, folder)
+            found.append((info.path, why))
+    for name in sorted(set(index) - present):
+        print(f"[emosweep] cache file {folder}/{name} is missing; its items are recomputed", file=sys.stderr,
+              flush=True)
+        found.append((f"{folder}/{name}", "missing"))
+    return found
+
+
+def read_shard(fs: pafs.FileSystem, path: str, stage_dir: str, columns: list | None = None) -> pa.Table:
+    """A shard as a table, every page checked against its checksum; DamagedShard names the file
+    and the command that repairs it."""
+    try:
+        return pq.read_table(path, columns=columns, filesystem=fs, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as e:
+        raise DamagedShard(f"{path}: damaged cache shard ({str(e).splitlines()[0][:200]}); "
+                           f"{repair_hint(stage_dir)}") from None
