@@ -180,6 +180,7 @@ def _param(text: str):
 
 
 def add_prepare_parser(sub) -> None:
+    from workloads.data.audio import MAX_FILE_MB, MAX_SECONDS
     from workloads.data.corpora import READERS
     from workloads.data.features import STAGES
 
@@ -200,6 +201,11 @@ def add_prepare_parser(sub) -> None:
     p.add_argument("--strict", action="store_true", help="stop at the first unusable input instead of reporting it")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--shard-size", type=int, default=32, help="items per task and per cached shard")
+    p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
+                   help=f"refuse (and report) an item longer than this, before decoding where its container says "
+                        f"(default {MAX_SECONDS:g})")
+    p.add_argument("--max-file-mb", type=float, default=MAX_FILE_MB,
+                   help=f"refuse (and report) a file larger than this, without reading it (default {MAX_FILE_MB:g})")
     p.add_argument("--split-seed", type=int, default=42,
                    help="seed of the stratified train/val/test split for corpora without an official one")
     p.add_argument("--by-speaker", action="store_true", help="speaker-independent split")
@@ -239,7 +245,8 @@ def data_prepare(args) -> int:
             ray.init(address=args.address, log_to_driver=False, ignore_reinit_error=True)
         try:
             result = prepare(manifest, stages, cache_dir=args.cache_dir, strict=args.strict,
-                             sr=args.sample_rate, shard_size=args.shard_size, progress=not args.no_progress)
+                             sr=args.sample_rate, shard_size=args.shard_size, progress=not args.no_progress,
+                             max_seconds=args.max_seconds, max_file_mb=args.max_file_mb)
         except StrictModeError as e:
             print(f"emosweep data prepare --strict: {e}", file=sys.stderr)
             return 1

@@ -28,9 +28,11 @@ def ray_cluster():
     `ray.cluster_utils.Cluster` and shut that down; the next module starts a fresh one."""
     import ray
 
-    if not ray.is_initialized():
-        # address="local": never join a cluster some other process started on this machine
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from workloads.core.ray_start import start_ray
+
+    # the product's own start: a Ray of its own (never one some other process started on this
+    # machine), listening on loopback only
+    start_ray(num_cpus=2)
     return ray.get_runtime_context().gcs_address
 
 

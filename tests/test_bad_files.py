@@ -68,3 +68,115 @@ def test_an_oversized_csv_field_is_one_row_not_a_crash(synth, tmp_path):
     hits = manifest.problems[manifest.problems["reason"].str.contains("a field of 195 KiB")]
     assert len(hits) == 1 and int(hits["line"].iloc[0]) == 2
     assert len(manifest.items) == 23  # the other rows of all three files
+
+
+def test_an_hour_long_file_is_refused_before_decoding_and_a_huge_one_unread(tmp_path):
+    """A one-hour silent WAV is refused from its header (nothing decoded: the reason says so)
+    and a file over --max-file-mb is never read; both are report rows, the good clip is kept."""
+    import numpy as np
+    import soundfile as sf
+
+    from workloads.data.corpora import read_corpus
+    from workloads.data.pipeline import prepare
+
+    root = tmp_path / "ravdess" / "Actor_01"
+    root.mkdir(parents=True)
+    t = np.arange(16000) / 16000
+    sf.write(root / "03-01-01-01-01-01-01.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 16000)
+    sf.write(root / "03-01-02-01-01-01-01.wav", np.zeros(8000 * 3600, np.int16), 8000, subtype="PCM_U8")
+    with open(root / "03-01-03-01-01-01-01.wav", "wb") as f:  # 60 MB of nothing (sparse): over a 50 MB limit
+        f.truncate(60_000_000)
+    old = os.environ.get("EMOSWEEP_LOCAL")
+    os.environ["EMOSWEEP_LOCAL"] = "1"
+    try:
+        result = prepare(read_corpus("ravdess", root.parent), ["mfcc_mean"], cache_dir=str(tmp_path / "cache"),
+                         progress=False, max_file_mb=50)
+    finally:
+        if old is None:
+            os.environ.pop("EMOSWEEP_LOCAL")
+    reasons = {Path(p).name: (r, d) for p, r, d in zip(result.errors["path"], result.errors["reason"],
+                                                        result.errors["detail"])}
+    assert reasons["03-01-02-01-01-01-01.wav"][0] == "too long"
+    assert "3600 s (the container's metadata; nothing decoded)" in reasons["03-01-02-01-01-01-01.wav"][1]
+    assert reasons["03-01-03-01-01-01-01.wav"][0] == "file too large" and "not read" in reasons["03-01-03-01-01-01-01.wav"][1]
+    assert result.usable == 1 and len(result.errors) == 2  # the good clip has its features
+
+
+def test_decoding_stops_at_the_limit_when_the_container_does_not_say():
+    """A FLAC stream written as a live stream (no seekable output, so no length in its header)
+    declares no duration: decoding is stopped as soon as it passes the limit."""
+    import io
+
+    import av
+    import numpy as np
+    import pytest
+
+    from workloads.data.audio import MediaError, decode_audio
+
+    class Live(io.RawIOBase):
+        def __init__(self):
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def seekable(self):
+            return False
+
+        def write(self, chunk):
+            self.data += bytes(chunk)
+            return len(chunk)
+
+    sink = Live()
+    with av.open(sink, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=16000)
+        stream.layout = "mono"
+        wave = (0.2 * np.sin(np.arange(16000 * 8) / 5) * 32767).astype(np.int16)
+        for i in range(0, len(wave), 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = bytes(sink.data)
+    with av.open(io.BytesIO(data)) as probe:
+        assert probe.duration is None and probe.streams.audio[0].duration is None  # it does not say
+    with pytest.raises(MediaError, match="decoding stopped there"):
+        decode_audio(data, max_seconds=2)
+    assert len(decode_audio(data, max_seconds=60)) == 16000 * 8
+
+
+def test_a_file_that_kills_its_worker_is_retried_a_few_times_then_reported(ray_cluster, synth, tmp_path, capsys):
+    from workloads.data.corpora import read_corpus
+    from workloads.data.features import get_stage
+    from workloads.data.pipeline import MAX_TASK_RETRIES, run_cached
+
+    def dies_on_planted(batch, **kwargs):  # defined here: Ray ships it by value to its workers
+        """featurize_batch, except that the process exits (as an FFmpeg crash or the OOM killer
+        would end it) on the planted file."""
+        import os
+
+        from workloads.data.pipeline import featurize_batch
+
+        if any(str(p).endswith("-01-08-01-01-01-01.wav") for p in batch["path"]):
+            os._exit(1)
+        return featurize_batch(batch, **kwargs)
+
+    root = tmp_path / "ravdess" / "Actor_01"
+    shutil.copytree(synth("ravdess", 24, seed=5, faults=False), tmp_path / "ravdess", dirs_exist_ok=True)
+    wav = next(p for p in sorted((tmp_path / "ravdess").rglob("*.wav")))
+    planted = wav.with_name("03-01-08-01-01-01-01.wav")
+    shutil.copy(wav, planted)
+    manifest = read_corpus("ravdess", tmp_path / "ravdess")
+    run = lambda: run_cached("ravdess", manifest.fingerprint(), manifest.items, manifest.problems,  # noqa: E731
+                             {"mfcc_mean": (get_stage("mfcc_mean"), {})}, dies_on_planted, {"sr": 16000},
+                             cache_dir=str(tmp_path / "cache"), shard_size=8, progress=False)
+    result = run()
+    err = capsys.readouterr().err
+    assert f"died {MAX_TASK_RETRIES + 1} times on one shard" in err
+    rows = result.errors[result.errors["reason"] == "worker died"]
+    assert [Path(p).name for p in rows["path"]] == [planted.name]
+    assert result.usable == len(manifest.items) - 1 and len(result.errors) == 1  # every other item computed
+    again = run()  # the report is kept: the file is never retried for ever
+    assert again.decoded == 0 and list(again.errors["reason"]) == ["worker died"]

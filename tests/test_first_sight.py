@@ -1,6 +1,7 @@
 """What a new user meets first: mistakes are one line and exit 2 before anything starts, --set
 refuses typos, the quiet terminal holds only emosweep's lines, --local runs every study without
-Ray, and a sqlite tracking URI writes nothing into the current folder."""
+Ray, a sqlite tracking URI writes nothing into the current folder, and a laptop sweep listens
+on loopback only."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +9,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -161,16 +164,34 @@ OURS = re.compile(r"^(\[emosweep\] |\||# |fer2013 \(|  fer_image|0 malformed|Ove
 
 
 @pytest.mark.slow
-def test_a_quiet_smoke_sweep_prints_only_emosweeps_lines(mlflow_server, tmp_path):
+def test_a_quiet_smoke_sweep_prints_only_emosweeps_lines_and_listens_on_loopback_only(mlflow_server, tmp_path):
     """The terminal of `python sweeps/fer_architectures.py --smoke`: no Ray, Ray Data, Tune,
-    Optuna or MLflow log line, no Python warning, no object repr; the table fits 120 columns."""
+    Optuna or MLflow log line, no Python warning, no object repr; the table fits 120 columns.
+    While it runs, every socket its processes listen on (Ray's GCS, raylet, workers, agents and
+    the driver; read from /proc) is on loopback."""
+    from sockets import descendants, listeners
+
     env = {**os.environ, "COLUMNS": "120", "EMOSWEEP_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "fer_architectures.py"), "--smoke",
-                          "--arms", "basic_cnn,enhanced", "--tracking-uri", mlflow_server.uri,
-                          "--storage-path", str(tmp_path / "ray"), "--experiment", "test-quiet"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "fer_architectures.py"), "--smoke",
+                             "--arms", "basic_cnn,enhanced", "--tracking-uri", mlflow_server.uri,
+                             "--storage-path", str(tmp_path / "ray"), "--experiment", "test-quiet"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = {}, time.time() + 600
+    with ThreadPoolExecutor(1) as pool:
+        output = pool.submit(proc.communicate)
+        while proc.poll() is None and time.time() < deadline:
+            ours = descendants(proc.pid)
+            for sock in listeners():
+                if sock["pid"] in ours:
+                    seen[(sock["ip"], sock["port"])] = sock
+            time.sleep(0.5)
+        stdout, stderr = output.result(timeout=max(1, deadline - time.time()))
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
+    assert len(seen) >= 4, seen  # GCS, raylet (two), the driver, workers: the check saw them
+    exposed = [f"{s['ip']}:{s['port']} {s['command'][:80]}" for s in seen.values() if not s["loopback"]]
+    assert exposed == [], "listening beyond loopback:\n" + "\n".join(exposed)
     strangers = [line for line in text.splitlines() if not OURS.match(line)]
     assert strangers == [], "\n".join(strangers)
     assert " object at 0x" not in text and "choice of [64, 128, 256]" in text

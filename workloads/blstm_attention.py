@@ -15,9 +15,6 @@ probabilities), which `emosweep predict FILE --run-id RUN` uses.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -120,20 +117,13 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
 
 
 def export_model(config: dict, classes: list, mean: np.ndarray, std: np.ndarray, best: dict, run) -> str | None:
-    """The best epoch as an MLflow pyfunc: audio bytes in, class probabilities out."""
-    from safetensors.torch import save_file
-
-    from .serving import FramePredictor, frame_signature, pip_requirements
+    """The best epoch as a logged model (code + spec + safetensors): audio bytes in, class
+    probabilities out."""
+    from .serving import log_model
 
     spec = {"classes": classes, "mean": mean.tolist(), "std": std.tolist(), "hidden": int(config["hidden"]),
             "n_features": len(mean), "stage_params": config["stage_params"], "arm": config["arm"]}
-    with tempfile.TemporaryDirectory(prefix="emosweep-model-") as tmp:
-        save_file({k: v.contiguous() for k, v in best.items()}, os.path.join(tmp, "weights.safetensors"))
-        with open(os.path.join(tmp, "spec.json"), "w") as f:
-            json.dump(spec, f)
-        return run.log_pyfunc(FramePredictor(), {"weights": os.path.join(tmp, "weights.safetensors"),
-                                                 "spec": os.path.join(tmp, "spec.json")},
-                              frame_signature(classes), pip_requirements())
+    return log_model(run, spec, best, classes)
 
 
 # ----------------------------------------------------------------------------- driver side

@@ -1,8 +1,9 @@
 """`emosweep demo`: the fusion study's best model in a web page (Gradio), as the report had.
 
 A person types a transcript and uploads or records audio; the page shows the seven class
-probabilities as a bar chart and as numbers. The model is the MLflow pyfunc a fusion trial
-logged (workloads/serving.py): the best child run of the latest fusion sweep by the sweep's
+probabilities as a bar chart and as numbers. The model is the one a fusion trial logged,
+rebuilt from its spec and safetensors weights after checking them against the run's hashes
+(workloads/serving.py; nothing from the store is executed): the best child run of the latest fusion sweep by the sweep's
 own metric (dev accuracy), or `--run-id`. The page binds to 127.0.0.1 unless told otherwise.
 A file that cannot be decoded gets a message on the page that names the problem.
 """
@@ -14,6 +15,7 @@ import sys
 from .core.paths import mask_uri
 
 DEFAULT_EXPERIMENT = "meld_fusion"
+MAX_UPLOAD_MB = 25.0  # minutes of compressed audio; the model reads seconds
 
 
 class DemoError(RuntimeError):
@@ -54,15 +56,14 @@ def probabilities_table(classes, probs):
 
 
 def build_app(model, run, title: str | None = None):
-    """The Gradio page for a loaded pyfunc `model` (from `run`)."""
+    """The Gradio page for a loaded ServedModel `model` (from `run`)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
     import pandas as pd
 
     from .data.audio import MediaError
 
-    inputs = {c.name for c in model.metadata.get_input_schema().inputs}
-    classes = [c.name for c in model.metadata.get_output_schema().inputs]
+    inputs, classes = set(model.inputs), list(model.classes)
     arm = run.data.tags.get("arm", "?")
     empty = probabilities_table(classes, [0.0] * len(classes))
 
@@ -111,16 +112,20 @@ def build_app(model, run, title: str | None = None):
 
 
 def load(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, run_id: str | None = None):
-    """(pyfunc model, run) from the tracking server: `run_id`'s model, else the best of the
-    latest sweep of `experiment`. DemoError says what is missing (`emosweep predict` too)."""
-    import mlflow
+    """(ServedModel, run) from the tracking server: `run_id`'s model, else the best of the
+    latest sweep of `experiment`, checked against its run's hashes and rebuilt from its spec
+    and safetensors weights; nothing from the store is executed. DemoError says what is
+    missing, RefusedModel what is wrong (`emosweep predict` too)."""
+    import tempfile
+
     from mlflow.tracking import MlflowClient
 
     from .core.tracking import TAG_MODEL
+    from .serving import load_logged_model
 
-    mlflow.set_tracking_uri(tracking_uri)
     run = find_run(MlflowClient(tracking_uri), experiment, run_id)
-    return mlflow.pyfunc.load_model(run.data.tags[TAG_MODEL]), run
+    with tempfile.TemporaryDirectory(prefix="emosweep-served-") as tmp:
+        return load_logged_model(run.data.tags[TAG_MODEL], run, tracking_uri, tmp), run
 
 
 def add_parser(sub) -> None:
@@ -131,10 +136,13 @@ def add_parser(sub) -> None:
                                           "$EMOSWEEP_HOME/mlflow)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--max-file-mb", type=float, default=MAX_UPLOAD_MB,
+                   help=f"the largest upload the page accepts (default {MAX_UPLOAD_MB:g} MB)")
 
 
 def main(args) -> int:
     from .core.tracking import fail_fast_requests, tracking_server
+    from .serving import RefusedModel
 
     fail_fast_requests()
     try:
@@ -142,8 +150,9 @@ def main(args) -> int:
             model, run = load(uri, args.experiment, args.run_id)
             print(f"[emosweep] serving run {run.info.run_id} ({run.info.run_name}) on http://{args.host}:{args.port}",
                   flush=True)
-            build_app(model, run).launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)
-    except DemoError as e:
+            build_app(model, run).launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
+                                         max_file_size=f"{args.max_file_mb:g}mb")
+    except (DemoError, RefusedModel) as e:
         print(f"emosweep demo: {e}", file=sys.stderr)
         return 2
     return 0

@@ -13,9 +13,7 @@ and an audio file and returns the seven class probabilities: `emosweep demo` ser
 from __future__ import annotations
 
 import functools
-import json
 import os
-import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -203,27 +201,20 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
 
 
 def export_model(config: dict, best_weights: dict, run) -> str | None:
-    """Log the best epoch as an MLflow pyfunc model: its weights (safetensors), spec.json and
-    the encoder folders it runs on, with a signature (text, audio bytes → class probabilities)."""
-    from safetensors.torch import save_file
-
-    from .serving import FusionPredictor, pip_requirements, signature
+    """Log the best epoch as a model (code + spec.json + safetensors weights + the encoder
+    folders it runs on), with a signature (text, audio bytes → class probabilities)."""
+    from .serving import log_model
 
     text, audio = uses(config["fusion"])
-    with tempfile.TemporaryDirectory(prefix="emosweep-model-") as tmp:
-        save_file({k: v.contiguous() for k, v in best_weights.items()}, os.path.join(tmp, "weights.safetensors"))
-        with open(os.path.join(tmp, "spec.json"), "w") as f:
-            json.dump(spec_of(config), f, indent=2)
-        artifacts = {"weights": os.path.join(tmp, "weights.safetensors"), "spec": os.path.join(tmp, "spec.json")}
-        for used, key in ((text, "text_model_path"), (audio, "audio_model_path")):
-            if used:
-                path = config[key]
-                if not os.path.isdir(path):  # a hub id: the model would not be self-contained
-                    print(f"[emosweep] not logging a model: {path} is not a local folder", flush=True)
-                    return None
-                artifacts[key.replace("_model_path", "_encoder")] = path
-        return run.log_pyfunc(FusionPredictor(), artifacts, signature(config["classes"], text, audio),
-                              pip_requirements())
+    encoders = {}
+    for used, key in ((text, "text_model_path"), (audio, "audio_model_path")):
+        if used:
+            path = config[key]
+            if not os.path.isdir(path):  # a hub id: the model would not be self-contained
+                print(f"[emosweep] not logging a model: {path} is not a local folder", flush=True)
+                return None
+            encoders[key.replace("_model_path", "_encoder")] = path
+    return log_model(run, spec_of(config), best_weights, config["classes"], encoders)
 
 
 # ----------------------------------------------------------------------------- serving (no Ray, no MLflow)

@@ -26,8 +26,7 @@ def predict_file(model, path: str, text: str | None = None):
     decode_upload(path)  # checked here, so that an error names the file
     with open(path, "rb") as f:
         frame = {"audio": [f.read()]}
-    inputs = {c.name for c in model.metadata.get_input_schema().inputs}
-    if "text" in inputs:
+    if "text" in model.inputs:
         if text is None:
             raise ValueError("this run's model reads a transcript too: pass --text")
         frame["text"] = [text]
@@ -39,6 +38,7 @@ def main(args) -> int:
     from .core.tracking import fail_fast_requests, tracking_server
     from .data.audio import MediaError
     from .demo import DemoError, load
+    from .serving import RefusedModel
 
     if not os.path.isfile(args.file):
         print(f"emosweep predict: {args.file}: no such file", file=sys.stderr)
@@ -49,7 +49,7 @@ def main(args) -> int:
         try:
             model, run = load(uri, run_id=args.run_id)
             ranked = predict_file(model, args.file, args.text)
-        except (DemoError, MediaError, ValueError) as e:
+        except (DemoError, RefusedModel, MediaError, ValueError) as e:
             print(f"emosweep predict: {e}", file=sys.stderr)
             return 2
     print(f"{args.file} ({run.info.run_name}):")

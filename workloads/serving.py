@@ -1,22 +1,45 @@
-"""The studies' models as MLflow pyfuncs: what `emosweep demo`, `emosweep predict` and
-`mlflow models serve` load from a trial's run.
+"""The studies' served models: what `emosweep demo`, `emosweep predict` and `mlflow models
+serve` run from a trial's logged model.
 
-FusionPredictor (S1) takes a DataFrame with `text` (the transcript) and/or `audio` (the bytes
-of any audio file FFmpeg reads: wav, mp3, mp4, webm…), as the model's arm uses them;
-FramePredictor (S4) takes `audio`. Both return one column per class with its probability.
-The models' code is this package (`emosweep` must be installed where they are served); their
-weights, spec and encoder folders are the MLflow model's artifacts.
+A logged model is code plus data, never a pickle. Its code is `workloads/served_model.py`
+(MLflow 3's models-from-code: the file is copied into the model); its data are `spec.json`,
+`weights.safetensors` and, for S1, the encoder folders it runs on. The run records the
+SHA-256 of every one of those files (tag `model_files_sha256`).
+
+`demo` and `predict` never use MLflow's pyfunc loader, which runs the code that lives in the
+model (models-from-code included). `load_logged_model` reads MLmodel as YAML data, checks every
+file against the run's hashes, and builds this package's own classes from the JSON spec and
+the safetensors weights; anything else (a pickled model, a file that changed, a file no hash
+covers) is refused with the reason. `mlflow models serve` keeps working for those who use it.
+
+ServedModel takes a DataFrame with `text` (the transcript) and/or `audio` (the bytes of any
+audio file FFmpeg reads: wav, mp3, mp4, webm…), as the model's arm uses them, and returns one
+column per class with its probability.
 """
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
 
+from .core.errors import BadInput
+from .core.paths import mask_uri
 from .models.fusion import uses
 
 SAMPLE_RATE = 16000  # what the encoders read
+CODE_FILE = Path(__file__).with_name("served_model.py")  # the model's code: models-from-code
+TAG_FILES = "model_files_sha256"  # JSON {file (artifact name / path in it): sha256} on the run
+CODE_KEY = "code"  # the code file's entry in that JSON
+
+
+class RefusedModel(BadInput):
+    """A logged model that emosweep will not load: not code + safetensors, or not as logged."""
 
 
 def signature(classes: list[str], text: bool, audio: bool):
@@ -25,10 +48,6 @@ def signature(classes: list[str], text: bool, audio: bool):
 
     inputs = ([ColSpec("string", "text")] if text else []) + ([ColSpec("binary", "audio")] if audio else [])
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double", c) for c in classes]))
-
-
-def frame_signature(classes: list[str]):
-    return signature(classes, text=False, audio=True)
 
 
 def pip_requirements() -> list[str]:
@@ -50,41 +69,141 @@ def decode_upload(data: bytes | str | None, name: str = "audio"):
     return decode_audio(bytes(data), sr=16000, name=name)
 
 
-class FusionPredictor(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        arts = context.artifacts
-        self.runtime = FusionRuntime(
-            _read_json(arts["spec"]), _load_weights(arts["weights"]), arts.get("text_encoder"), arts.get("audio_encoder"))
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+
+def file_hashes(artifacts: dict) -> dict:
+    """{artifact name: sha256} for a file, {name/relative path: sha256} for each file of a
+    folder, and the code file's: what the run records and the loader checks."""
+    out = {CODE_KEY: sha256_file(CODE_FILE)}
+    for name, path in artifacts.items():
+        if os.path.isdir(path):
+            for file in sorted(Path(path).rglob("*")):
+                if file.is_file():
+                    out[f"{name}/{file.relative_to(path).as_posix()}"] = sha256_file(file)
+        else:
+            out[name] = sha256_file(path)
+    return out
+
+
+class ServedModel:
+    """A logged model rebuilt from its spec and weights: `predict(DataFrame)` → probabilities."""
+
+    def __init__(self, spec: dict, weights: dict, text_encoder: str | None = None, audio_encoder: str | None = None):
+        if "fusion" in spec:  # S1
+            self.runtime = FusionRuntime(spec, weights, text_encoder, audio_encoder)
+            text, audio = uses(spec["fusion"])
+            self.inputs = [n for n, used in (("text", text), ("audio", audio)) if used]
+        else:  # S4's frame model
+            self.runtime, self.inputs = FrameRuntime(spec, weights), ["audio"]
+        self.classes = list(self.runtime.classes)
+
+    @classmethod
+    def from_files(cls, files: dict) -> "ServedModel":
+        """files: artifact name → local path (spec, weights, text_encoder, audio_encoder)."""
+        from safetensors.torch import load_file
+
+        with open(files["spec"]) as f:
+            spec = json.load(f)
+        return cls(spec, load_file(files["weights"]), files.get("text_encoder"), files.get("audio_encoder"))
+
+    def predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         n = len(model_input)
-        texts = model_input["text"].fillna("").astype(str).tolist() if "text" in model_input else [""] * n
         waves = [decode_upload(v) for v in model_input["audio"]] if "audio" in model_input else [None] * n
-        probs = self.runtime.probabilities(texts, waves)
-        return pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=self.runtime.classes)
+        if isinstance(self.runtime, FusionRuntime):
+            texts = model_input["text"].fillna("").astype(str).tolist() if "text" in model_input else [""] * n
+            probs = self.runtime.probabilities(texts, waves)
+        else:
+            probs = self.runtime.probabilities(waves)
+        return pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=self.classes)
 
 
-def _read_json(path: str) -> dict:
-    import json
+def log_model(run, spec: dict, weights: dict, classes: list, encoders: dict | None = None) -> str | None:
+    """Log a trial's model to its run (trial-side): spec.json and the weights as safetensors,
+    the encoder folders it needs ({artifact name: folder}), the code file, and the SHA-256 of
+    each. Returns the model URI (None after saying why not)."""
+    import tempfile
 
-    with open(path) as f:
-        return json.load(f)
+    from safetensors.torch import save_file
+
+    text, audio = uses(spec["fusion"]) if "fusion" in spec else (False, True)
+    with tempfile.TemporaryDirectory(prefix="emosweep-model-") as tmp:
+        save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, "weights.safetensors"))
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            json.dump(spec, f, indent=2)
+        artifacts = {"weights": os.path.join(tmp, "weights.safetensors"), "spec": os.path.join(tmp, "spec.json"),
+                     **(encoders or {})}
+        return run.log_code_model(str(CODE_FILE), artifacts, signature(classes, text, audio), pip_requirements(),
+                                  {TAG_FILES: json.dumps(file_hashes(artifacts), separators=(",", ":"))})
 
 
-def _load_weights(path: str) -> dict:
-    from safetensors.torch import load_file
+def load_logged_model(model_uri: str, run, tracking_uri: str, dst: str) -> ServedModel:
+    """The run's model, downloaded to `dst`, checked and rebuilt without executing anything
+    from the store. RefusedModel says why a model is not loaded."""
+    import yaml
+    from mlflow.artifacts import download_artifacts
 
-    return load_file(path)
+    who = f"run {run.info.run_id} ({run.info.run_name})"
+    try:
+        recorded = json.loads(run.data.tags.get(TAG_FILES) or "")
+    except ValueError:
+        raise RefusedModel(f"{who}: its model has no file hashes (tag {TAG_FILES}), so it was not logged by this "
+                           f"emosweep as code + safetensors; refusing it. Re-run the trial's sweep to log it again") from None
+    from mlflow.tracking import MlflowClient
+
+    try:  # models:/<id> → where its files are, asked of this store (not the process's default one)
+        location = MlflowClient(tracking_uri).get_logged_model(model_uri.rsplit("/", 1)[-1]).artifact_location
+    except Exception as e:
+        raise RefusedModel(f"{who}: its model {model_uri} is not in the store at {mask_uri(tracking_uri)} "
+                           f"({type(e).__name__})") from None
+    local = Path(download_artifacts(artifact_uri=location, dst_path=dst, tracking_uri=tracking_uri))
+    try:
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+        flavor = mlmodel["flavors"]["python_function"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise RefusedModel(f"{who}: {model_uri} has no readable MLmodel ({type(e).__name__}); refusing it") from None
+    code_model = "mlflow.pyfunc.loaders.code_model"
+    if "python_model" in flavor or flavor.get("loader_module") != code_model or not flavor.get("model_code_path"):
+        raise RefusedModel(f"{who}: {model_uri} is a pickled python model ({flavor.get('python_model', '?')}); "
+                           f"refusing it: emosweep never unpickles, and loads only models logged as code with safetensors weights")
+    files = {name: local / entry["path"] for name, entry in (flavor.get("artifacts") or {}).items()}
+    code = local / Path(str(flavor["model_code_path"])).name  # where MLflow's loader would look
+    on_disk = {CODE_KEY: code}
+    for name, path in files.items():
+        if path.is_dir():
+            on_disk.update({f"{name}/{f.relative_to(path).as_posix()}": f for f in sorted(path.rglob("*")) if f.is_file()})
+        else:
+            on_disk[name] = path
+    unlisted = sorted(set(on_disk) - set(recorded))
+    if unlisted:
+        raise RefusedModel(f"{who}: {model_uri} holds files its run has no hash for ({', '.join(unlisted[:3])}); "
+                           f"refusing it")
+    for key, expected in recorded.items():
+        path = on_disk.get(key)
+        if path is None or not path.is_file():
+            raise RefusedModel(f"{who}: {model_uri} lacks {key}, which it was logged with; refusing it")
+        if sha256_file(path) != expected:
+            raise RefusedModel(f"{who}: {path.relative_to(local)} differs from the file logged with the model "
+                               f"(SHA-256 mismatch): it was changed in the store; refusing it")
+    if {"spec", "weights"} - set(files):
+        raise RefusedModel(f"{who}: {model_uri} has no spec or weights artifact; refusing it")
+    return ServedModel.from_files({name: str(path) for name, path in files.items()})
 
 
-class FramePredictor(mlflow.pyfunc.PythonModel):
+class CodeModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc of models-from-code (`served_model.py` sets it): what `mlflow models serve`
+    and `mlflow.pyfunc.load_model` run. emosweep's own commands use load_logged_model."""
+
     def load_context(self, context) -> None:
-        self.runtime = FrameRuntime(_read_json(context.artifacts["spec"]), _load_weights(context.artifacts["weights"]))
+        self.model = ServedModel.from_files(dict(context.artifacts))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        waves = [decode_upload(v) for v in model_input["audio"]]
-        probs = self.runtime.probabilities(waves)
-        return pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=self.runtime.classes)
+        return self.model.predict(model_input)
 
 
 # ----------------------------------------------------------------------------- the runtimes

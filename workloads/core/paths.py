@@ -36,3 +36,28 @@ def mask_uri(uri: str | None) -> str | None:
     user = match.group(2).split(":", 1)
     shown = f"{user[0]}:***" if len(user) == 2 else "***"
     return f"{match.group(1)}{shown}@{uri[match.end():]}"
+
+
+def publish_folder(out: str | os.PathLike, build: Callable[[Path], object], done: str) -> Path:
+    """Build a folder once, atomically. `build(tmp)` fills a temporary folder beside `out`,
+    which is then renamed to `out`, so a reader sees the whole folder or none. When
+    `out/done` exists nothing is built; when another process publishes first, its folder
+    wins; a failed or interrupted build leaves nothing that looks finished."""
+    out = Path(out)
+    if (out / done).exists():
+        return out
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        if out.exists() and not (out / done).exists():  # left by an interrupted older build
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / done).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

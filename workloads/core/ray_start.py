@@ -5,12 +5,26 @@ pays nothing for it."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch between a one-machine Ray and a cluster node
 
 
 def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
     """Join the cluster at `address` (never one that was not asked for), or start a local Ray
-    lean: no dashboard, no metrics exporter (nor its export errors), no usage report. Quiet: the workers' output stays in
-    Ray's session logs. Nothing happens if this process already runs Ray."""
+    that listens on loopback only, lean: no dashboard, no metrics exporter (nor its export
+    errors), no usage report. Quiet: the workers' output stays in Ray's session logs. Nothing
+    happens if this process already runs Ray.
+
+    Loopback: Ray 2.60 binds each gRPC server (GCS, raylet's node and object managers, every
+    core worker, the driver's own) to 127.0.0.1 only when the node's IP is 127.0.0.1
+    (`listen_to_localhost_only` in src/ray/rpc/grpc_server.cc), and the runtime-env and
+    dashboard agents bind the node's IP. But `ray.init(_node_ip_address="127.0.0.1")` is
+    turned back into the LAN address (`services.resolve_ip_for_localhost`) unless
+    `ray_constants.ENABLE_RAY_CLUSTER` is off, as it is on macOS and Windows, where Ray runs
+    one machine on 127.0.0.1. Turning it off here (and in the environment the raylet, workers
+    and agents inherit) gives a Linux laptop the same one-machine Ray; it is restored after."""
     import ray
 
     if ray.is_initialized():
@@ -22,4 +36,21 @@ def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # "local": a Ray of its own. Ray's default (no address) joins the latest cluster it finds in
     # its temp folder, or $RAY_ADDRESS: a laptop sweep would run its trials on a stranger's Ray.
-    ray.init(address="local", include_dashboard=False, log_to_driver=not quiet, **kwargs)
+    with _one_machine():
+        ray.init(address="local", include_dashboard=False, log_to_driver=not quiet, **kwargs)
+
+
+@contextmanager
+def _one_machine():
+    import ray._private.ray_constants as ray_constants
+
+    before_env, before = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+        if before_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = before_env

@@ -20,6 +20,11 @@ def read_bytes(location: str) -> bytes:
         return f.read()
 
 
+def file_size(location: str) -> int:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).size
+
+
 def read_range(location: str, start: int, stop: int) -> bytes:
     fs, path = filesystem(location)
     with fs.open_input_file(path) as f:

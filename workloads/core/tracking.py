@@ -248,11 +248,12 @@ class TrialRun:
                   f"will retry", file=sys.stderr)
             return False
 
-    def log_pyfunc(self, python_model, artifacts: dict, signature, pip_requirements: list[str],
-                   name: str = "model") -> str | None:
-        """Log an MLflow pyfunc model to this trial's run, once (a retried or resumed trial finds
-        the tag and does not log a second copy). Returns the model URI, or None after saying
-        why it could not be logged (the trial's results stand either way)."""
+    def log_code_model(self, code_file: str, artifacts: dict, signature, pip_requirements: list[str],
+                       tags: dict, name: str = "model") -> str | None:
+        """Log a models-from-code pyfunc (`code_file` is copied in; nothing is pickled) to this
+        trial's run, once (a retried or resumed trial finds the tag and does not log a second
+        copy), with `tags` on the run. Returns the model URI, or None after saying why it
+        could not be logged (the trial's results stand either way)."""
         try:
             self._attach()
             logged = self.client.get_run(self.run_id).data.tags.get(TAG_MODEL)
@@ -268,9 +269,11 @@ class TrialRun:
             mlflow.set_experiment(experiment_id=self.ctx.experiment_id)
             # Model.log, not pyfunc.log_model: it takes the run id, so no fluent run is opened
             # (and closed as FINISHED) inside a trial
-            info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id, python_model=python_model,
+            info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id, python_model=code_file,
                              artifacts=artifacts, signature=signature, pip_requirements=pip_requirements)
-            self.client.set_tag(self.run_id, TAG_MODEL, info.model_uri)  # models:/<id>, MLflow 3's logged model
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value)
+            self.client.set_tag(self.run_id, TAG_MODEL, info.model_uri)  # models:/<id>, MLflow 3's logged model; last
             return info.model_uri
         except Exception as e:
             print(f"[emosweep] could not log the model of trial {self.trial_id}: {type(e).__name__}: "

@@ -11,6 +11,8 @@ import numpy as np
 
 TARGET_SR = 16000
 SILENCE_PEAK = 1e-4  # below this peak amplitude a clip carries no usable signal
+MAX_SECONDS = 600.0  # an item longer than this is refused (`data prepare --max-seconds`)
+MAX_FILE_MB = 200.0  # a file larger than this is refused before it is read (`--max-file-mb`)
 
 
 class MediaError(ValueError):
@@ -21,11 +23,27 @@ class MediaError(ValueError):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+def too_long(name: str, seconds: float, max_seconds: float, how: str) -> MediaError:
+    return MediaError(name, "too long", f"{seconds:.0f} s ({how}), over the {max_seconds:g} s limit (--max-seconds)")
+
+
+def declared_seconds(container, stream) -> float | None:
+    """The audio's length as the container declares it (header or index), before decoding;
+    None where it does not say."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
 def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = None,
-                 reject_silent: bool = True) -> np.ndarray:
+                 reject_silent: bool = True, max_seconds: float | None = MAX_SECONDS) -> np.ndarray:
     """The first audio stream of `source` (file bytes or a path) as mono float32 at `sr`.
     Raises MediaError with reason unreadable / no audio stream / corrupt audio / empty audio
-    / silent audio."""
+    / silent audio / too long. Length: a container that declares more than `max_seconds` is
+    refused before a frame is decoded; one that does not say is stopped as soon as decoding
+    passes the limit (memory stays bounded either way)."""
     import av  # PyAV, FFmpeg's libraries: imported where media is decoded, not by training code
 
     name = name or (source if isinstance(source, str) else "<bytes>")
@@ -42,12 +60,19 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
             raise MediaError(name, "no audio stream", f"streams: {kinds}")
         stream = container.streams.audio[0]
+        declared = declared_seconds(container, stream)
+        if max_seconds is not None and declared is not None and declared > max_seconds:
+            raise too_long(name, declared, max_seconds, "the container's metadata; nothing decoded")
+        limit = int(max_seconds * sr) if max_seconds is not None else None
         resampler = av.AudioResampler(format="fltp", rate=sr)  # planar: one row per channel
-        chunks = []
+        chunks, samples = [], 0
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().mean(axis=0))
+                    samples += chunks[-1].size
+                if limit is not None and samples > limit:
+                    raise too_long(name, samples / sr, max_seconds, "decoding stopped there")
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as e:

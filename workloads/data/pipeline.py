@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -34,12 +35,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .audio import TARGET_SR, MediaError, decode_audio
+from .audio import MAX_FILE_MB, MAX_SECONDS, TARGET_SR, MediaError, decode_audio
 from .features import get_stage
 from .manifest import Manifest
 from .shards import INDEX, build_index, check_stage, list_parquet, read_index, read_shard
 from .shards import write_atomic as _write_atomic
-from ..core.storage import filesystem, read_bytes
+from ..core.storage import file_size, filesystem, read_bytes
 
 ERROR_COLUMNS = ["path", "line", "stage", "reason", "detail"]
 
@@ -101,17 +102,24 @@ class ShardWriter:
         return pd.DataFrame(self.summary, columns=SUMMARY_COLUMNS)
 
 
-def read_and_decode(path: str, sr: int):
+def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
+                    max_file_mb: float | None = MAX_FILE_MB):
     """A media file's bytes (local path or URI) decoded to mono float32 at `sr`; MediaError
-    with a stable reason for anything that cannot be used."""
+    with a stable reason for anything that cannot be used. A file over `max_file_mb` is
+    refused before it is read, one over `max_seconds` before (or while) it is decoded."""
     try:
+        size = file_size(path)
+        if max_file_mb is not None and size is not None and size > max_file_mb * 1e6:
+            raise MediaError(path, "file too large", f"{size / 1e6:.0f} MB, over the {max_file_mb:g} MB limit "
+                                                     f"(--max-file-mb); not read")
         data = read_bytes(path)
     except OSError as e:
         raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
-    return decode_audio(data, sr=sr, name=path)
+    return decode_audio(data, sr=sr, name=path, max_seconds=max_seconds)
 
 
-def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int) -> pd.DataFrame:
+def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max_seconds: float | None = MAX_SECONDS,
+                    max_file_mb: float | None = MAX_FILE_MB) -> pd.DataFrame:
     """The media worker, one shard: read each file's bytes, decode once, compute the stages
     the item still needs. Returns one summary row per item."""
     writer = ShardWriter(stages, fs_uri)
@@ -119,7 +127,7 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int) -> 
         need = need.split(",")
         stage = "decode"
         try:
-            wave = read_and_decode(path, sr)
+            wave = read_and_decode(path, sr, max_seconds, max_file_mb)
             stage, outputs = "features", {}
             for name in need:
                 try:
@@ -298,9 +306,51 @@ def _in_process(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, actor
         yield fn(pending.iloc[i:i + shard_size], **fn_kwargs)
 
 
+MAX_TASK_RETRIES = 2  # a task whose worker process dies is run again this often, then its items are reported
+
+
+def _worker_died(error: BaseException) -> BaseException | None:
+    """The worker-death error (crash, OOM kill, lost node) inside a Ray Data failure, if any."""
+    from ray import exceptions as rex
+
+    deaths = (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError, rex.ObjectLostError)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, deaths) or (isinstance(error, rex.RayTaskError) and isinstance(error.cause, deaths)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _one_per_task(name: str, left: pd.DataFrame, worker, fn_kwargs: dict):
+    """After a shard killed its worker MAX_TASK_RETRIES + 1 times: each item left in a task of
+    its own (with as many retries), so the file that kills its worker is found and reported
+    (written to the stage's failed files, so no later run tries it again) and every other item
+    is computed."""
+    import ray
+
+    run = ray.remote(num_cpus=1, max_retries=MAX_TASK_RETRIES)(lambda batch: worker(batch, **fn_kwargs))
+    refs = [(row, run.remote(left.iloc[[i]])) for i, (_, row) in enumerate(left.iterrows())]
+    for row, ref in refs:
+        try:
+            yield ray.get(ref)
+        except Exception as e:
+            if _worker_died(e) is None:
+                raise
+            writer = ShardWriter(fn_kwargs["stages"], fn_kwargs["fs_uri"])
+            writer.failed(row["uid"], str(row.get("path", row["uid"])), str(row["need"]).split(","), "decode",
+                          "worker died", f"the process working on it died {MAX_TASK_RETRIES + 1} times "
+                                         f"({type(_worker_died(e)).__name__})", int(row.get("line", 0) or 0))
+            yield writer.close()
+
+
 def _on_ray_data(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, actors: dict | None, shard_size: int,
                  progress: bool):
-    """The worker's summary of each shard, computed by Ray Data tasks (or a pool of actors)."""
+    """The worker's summary of each shard, computed by Ray Data tasks (or a pool of actors).
+    A task whose worker dies is retried MAX_TASK_RETRIES times (Ray Data's default is for
+    ever); then the shard's items not yet done are run one per task, and the one that kills
+    its worker is reported."""
     import ray
 
     from ..core.console import when_ray_starts
@@ -312,14 +362,28 @@ def _on_ray_data(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, acto
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress
     shards = [pending.iloc[i:i + shard_size] for i in range(0, len(pending), shard_size)]
-    kwargs = {"fn_kwargs": fn_kwargs, "num_cpus": 1}
+    kwargs = {"fn_kwargs": fn_kwargs, "num_cpus": 1, "max_retries": MAX_TASK_RETRIES}
     if actors is not None:
+        kwargs.pop("max_retries")
         kwargs.update(fn_constructor_kwargs=actors.get("init", {}), num_cpus=actors.get("num_cpus", 1),
-                      compute=ray.data.ActorPoolStrategy(size=int(actors.get("concurrency", 1))))
+                      compute=ray.data.ActorPoolStrategy(size=int(actors.get("concurrency", 1))),
+                      max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
         if actors.get("num_gpus"):
             kwargs["num_gpus"] = actors["num_gpus"]
     ds = ray.data.from_pandas(shards).map_batches(worker, batch_size=None, batch_format="pandas", **kwargs)
-    yield from ds.iter_batches(batch_format="pandas", batch_size=None)
+    done = set()
+    try:
+        for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+            done.update(batch["uid"])
+            yield batch
+    except Exception as e:
+        if actors is not None or _worker_died(e) is None:
+            raise
+        left = pending[~pending["uid"].isin(done)]
+        print(f"[emosweep] {name}: a worker died {MAX_TASK_RETRIES + 1} times on one shard "
+              f"({type(_worker_died(e)).__name__}); running the {len(left)} items left one per task to find the "
+              f"file", file=sys.stderr, flush=True)
+        yield from _one_per_task(name, left, worker, fn_kwargs)
 
 
 def without_ray() -> bool:
@@ -348,15 +412,16 @@ def _progress(steps, show: bool, desc: str):
 
 
 def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bool = False,
-            sr: int = TARGET_SR, shard_size: int = 32, progress: bool = True) -> PrepareResult:
+            sr: int = TARGET_SR, shard_size: int = 32, progress: bool = True,
+            max_seconds: float | None = MAX_SECONDS, max_file_mb: float | None = MAX_FILE_MB) -> PrepareResult:
     """Decode every media item of the manifest and compute `stages` ({name: params} or
     [names]) on Ray Data, reusing whatever the cache already holds. Starts a local Ray if
-    none is running."""
+    none is running. An item over `max_file_mb` or `max_seconds` is reported, not decoded."""
     stages = {s: {} for s in stages} if isinstance(stages, (list, tuple)) else dict(stages)
     result = run_cached(
         manifest.name, manifest.fingerprint(), manifest.items, manifest.problems,
         {name: (get_stage(name), params) for name, params in stages.items()},
-        featurize_batch, {"sr": sr}, cache_dir=cache_dir, strict=strict, shard_size=shard_size,
+        featurize_batch, {"sr": sr, "max_seconds": max_seconds, "max_file_mb": max_file_mb}, cache_dir=cache_dir, strict=strict, shard_size=shard_size,
         progress=progress, key_context={"sr": sr})
     fs, _ = filesystem(result.fs_uri)
     _write_atomic(fs, f"{result.corpus_dir}/manifest.parquet",
