@@ -209,6 +209,9 @@ def add_prepare_parser(sub) -> None:
     p.add_argument("--split-seed", type=int, default=42,
                    help="seed of the stratified train/val/test split for corpora without an official one")
     p.add_argument("--by-speaker", action="store_true", help="speaker-independent split")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="follow links that lead outside --root (by default such a link is reported, not read); "
+                        "recorded with the corpus")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true", help="Ray's own log lines on the terminal too (default: to a "
                    "file under $EMOSWEEP_HOME/logs, whose path is printed when Ray starts)")
@@ -220,7 +223,7 @@ def data_prepare(args) -> int:
     from workloads.data.pipeline import StrictModeError, prepare
 
     try:
-        manifest = read_corpus(args.corpus, args.root)
+        manifest = read_corpus(args.corpus, args.root, follow_symlinks=args.follow_symlinks)
         manifest.items = assign_splits(manifest.items, seed=args.split_seed, by_speaker=args.by_speaker)
     except (FileNotFoundError, ValueError) as e:
         print(f"emosweep data prepare: {e}", file=sys.stderr)

@@ -17,9 +17,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _prepare(corpus: str, root: Path, home: Path) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
+def _prepare(corpus: str, root: Path, home: Path, *flags: str) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
+    home.mkdir(parents=True, exist_ok=True)
     out = subprocess.run([sys.executable, "-m", "sweeps.cli", "data", "prepare", corpus, "--root", str(root),
-                          "--features", "mfcc_mean", "--no-progress"], capture_output=True, text=True, timeout=300,
+                          "--features", "mfcc_mean", "--no-progress", *flags], capture_output=True, text=True, timeout=300,
                          cwd=home, env={**os.environ, "EMOSWEEP_HOME": str(home), "PYTHONPATH": str(ROOT)})
     errors = pd.concat([pd.read_csv(p) for p in (home / "cache").glob(f"{corpus}-*/errors.csv")])
     return out, errors
@@ -52,6 +53,12 @@ def test_bad_entries_are_reported_and_every_good_item_kept(synth, tmp_path):
     for name, reason in planted.items():
         assert reason in reasons.get(name, ""), (name, reasons)
     assert reasons["name\\xff.wav"] == "file name is not valid UTF-8"
+
+    followed, errors = _prepare("ravdess", root, tmp_path / "followed", "--follow-symlinks")
+    assert followed.returncode == 0, followed.stderr[-3000:]
+    reasons = {Path(p).name: r for p, r in zip(errors["path"], errors["reason"])}
+    assert "outside" not in reasons["outside.wav"], reasons  # followed, as asked (then its name is not RAVDESS's)
+    assert "read with follow_symlinks=True" in followed.stdout
 
 
 def test_an_oversized_csv_field_is_one_row_not_a_crash(synth, tmp_path):

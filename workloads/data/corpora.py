@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from collections import defaultdict
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
@@ -33,11 +34,14 @@ def media_key(name: str) -> str:
         key = stem
 
 
+FOLLOW_SYMLINKS: ContextVar[bool] = ContextVar("follow_symlinks", default=False)
+
+
 def unusable_entry(path: str, root: Path) -> str | None:
     """Why a directory entry named like media cannot be read as one, or None. Nothing is
     opened: a FIFO or device would block or stream forever. A name that is not valid UTF-8,
-    a dangling link, a link loop, a link leading outside root and anything that is not a
-    regular file are each one reason."""
+    a dangling link, a link loop, a link leading outside root (unless read_corpus was told
+    follow_symlinks) and anything that is not a regular file are each one reason."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -51,7 +55,7 @@ def unusable_entry(path: str, root: Path) -> str | None:
             if e.errno == errno.ELOOP:
                 return "symlink loop"
             return f"dangling symlink (→ {os.readlink(path)})"
-        if not target.is_relative_to(Path(root).resolve()):
+        if not FOLLOW_SYMLINKS.get() and not target.is_relative_to(Path(root).resolve()):
             return f"symlink leads outside the corpus folder (→ {target})"
     try:
         mode = os.stat(path).st_mode
@@ -311,7 +315,16 @@ READERS: dict[str, Callable[..., Manifest]] = {
 }
 
 
-def read_corpus(corpus: str, root, **kwargs) -> Manifest:
+def read_corpus(corpus: str, root, follow_symlinks: bool = False, **kwargs) -> Manifest:
+    """The corpus at root through its reader. Symlinks are followed inside root only, unless
+    `follow_symlinks` (`data prepare --follow-symlinks`), which the manifest then records."""
     if corpus not in READERS:
         raise BadInput(f"unknown corpus {corpus!r}; choose from {', '.join(READERS)}")
-    return READERS[corpus](root, **kwargs)
+    token = FOLLOW_SYMLINKS.set(follow_symlinks)
+    try:
+        manifest = READERS[corpus](root, **kwargs)
+    finally:
+        FOLLOW_SYMLINKS.reset(token)
+    if follow_symlinks:
+        manifest.options["follow_symlinks"] = True
+    return manifest

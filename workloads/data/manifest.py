@@ -26,6 +26,7 @@ class Manifest:
     problems: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROBLEM_COLUMNS))
     sources: list = field(default_factory=list)  # text files the manifest was read from
     classes: list = field(default_factory=list)  # label order (class index = position)
+    options: dict = field(default_factory=dict)  # how it was read, when not the default (follow_symlinks)
 
     def fingerprint(self) -> str:
         """Content hash: the same corpus gives the same id on any machine, wherever it lies.
@@ -50,6 +51,8 @@ class Manifest:
     def summary(self) -> str:
         counts = self.items.groupby(["split", "label"]).size().unstack(fill_value=0)
         text = f"{self.name}: {len(self.items)} items, {len(self.problems)} problems\n{counts}"
+        if self.options:
+            text += "\nread with " + ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         if len(self.problems):
             text += "\nproblems by reason:\n" + self.problems["reason"].value_counts().to_string()
         return text

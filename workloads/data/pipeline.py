@@ -424,8 +424,11 @@ def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bo
         featurize_batch, {"sr": sr, "max_seconds": max_seconds, "max_file_mb": max_file_mb}, cache_dir=cache_dir, strict=strict, shard_size=shard_size,
         progress=progress, key_context={"sr": sr})
     fs, _ = filesystem(result.fs_uri)
-    _write_atomic(fs, f"{result.corpus_dir}/manifest.parquet",
-                  pa.Table.from_pandas(manifest.items.astype({"split": str}), preserve_index=False))
+    table = pa.Table.from_pandas(manifest.items.astype({"split": str}), preserve_index=False)
+    if manifest.options:  # how the corpus was read (--follow-symlinks), kept with its items
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               b"emosweep.read_options": json.dumps(manifest.options).encode()})
+    _write_atomic(fs, f"{result.corpus_dir}/manifest.parquet", table)
     return result
 
 
