@@ -92,6 +92,7 @@ def main() -> None:
 
     import ray
 
+    from workloads.core.ray_start import start_ray
     from workloads.data.pipeline import load_features, prepare
 
     stages = MELD_STAGES if args.corpus == "meld" else S5_STAGES
@@ -120,7 +121,7 @@ def main() -> None:
             print(f"(b) {rows[f'(b) thread pool ({args.threads} threads)']:.1f} s", flush=True)
 
     t = time.perf_counter()
-    ray.init(log_to_driver=False)
+    start_ray()
     ray_start = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as cache:
         cold = prepare(manifest, stages, cache_dir=cache, shard_size=args.shard_size, progress=False)

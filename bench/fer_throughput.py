@@ -94,8 +94,10 @@ def main() -> None:
     pandas_s = time.perf_counter() - t
     import ray
 
+    from workloads.core.ray_start import start_ray
+
     t = time.perf_counter()
-    ray.init(log_to_driver=False)
+    start_ray()
     ray_start = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()

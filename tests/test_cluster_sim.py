@@ -31,14 +31,17 @@ def sim_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    from workloads.core.ray_start import one_machine
+
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
+    with one_machine():  # the simulated nodes listen on loopback, as a laptop's Ray does
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, workers
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def _results(exp_dir: Path) -> dict:

@@ -18,14 +18,17 @@ def two_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
+    from workloads.core.ray_start import one_machine
+
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with one_machine():  # the simulated nodes listen on loopback, as a laptop's Ray does
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def test_prepare_on_two_nodes(two_nodes, synth, tmp_path, capsys):

@@ -36,12 +36,14 @@ def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # "local": a Ray of its own. Ray's default (no address) joins the latest cluster it finds in
     # its temp folder, or $RAY_ADDRESS: a laptop sweep would run its trials on a stranger's Ray.
-    with _one_machine():
+    with one_machine():
         ray.init(address="local", include_dashboard=False, log_to_driver=not quiet, **kwargs)
 
 
 @contextmanager
-def _one_machine():
+def one_machine():
+    """Ray's one-machine mode while the block runs: every node started in it (ray.init, or
+    ray.cluster_utils.Cluster's simulated nodes) takes 127.0.0.1 as its IP and listens there."""
     import ray._private.ray_constants as ray_constants
 
     before_env, before = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
