@@ -38,12 +38,14 @@ def declared_seconds(container, stream) -> float | None:
 
 
 def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = None,
-                 reject_silent: bool = True, max_seconds: float | None = MAX_SECONDS) -> np.ndarray:
+                 reject_silent: bool = True, max_seconds: float | None = MAX_SECONDS,
+                 segment: tuple[float, float] | None = None) -> np.ndarray:
     """The first audio stream of `source` (file bytes or a path) as mono float32 at `sr`.
     Raises MediaError with reason unreadable / no audio stream / corrupt audio / empty audio
     / silent audio / too long. Length: a container that declares more than `max_seconds` is
     refused before a frame is decoded; one that does not say is stopped as soon as decoding
-    passes the limit (memory stays bounded either way)."""
+    passes the limit (memory stays bounded either way). `segment` = (start, end) seconds: only
+    that part, decoding no further than its end; the limit applies to its length."""
     import av  # PyAV, FFmpeg's libraries: imported where media is decoded, not by training code
 
     name = name or (source if isinstance(source, str) else "<bytes>")
@@ -61,9 +63,16 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
             raise MediaError(name, "no audio stream", f"streams: {kinds}")
         stream = container.streams.audio[0]
         declared = declared_seconds(container, stream)
-        if max_seconds is not None and declared is not None and declared > max_seconds:
+        if segment is not None:
+            if max_seconds is not None and segment[1] - segment[0] > max_seconds:
+                raise too_long(name, segment[1] - segment[0], max_seconds, "the segment's start and end")
+            if declared is not None and segment[0] >= declared:
+                raise MediaError(name, "segment outside the file", f"starts at {segment[0]:g} s; the file lasts "
+                                                                   f"{declared:.1f} s")
+        elif max_seconds is not None and declared is not None and declared > max_seconds:
             raise too_long(name, declared, max_seconds, "the container's metadata; nothing decoded")
-        limit = int(max_seconds * sr) if max_seconds is not None else None
+        limit = int(max_seconds * sr) if max_seconds is not None and segment is None else None
+        stop = int(segment[1] * sr) if segment is not None else None
         resampler = av.AudioResampler(format="fltp", rate=sr)  # planar: one row per channel
         chunks, samples = [], 0
         try:
@@ -73,11 +82,15 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
                     samples += chunks[-1].size
                 if limit is not None and samples > limit:
                     raise too_long(name, samples / sr, max_seconds, "decoding stopped there")
+                if stop is not None and samples >= stop:
+                    break
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as e:
             raise MediaError(name, "corrupt audio", str(e)) from None
     wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if segment is not None:
+        wave = wave[int(segment[0] * sr):int(segment[1] * sr)]
     if wave.size == 0:
         raise MediaError(name, "empty audio", "0 samples decoded")
     if reject_silent and float(np.max(np.abs(wave))) < SILENCE_PEAK:

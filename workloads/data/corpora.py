@@ -94,7 +94,8 @@ def index_media(root: Path, problems: list | None = None) -> dict[str, list[str]
 
 
 DISPLAY_NAMES = {"meld": "MELD", "shemo": "ShEMO", "emodb": "EmoDB", "audiomnist": "AudioMNIST",
-                 "gtzan": "GTZAN", "speakers": "speaker folders", "ravdess": "RAVDESS"}
+                 "gtzan": "GTZAN", "speakers": "speaker folders", "ravdess": "RAVDESS", "tess": "TESS",
+                 "cremad": "CREMA-D", "savee": "SAVEE", "iemocap": "IEMOCAP", "folders": "folder-per-class"}
 
 
 def _require_dir(root, corpus: str, expected: str) -> Path:
@@ -309,9 +310,133 @@ def read_ravdess(root) -> Manifest:
                        list(RAVDESS_EMOTIONS.values()), parse)
 
 
+# --- the common SER corpora: TESS, CREMA-D, SAVEE, IEMOCAP ----------------------------
+TESS_EMOTIONS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
+                 "neutral": "neutral", "ps": "surprise", "sad": "sadness"}
+CREMAD_EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happiness", "NEU": "neutral",
+                   "SAD": "sadness"}
+SAVEE_EMOTIONS = {"a": "anger", "d": "disgust", "f": "fear", "h": "happiness", "n": "neutral", "sa": "sadness",
+                  "su": "surprise"}
+SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
+
+
+def read_tess(root) -> Manifest:
+    """TESS (Toronto emotional speech set): `{OAF|YAF}_{word}_{emotion}.wav`, emotions angry,
+    disgust, fear, happy, neutral, ps (pleasant surprise), sad; two speakers. Folder names
+    vary in case and spelling between copies, so the emotion comes from the file name alone.
+    A file whose extension lies about its container still decodes (FFmpeg probes the bytes)."""
+    def parse(path, root):
+        fields = media_key(path.name).split("_")
+        if len(fields) < 3 or fields[0].upper() not in ("OAF", "YAF"):
+            raise ValueError("file name is not {OAF|YAF}_{word}_{emotion}")
+        emotion = fields[-1].lower()
+        if emotion not in TESS_EMOTIONS:
+            raise ValueError(f"unknown label {fields[-1]!r} (expected one of {', '.join(TESS_EMOTIONS)})")
+        return {"label": TESS_EMOTIONS[emotion], "speaker": fields[0].upper(), "word": "_".join(fields[1:-1])}
+    return _read_named("tess", root, "files like OAF_back_angry.wav", list(dict.fromkeys(TESS_EMOTIONS.values())),
+                       parse)
+
+
+def read_cremad(root) -> Manifest:
+    """CREMA-D: `{actor}_{sentence}_{emotion}_{level}.wav` (`1001_DFA_ANG_XX.wav`), emotions
+    ANG, DIS, FEA, HAP, NEU, SAD; 91 actors; anywhere under root, any audio container."""
+    def parse(path, root):
+        fields = media_key(path.name).upper().split("_")
+        if len(fields) != 4 or not fields[0].isdigit():
+            raise ValueError("file name is not {actor}_{sentence}_{emotion}_{level} like 1001_DFA_ANG_XX")
+        if fields[2] not in CREMAD_EMOTIONS:
+            raise ValueError(f"unknown label {fields[2]!r} (expected one of {', '.join(CREMAD_EMOTIONS)})")
+        return {"label": CREMAD_EMOTIONS[fields[2]], "speaker": fields[0], "sentence": fields[1],
+                "level": fields[3]}
+    return _read_named("cremad", root, "files like 1001_DFA_ANG_XX.wav", list(CREMAD_EMOTIONS.values()), parse)
+
+
+def read_savee(root) -> Manifest:
+    """SAVEE: `{speaker}_{code}{nn}.wav` (`DC_a01.wav`) or `{speaker}/{code}{nn}.wav`
+    (`DC/a01.wav`), codes a, d, f, h, n, sa, su; speakers DC, JE, JK, KL."""
+    def parse(path, root):
+        stem = path.name.rsplit(".", 1)[0] if "." in path.name else path.name
+        speaker, _, rest = stem.partition("_") if "_" in stem else (path.parent.name, "", stem)
+        code = rest.rstrip("0123456789").lower()
+        if speaker.upper() not in SAVEE_SPEAKERS:
+            raise ValueError(f"no SAVEE speaker ({'/'.join(SAVEE_SPEAKERS)}) in the name or folder")
+        if code not in SAVEE_EMOTIONS or code == rest.lower():
+            raise ValueError(f"unknown label code {code!r} (expected one of {', '.join(SAVEE_EMOTIONS)} and a number)")
+        return {"label": SAVEE_EMOTIONS[code], "speaker": speaker.upper()}
+    return _read_named("savee", root, "files like DC_a01.wav or DC/a01.wav", list(SAVEE_EMOTIONS.values()), parse)
+
+
+IEMOCAP_LINE = re.compile(r"^\[(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\]\s+(Ses\d\d[FM]_\S+)\s+(\w+)\s+\[")
+IEMOCAP_FOUR = {"ang": "anger", "hap": "happiness", "exc": "happiness", "sad": "sadness", "neu": "neutral"}
+IEMOCAP_ALL = {"ang": "anger", "hap": "happiness", "exc": "excitement", "sad": "sadness", "neu": "neutral",
+               "fru": "frustration", "sur": "surprise", "fea": "fear", "dis": "disgust", "oth": "other"}
+
+
+def read_iemocap(root, four_class: bool = False) -> Manifest:
+    """IEMOCAP: the labels of `Session{1-5}/dialog/EmoEvaluation/*.txt` (one line per
+    utterance: `[start - end]  Ses01F_impro01_F000  neu  [v, a, d]`), the audio of
+    `Session*/sentences/wav/**/<utterance>.wav` (found anywhere under root). The speaker is
+    the session and the utterance's own gender (`Ses01F_impro01_M003` → Ses01M), so a
+    speaker split keeps each actor whole. `four_class` is the usual 4-class map (excited
+    merged into happy; the other labels are listed as outside it); otherwise every label but
+    `xxx` (no majority) is a class."""
+    root = _require_dir(root, "iemocap", "Session1..5 with dialog/EmoEvaluation/*.txt and sentences/wav/")
+    table = IEMOCAP_FOUR if four_class else IEMOCAP_ALL
+    problems, items = [], []
+    index = index_media(root, problems)
+    evaluations = sorted(p for p in root.rglob("*.txt") if p.parent.name == "EmoEvaluation")
+    if not evaluations:
+        raise InputNotFound(f"IEMOCAP: no Session*/dialog/EmoEvaluation/*.txt under {root}")
+    seen = set()
+    for txt in evaluations:
+        for line_no, line in enumerate(txt.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            m = IEMOCAP_LINE.match(line.strip())
+            if not m:
+                continue
+            _, _, utt, code = m.groups()
+            if utt in seen:
+                continue
+            seen.add(utt)
+            code = code.lower()
+            if code not in table:
+                why = ("no majority label (xxx)" if code == "xxx" else
+                       f"label {code!r} is outside the 4-class map" if four_class else f"unknown label {code!r}")
+                problems.append({"path": str(txt), "line": line_no, "reason": why})
+                continue
+            found = index.get(utt.lower(), [])
+            wav = next((p for p in found if "sentences" in Path(p).parts), found[0] if found else None)
+            if wav is None:
+                problems.append({"path": str(txt), "line": line_no, "reason": f"media not found: {utt}.wav"})
+                continue
+            gender = utt.rsplit("_", 1)[-1][:1].upper()
+            items.append({"uid": utt, "path": wav, "label": table[code], "split": "", "text": "",
+                          "speaker": f"{utt[:5]}{gender}", "session": utt[:5]})
+    classes = list(dict.fromkeys(table.values()))
+    return _manifest("iemocap", items, problems, classes, sources=evaluations)
+
+
+def read_folders(root) -> Manifest:
+    """One folder per class (`root/<label>/**/*.wav`): the label is the first folder under root,
+    spelled as the canonical emotion when it names one (`Angry/` → anger), else as it is."""
+    from .labels import canonical
+
+    root = _require_dir(root, "folders", "one folder per class")
+
+    def parse(path, root):
+        top = path.relative_to(root).parts
+        if len(top) < 2:
+            raise ValueError("file at the corpus root; expected one folder per class")
+        return {"label": canonical(top[0]) or top[0], "speaker": ""}
+    m = _read_named("folders", root, "one folder per class", [], parse)
+    m.classes = sorted(m.items["label"].unique()) if len(m.items) else []
+    return m
+
+
 READERS: dict[str, Callable[..., Manifest]] = {
     "meld": read_meld, "shemo": read_shemo, "emodb": read_emodb, "ravdess": read_ravdess,
     "audiomnist": read_audiomnist, "gtzan": read_gtzan, "speakers": read_speakers,
+    "tess": read_tess, "cremad": read_cremad, "savee": read_savee, "iemocap": read_iemocap,
+    "iemocap4": lambda root: read_iemocap(root, four_class=True), "folders": read_folders,
 }
 
 

@@ -103,7 +103,7 @@ class ShardWriter:
 
 
 def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
-                    max_file_mb: float | None = MAX_FILE_MB):
+                    max_file_mb: float | None = MAX_FILE_MB, segment: tuple[float, float] | None = None):
     """A media file's bytes (local path or URI) decoded to mono float32 at `sr`; MediaError
     with a stable reason for anything that cannot be used. A file over `max_file_mb` is
     refused before it is read, one over `max_seconds` before (or while) it is decoded."""
@@ -115,7 +115,7 @@ def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
         data = read_bytes(path)
     except OSError as e:
         raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
-    return decode_audio(data, sr=sr, name=path, max_seconds=max_seconds)
+    return decode_audio(data, sr=sr, name=path, max_seconds=max_seconds, segment=segment)
 
 
 def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max_seconds: float | None = MAX_SECONDS,
@@ -123,11 +123,14 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max
     """The media worker, one shard: read each file's bytes, decode once, compute the stages
     the item still needs. Returns one summary row per item."""
     writer = ShardWriter(stages, fs_uri)
-    for uid, path, need in zip(batch["uid"], batch["path"], batch["need"]):
+    starts = batch["start"] if "start" in batch else [None] * len(batch)  # segments of longer files
+    ends = batch["end"] if "end" in batch else [None] * len(batch)
+    for uid, path, need, start, end in zip(batch["uid"], batch["path"], batch["need"], starts, ends):
         need = need.split(",")
         stage = "decode"
+        segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
         try:
-            wave = read_and_decode(path, sr, max_seconds, max_file_mb)
+            wave = read_and_decode(path, sr, max_seconds, max_file_mb, segment)
             stage, outputs = "features", {}
             for name in need:
                 try:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpora import EMODB_LABELS, GTZAN_GENRES, MELD_LABELS, MELD_SPLITS, RAVDESS_EMOTIONS, SHEMO_LABELS
+from .corpora import (CREMAD_EMOTIONS, EMODB_LABELS, GTZAN_GENRES, MELD_LABELS, MELD_SPLITS, RAVDESS_EMOTIONS,
+                      SAVEE_EMOTIONS, SAVEE_SPEAKERS, SHEMO_LABELS, TESS_EMOTIONS)
 
 MANIFEST_NAME = "_synth.json"
 
@@ -526,9 +527,100 @@ def gen_fer2013(out: Path, n: int, seed: int, with_faults: bool):
     (out / "fer2013.csv").write_text("\n".join(lines) + "\n")
     _write_manifest(out, "fer2013", seed, good, faults)
 
+def gen_tess(out: Path, n: int, seed: int, with_faults: bool):
+    """TESS: two speakers (OAF, YAF), 7 emotions in equal numbers, `OAF_back_angry.wav`. The
+    real release's folder names vary in case and spelling (`OAF_Pleasant_surprise`,
+    `YAF_pleasant_surprised`); so do these, and one file is an AIFF named `.wav`."""
+    emotions = list(TESS_EMOTIONS)
+    words = ["back", "bar", "base", "bath", "bean", "beg", "bite", "boat", "bone", "book", "bought", "burn"]
+    folders = {"ps": ["Pleasant_surprise", "pleasant_surprised"], "angry": ["angry", "Angry"]}
+    speakers = ["OAF", "YAF"]
+
+    def name(c, spk, k):
+        e = emotions[c]
+        folder = folders.get(e, [e, e.capitalize()])[spk]
+        word = words[(k - 1) % len(words)] + ("" if k <= len(words) else str((k - 1) // len(words)))
+        return f"TESS Toronto emotional speech set data/{speakers[spk]}_{folder}/{speakers[spk]}_{word}_{e}.wav"
+    _file_corpus(out, "tess", seed, n, with_faults, emotions, [1] * len(emotions), 2, 24414, (1.0, 2.0), name,
+                 misnamed="TESS Toronto emotional speech set data/OAF_angry/OAF_back_furious.wav")
+    import soundfile as sf
+
+    first = out / sorted(load_manifest(out)["good"])[0]  # an AIFF under a .wav name: FFmpeg probes the bytes
+    wave, sr = sf.read(first, dtype="float32")
+    sf.write(first, wave, sr, format="AIFF")
+
+
+def gen_cremad(out: Path, n: int, seed: int, with_faults: bool):
+    """CREMA-D: `AudioWAV/1001_DFA_ANG_XX.wav`, 6 emotions (neutral a little rarer), 91 actors
+    at most, four intensity levels."""
+    codes = list(CREMAD_EMOTIONS)
+    sentences = ["IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI"]
+    levels = ["LO", "MD", "HI", "XX"]
+    n_actors = max(4, min(91, n // 12))
+
+    def name(c, spk, k):
+        return (f"AudioWAV/{1001 + spk}_{sentences[(k - 1) % len(sentences)]}_{codes[c]}_"
+                f"{levels[(k - 1) // len(sentences) % 4]}{'' if k <= 48 else k}.wav")
+    _file_corpus(out, "cremad", seed, n, with_faults, codes, [1271, 1271, 1271, 1271, 1087, 1271], n_actors, 16000,
+                 (1.2, 2.5), name, misnamed="AudioWAV/1001_DFA_XYZ_XX.wav")
+
+
+def gen_savee(out: Path, n: int, seed: int, with_faults: bool):
+    """SAVEE: four male speakers (DC, JE, JK, KL), codes a d f h n sa su (neutral twice as
+    often), half in `AudioData/DC/a01.wav` folders and half flat as `ALL/DC_a01.wav`, as the
+    two common copies ship it."""
+    codes = list(SAVEE_EMOTIONS)
+    speakers = list(SAVEE_SPEAKERS)
+
+    def name(c, spk, k):
+        if k % 2:
+            return f"AudioData/{speakers[spk]}/{codes[c]}{k:02d}.wav"
+        return f"ALL/{speakers[spk]}_{codes[c]}{k:02d}.wav"
+    _file_corpus(out, "savee", seed, n, with_faults, codes, [1, 1, 1, 1, 2, 1, 1], 4, 44100, (1.5, 3.0), name,
+                 misnamed="ALL/DC_x01.wav")
+
+
+def gen_iemocap(out: Path, n: int, seed: int, with_faults: bool):
+    """IEMOCAP: `Session{1-5}/dialog/EmoEvaluation/Ses0NX_{impro|script}NN.txt` (one line per
+    utterance with its majority label, including xxx and the labels outside the 4-class map)
+    and `Session{1-5}/sentences/wav/<dialog>/<utterance>.wav`. Each session has two actors, F
+    and M; an utterance's last part says who speaks."""
+    codes = ["neu", "fru", "ang", "sad", "hap", "exc", "sur", "fea", "xxx"]
+    weights = [1708, 1849, 1103, 1084, 595, 1041, 107, 40, 2507]
+    rng = np.random.default_rng(seed)
+    voices = class_voices(len(codes), seed + 1)
+    actors = {(s, g): speaker_traits(rng) for s in range(1, 6) for g in "FM"}
+    sr, good, lines, counters = 16000, [], {}, {}
+    for i, c in enumerate(_uttered(rng, codes, weights, n)):
+        session, gender = i % 5 + 1, "FM"[i // 5 % 2]
+        dialog = f"Ses{session:02d}{'FM'[i // 10 % 2]}_{'impro' if i % 3 else 'script'}{i // 30 % 4 + 1:02d}"
+        k = counters[(dialog, gender)] = counters.get((dialog, gender), -1) + 1
+        utt = f"{dialog}_{gender}{k:03d}"
+        dur = rng.uniform(1.0, 3.0)
+        write_wav(out / f"Session{session}/sentences/wav/{dialog}/{utt}.wav",
+                  synthesize(voices[c], actors[(session, gender)], dur, sr, rng), sr)
+        start = 0.5 + 4 * k
+        lines.setdefault((session, dialog), []).append(
+            f"[{start:.4f} - {start + dur:.4f}]\t{utt}\t{codes[c]}\t[2.5000, 2.5000, 2.5000]")
+        if codes[c] != "xxx":
+            good.append(utt)
+    faults = Faults(out)
+    for (session, dialog), rows in lines.items():
+        path = out / f"Session{session}/dialog/EmoEvaluation/{dialog}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+        path.write_text(body + "".join(f"{r}\nC-E1:\tNeutral;\t()\nA-E1:\tval 3; act 2; dom 2;\t()\n\n"
+                                       for r in rows))
+    if with_faults:  # a labelled utterance whose audio is missing
+        path = out / "Session1/dialog/EmoEvaluation/Ses01F_impro99.txt"
+        path.write_text("[1.0000 - 2.0000]\tSes01F_impro99_F000\tneu\t[2.5000, 2.5000, 2.5000]\n")
+        faults.add("missing media", path)
+    _write_manifest(out, "iemocap", seed, good, faults)
+
 
 GENERATORS = {"meld": gen_meld, "shemo": gen_shemo, "emodb": gen_emodb, "audiomnist": gen_audiomnist,
-              "gtzan": gen_gtzan, "speakers": gen_speakers, "fer2013": gen_fer2013, "ravdess": gen_ravdess}
+              "gtzan": gen_gtzan, "speakers": gen_speakers, "fer2013": gen_fer2013, "ravdess": gen_ravdess,
+              "tess": gen_tess, "cremad": gen_cremad, "savee": gen_savee, "iemocap": gen_iemocap}
 
 
 def generate(corpus: str, out, n: int, seed: int = 0, with_faults: bool = False, **options) -> Path:

@@ -1,0 +1,201 @@
+"""Any corpus in one flag (issue 20): the readers of TESS, CREMA-D, SAVEE and IEMOCAP on their
+look-alikes, folder-per-class, a hand-written manifest (relative paths, files found by name or
+stem, unmapped labels, segments), EmoBox's JSONL with its folds, and the layout told from a
+path."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workloads.data.corpora import read_corpus
+from workloads.data.layouts import detect_layout, named_corpora, read_any
+from workloads.data.synth import load_manifest
+
+FAULT_ITEMS = 5  # the five planted media faults are items the readers keep (the decoder reports them)
+
+
+@pytest.mark.parametrize("corpus, classes, speakers", [
+    ("tess", {"anger", "disgust", "fear", "happiness", "neutral", "surprise", "sadness"}, 2),
+    ("cremad", {"anger", "disgust", "fear", "happiness", "neutral", "sadness"}, 4),
+    ("savee", {"anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"}, 4),
+])
+def test_file_named_corpora(synth, corpus, classes, speakers):
+    root = synth(corpus, 56, seed=1)
+    info = load_manifest(root)
+    manifest = read_corpus(corpus, root)
+    assert set(info["good"]) <= set(manifest.items["uid"]) and len(manifest.items) == len(info["good"]) + FAULT_ITEMS
+    assert set(manifest.items["label"]) == classes and manifest.items["speaker"].nunique() == speakers
+    assert len(manifest.problems) == 1 and "unknown label" in manifest.problems["reason"].iloc[0]
+    assert detect_layout(root) == corpus
+
+
+def test_tess_takes_the_emotion_from_the_name_whatever_the_folder(synth):
+    """TESS copies spell their folders differently (`OAF_Pleasant_surprise`,
+    `YAF_pleasant_surprised`); the file name decides. An AIFF named .wav decodes."""
+    from workloads.data.audio import decode_audio
+
+    root = synth("tess", 56, seed=1)
+    items = read_corpus("tess", root).items
+    surprise = items[items["label"] == "surprise"]
+    assert {Path(p).parent.name.lower() for p in surprise["path"]} <= {"oaf_pleasant_surprise", "yaf_pleasant_surprised"}
+    aiff = next(p for p in items["path"] if Path(p).read_bytes()[:4] == b"FORM")
+    assert len(decode_audio(aiff)) > 8000
+
+
+def test_savee_reads_both_layouts(synth):
+    items = read_corpus("savee", synth("savee", 56, seed=1)).items
+    assert {Path(p).parent.name for p in items["path"]} >= {"ALL", "DC"}
+    flat = items[items["path"].str.contains("/ALL/")]
+    assert set(flat["speaker"]) <= {"DC", "JE", "JK", "KL"} and len(flat) > 0
+
+
+def test_iemocap_labels_speakers_and_the_four_class_map(synth):
+    root = synth("iemocap", 60, seed=2)
+    info = load_manifest(root)
+    full = read_corpus("iemocap", root)
+    assert sorted(full.items["uid"]) == sorted(info["good"])
+    assert all(s[:5] == u[:5] and s[-1] == u.rsplit("_", 1)[1][0] for s, u in zip(full.items["speaker"], full.items["uid"]))
+    reasons = full.problems["reason"]
+    assert (reasons == "no majority label (xxx)").any() and reasons.str.startswith("media not found").sum() == 1
+    four = read_corpus("iemocap4", root)
+    assert set(four.items["label"]) <= {"anger", "happiness", "sadness", "neutral"}
+    excited = set(full.items.loc[full.items["label"] == "excitement", "uid"])
+    assert excited and excited <= set(four.items.loc[four.items["label"] == "happiness", "uid"])  # exc → happy
+    assert four.problems["reason"].str.contains("outside the 4-class map").any()
+    assert detect_layout(root) == "iemocap"
+
+
+def test_folder_per_class(tmp_path, synth):
+    src = read_corpus("savee", synth("savee", 56, seed=1)).items
+    for i, (label, path) in enumerate(zip(src["label"].head(12), src["path"].head(12))):
+        folder = tmp_path / "corpus" / label.capitalize() / "take1"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / f"clip{i:02d}.wav")
+    assert detect_layout(tmp_path / "corpus") == "folders"
+    m = read_any(tmp_path / "corpus")
+    assert set(m.items["label"]) == set(src["label"].head(12)) and len(m.items) == 12
+
+
+# ----------------------------------------------------------------------------- manifests
+
+def _clips(synth, n=8):
+    items = read_corpus("ravdess", synth("ravdess", 24, seed=5, faults=False)).items
+    return items.head(n)
+
+
+def test_a_manifest_with_relative_paths_lookups_unmapped_labels_and_segments(synth, tmp_path):
+    from workloads.data.pipeline import load_features, prepare
+
+    clips = _clips(synth)
+    audio = tmp_path / "audio"
+    (audio / "deep" / "er").mkdir(parents=True)
+    for i, path in enumerate(clips["path"]):
+        shutil.copy(path, (audio / "deep" / "er" if i == 2 else audio) / Path(path).name)
+    renamed = audio / Path(clips["path"].iloc[3]).name.replace(".wav", ".flac")
+    (audio / Path(clips["path"].iloc[3]).name).rename(renamed)  # re-encoded to another container (name only here)
+    names = [Path(p).name for p in clips["path"]]
+    rows = [
+        "path,label,speaker,split,start,end",
+        f"audio/{names[0]},Angry,a1,train,,",
+        f"audio/{names[1]},HAPPY,a1,dev,,",
+        f"somewhere/else/{names[2]},sad,a2,test,,",       # not there: found by name under the folder
+        f"audio/{names[3]},neutral,a2,,,",                 # only the extension differs
+        f"audio/{names[4]},bliss,a3,train,,",              # unmapped label
+        "audio/missing.wav,anger,a3,train,,",              # no such file anywhere
+        f"audio/{names[5]},fear,a3,holdout,,",             # unknown split
+        f"audio/{names[6]},calm,a4,train,0.5,1.5",         # a segment
+        f"audio/{names[6]},calm,a4,train,1.5,2.0",         # another segment of the same file
+        f"audio/{names[7]},surprised,a4,train,2,1",        # end before start
+    ]
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
+    m = read_any(tmp_path / "mine.csv")
+    reasons = dict(zip(m.problems["line"], m.problems["reason"]))
+    assert "unmapped label 'bliss'" in reasons[6] and "media not found: audio/missing.wav" in reasons[7]
+    assert "unknown split 'holdout'" in reasons[8] and "end after start" in reasons[11]
+    assert len(m.items) == 6 and len(m.problems) == 4
+    by_line = m.items.set_index("manifest_line")
+    assert by_line.loc[2, "label"] == "anger" and by_line.loc[3, "split"] == "val"
+    assert by_line.loc[4, "path"].endswith(f"deep/er/{names[2]}") and by_line.loc[5, "path"] == str(renamed)
+    assert list(m.items["uid"].iloc[-2:]) == [f"audio/{names[6]}#0.5-1.5", f"audio/{names[6]}#1.5-2"]
+    assert m.name == "mine"
+
+    old = __import__("os").environ.get("EMOSWEEP_LOCAL")
+    __import__("os").environ["EMOSWEEP_LOCAL"] = "1"
+    try:
+        result = prepare(m, ["waveform"], cache_dir=str(tmp_path / "cache"), progress=False)
+    finally:
+        if old is None:
+            __import__("os").environ.pop("EMOSWEEP_LOCAL")
+    items, arrays = load_features(result, "waveform")
+    assert sorted(u for u in items["uid"] if "#" in u) == [f"audio/{names[6]}#0.5-1.5", f"audio/{names[6]}#1.5-2"]
+    from workloads.data.audio import decode_audio
+
+    whole = decode_audio(str(audio / names[6]))
+    part = decode_audio(str(audio / names[6]), segment=(0.5, 1.5))
+    np.testing.assert_array_equal(part, whole[8000:24000])  # exactly the segment's samples
+
+
+def test_tsv_jsonl_and_json_manifests_read_the_same_items(synth, tmp_path):
+    clips = _clips(synth, 4)
+    records = [{"path": p, "label": lab, "speaker": s} for p, lab, s in zip(clips["path"], clips["label"],
+                                                                            clips["speaker"])]
+    pd.DataFrame(records).to_csv(tmp_path / "m.tsv", sep="\t", index=False)
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{broken\n")
+    (tmp_path / "m.json").write_text(json.dumps({"items": records}))
+    read = {s: read_any(tmp_path / f"m.{s}") for s in ("tsv", "jsonl", "json")}
+    uids = {s: sorted(m.items["uid"]) for s, m in read.items()}
+    assert uids["tsv"] == uids["jsonl"] == uids["json"] and len(uids["tsv"]) == 4
+    assert read["jsonl"].problems["reason"].str.startswith("not valid JSON").sum() == 1
+
+
+def test_a_manifest_reads_a_corpus_exactly_as_its_reader_does(synth, tmp_path):
+    root = synth("ravdess", 24, seed=5, faults=False)
+    native = read_corpus("ravdess", root)
+    native.items.assign(path=[str(Path(p).relative_to(root)) for p in native.items["path"]])[
+        ["path", "label", "speaker"]].to_csv(root.parent / "ravdess-manifest.csv", index=False)
+    via = read_any(root.parent / "ravdess-manifest.csv", media_root=root)
+    from workloads.data.labels import canonical
+
+    a = native.items.assign(label=native.items["label"].map(canonical)).set_index("uid")[["path", "label", "speaker"]]
+    b = via.items.set_index("uid")[["path", "label", "speaker"]]
+    pd.testing.assert_frame_equal(a.sort_index(), b.sort_index())
+
+
+# ----------------------------------------------------------------------------- EmoBox
+
+def test_emobox_jsonl_with_its_folds(synth, tmp_path):
+    clips = _clips(synth, 8)
+    media = synth("ravdess", 24, seed=5, faults=False)
+    box = tmp_path / "emobox" / "ravdess"
+    records = [{"key": f"k{i}", "dataset": "ravdess", "wav": str(Path(p).relative_to(media)), "type": "raw",
+                "sample_rate": 16000, "length": 3.0, "task": "category",
+                "emo": {"angry": "Angry", "happy": "Happy", "surprised": "Surprised"}.get(lab, lab.capitalize()),
+                "channel": 1}
+               for i, (p, lab) in enumerate(zip(clips["path"], clips["label"]))]
+    (box / "fold_1").mkdir(parents=True)
+    (box / "fold_2").mkdir()
+    (box / "ravdess.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    for k, test in ((1, records[:4]), (2, records[4:])):
+        train = [r for r in records if r not in test]
+        (box / f"fold_{k}" / f"ravdess_test_fold_{k}.jsonl").write_text("\n".join(json.dumps(r) for r in test))
+        (box / f"fold_{k}" / f"ravdess_train_fold_{k}.jsonl").write_text("\n".join(json.dumps(r) for r in train))
+    assert detect_layout(box) == "emobox"
+    m = read_any(box, media_root=media)
+    assert len(m.items) == 8 and m.options["given_folds"] == 2
+    assert list(m.items["fold_1"]) == ["test"] * 4 + ["train"] * 4
+    assert list(m.items["fold_2"]) == ["train"] * 4 + ["test"] * 4
+    from workloads.data.labels import canonical
+
+    assert list(m.items["label"]) == [canonical(lab) for lab in clips["label"]]
+
+
+def test_corpus_flags_name_the_corpora():
+    assert named_corpora(["a=/x", "b=/y"]) == {"a": "/x", "b": "/y"}
+    for bad, why in ((["a"], "expected NAME=PATH"), (["a=/x", "a=/y"], "named twice"), (["1a=/x"], "NAME is")):
+        with pytest.raises(Exception, match=why):
+            named_corpora(bad)
