@@ -12,6 +12,8 @@ patience. Splits keep every speaker in one split.
     python sweeps/blstm_attention.py --ravdess ../shared/data/ravdess --arms ravdess,ravdess_floor
     python sweeps/blstm_attention.py --ravdess DIR --emodb DIR --arms emodb_to_ravdess
     python sweeps/blstm_attention.py --smoke                          # about a minute
+    python sweeps/blstm_attention.py --corpus ravdess=DIR --corpus mine=my_clips.csv   # any corpora, any layout:
+                                            # arms ravdess, mine, their floors, ravdess_to_mine and mine_to_ravdess
     emosweep predict clip.wav --run-id RUN                            # top-2 emotions of any audio file
 """
 from sweeps.runner import Study, main
@@ -34,6 +36,18 @@ def _arms() -> dict:
 ARMS = _arms()  # within each corpus, across corpora, and the floor of each corpus
 
 
+def arms_for(opts) -> dict | None:
+    """The arms of the corpora the command line names (--corpus NAME=PATH, --data-dir, and
+    --ravdess/--shemo/--emodb beside them), or None (no --corpus or --data-dir: the declared
+    arms over the three corpora, look-alikes where no folder is given)."""
+    if not (opts.corpus or opts.data_dir):
+        return None
+    given = blstm_attention.given_corpora({"data_dir": opts.data_dir}, opts.ravdess, opts.shemo, opts.emodb,
+                                          opts.corpus)
+    return blstm_attention.corpus_arms({name: blstm_attention.classes_of(name, path, opts.media_root)
+                                        for name, path in given.items()})
+
+
 STUDY = Study(
     name="blstm_attention",
     workload=blstm_attention.WORKLOAD,
@@ -42,7 +56,7 @@ STUDY = Study(
     prepare=blstm_attention.prepare,
     describe=blstm_attention.describe,
     path_flags=("ravdess", "shemo", "emodb"),
-    no_data_dir="blstm_attention reads one folder per corpus: --ravdess DIR, --shemo DIR, --emodb DIR",
+    arms_for=arms_for,
     extra_flags={c: f"{c} corpus folder (default: a generated look-alike)" for c in blstm_attention.CORPORA},
     arms=ARMS,
     space={

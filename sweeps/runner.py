@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from sweeps.study import (Study, build_parser, check_flags, replicates_of, searched_space, study_config,
-                          trial_count)
+                          trial_count, with_corpus_arms)
 from workloads.core.errors import UserError
 from workloads.core.paths import mask_uri
 
@@ -38,6 +38,7 @@ __all__ = ["Study", "main", "run_study"]
 def main(study: Study, argv: list[str] | None = None) -> pd.DataFrame:
     opts = build_parser(study).parse_args(argv)
     try:
+        study = with_corpus_arms(study, opts)  # before anything checks --arms
         if opts.local:
             from sweeps.local import run_local
 

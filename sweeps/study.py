@@ -65,6 +65,9 @@ class Study:
     # more settable keys of this study, or what a default's key takes when its type says too
     # little: name → (an example value whose type a --set value must have, None for any; one-line help)
     knobs: dict = field(default_factory=dict)
+    # opts → the arms of the corpora the command line names (S4: --corpus NAME=PATH, --data-dir),
+    # or None for the declared arms
+    arms_for: Callable | None = None
 
 
 # Keys the training engine reads on every study, settable with --set: name → (default, help).
@@ -96,7 +99,11 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    help="no Ray: run each chosen arm's first configuration in this process, one after another "
                         "(a breakpoint in a trainable works)")
     p.add_argument("--full-data", action="store_true", help="use all the data even without a GPU")
-    p.add_argument("--data-dir", help="corpus in its native layout (default: the study's embedded data)")
+    p.add_argument("--data-dir", help="corpus in its native layout, a manifest (.csv/.tsv/.jsonl/.json) or an EmoBox "
+                                      "folder; the layout is told from it (default: the study's embedded data)")
+    p.add_argument("--corpus", action="append", metavar="NAME=PATH",
+                   help="a corpus under a name, in any layout --data-dir reads (repeatable where a study takes several)")
+    p.add_argument("--media-root", help="where a manifest's or EmoBox's relative audio paths lie (default: beside it)")
     p.add_argument("--model", help="hub id, local model folder, shelf name, or 'offline' for the packaged model")
     for flag, text in study.extra_flags.items():
         p.add_argument(f"--{flag}", help=text)
@@ -155,21 +162,36 @@ def check_flags(study: Study, opts) -> None:
     """What can be checked before anything starts: flags the study cannot use (refused, never
     ignored), paths that are not there, the arms, --set, the fold flags."""
     takes = prepare_flags(study)
-    for flag in ["model", *study.extra_flags]:
+    for flag in ["model", "corpus", "media-root", *study.extra_flags]:
         if getattr(opts, flag.replace("-", "_"), None) and flag.replace("-", "_") not in takes:
             raise UserError(f"--{flag}: {study.name} does not use it ({_flags_it_takes(study, takes)})")
     if opts.data_dir and study.no_data_dir:
         raise UserError(f"--data-dir: {study.no_data_dir}")
     if opts.full_data and not study.cpu_subset:
         raise UserError(f"--full-data: {study.name} always uses all its data")
-    paths = {"--data-dir": opts.data_dir, **{f"--{f}": getattr(opts, f.replace('-', '_'), None)
-                                             for f in study.path_flags}}
+    paths = {"--data-dir": opts.data_dir, "--media-root": opts.media_root,
+             **{f"--{f}": getattr(opts, f.replace('-', '_'), None) for f in study.path_flags}}
+    if opts.corpus:
+        from workloads.data.layouts import named_corpora
+
+        paths.update({f"--corpus {name}=": path for name, path in named_corpora(opts.corpus).items()})
     for flag, value in paths.items():
         if value and "://" not in str(value) and not Path(value).expanduser().exists():
             raise InputNotFound(f"{flag} {value}: no such file or folder")
     select_arms(study, opts)
     parse_sets(study, opts.set)
     check_fold_flags(study, opts)
+
+
+def with_corpus_arms(study: Study, opts) -> Study:
+    """The study with the arms of the corpora its command line names (S4: NAME, NAME_floor and
+    every cross pair), or as declared. A resumed sweep keeps the arms it started with."""
+    import dataclasses
+
+    if study.arms_for is None or getattr(opts, "resume", None):
+        return study
+    arms = study.arms_for(opts)
+    return study if arms is None else dataclasses.replace(study, arms=arms)
 
 
 def _flags_it_takes(study: Study, takes: set) -> str:
@@ -323,7 +345,8 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     arms = select_arms(study, opts)
     if study.prepare is not None:
         takes = prepare_flags(study)
-        flags = {"smoke": opts.smoke, "arms": arms, "model": opts.model,
+        flags = {"smoke": opts.smoke, "arms": arms, "model": opts.model, "corpus": opts.corpus,
+                 "media_root": opts.media_root,
                  **{f.replace("-", "_"): getattr(opts, f.replace("-", "_"), None) for f in study.extra_flags}}
         base = study.prepare(base, **{k: v for k, v in flags.items() if k in takes})
     base = plan_folds(study, base, opts)

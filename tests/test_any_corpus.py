@@ -194,8 +194,60 @@ def test_emobox_jsonl_with_its_folds(synth, tmp_path):
     assert list(m.items["label"]) == [canonical(lab) for lab in clips["label"]]
 
 
-def test_corpus_flags_name_the_corpora():
-    assert named_corpora(["a=/x", "b=/y"]) == {"a": "/x", "b": "/y"}
-    for bad, why in ((["a"], "expected NAME=PATH"), (["a=/x", "a=/y"], "named twice"), (["1a=/x"], "NAME is")):
+def test_corpus_flags_name_the_corpora(tmp_path):
+    x, y = tmp_path / "x", tmp_path / "y.csv"
+    x.mkdir()
+    y.write_text("path,label\n")
+    assert named_corpora([f"a={x}", f"b={y}"]) == {"a": str(x), "b": str(y)}
+    for bad, why in ((["a"], "expected NAME=PATH"), ([f"a={x}", f"a={y}"], "named twice"), ([f"1a={x}"], "NAME is"),
+                     ([f"a={tmp_path / 'gone'}"], "no such file or folder")):
         with pytest.raises(Exception, match=why):
             named_corpora(bad)
+
+
+# ----------------------------------------------------------------------------- the studies' flags
+
+STUDIES = ["bert_freezing", "bert_head_pruning", "fer_architectures", "hubert_pooling", "meld_fusion",
+           "blstm_attention", "audiomnist_mlp", "gtzan_cnn", "speaker_id"]
+TAKE_CORPORA = {"hubert_pooling", "blstm_attention", "audiomnist_mlp", "gtzan_cnn", "speaker_id"}
+
+
+@pytest.mark.parametrize("study_name", STUDIES)
+def test_every_study_uses_or_refuses_each_corpus_flag(study_name, synth, tmp_path, capsys):
+    """--corpus and --media-root are used by the speech studies and refused, in one line, by
+    the others; --data-dir is used by every study (none ignores it)."""
+    import importlib
+
+    from sweeps.runner import main
+    from sweeps.study import build_parser, check_flags, with_corpus_arms
+
+    study = importlib.import_module(f"sweeps.{study_name}").STUDY
+    root = str(synth("ravdess", 24, seed=5, faults=False))
+    for argv in (["--corpus", f"mine={root}"], ["--media-root", root]):
+        opts = build_parser(study).parse_args([*argv, "--storage-path", str(tmp_path)])
+        if study_name in TAKE_CORPORA:
+            check_flags(with_corpus_arms(study, opts), opts)  # accepted: prepare takes it
+        else:
+            with pytest.raises(SystemExit) as stopped:
+                main(study, [*argv, "--storage-path", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"])
+            err = capsys.readouterr().err
+            assert stopped.value.code == 2 and f"{argv[0]}: {study_name} does not use it" in err, err
+    assert study.no_data_dir == ""  # --data-dir is never refused as such
+
+
+def test_blstm_arms_follow_the_corpora_named(synth):
+    from sweeps.blstm_attention import STUDY
+    from sweeps.study import build_parser, with_corpus_arms
+
+    ravdess, cremad = synth("ravdess", 24, seed=5, faults=False), synth("cremad", 56, seed=1)
+    opts = build_parser(STUDY).parse_args(["--corpus", f"ravdess={ravdess}", "--corpus", f"mine={cremad}"])
+    arms = with_corpus_arms(STUDY, opts).arms
+    assert sorted(arms) == sorted(["ravdess", "mine", "ravdess_to_mine", "mine_to_ravdess", "ravdess_floor",
+                                   "mine_floor"])
+    assert arms["mine"]["classes"].split(",") == ["anger", "disgust", "fear", "happiness", "neutral", "sadness"]
+    assert set(arms["ravdess_to_mine"]["classes"].split(",")) == {"anger", "disgust", "fear", "happiness", "neutral",
+                                                                  "sadness"}
+    assert arms["ravdess_to_mine"]["classes"].split(",")[0] == "neutral"  # in the training corpus's order
+    one = with_corpus_arms(STUDY, build_parser(STUDY).parse_args(["--data-dir", str(cremad)])).arms
+    assert sorted(one) == ["cremad", "cremad_floor"]  # --data-dir: one corpus, named by its layout
+    assert with_corpus_arms(STUDY, build_parser(STUDY).parse_args([])).arms is STUDY.arms

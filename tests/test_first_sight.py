@@ -45,10 +45,7 @@ def test_studies_list_is_complete():
 @pytest.mark.parametrize("study_name", STUDIES)
 def test_a_missing_data_dir_is_one_line_in_every_study(study_name, capsys, tmp_path):
     err = _refused(study_name, ["--data-dir", str(tmp_path / "nonexistent")], capsys, tmp_path)
-    if study_name == "blstm_attention":  # its corpora come from one flag each; --data-dir is refused, not ignored
-        assert "--data-dir: blstm_attention reads one folder per corpus: --ravdess DIR" in err
-    else:
-        assert "--data-dir" in err and "nonexistent" in err and "no such file or folder" in err
+    assert "--data-dir" in err and "nonexistent" in err and "no such file or folder" in err
 
 
 def test_a_set_typo_names_the_valid_keys_and_the_nearest(capsys, tmp_path):

@@ -89,8 +89,8 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     classic_audio.network_trial(config, model, data, classes, tracking, run_name(config), tags, info)
 
 
-def prepare(config: dict) -> dict:
-    return classic_audio.prepare_single(config, "audiomnist", {STAGE: {}}, WORKLOAD)
+def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None) -> dict:
+    return classic_audio.prepare_single(config, "audiomnist", {STAGE: {}}, WORKLOAD, corpus, media_root)
 
 
 describe = classic_audio.describe

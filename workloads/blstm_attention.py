@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from . import classic_audio
+from .core.errors import UserError
 from .core.loop import class_weights
 from .core.sklearn_trial import fit_floor, mean_and_std
 from .core.seeding import seed_everything
+from .data.labels import CANONICAL as LABEL_MAP, canonical, shared_classes as labels_shared
 from .data.study_items import prepare_corpus, stage_splits, study_items, write_items
 from .data.synth import corpus_source
 from .models.blstm import AttentionBLSTM
@@ -33,12 +35,9 @@ if TYPE_CHECKING:
 
 WORKLOAD = "blstm_attention"
 CORPORA = ("ravdess", "shemo", "emodb")
-# Every corpus's label → one name per emotion, so that two corpora can be compared on what they share.
-CANONICAL = {
-    "angry": "anger", "anger": "anger", "happy": "happiness", "happiness": "happiness", "sad": "sadness",
-    "sadness": "sadness", "fearful": "fear", "fear": "fear", "disgust": "disgust", "surprised": "surprise",
-    "surprise": "surprise", "neutral": "neutral", "calm": "calm", "boredom": "boredom",
-}
+# Every corpus's label → one name per emotion (workloads/data/labels.py), so that two corpora can
+# be compared on what they share.
+CANONICAL = LABEL_MAP
 CORPUS_CLASSES = {  # canonical classes, in each reader's order
     "ravdess": ["neutral", "calm", "happiness", "sadness", "anger", "fear", "disgust", "surprise"],
     "shemo": ["anger", "happiness", "neutral", "sadness", "surprise", "fear"],
@@ -46,19 +45,68 @@ CORPUS_CLASSES = {  # canonical classes, in each reader's order
 }
 
 
-def shared_classes(train: str, test: str) -> list[str]:
-    """The classes an arm trained on `train` and tested on `test` uses (in `train`'s order)."""
-    theirs = set(CORPUS_CLASSES[test])
-    return [c for c in CORPUS_CLASSES[train] if c in theirs]
+def shared_classes(train: str, test: str, classes: dict | None = None) -> list[str]:
+    """The classes an arm trained on `train` and tested on `test` uses (in `train`'s order);
+    `classes`: each corpus's canonical classes (default: the three the study knows)."""
+    classes = classes or CORPUS_CLASSES
+    return labels_shared(classes[train], classes[test])
 
 
 CLASS_MAP = {(a, b): shared_classes(a, b) for a in CORPORA for b in CORPORA if a != b}
+MIN_SHARED = 2  # a cross pair needs at least this many classes in common
 
 
 def arm_classes(config: dict) -> list[str]:
+    if config.get("classes"):  # the arm says (arms of named corpora always do)
+        return str(config["classes"]).split(",")
     if config["train_corpus"] == config["test_corpus"]:
         return list(CORPUS_CLASSES[config["train_corpus"]])
     return shared_classes(config["train_corpus"], config["test_corpus"])
+
+
+def corpus_arms(classes: dict) -> dict:
+    """The arms of corpora given by name ({name: canonical classes}): each corpus on its own
+    (NAME), its floor (NAME_floor), and train-on-A/test-on-B for every ordered pair that shares
+    at least MIN_SHARED classes, each with its class map."""
+    blstm = {"method": "blstm", "model_id": "Attention_BLSTM (from scratch)"}
+    floor = {"method": "floor", "model_id": "logistic regression on clip mean + std", "searched": ()}
+    arms = {}
+    for c in classes:
+        arms[c] = {"train_corpus": c, "test_corpus": c, **blstm, "classes": ",".join(classes[c])}
+    for a in classes:
+        for b in classes:
+            shared = shared_classes(a, b, classes) if a != b else []
+            if len(shared) >= MIN_SHARED:
+                arms[f"{a}_to_{b}"] = {"train_corpus": a, "test_corpus": b, **blstm, "classes": ",".join(shared)}
+    for c in classes:
+        arms[f"{c}_floor"] = {"train_corpus": c, "test_corpus": c, **floor, "classes": ",".join(classes[c])}
+    return arms
+
+
+def given_corpora(config: dict, ravdess=None, shemo=None, emodb=None, corpus=None) -> dict:
+    """{name: path} of every corpus the command line names: --corpus NAME=PATH, --data-dir, and
+    the per-corpus flags."""
+    from .data.layouts import named_corpora
+
+    out = {c: p for c, p in (("ravdess", ravdess), ("shemo", shemo), ("emodb", emodb)) if p}
+    for name, path in named_corpora(corpus, config.get("data_dir")).items():
+        if name in out:
+            raise UserError(f"{name} is given twice (--{name} and --corpus/--data-dir)")
+        out[name] = path
+    return out
+
+
+def classes_of(name: str, path: str, media_root: str | None = None) -> list[str]:
+    """A named corpus's canonical classes, in its reader's order (read once, driver side)."""
+    from .data.layouts import read_any
+
+    manifest = read_any(path, name=name, media_root=media_root)
+    if manifest.items.empty:
+        raise UserError(f"--corpus {name}={path}: no usable items; the reader said:\n"
+                        f"{manifest.problems.head(5).to_string()}")
+    present = set(manifest.items["label"].map(lambda v: canonical(v) or v))
+    ordered = [canonical(c) or c for c in manifest.classes] or sorted(present)
+    return [c for c in dict.fromkeys(ordered) if c in present]
 
 
 def floor_of(arm: str, arms: dict) -> str | None:
@@ -129,28 +177,34 @@ def export_model(config: dict, classes: list, mean: np.ndarray, std: np.ndarray,
 # ----------------------------------------------------------------------------- driver side
 
 def corpora_needed(arms: dict) -> list[str]:
-    return [c for c in CORPORA if any(c in (a["train_corpus"], a["test_corpus"]) for a in arms.values())]
+    return list(dict.fromkeys(c for a in arms.values() for c in (a["train_corpus"], a["test_corpus"])))
 
 
-def prepare(config: dict, *, arms: dict, ravdess: str | None = None,
-            shemo: str | None = None, emodb: str | None = None) -> dict:
+def prepare(config: dict, *, arms: dict, ravdess: str | None = None, shemo: str | None = None,
+            emodb: str | None = None, corpus: list | None = None, media_root: str | None = None) -> dict:
     """Driver-side, once per sweep: each corpus the chosen arms (--arms) need, split by speaker,
-    with its frame46 features in the cache."""
+    with its frame46 features in the cache. A corpus the command line names is read in
+    whatever layout it has; the study's own three default to generated look-alikes."""
     import pandas as pd
 
     from .data.features import STAGES
 
     config = dict(config)
-    given = {"ravdess": ravdess, "shemo": shemo, "emodb": emodb}
+    given = given_corpora(config, ravdess, shemo, emodb, corpus)
     config["stage_params"] = STAGES["frame46"].params({})
     tables, dirs, sources, prints = [], {}, {}, []
-    for corpus in corpora_needed(arms):
-        root, sources[corpus] = corpus_source(config, corpus, given[corpus] or config.get(f"{corpus}_dir"))
-        table, dirs[corpus], config["cache_fs"], fingerprint = prepare_corpus(
-            corpus, root, {"frame46": {}}, int(config["seed"]), by_speaker=True)
-        table["label"] = table["label"].map(CANONICAL)
+    for corpus_name in corpora_needed(arms):
+        if corpus_name not in given and corpus_name not in CORPORA:
+            raise UserError(f"arm corpus {corpus_name!r} is not given: --corpus {corpus_name}=PATH")
+        root, sources[corpus_name] = corpus_source(config, corpus_name, given.get(corpus_name)
+                                                   or config.get(f"{corpus_name}_dir"))
+        table, dirs[corpus_name], config["cache_fs"], fingerprint = prepare_corpus(
+            corpus_name, root, {"frame46": {}}, int(config["seed"]), by_speaker=True, media_root=media_root)
+        table["label"] = table["label"].map(lambda v: canonical(v) or v)
         tables.append(table)
-        prints.append(f"{corpus}-{fingerprint}")
+        prints.append(f"{corpus_name}-{fingerprint}")
+    config["_class_map"] = {f"{a['train_corpus']} → {a['test_corpus']}": arm_classes(a) for a in arms.values()
+                           if a["train_corpus"] != a["test_corpus"]}
     config.update(stage_dirs=dirs, data_sources=sources,
                   dataset_fingerprint=hashlib.sha256("|".join(prints).encode()).hexdigest()[:12])
     return write_items(config, pd.concat(tables, ignore_index=True), f"blstm-{config['dataset_fingerprint']}")
@@ -163,8 +217,7 @@ def describe(config: dict) -> dict:
     rows = pd.DataFrame(list(study_items(config).values()))
     counts = rows.groupby(["corpus", "label", "split"]).size().unstack(fill_value=0).reindex(
         columns=["train", "val", "test"])
-    pairs = "\n".join(f"| {a} → {b} | {', '.join(c)} |" for (a, b), c in CLASS_MAP.items()
-                      if a in config["stage_dirs"] and b in config["stage_dirs"])
+    pairs = "\n".join(f"| {pair} | {', '.join(c)} |" for pair, c in config.get("_class_map", {}).items())
     sources = "\n".join(f"- {c}: {s}" for c, s in config["data_sources"].items())
     text = (f"# Corpora as used\n\n{sources}\n\nSplits keep every speaker in one split.\n\n{counts.to_markdown()}\n\n"
             f"## Class map (cross-corpus arms train and test on the shared classes)\n\n| train → test | classes |\n"

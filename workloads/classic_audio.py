@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .core.errors import UserError
 from .data.study_items import prepare_corpus, stage_splits, study_items, write_items
 
 if TYPE_CHECKING:
@@ -26,15 +27,26 @@ if TYPE_CHECKING:
 SPLIT = (0.7, 0.1, 0.2)  # train / val / test: the reports' 80/20, with a tenth held for choosing the epoch
 
 
-def prepare_single(config: dict, corpus: str, stages: dict, study: str, **generator_options) -> dict:
-    """Driver side: the study's corpus, split and featurized; sets config's stage_dirs,
-    cache_fs, classes, data_source, dataset_fingerprint and the items file."""
+def prepare_single(config: dict, corpus: str, stages: dict, study: str, given: list | None = None,
+                   media_root: str | None = None, **generator_options) -> dict:
+    """Driver side: the study's corpus (--data-dir or one --corpus NAME=PATH: its folder in
+    the corpus's own layout, or a manifest whose labels are kept as written), split and
+    featurized; sets config's stage_dirs, cache_fs, classes, data_source, dataset_fingerprint
+    and the items file."""
     config = dict(config)
     from .data.synth import corpus_source
 
+    if given:
+        from .data.layouts import named_corpora
+
+        named = named_corpora(given, config.get("data_dir"))
+        if len(named) > 1:
+            raise UserError(f"{study} reads one corpus; got {', '.join(named)}")
+        config["data_dir"] = next(iter(named.values()))
     root, config["data_source"] = corpus_source(config, corpus, config.get("data_dir"), **generator_options)
     table, dirs, config["cache_fs"], fingerprint = prepare_corpus(corpus, root, stages, int(config["seed"]),
-                                                                  by_speaker=False, fractions=SPLIT)
+                                                                  by_speaker=False, fractions=SPLIT,
+                                                                  media_root=media_root, emotions=False)
     table["label"] = table["label"].astype(str)
     config.update(stage_dirs={corpus: dirs}, classes=sorted(table["label"].unique()), corpus=corpus,
                   dataset_fingerprint=fingerprint)

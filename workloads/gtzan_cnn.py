@@ -52,9 +52,9 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     classic_audio.network_trial(config, model, data, classes, tracking, run_name(config), tags, info)
 
 
-def prepare(config: dict) -> dict:
+def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None) -> dict:
     # the look-alike carries the real archive's one corrupt file
-    return classic_audio.prepare_single(config, "gtzan", {STAGE: {}}, WORKLOAD, corrupt_file=True)
+    return classic_audio.prepare_single(config, "gtzan", {STAGE: {}}, WORKLOAD, corpus, media_root, corrupt_file=True)
 
 
 describe = classic_audio.describe

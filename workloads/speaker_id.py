@@ -65,10 +65,10 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     fit_estimator(config, estimator_of(config), data, classes, tracking, run_name(config), tags, info)
 
 
-def prepare(config: dict) -> dict:
+def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None) -> dict:
     if config.get("speaker_norm"):  # it would standardize away the very thing the labels name
         raise UserError("speaker_norm: speaker identification's labels are the speakers; it cannot normalize by them")
-    return classic_audio.prepare_single(config, "speakers", STAGES, WORKLOAD)
+    return classic_audio.prepare_single(config, "speakers", STAGES, WORKLOAD, corpus, media_root)
 
 
 describe = classic_audio.describe

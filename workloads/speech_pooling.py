@@ -429,29 +429,35 @@ def _decode_splits(config: dict) -> dict:
 # ----------------------------------------------------------------------------- driver side
 
 def read_manifest(config: dict):
-    """The corpus as the study uses it: the reader's manifest with speaker-independent splits."""
-    from .data.corpora import read_corpus
+    """The corpus as the study uses it, in whatever layout data_dir has (a corpus folder, a
+    manifest, an EmoBox folder; `--set corpus=NAME` names the reader), with speaker-independent
+    splits where the corpus names its speakers."""
+    from .data.layouts import detect_layout, read_any
     from .data.manifest import assign_splits
 
-    manifest = read_corpus(config["corpus"], config["data_dir"])
-    if manifest.items.empty:  # a ShEMO folder given to the RAVDESS default, or the other way round
-        for other in ("ravdess", "shemo"):
-            guess = read_corpus(other, config["data_dir"]) if other != config["corpus"] else manifest
-            if not guess.items.empty:
-                print(f"[emosweep] {config['data_dir']} holds no {config['corpus']} file names but "
-                      f"{len(guess.items)} {other} ones: reading it as {other} (--set corpus={other} says so)")
-                config["corpus"], manifest = other, guess
-                break
+    named = config["corpus"] if "corpus" in config.get("_pinned", ()) else None
+    manifest = read_any(config["data_dir"], name=named, media_root=config.get("media_root"))
+    if named is None:
+        layout = manifest.options.get("layout") or detect_layout(config["data_dir"])
+        config["corpus"] = manifest.name if layout in ("manifest", "emobox") else layout
+        manifest.name = config["corpus"]
     if manifest.items.empty:
         raise UserError(f"{config['data_dir']}: no usable {config['corpus']} clips; the reader said:\n"
                          f"{manifest.problems.head(10).to_string()}")
-    manifest.items = assign_splits(manifest.items, int(config["seed"]), by_speaker=True)
+    speakers = manifest.items["speaker"].fillna("").astype(str)
+    by_speaker = not (speakers == "").any() and speakers.nunique() >= 3
+    if not by_speaker:
+        print(f"[emosweep] {config['corpus']}: {'some items name no speaker' if (speakers == '').any() else 'fewer than 3 speakers'}"
+              f", so its split is stratified by item")
+    manifest.items = assign_splits(manifest.items, int(config["seed"]), by_speaker=by_speaker)
     return manifest
 
 
-def prepare(config: dict, *, smoke: bool = False, model: str | None = None) -> dict:
-    """Driver-side, once per sweep: the corpus (or its look-alike), the encoder, and, when the
-    encoder is frozen, its states in the cache."""
+def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corpus: list | None = None,
+            media_root: str | None = None) -> dict:
+    """Driver-side, once per sweep: the corpus (or its look-alike; --data-dir or one --corpus
+    NAME=PATH, in any layout), the encoder, and, when the encoder is frozen, its states in the
+    cache."""
     from .core.paths import emosweep_home
     from .data.encoder_cache import actor_plan, encode_corpus
     from .data.synth import study_corpus
@@ -468,6 +474,19 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None) -> d
         raise UserError(f"unknown pooling {config['pooling']!r}; choose from {', '.join(POOLINGS)}")
     if config["imbalance"] not in IMBALANCE:
         raise UserError(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
+    if corpus:
+        import os
+
+        from .data.layouts import named_corpora
+
+        given = named_corpora(corpus, config.get("data_dir"))
+        if len(given) > 1:
+            raise UserError(f"hubert_pooling reads one corpus; got {', '.join(given)} (cross-corpus arms are "
+                            f"blstm_attention's)")
+        (name, path), = given.items()
+        config.update(data_dir=os.path.abspath(path), corpus=name,
+                      _pinned=[*config.get("_pinned", ()), "corpus"])
+    config["media_root"] = media_root
     if config.get("data_dir") is None:
         config["corpus"] = "ravdess"
     study_corpus(config, "ravdess", "clips")

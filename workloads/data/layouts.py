@@ -109,9 +109,13 @@ def named_corpora(corpus_flags: list | None, data_dir: str | None = None, defaul
             raise BadInput(f"--corpus {flag}: NAME is letters, digits and _, starting with a letter")
         if name in out:
             raise BadInput(f"--corpus {name}: named twice")
+        if "://" not in path and not Path(path).expanduser().exists():
+            raise InputNotFound(f"--corpus {name}={path}: no such file or folder")
         out[name] = os.path.expanduser(path)
     if data_dir:
         path = Path(data_dir).expanduser()
+        if not path.exists():
+            raise InputNotFound(f"--data-dir {data_dir}: no such file or folder")
         try:
             layout = detect_layout(path)
         except BadInput:

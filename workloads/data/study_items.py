@@ -53,20 +53,28 @@ def _read_items(fs_uri: str, path: str) -> dict:
 
 
 def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: bool,
-                   fractions=(0.8, 0.1, 0.1)) -> tuple[pd.DataFrame, dict, str, str]:
-    """Driver side, for the hand-made-feature studies: read `corpus` in its native layout,
+                   fractions=(0.8, 0.1, 0.1), media_root: str | None = None,
+                   emotions: bool = True) -> tuple[pd.DataFrame, dict, str, str]:
+    """Driver side, for the hand-made-feature studies: read `corpus` in whatever layout `root`
+    has (its reader when `corpus` names one and root is a folder; else a manifest, an EmoBox
+    folder or the layout told from the files; `emotions`: a manifest's labels are emotions),
     split it from `seed`, compute `stages` ({name: params}) with the media pipeline (cached).
     Every file the reader or the decoder could not use is reported in the summary line and
     left out. Returns (usable items: uid as `corpus/uid`, corpus, label, split, speaker;
     {stage: cache folder}; the cache's filesystem URI; the corpus fingerprint)."""
-    from .corpora import read_corpus
     from .folds import content_hashes
+    from .layouts import read_any
     from .manifest import assign_splits
     from .pipeline import prepare as prepare_media
 
-    manifest = read_corpus(corpus, root)
+    manifest = read_any(root, name=corpus, media_root=media_root, emotions=emotions)
     if manifest.items.empty:
         raise BadInput(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
+    speakers = manifest.items["speaker"].fillna("").astype(str)
+    if by_speaker and ((speakers == "").any() or speakers.nunique() < 3):
+        why = "some items name no speaker" if (speakers == "").any() else f"it has {speakers.nunique()} speakers"
+        print(f"[emosweep] {corpus}: {why}, so its split is stratified by item, not by speaker", flush=True)
+        by_speaker = False
     manifest.items = assign_splits(manifest.items, seed, fractions=fractions, by_speaker=by_speaker)
     result = prepare_media(manifest, {**stages, "content_hash": {}}, progress=False)  # the hash: for the split gate
     print(f"[emosweep] {corpus}: {result.summary()}", flush=True)
