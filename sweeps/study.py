@@ -131,9 +131,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    help="resume an interrupted sweep: its name, its folder, or the latest of this study")
     p.add_argument("--results-out", help="results table CSV path (a .md is written beside it)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--folds", metavar="K|loso",
+    p.add_argument("--folds", metavar="K|loso|given",
                    help="run every configuration on K speaker-disjoint folds (each fold's speakers are its test "
-                        "set), or one fold per speaker (loso); the table gives each arm's mean and 95%% CI")
+                        "set), one fold per speaker (loso), or the corpus's own folds (given: EmoBox's); the table "
+                        "gives each arm's mean and 95%% CI")
     p.add_argument("--seeds", type=int, default=1, help="repeats of every configuration (and fold) with derived seeds")
     p.add_argument("--split-by", choices=["speaker", "item"],
                    help="folds of speakers (default, when the corpus names them) or stratified folds of items")
@@ -408,7 +409,7 @@ def plan_folds(study: Study, base: dict, opts) -> dict:
 
     items = study_items(base)
     if folds:
-        base["split_by"], why = resolve_split_by(items, opts.split_by, study.speaker_folds)
+        base["split_by"], why = resolve_split_by(items, opts.split_by, study.speaker_folds, folds)
         base["n_folds"] = count_folds(items, folds, base["split_by"])
         print(f"[emosweep] {base['n_folds']} folds by {base['split_by']} ({why}), split seed {opts.seed}")
     elif study.split_by == "speaker" and not all(str(r.get("speaker") or "") for r in items.values()):

@@ -251,3 +251,25 @@ def test_blstm_arms_follow_the_corpora_named(synth):
     one = with_corpus_arms(STUDY, build_parser(STUDY).parse_args(["--data-dir", str(cremad)])).arms
     assert sorted(one) == ["cremad", "cremad_floor"]  # --data-dir: one corpus, named by its layout
     assert with_corpus_arms(STUDY, build_parser(STUDY).parse_args([])).arms is STUDY.arms
+
+
+def test_given_folds_are_the_corpus_own():
+    """--folds given: fold k's test part is the corpus's test_fold_k, a seeded tenth of its
+    train part validates, items in neither sit the fold out; no speaker check (the protocol
+    is the corpus's)."""
+    from workloads.data.folds import FoldError, count_folds, fold_splits, parse_folds, resolve_split_by
+
+    items = {f"u{i}": {"label": "anger" if i % 2 else "sadness", "speaker": f"s{i % 3}",
+                       "fold_1": "test" if i < 10 else "train", "fold_2": "train" if i < 10 else "test"}
+             for i in range(40)}
+    items["u39"]["fold_2"] = ""  # in no part of fold 2
+    assert parse_folds("given") == "given" and resolve_split_by(items, None, True, "given")[0] == "given"
+    assert count_folds(items, "given", "given") == 2
+    first = fold_splits(items, 2, 0, "given", seed=7)
+    assert {u for u, s in first.items() if s == "test"} == {f"u{i}" for i in range(10)}
+    assert sum(s == "val" for s in first.values()) == 4 and sum(s == "train" for s in first.values()) == 26  # 2 per class
+    assert fold_splits(items, 2, 0, "given", seed=7) == first  # seeded
+    second = fold_splits(items, 2, 1, "given", seed=7)
+    assert second["u39"] == "none" and sum(s == "test" for s in second.values()) == 29
+    with pytest.raises(FoldError, match="brings no folds"):
+        count_folds({"u": {"label": "a", "speaker": "s"}}, "given", "given")

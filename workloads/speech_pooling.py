@@ -533,7 +533,8 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
         usable = usable[~usable["path"].isin(bad)]
     table = usable.assign(y=[y[label] for label in usable["label"]], label=usable["label"],
                           content_hash=usable["uid"].map(hashes).fillna(""))[
-        ["uid", "y", "label", "split", "speaker", "path", "content_hash"]]
+        ["uid", "y", "label", "split", "speaker", "path", "content_hash",
+         *(c for c in usable.columns if c.startswith("fold_") and c[5:].isdigit())]]  # a corpus's own folds
     return write_items(config, table, f"{manifest.name}-{config['dataset_fingerprint']}")
 
 

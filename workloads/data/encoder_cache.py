@@ -65,9 +65,12 @@ class EncoderStatesWorker:
         dtype, prefix = np.dtype(params["dtype"]), params["prefix_layer"]
         writer = ShardWriter(stages, fs_uri)
         decoded = []
-        for uid, path in zip(batch["uid"], batch["path"]):
+        starts = batch["start"] if "start" in batch else [None] * len(batch)  # segments of longer files
+        ends = batch["end"] if "end" in batch else [None] * len(batch)
+        for uid, path, start, end in zip(batch["uid"], batch["path"], starts, ends):
+            segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
             try:
-                decoded.append((uid, path, read_and_decode(path, sr)[:clip]))
+                decoded.append((uid, path, read_and_decode(path, sr, segment=segment)[:clip]))
             except MediaError as e:
                 writer.failed(uid, path, [STAGE.name], "decode", e.reason, e.detail)
         for start in range(0, len(decoded), batch_size):

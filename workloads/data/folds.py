@@ -29,15 +29,16 @@ class FoldError(BadInput):
 
 
 def parse_folds(value) -> int | str:
-    """'--folds' as given: 0 (none), K ≥ 2, or 'loso' (one fold per speaker)."""
+    """'--folds' as given: 0 (none), K ≥ 2, 'loso' (one fold per speaker) or 'given' (the
+    corpus's own folds: EmoBox's fold_K files)."""
     if value in (None, "", 0, "0"):
         return 0
-    if str(value).lower() == "loso":
-        return "loso"
+    if str(value).lower() in ("loso", "given"):
+        return str(value).lower()
     try:
         k = int(value)
     except ValueError:
-        raise FoldError(f"--folds takes a number of folds (2 or more) or 'loso', not {value!r}") from None
+        raise FoldError(f"--folds takes a number of folds (2 or more), 'loso' or 'given', not {value!r}") from None
     if k < 2:
         raise FoldError(f"--folds {k}: at least 2 folds, or 'loso'")
     return k
@@ -55,9 +56,21 @@ def _speakers(items: dict) -> dict:
     return {c: sorted(s) for c, s in found.items()}
 
 
-def resolve_split_by(items: dict, split_by: str | None, speaker_folds: bool = True) -> tuple[str, str]:
-    """(split_by, why): 'speaker' when every item has a speaker and the study allows it, else
-    'item'. An explicit 'speaker' the corpus cannot honour is a FoldError."""
+def given_folds(items: dict) -> int:
+    """How many folds the corpus brings (items' fold_1 … fold_K: train or test), 0 if none."""
+    keys = {k for row in items.values() for k in row if str(k).startswith("fold_") and str(k)[5:].isdigit()}
+    return max((int(k[5:]) for k in keys), default=0)
+
+
+def resolve_split_by(items: dict, split_by: str | None, speaker_folds: bool = True,
+                     folds=None) -> tuple[str, str]:
+    """(split_by, why): 'given' for the corpus's own folds, 'speaker' when every item has a
+    speaker and the study allows it, else 'item'. An explicit 'speaker' the corpus cannot
+    honour is a FoldError."""
+    if folds == "given":
+        if split_by:
+            raise FoldError("--split-by: --folds given uses the corpus's own folds as they are")
+        return "given", "the corpus's own folds"
     known = all(str(row.get("speaker") or "") for row in items.values())
     if split_by == "speaker":
         if not speaker_folds:
@@ -79,6 +92,12 @@ def count_folds(items: dict, folds, split_by: str) -> int:
     folds = parse_folds(folds)
     if not folds:
         return 0
+    if folds == "given":
+        n = given_folds(items)
+        if n < 2:
+            raise FoldError("--folds given: the corpus brings no folds of its own (an EmoBox folder does: "
+                            "fold_K/<corpus>_{train,test}_fold_K.jsonl)")
+        return n
     speakers = _speakers(items)
     if folds == "loso":
         if split_by != "speaker":
@@ -115,6 +134,18 @@ def fold_splits(items: dict, n_folds: int, fold: int, split_by: str, seed: int) 
         by_corpus[_corpus(items[uid])].append(uid)
     out = {}
     for corpus, uids in by_corpus.items():
+        if split_by == "given":  # the corpus's fold: its test part; a tenth of its train part validates
+            key = f"fold_{fold + 1}"
+            train = [u for u in uids if items[u].get(key) == "train"]
+            val = set()
+            for label in sorted({str(items[u]["label"]) for u in train}):
+                members = [u for u in train if str(items[u]["label"]) == label]
+                order = [members[i] for i in _rng(seed, corpus, "given-val", label, fold).permutation(len(members))]
+                val |= set(order[:int(round(len(order) * VAL_SHARE))])
+            for u in uids:
+                side = items[u].get(key)
+                out[u] = "test" if side == "test" else "val" if u in val else "train" if side == "train" else "none"
+            continue
         if split_by == "speaker":
             speakers = sorted({str(items[u]["speaker"]) for u in uids})
             order = [speakers[i] for i in _rng(seed, corpus, "speakers").permutation(len(speakers))]

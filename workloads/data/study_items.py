@@ -82,7 +82,9 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
     hashes = content_hashes(result.fs_uri, result.stages["content_hash"].dir)
     table = pd.DataFrame({"uid": corpus + "/" + usable["uid"], "corpus": corpus, "label": usable["label"],
                           "split": usable["split"], "speaker": usable["speaker"], "path": usable["path"],
-                          "content_hash": usable["uid"].map(hashes).fillna("")})
+                          "content_hash": usable["uid"].map(hashes).fillna(""),
+                          **{c: usable[c].fillna("").astype(str) for c in usable.columns
+                             if c.startswith("fold_") and c[5:].isdigit()}})  # a corpus's own folds (EmoBox)
     dirs = {name: s.dir for name, s in result.stages.items() if name != "content_hash"}
     return table.reset_index(drop=True), dirs, result.fs_uri, manifest.fingerprint()
 
