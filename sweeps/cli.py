@@ -189,8 +189,11 @@ def add_prepare_parser(sub) -> None:
                                    "target rate, compute the feature stages and cache them as Parquet. "
                                    "A second run with the same corpus and stages does no decoding; a run "
                                    "cut short resumes.")
-    p.add_argument("corpus", choices=sorted(READERS))
-    p.add_argument("--root", required=True, help="the corpus folder in its native layout")
+    p.add_argument("corpus", choices=["auto", *sorted(READERS)],
+                   help="the corpus's reader, or auto: a manifest file, an EmoBox folder, or the layout its file "
+                        "names tell")
+    p.add_argument("--root", required=True, help="the corpus folder in its native layout (auto: or a manifest file)")
+    p.add_argument("--media-root", help="where a manifest's or EmoBox's relative audio paths lie (default: beside it)")
     p.add_argument("--features", nargs="+", required=True, choices=sorted(STAGES), metavar="STAGE",
                    help=f"one or more of: {', '.join(STAGES)}")
     p.add_argument("--param", action="append", type=_param, default=[], metavar="STAGE.KEY=VALUE",
@@ -218,14 +221,22 @@ def add_prepare_parser(sub) -> None:
 
 
 def data_prepare(args) -> int:
+    from workloads.core.errors import BadInput, UserError
     from workloads.data.corpora import read_corpus
     from workloads.data.manifest import assign_splits
     from workloads.data.pipeline import StrictModeError, prepare
 
     try:
-        manifest = read_corpus(args.corpus, args.root, follow_symlinks=args.follow_symlinks)
+        if args.corpus == "auto":
+            from workloads.data.layouts import read_any
+
+            manifest = read_any(args.root, media_root=args.media_root, follow_symlinks=args.follow_symlinks)
+        elif args.media_root:
+            raise BadInput("--media-root: only `auto` reads manifests and EmoBox folders")
+        else:
+            manifest = read_corpus(args.corpus, args.root, follow_symlinks=args.follow_symlinks)
         manifest.items = assign_splits(manifest.items, seed=args.split_seed, by_speaker=args.by_speaker)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, UserError) as e:
         print(f"emosweep data prepare: {e}", file=sys.stderr)
         return 2
     stages = {name: {} for name in args.features}

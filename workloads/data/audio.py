@@ -39,13 +39,14 @@ def declared_seconds(container, stream) -> float | None:
 
 def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = None,
                  reject_silent: bool = True, max_seconds: float | None = MAX_SECONDS,
-                 segment: tuple[float, float] | None = None) -> np.ndarray:
+                 segment: tuple[float, float] | None = None, info: dict | None = None) -> np.ndarray:
     """The first audio stream of `source` (file bytes or a path) as mono float32 at `sr`.
     Raises MediaError with reason unreadable / no audio stream / corrupt audio / empty audio
     / silent audio / too long. Length: a container that declares more than `max_seconds` is
     refused before a frame is decoded; one that does not say is stopped as soon as decoding
     passes the limit (memory stays bounded either way). `segment` = (start, end) seconds: only
-    that part, decoding no further than its end; the limit applies to its length."""
+    that part, decoding no further than its end; the limit applies to its length. `info`, when
+    given, receives the source's sample rate (`source_sr`) and the clip's length (`seconds`)."""
     import av  # PyAV, FFmpeg's libraries: imported where media is decoded, not by training code
 
     name = name or (source if isinstance(source, str) else "<bytes>")
@@ -62,6 +63,8 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
             raise MediaError(name, "no audio stream", f"streams: {kinds}")
         stream = container.streams.audio[0]
+        if info is not None:
+            info["source_sr"] = int(stream.rate or stream.codec_context.sample_rate or 0)
         declared = declared_seconds(container, stream)
         if segment is not None:
             if max_seconds is not None and segment[1] - segment[0] > max_seconds:
@@ -91,6 +94,8 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
     wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     if segment is not None:
         wave = wave[int(segment[0] * sr):int(segment[1] * sr)]
+    if info is not None:
+        info["seconds"] = wave.size / sr
     if wave.size == 0:
         raise MediaError(name, "empty audio", "0 samples decoded")
     if reject_silent and float(np.max(np.abs(wave))) < SILENCE_PEAK:

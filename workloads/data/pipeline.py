@@ -103,7 +103,8 @@ class ShardWriter:
 
 
 def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
-                    max_file_mb: float | None = MAX_FILE_MB, segment: tuple[float, float] | None = None):
+                    max_file_mb: float | None = MAX_FILE_MB, segment: tuple[float, float] | None = None,
+                    info: dict | None = None):
     """A media file's bytes (local path or URI) decoded to mono float32 at `sr`; MediaError
     with a stable reason for anything that cannot be used. A file over `max_file_mb` is
     refused before it is read, one over `max_seconds` before (or while) it is decoded."""
@@ -115,7 +116,7 @@ def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
         data = read_bytes(path)
     except OSError as e:
         raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
-    return decode_audio(data, sr=sr, name=path, max_seconds=max_seconds, segment=segment)
+    return decode_audio(data, sr=sr, name=path, max_seconds=max_seconds, segment=segment, info=info)
 
 
 def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max_seconds: float | None = MAX_SECONDS,
@@ -129,15 +130,17 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max
         need = need.split(",")
         stage = "decode"
         segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
+        info: dict = {}
         try:
-            wave = read_and_decode(path, sr, max_seconds, max_file_mb, segment)
+            wave = read_and_decode(path, sr, max_seconds, max_file_mb, segment, info)
             stage, outputs = "features", {}
             for name in need:
                 try:
                     outputs[name] = get_stage(name)(wave, sr, **stages[name]["params"])
                 except Exception as e:  # a stage that cannot handle this clip (e.g. too short)
                     raise MediaError(path, f"stage {name} failed", f"{type(e).__name__}: {e}") from None
-            writer.ok(uid, path, outputs)
+            writer.ok(uid, path, outputs, {"seconds": float(info.get("seconds", 0.0)),
+                                           "source_sr": int(info.get("source_sr", 0))})
         except MediaError as e:
             writer.failed(uid, path, need, stage, e.reason, e.detail)
     return writer.close()
@@ -187,6 +190,38 @@ class PrepareResult:
     def usable(self) -> int:
         return len(self.items) - int((self.errors["stage"] != "read").sum())
 
+    def profile(self) -> str:
+        """Speakers, classes, total duration and the sample rates seen, of the usable items (the
+        last two from the decoder's record in the cache, where it holds one)."""
+        items = self.items
+        if self.unit != "files" or items.empty or "label" not in items:
+            return ""
+        items = items[~items["path"].isin(set(self.errors["path"]))]
+        speakers = items["speaker"].fillna("").astype(str) if "speaker" in items else pd.Series([], dtype=str)
+        parts = [f"{int((speakers != '').any() and speakers[speakers != ''].nunique())} speakers",
+                 f"{items['label'].nunique()} classes"]
+        meta = self.decoded_meta()
+        if len(meta):
+            parts.append(f"{meta['seconds'].sum() / 60:.1f} min of audio")
+            rates = meta["source_sr"].value_counts()
+            parts.append("sample rates " + ", ".join(f"{int(r)} Hz ×{n}" for r, n in rates.items() if r))
+        return "; ".join(parts)
+
+    def decoded_meta(self) -> pd.DataFrame:
+        """uid, seconds, source_sr of every usable item the first stage's shards record (none for
+        shards written before the decoder recorded them)."""
+        if not self.stages:
+            return pd.DataFrame(columns=["uid", "seconds", "source_sr"])
+        fs, _ = filesystem(self.fs_uri)
+        stage = next(iter(self.stages.values()))
+        frames = []
+        for path in _list(fs, stage.dir, "shard-"):
+            schema = pq.read_schema(path, filesystem=fs)
+            if {"seconds", "source_sr"} <= set(schema.names):
+                frames.append(pq.read_table(path, columns=["uid", "seconds", "source_sr"], filesystem=fs).to_pandas())
+        meta = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["uid", "seconds", "source_sr"])
+        return meta.drop_duplicates("uid")[meta.drop_duplicates("uid")["uid"].isin(set(self.items["uid"]))]
+
     def summary(self) -> str:
         where = f" on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}" if self.nodes else ""
         verb = "decoded" if self.unit == "files" else "parsed"
@@ -195,6 +230,9 @@ class PrepareResult:
                  + (f" ({self.decoded / self.seconds:.1f} {self.unit}/s)" if self.decoded and self.seconds else "")]
         for s in self.stages.values():
             lines.append(f"  {s.key}: {s.computed} computed, {s.cached} from cache → {s.dir}")
+        profile = self.profile()
+        if profile:
+            lines.append("  " + profile)
         if len(self.errors):
             lines.append("  errors by reason:")
             for (stage, reason), group in self.errors.groupby(["stage", "reason"]):
