@@ -273,3 +273,28 @@ def test_given_folds_are_the_corpus_own():
     assert second["u39"] == "none" and sum(s == "test" for s in second.values()) == 29
     with pytest.raises(FoldError, match="brings no folds"):
         count_folds({"u": {"label": "a", "speaker": "s"}}, "given", "given")
+
+
+@pytest.mark.slow
+def test_s4_runs_cross_corpus_on_corpora_named_on_the_command_line(synth, tmp_path):
+    """`--corpus ravdess=DIR --corpus mine=MANIFEST`: a manifest-read corpus and a folder, the
+    cross pair trained and tested on the classes they share, with its class map reported."""
+    import os
+
+    from sweeps.blstm_attention import STUDY
+    from sweeps.runner import main
+
+    ravdess = synth("ravdess", 24, seed=5, faults=False)
+    items = read_corpus("cremad", synth("cremad", 56, seed=1, faults=False)).items
+    items[["path", "label", "speaker"]].assign(label=items["label"].str.upper()).to_csv(tmp_path / "mine.csv",
+                                                                                      index=False)
+    old = os.environ.get("EMOSWEEP_LOCAL")
+    table = main(STUDY, ["--local", "--smoke", "--corpus", f"ravdess={ravdess}", "--corpus", f"mine={tmp_path / 'mine.csv'}",
+                         "--arms", "ravdess_to_mine,mine_floor", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                         "--results-out", str(tmp_path / "r.csv")])
+    assert os.environ.get("EMOSWEEP_LOCAL") == old
+    rows = table.set_index("arm")
+    assert set(rows.index) == {"ravdess_to_mine", "mine_floor"} and (rows["status"].str.startswith("OK")).all()
+    assert rows.loc["ravdess_to_mine", "n_classes"] == 6
+    assert rows.loc["ravdess_to_mine", "classes"] == "neutral,happiness,sadness,anger,fear,disgust"
+    assert 0 <= rows.loc["ravdess_to_mine", "test_acc"] <= 1

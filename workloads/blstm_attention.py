@@ -203,8 +203,8 @@ def prepare(config: dict, *, arms: dict, ravdess: str | None = None, shemo: str 
         table["label"] = table["label"].map(lambda v: canonical(v) or v)
         tables.append(table)
         prints.append(f"{corpus_name}-{fingerprint}")
-    config["_class_map"] = {f"{a['train_corpus']} → {a['test_corpus']}": arm_classes(a) for a in arms.values()
-                           if a["train_corpus"] != a["test_corpus"]}
+    config["_class_map"] = [[a["train_corpus"], a["test_corpus"], arm_classes(a)] for a in arms.values()
+                            if a["train_corpus"] != a["test_corpus"]]  # a list: its values may be logged as one param
     config.update(stage_dirs=dirs, data_sources=sources,
                   dataset_fingerprint=hashlib.sha256("|".join(prints).encode()).hexdigest()[:12])
     return write_items(config, pd.concat(tables, ignore_index=True), f"blstm-{config['dataset_fingerprint']}")
@@ -217,7 +217,7 @@ def describe(config: dict) -> dict:
     rows = pd.DataFrame(list(study_items(config).values()))
     counts = rows.groupby(["corpus", "label", "split"]).size().unstack(fill_value=0).reindex(
         columns=["train", "val", "test"])
-    pairs = "\n".join(f"| {pair} | {', '.join(c)} |" for pair, c in config.get("_class_map", {}).items())
+    pairs = "\n".join(f"| {a} → {b} | {', '.join(c)} |" for a, b, c in config.get("_class_map", []))
     sources = "\n".join(f"- {c}: {s}" for c, s in config["data_sources"].items())
     text = (f"# Corpora as used\n\n{sources}\n\nSplits keep every speaker in one split.\n\n{counts.to_markdown()}\n\n"
             f"## Class map (cross-corpus arms train and test on the shared classes)\n\n| train → test | classes |\n"
