@@ -252,11 +252,11 @@ def data_prepare(args) -> int:
     if not args.verbose:  # Ray, if it starts (a cache that holds everything never starts it), logs to a file
         quiet_logs(emosweep_home() / "logs", "data-prepare", lazy=True)
     try:
-        if args.address:
-            import ray  # otherwise Ray starts only if something is left to compute
+        if args.address:  # otherwise Ray starts only if something is left to compute
+            from workloads.core.ray_start import start_ray
 
             when_ray_starts()
-            ray.init(address=args.address, log_to_driver=False, ignore_reinit_error=True)
+            start_ray(address=args.address)
         try:
             result = prepare(manifest, stages, cache_dir=args.cache_dir, strict=args.strict,
                              sr=args.sample_rate, shard_size=args.shard_size, progress=not args.no_progress,

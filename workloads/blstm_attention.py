@@ -199,7 +199,8 @@ def prepare(config: dict, *, arms: dict, ravdess: str | None = None, shemo: str 
         root, sources[corpus_name] = corpus_source(config, corpus_name, given.get(corpus_name)
                                                    or config.get(f"{corpus_name}_dir"))
         table, dirs[corpus_name], config["cache_fs"], fingerprint = prepare_corpus(
-            corpus_name, root, {"frame46": {}}, int(config["seed"]), by_speaker=True, media_root=media_root)
+            corpus_name, root, {"frame46": {}}, int(config["seed"]), by_speaker=True, media_root=media_root,
+            report=config.setdefault("_corpus_report", {}))
         table["label"] = table["label"].map(lambda v: canonical(v) or v)
         tables.append(table)
         prints.append(f"{corpus_name}-{fingerprint}")
@@ -218,7 +219,9 @@ def describe(config: dict) -> dict:
     counts = rows.groupby(["corpus", "label", "split"]).size().unstack(fill_value=0).reindex(
         columns=["train", "val", "test"])
     pairs = "\n".join(f"| {a} → {b} | {', '.join(c)} |" for a, b, c in config.get("_class_map", []))
-    sources = "\n".join(f"- {c}: {s}" for c, s in config["data_sources"].items())
+    profiles = config.get("_corpus_report", {})
+    sources = "\n".join(f"- {c}: {s}" + (f"\n  {profiles[c]}" if c in profiles else "")
+                        for c, s in config["data_sources"].items())
     text = (f"# Corpora as used\n\n{sources}\n\nSplits keep every speaker in one split.\n\n{counts.to_markdown()}\n\n"
             f"## Class map (cross-corpus arms train and test on the shared classes)\n\n| train → test | classes |\n"
             f"|---|---|\n{pairs}\n")

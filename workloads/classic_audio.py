@@ -46,7 +46,8 @@ def prepare_single(config: dict, corpus: str, stages: dict, study: str, given: l
     root, config["data_source"] = corpus_source(config, corpus, config.get("data_dir"), **generator_options)
     table, dirs, config["cache_fs"], fingerprint = prepare_corpus(corpus, root, stages, int(config["seed"]),
                                                                   by_speaker=False, fractions=SPLIT,
-                                                                  media_root=media_root, emotions=False)
+                                                                  media_root=media_root, emotions=False,
+                                                                  report=config.setdefault("_corpus_report", {}))
     table["label"] = table["label"].astype(str)
     config.update(stage_dirs={corpus: dirs}, classes=sorted(table["label"].unique()), corpus=corpus,
                   dataset_fingerprint=fingerprint)
@@ -104,6 +105,8 @@ def describe(config: dict) -> dict:
     rows = pd.DataFrame(list(study_items(config).values()))
     counts = rows.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"],
                                                                                   fill_value=0)
-    return {"dataset_report.md": f"# Corpus as used\n\n- {config['corpus']}: {config['data_source']}\n\n"
+    profile = config.get("_corpus_report", {}).get(config["corpus"])
+    return {"dataset_report.md": f"# Corpus as used\n\n- {config['corpus']}: {config['data_source']}\n"
+                                 + (f"  {profile}\n" if profile else "") + "\n"
                                  f"Random split per class, seed {config['seed']}: {SPLIT[0]:.0%} train, "
                                  f"{SPLIT[1]:.0%} validation, {SPLIT[2]:.0%} test.\n\n{counts.to_markdown()}\n"}

@@ -5,7 +5,7 @@ pays nothing for it."""
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch between a one-machine Ray and a cluster node
@@ -30,7 +30,10 @@ def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=not quiet, **kwargs)
+        # a Ray on this machine's loopback (another emosweep's, a test's) is joined as a process
+        # of that same one-machine node; Ray would otherwise look for a raylet on the LAN address
+        with one_machine() if on_loopback(address) else nullcontext():
+            ray.init(address=address, log_to_driver=not quiet, **kwargs)
         return
     os.environ.setdefault("RAY_enable_metrics_collection", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -38,6 +41,12 @@ def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
     # its temp folder, or $RAY_ADDRESS: a laptop sweep would run its trials on a stranger's Ray.
     with one_machine():
         ray.init(address="local", include_dashboard=False, log_to_driver=not quiet, **kwargs)
+
+
+def on_loopback(address: str) -> bool:
+    """Whether a Ray address (host:port, ray://host:port) names this machine's loopback."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 @contextmanager

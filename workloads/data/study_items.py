@@ -54,7 +54,7 @@ def _read_items(fs_uri: str, path: str) -> dict:
 
 def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: bool,
                    fractions=(0.8, 0.1, 0.1), media_root: str | None = None,
-                   emotions: bool = True) -> tuple[pd.DataFrame, dict, str, str]:
+                   emotions: bool = True, report: dict | None = None) -> tuple[pd.DataFrame, dict, str, str]:
     """Driver side, for the hand-made-feature studies: read `corpus` in whatever layout `root`
     has (its reader when `corpus` names one and root is a folder; else a manifest, an EmoBox
     folder or the layout told from the files; `emotions`: a manifest's labels are emotions),
@@ -78,6 +78,11 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
     manifest.items = assign_splits(manifest.items, seed, fractions=fractions, by_speaker=by_speaker)
     result = prepare_media(manifest, {**stages, "content_hash": {}}, progress=False)  # the hash: for the split gate
     print(f"[emosweep] {corpus}: {result.summary()}", flush=True)
+    if report is not None:  # the corpus's profile and problems, for the sweep's data report
+        problems = result.errors.groupby("reason").size().sort_values(ascending=False)
+        report[corpus] = (f"{len(manifest.items)} items, {result.usable} usable; {result.profile()}"
+                          + ("; problems: " + ", ".join(f"{reason} ×{n}" for reason, n in problems.items())
+                             if len(problems) else "; no problems"))
     usable = manifest.items[~manifest.items["path"].isin(set(result.errors["path"]))]
     hashes = content_hashes(result.fs_uri, result.stages["content_hash"].dir)
     table = pd.DataFrame({"uid": corpus + "/" + usable["uid"], "corpus": corpus, "label": usable["label"],
