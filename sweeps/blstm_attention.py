@@ -44,7 +44,9 @@ def arms_for(opts) -> dict | None:
         return None
     given = blstm_attention.given_corpora({"data_dir": opts.data_dir}, opts.ravdess, opts.shemo, opts.emodb,
                                           opts.corpus)
-    return blstm_attention.corpus_arms({name: blstm_attention.classes_of(name, path, opts.media_root)
+    from workloads.data.layouts import corpus_classes
+
+    return blstm_attention.corpus_arms({name: corpus_classes(name, path, opts.media_root)
                                         for name, path in given.items()})
 
 

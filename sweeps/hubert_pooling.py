@@ -14,10 +14,58 @@ that speaker's statistics (speaker_norm).
     python sweeps/hubert_pooling.py --data-dir ../shared/data/ravdess --folds 4   # four speaker folds, mean ± CI
     python sweeps/hubert_pooling.py --smoke                           # tiny random HuBERT, about a minute
     python sweeps/hubert_pooling.py --set encoder_mode=live --set padding=dynamic --arms masked_mean
+    python sweeps/hubert_pooling.py --corpus ravdess=DIR --corpus cremad=DIR2   # + train-on-one/test-on-other arms
+
+With two or more corpora (--corpus NAME=PATH, repeated; any layout), the pooling arms run on the
+first, and every ordered pair that shares two classes or more gets a cross-corpus arm (A_to_B:
+every layer's mean, trained and validated on A, tested on B's test part, on the shared classes)
+and its own probe (A_to_B_probe), which it is paired with.
 """
 from sweeps.runner import Study, main
 from sweeps.space import choice, loguniform, uniform
 from workloads import speech_pooling
+
+ARMS = {**{name: {"pooling": name} for name in
+           ("masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean",
+            "layers_mean", "layers_mean_std")},
+        # the floor: a standardized logistic regression on every layer's mean (a frozen probe)
+        "probe": {"pooling": "probe", "searched": ()}}
+CROSS_POOLING = "layers_mean"  # what a cross-corpus arm pools with: the best arm on real RAVDESS (docs/real-data.md)
+
+
+def arms_for(opts) -> dict | None:
+    """With two or more named corpora: the pooling arms on the first, and per ordered pair a
+    cross-corpus arm and its probe, each with its class map; else the declared arms."""
+    from workloads.data.layouts import corpus_classes, cross_pairs, named_corpora
+
+    if not opts.corpus:
+        return None
+    given = named_corpora(opts.corpus, opts.data_dir)
+    if len(given) < 2:
+        return None
+    classes = {name: corpus_classes(name, path, opts.media_root) for name, path in given.items()}
+    first = next(iter(given))
+    arms = {name: {**arm, "train_corpus": first, "test_corpus": first, "arm_classes": ",".join(classes[first])}
+            for name, arm in ARMS.items()}
+    for a, b, shared in cross_pairs(classes):
+        pair = {"train_corpus": a, "test_corpus": b, "arm_classes": ",".join(shared)}
+        arms[f"{a}_to_{b}"] = {"pooling": CROSS_POOLING, **pair}
+        arms[f"{a}_to_{b}_probe"] = {"pooling": "probe", "searched": (), **pair}
+    return arms
+
+
+def reference_of(arm: str, arms: dict) -> str | None:
+    """What an arm is paired with: the probe on its own data (a cross-corpus arm's own probe)."""
+    if arm.endswith("_probe"):
+        return None
+    config = arms.get(arm, {})
+    if config.get("train_corpus") != config.get("test_corpus"):
+        return f"{arm}_probe" if f"{arm}_probe" in arms else None
+    if "probe" in arms:
+        return "probe"
+    from sweeps.results import default_reference
+
+    return default_reference(arms)
 
 STUDY = Study(
     name="hubert_pooling",
@@ -26,11 +74,8 @@ STUDY = Study(
     trainable=speech_pooling.train,
     prepare=speech_pooling.prepare,
     describe=speech_pooling.describe,
-    arms={**{name: {"pooling": name} for name in
-             ("masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean",
-              "layers_mean", "layers_mean_std")},
-          # the floor: a standardized logistic regression on every layer's mean (a frozen probe)
-          "probe": {"pooling": "probe", "searched": ()}},
+    arms=ARMS,
+    arms_for=arms_for,
     space={
         "lr": loguniform(1e-4, 3e-3),
         "head_width": choice([128, 256, 512]),
@@ -62,9 +107,9 @@ STUDY = Study(
     smoke={"synth_n": 96, "epochs": 3},
     terminal_columns=["layer_used", "lr"],  # the arm"s own knobs beside the metrics, within 120 columns
     table_columns=["pooling", "layer_used", "hidden_states", "speaker_norm", "imbalance", "lr", "head_width",
-                   "dropout", "weight_decay", "finetune_top"],
+                   "dropout", "weight_decay", "finetune_top", "train_corpus", "test_corpus", "arm_classes"],
     metric="best_val_acc",
-    reference="probe",  # does a learned pooling beat the frozen probe on the same folds?
+    reference=reference_of,  # does a learned pooling beat the frozen probe on the same folds (and data)?
 )
 
 if __name__ == "__main__":

@@ -298,3 +298,41 @@ def test_s4_runs_cross_corpus_on_corpora_named_on_the_command_line(synth, tmp_pa
     assert rows.loc["ravdess_to_mine", "n_classes"] == 6
     assert rows.loc["ravdess_to_mine", "classes"] == "neutral,happiness,sadness,anger,fear,disgust"
     assert 0 <= rows.loc["ravdess_to_mine", "test_acc"] <= 1
+
+
+def test_s2_arms_with_several_corpora(synth):
+    from sweeps.hubert_pooling import ARMS, STUDY, reference_of
+    from sweeps.study import build_parser, with_corpus_arms
+
+    ravdess, cremad = synth("ravdess", 24, seed=5, faults=False), synth("cremad", 56, seed=1)
+    opts = build_parser(STUDY).parse_args(["--corpus", f"ravdess={ravdess}", "--corpus", f"cremad={cremad}"])
+    arms = with_corpus_arms(STUDY, opts).arms
+    assert set(ARMS) < set(arms) and {"ravdess_to_cremad", "cremad_to_ravdess", "ravdess_to_cremad_probe"} <= set(arms)
+    assert arms["masked_mean"]["train_corpus"] == arms["masked_mean"]["test_corpus"] == "ravdess"  # the first named
+    assert set(arms["cremad_to_ravdess"]["arm_classes"].split(",")) == {"anger", "disgust", "fear", "happiness",
+                                                                        "neutral", "sadness"}
+    assert reference_of("cremad_to_ravdess", arms) == "cremad_to_ravdess_probe"
+    assert reference_of("masked_mean", arms) == "probe" and reference_of("cremad_to_ravdess_probe", arms) is None
+    one = build_parser(STUDY).parse_args(["--corpus", f"mine={cremad}"])
+    assert with_corpus_arms(STUDY, one).arms is STUDY.arms  # one corpus: the study's own arms on it
+
+
+@pytest.mark.slow
+def test_s2_cross_corpus_runs_on_the_frozen_encoders_cache(synth, tmp_path):
+    """Two corpora's states in the cache; a cross arm trains on one and tests on the other's
+    test part, on the classes they share; its probe is its reference."""
+    from sweeps.hubert_pooling import STUDY
+    from sweeps.runner import main
+
+    ravdess, cremad = synth("ravdess", 24, seed=5, faults=False), synth("cremad", 56, seed=1, faults=False)
+    table = main(STUDY, ["--local", "--smoke", "--corpus", f"ravdess={ravdess}", "--corpus", f"cremad={cremad}",
+                         "--arms", "cremad_to_ravdess,cremad_to_ravdess_probe", "--tracking-uri",
+                         f"sqlite:///{tmp_path / 'm.db'}", "--results-out", str(tmp_path / "r.csv")])
+    rows = table.set_index("arm")
+    assert set(rows.index) == {"cremad_to_ravdess", "cremad_to_ravdess_probe"}
+    assert rows.loc["cremad_to_ravdess", "train_corpus"] == "cremad" and rows.loc["cremad_to_ravdess", "test_corpus"] == "ravdess"
+    assert set(rows.loc["cremad_to_ravdess", "arm_classes"].split(",")) == {"anger", "disgust", "fear", "happiness",
+                                                                            "neutral", "sadness"}
+    arms = pd.read_csv(tmp_path / "r.arms.csv").set_index("arm")
+    assert arms.loc["cremad_to_ravdess", "reference"] == "cremad_to_ravdess_probe"
+    assert 0 <= rows.loc["cremad_to_ravdess", "test_acc"] <= 1

@@ -70,14 +70,13 @@ def corpus_arms(classes: dict) -> dict:
     at least MIN_SHARED classes, each with its class map."""
     blstm = {"method": "blstm", "model_id": "Attention_BLSTM (from scratch)"}
     floor = {"method": "floor", "model_id": "logistic regression on clip mean + std", "searched": ()}
+    from .data.layouts import cross_pairs
+
     arms = {}
     for c in classes:
         arms[c] = {"train_corpus": c, "test_corpus": c, **blstm, "classes": ",".join(classes[c])}
-    for a in classes:
-        for b in classes:
-            shared = shared_classes(a, b, classes) if a != b else []
-            if len(shared) >= MIN_SHARED:
-                arms[f"{a}_to_{b}"] = {"train_corpus": a, "test_corpus": b, **blstm, "classes": ",".join(shared)}
+    for a, b, shared in cross_pairs(classes, MIN_SHARED):
+        arms[f"{a}_to_{b}"] = {"train_corpus": a, "test_corpus": b, **blstm, "classes": ",".join(shared)}
     for c in classes:
         arms[f"{c}_floor"] = {"train_corpus": c, "test_corpus": c, **floor, "classes": ",".join(classes[c])}
     return arms
@@ -94,19 +93,6 @@ def given_corpora(config: dict, ravdess=None, shemo=None, emodb=None, corpus=Non
             raise UserError(f"{name} is given twice (--{name} and --corpus/--data-dir)")
         out[name] = path
     return out
-
-
-def classes_of(name: str, path: str, media_root: str | None = None) -> list[str]:
-    """A named corpus's canonical classes, in its reader's order (read once, driver side)."""
-    from .data.layouts import read_any
-
-    manifest = read_any(path, name=name, media_root=media_root)
-    if manifest.items.empty:
-        raise UserError(f"--corpus {name}={path}: no usable items; the reader said:\n"
-                        f"{manifest.problems.head(5).to_string()}")
-    present = set(manifest.items["label"].map(lambda v: canonical(v) or v))
-    ordered = [canonical(c) or c for c in manifest.classes] or sorted(present)
-    return [c for c in dict.fromkeys(ordered) if c in present]
 
 
 def floor_of(arm: str, arms: dict) -> str | None:

@@ -85,6 +85,55 @@ def _cached_states(fs_uri: str, states_dir: str) -> tuple[list, list, list]:
     return list(frame["uid"]), tensors, [int(n) for n in frame["frames"]]
 
 
+def cached_states(config: dict) -> tuple[list, list, list]:
+    """(uids, states, real-frame counts) of the sweep's frozen-encoder cache: one corpus's, or
+    (cross-corpus sweeps) every named corpus's, with uids prefixed by the corpus's name."""
+    if "states_dirs" not in config:
+        return _cached_states(config["cache_fs"], config["states_dir"])
+    return _several_caches(config["cache_fs"], tuple(sorted(config["states_dirs"].items())))
+
+
+@lru_cache(maxsize=1)
+def _several_caches(fs_uri: str, dirs: tuple) -> tuple[list, list, list]:
+    uids, tensors, frames = [], [], []
+    for corpus, states_dir in dirs:
+        u, t, f = _cached_states.__wrapped__(fs_uri, states_dir)
+        uids += [f"{corpus}/{x}" for x in u]
+        tensors += t
+        frames += f
+    return uids, tensors, frames
+
+
+def arm_classes(config: dict) -> list[str]:
+    """The classes this trial's arm trains and tests on: the arm's own list (a cross-corpus
+    arm's shared classes, or a named corpus's), else the corpus's."""
+    return str(config["arm_classes"]).split(",") if config.get("arm_classes") else list(config["classes"])
+
+
+def arm_view(config: dict) -> tuple[dict, dict, dict]:
+    """(items, uid → split, uid → class index) for this trial: its fold's (or the study's)
+    split, restricted to the arm's corpus and classes. A cross-corpus arm (train_corpus ≠
+    test_corpus) trains and validates on the first corpus and tests on the second's test part.
+    Items handed in without labels (tests) carry their class index as `y`."""
+    items = study_items(config)
+    named = config.get("arm_classes") or "classes" in config
+    index = {c: i for i, c in enumerate(arm_classes(config))} if named else None
+    train, test = config.get("train_corpus"), config.get("test_corpus")
+    out, y = {}, {}
+    for uid, split in trial_splits(items, config).items():
+        row = items[uid]
+        if split not in ("train", "val", "test") or (index is not None and row["label"] not in index):
+            continue
+        y[uid] = index[row["label"]] if index is not None else int(row["y"])
+        if train is not None:
+            corpus = row.get("corpus")
+            if (corpus == train and (split != "test" or train == test)) or (corpus == test and split == "test"):
+                out[uid] = split
+            continue
+        out[uid] = split
+    return items, out, y
+
+
 def speaker_stats(states: list, lengths: list, speakers: list) -> dict:
     """speaker → (mean, std), each (L, 1, D) float32: every layer's statistics over the real
     frames of all that speaker's clips (data/study_items.speaker_statistics). Uses no label."""
@@ -111,13 +160,14 @@ def _memo_key(config: dict, *more) -> tuple | None:
     """Items handed in directly (tests, plain processes) are not memoized."""
     if "items" in config:
         return None
-    return (config["cache_fs"], config["states_dir"], config["items_file"], *more)
+    return (config["cache_fs"], config.get("states_dir") or tuple(sorted(config["states_dirs"].items())),
+            config["items_file"], *more)
 
 
 def speaker_norms(config: dict) -> dict:
     """speaker → (mean, std) of that speaker's cached states (see speaker_stats)."""
     def make():
-        uids, tensors, frames = _cached_states(config["cache_fs"], config["states_dir"])
+        uids, tensors, frames = cached_states(config)
         items = study_items(config)
         keep = [i for i, uid in enumerate(uids) if uid in items]
         return speaker_stats([tensors[i] for i in keep], [frames[i] for i in keep],
@@ -131,7 +181,7 @@ def pooled_vectors(config: dict, pooling) -> dict:
     """uid → the clip's vector under a parameter-free pooling (after speaker normalization when
     asked): the same for every fold and hyper-parameter, so computed once per process."""
     def make():
-        uids, tensors, frames = _cached_states(config["cache_fs"], config["states_dir"])
+        uids, tensors, frames = cached_states(config)
         items = study_items(config)
         stats = speaker_norms(config) if config.get("speaker_norm") else {}
         keep = [i for i, uid in enumerate(uids) if uid in items]
@@ -146,14 +196,15 @@ def pooled_vectors(config: dict, pooling) -> dict:
 
 
 def pooled_splits(config: dict, pooling) -> dict:
-    """split → (pooled vectors, labels, -, -) for this trial's fold, in the cache's order."""
-    items = study_items(config)
-    splits = trial_splits(items, config)
+    """split → (pooled vectors, labels, -, -) for this trial's fold and arm, in the cache's order."""
+    items, splits, y = arm_view(config)
     out = {s: ([], [], [], []) for s in ("train", "val", "test")}
     for uid, vector in pooled_vectors(config, pooling).items():
+        if uid not in splits:
+            continue
         xs, ys, lengths, norms = out[splits[uid]]
         xs.append(vector)
-        ys.append(items[uid]["y"])
+        ys.append(y[uid])
         lengths.append(0)
         norms.append(None)
     return out
@@ -163,17 +214,16 @@ def load_cached(config: dict) -> dict:
     """split → (per-clip state tensors, labels, real-frame counts, per-clip speaker statistics
     or None) from the cache. With `speaker_norm`, each clip is standardized by its speaker's
     statistics in the collate (computed over every clip of that speaker, no labels)."""
-    uids, tensors, frames = _cached_states(config["cache_fs"], config["states_dir"])
-    items = study_items(config)
-    splits = trial_splits(items, config)
-    keep = [i for i, uid in enumerate(uids) if uid in items]
+    uids, tensors, frames = cached_states(config)
+    items, splits, y = arm_view(config)
+    keep = [i for i, uid in enumerate(uids) if uid in splits]
     stats = speaker_norms(config) if config.get("speaker_norm") else {}
     norms = [stats.get(items[uids[i]]["speaker"]) for i in keep]
     out = {s: ([], [], [], []) for s in ("train", "val", "test")}
     for i, norm in zip(keep, norms):
         states, labels, lengths, clip_norms = out[splits[uids[i]]]
         states.append(tensors[i])
-        labels.append(items[uids[i]]["y"])
+        labels.append(y[uids[i]])
         lengths.append(frames[i])
         clip_norms.append(norm)
     return out
@@ -333,7 +383,8 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
 
     configure_threads()
     seed_everything(config["seed"])
-    n_classes = len(config["classes"])
+    classes = arm_classes(config)
+    n_classes = len(classes)
     encoder = None
     live = config.get("encoder_mode", "cached") == "live"
     if live or int(config.get("finetune_top") or 0):
@@ -348,7 +399,7 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
 
         data = pooled_splits(config, build_pooling("layers_mean", dim, n_states))
         features = {s: (torch.stack(xs).numpy(), np.asarray(ys)) for s, (xs, ys, *_) in data.items()}
-        return fit_floor(config, features, list(config["classes"]), tracking, run_name(config), probe_tags(config),
+        return fit_floor(config, features, classes, tracking, run_name(config), probe_tags(config),
                          {"pooling": "probe", "hidden_states": n_states, "train_clips": len(data["train"][1])})
     model = build_model(config, n_states, dim, n_classes, encoder)
     # A pooling with nothing to learn gives every clip the same vector each epoch: pool once (per
@@ -386,7 +437,7 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
             "encoder_dim": dim, "train_clips": len(train_labels), "finetune_top": int(config.get("finetune_top") or 0),
             "encoder_mode": config.get("encoder_mode", "cached")}
     setup = TrainSetup(
-        model=model, optimizer=optimizer, loaders=loaders, step=make_step(weights), class_names=config["classes"],
+        model=model, optimizer=optimizer, loaders=loaders, step=make_step(weights), class_names=classes,
         epochs=int(config["epochs"]), grad_clip=config.get("grad_clip", 1.0), info=info,
         tags={"workload": WORKLOAD, "arm": config["arm"], "pooling": config["pooling"],
               "model_id": config["model_id"], "random_init": str(bool(config.get("random_init"))).lower(),
@@ -413,15 +464,17 @@ def live_padding_metrics(loaders: dict) -> dict:
 def _decode_splits(config: dict) -> dict:
     from .data.audio import decode_audio
 
-    items = study_items(config)
-    splits = trial_splits(items, config)
+    items, splits, y = arm_view(config)
     clip = int(float(config["clip_seconds"]) * 16000)
     out = {s: ([], [], []) for s in ("train", "val", "test")}
-    for uid, row in items.items():
-        waves, labels, lengths = out[splits[uid]]
-        wave = decode_audio(row["path"], sr=16000)[:clip]
+    for uid, split in splits.items():
+        row = items[uid]
+        waves, labels, lengths = out[split]
+        start = row.get("start")
+        segment = (float(start), float(row["end"])) if start is not None and start == start and start != "" else None
+        wave = decode_audio(row["path"], sr=16000, segment=segment)[:clip]
         waves.append(wave)
-        labels.append(row["y"])
+        labels.append(y[uid])
         lengths.append(len(wave))
     return out
 
@@ -458,8 +511,11 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
     """Driver-side, once per sweep: the corpus (or its look-alike; --data-dir or one --corpus
     NAME=PATH, in any layout), the encoder, and, when the encoder is frozen, its states in the
     cache."""
+    import hashlib
+
+    import pandas as pd
+
     from .core.paths import emosweep_home
-    from .data.encoder_cache import actor_plan, encode_corpus
     from .data.synth import study_corpus
     from .models.encoders import resolve_model
     from .models.speech import make_tiny_hubert, speech_encoder_facts
@@ -474,23 +530,33 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
         raise UserError(f"unknown pooling {config['pooling']!r}; choose from {', '.join(POOLINGS)}")
     if config["imbalance"] not in IMBALANCE:
         raise UserError(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
+    config["media_root"] = media_root
+    given = {}
     if corpus:
         import os
 
         from .data.layouts import named_corpora
 
         given = named_corpora(corpus, config.get("data_dir"))
-        if len(given) > 1:
-            raise UserError(f"hubert_pooling reads one corpus; got {', '.join(given)} (cross-corpus arms are "
-                            f"blstm_attention's)")
-        (name, path), = given.items()
-        config.update(data_dir=os.path.abspath(path), corpus=name,
-                      _pinned=[*config.get("_pinned", ()), "corpus"])
-    config["media_root"] = media_root
-    if config.get("data_dir") is None:
-        config["corpus"] = "ravdess"
-    study_corpus(config, "ravdess", "clips")
-    manifest = read_manifest(config)
+        if len(given) > 1 and (config.get("encoder_mode", "cached") == "live" or int(config.get("finetune_top") or 0)):
+            raise UserError("cross-corpus arms read the frozen encoder's cache: encoder_mode cached, finetune_top 0")
+        if len(given) == 1:
+            (name, path), = given.items()
+            config.update(data_dir=os.path.abspath(path), corpus=name,
+                          _pinned=[*config.get("_pinned", ()), "corpus"])
+    if len(given) > 1:  # several corpora, each read in its own layout, split on its own
+        manifests = {}
+        for name, path in given.items():
+            one = {**config, "data_dir": os.path.abspath(path), "corpus": name,
+                   "_pinned": [*config.get("_pinned", ()), "corpus"]}
+            manifests[name] = read_manifest(one)
+        config.update(corpus="+".join(given), data_dir=None,
+                      data_source="; ".join(f"{name}: {os.path.abspath(path)}" for name, path in given.items()))
+    else:
+        if config.get("data_dir") is None:
+            config["corpus"] = "ravdess"
+        study_corpus(config, "ravdess", "clips")
+        manifests = {None: read_manifest(config)}
     if smoke and not model:
         path = make_tiny_hubert(emosweep_home() / "models" / f"tiny-hubert-s{config['seed']}", seed=int(config["seed"]))
         config.update(model_path=path, model_id="tiny-random-hubert", model_source="tiny-random", random_init=True)
@@ -505,13 +571,45 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
     n_layers = facts["n_layers"]
     config["window_seconds"] = facts["window_seconds"]
     config["model_id"] += facts["label_suffix"]
-    config.update(n_states=n_layers + 1, dim=facts["dim"],
-                  classes=list(manifest.classes), dataset_fingerprint=manifest.fingerprint())  # reads every file's ends: once
+    config.update(n_states=n_layers + 1, dim=facts["dim"])
     k = int(config.get("finetune_top") or 0)
     if k >= n_layers + 1 or k < 0:
         raise UserError(f"finetune_top {k}: the encoder has {n_layers} layers")
+    if None in manifests:  # one corpus
+        manifest = manifests[None]
+        config.update(classes=list(manifest.classes), dataset_fingerprint=manifest.fingerprint())  # reads every file's ends: once
+        table, states_dir = _encoded_items(config, manifest, n_layers, k)
+        if states_dir:
+            config["states_dir"] = states_dir
+        return write_items(config, table, f"{manifest.name}-{config['dataset_fingerprint']}")
+    from .data.labels import canonical
+
+    tables, dirs, prints, classes = [], {}, [], []
+    for name, manifest in manifests.items():
+        manifest.items["label"] = manifest.items["label"].map(lambda v: canonical(v) or v)
+        manifest.classes = list(dict.fromkeys(canonical(c) or c for c in manifest.classes))
+        prints.append(f"{name}-{manifest.fingerprint()}")
+        config["dataset_fingerprint"] = prints[-1].rsplit("-", 1)[1]
+        table, dirs[name] = _encoded_items(config, manifest, n_layers, k)
+        tables.append(table.assign(uid=name + "/" + table["uid"], speaker=name + "/" + table["speaker"].astype(str),
+                                   corpus=name))
+        classes += [c for c in manifest.classes if c not in classes]
+    config.update(states_dirs=dirs, classes=classes,
+                  dataset_fingerprint=hashlib.sha256("|".join(prints).encode()).hexdigest()[:12])
+    table = pd.concat(tables, ignore_index=True)
+    table["y"] = [classes.index(label) for label in table["label"]]
+    return write_items(config, table, f"{config['corpus'].replace('+', '-')}-{config['dataset_fingerprint']}")
+
+
+def _encoded_items(config: dict, manifest, n_layers: int, k: int):
+    """One corpus's usable items (uid, y, label, split, speaker, path, content_hash, its own
+    folds) and the folder of its encoder states (None in the live mode); sets cache_fs and
+    unusable_clips on config."""
+    from .data.encoder_cache import actor_plan, encode_corpus
+
     y = {c: i for i, c in enumerate(manifest.classes)}
     usable = manifest.items
+    states_dir = None
     # the decoded samples' digest, for the split gate (cached per corpus like the states)
     from .data.folds import content_hashes
     from .data.pipeline import prepare as prepare_media
@@ -527,15 +625,16 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
                                batch_size=int(config.get("encode_batch", 8)), actors=actors,
                                num_gpus=gpus)
         print(f"[emosweep] encoder states: {result.summary()}")
-        config.update(cache_fs=result.fs_uri, states_dir=result.stages["encoder_states"].dir,
-                      unusable_clips=len(result.errors))
+        config.update(cache_fs=result.fs_uri, unusable_clips=int(config.get("unusable_clips") or 0) + len(result.errors))
+        states_dir = result.stages["encoder_states"].dir
         bad = set(result.errors["path"])
         usable = usable[~usable["path"].isin(bad)]
     table = usable.assign(y=[y[label] for label in usable["label"]], label=usable["label"],
                           content_hash=usable["uid"].map(hashes).fillna(""))[
         ["uid", "y", "label", "split", "speaker", "path", "content_hash",
-         *(c for c in usable.columns if c.startswith("fold_") and c[5:].isdigit())]]  # a corpus's own folds
-    return write_items(config, table, f"{manifest.name}-{config['dataset_fingerprint']}")
+         *(c for c in usable.columns if c.startswith("fold_") and c[5:].isdigit()),  # a corpus's own folds
+         *(c for c in ("start", "end") if c in usable.columns)]]  # segments, for the live mode
+    return table, states_dir
 
 
 def describe(config: dict) -> dict:
@@ -544,9 +643,10 @@ def describe(config: dict) -> dict:
 
     items = study_items(config)
     splits = trial_splits(items, config)
-    rows = pd.DataFrame([{"label": config["classes"][v["y"]], "split": splits[uid], "speaker": v["speaker"]}
-                         for uid, v in items.items()])
-    counts = rows.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"])
+    rows = pd.DataFrame([{"corpus": v.get("corpus") or config["corpus"], "label": v["label"], "split": splits[uid],
+                          "speaker": v["speaker"]} for uid, v in items.items()])
+    by = ["corpus", "label"] if rows["corpus"].nunique() > 1 else ["label"]  # several corpora: each its own rows
+    counts = rows.groupby([*by, "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"])
     speakers = rows.groupby("split")["speaker"].nunique().reindex(["train", "val", "test"])
     text = (f"# {config['corpus']} as used: {config['data_source']}\n\nencoder: {config['model_id']}\n\n"
             f"speakers per split (no speaker in two): {speakers.to_dict()}\n\n{counts.to_markdown()}\n")

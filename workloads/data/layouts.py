@@ -126,3 +126,26 @@ def named_corpora(corpus_flags: list | None, data_dir: str | None = None, defaul
             raise BadInput(f"--data-dir {data_dir}: a corpus named {name} is given by --corpus too")
         out[name] = str(path)
     return out
+
+
+def corpus_classes(name: str, path, media_root=None) -> list[str]:
+    """A named corpus's classes as canonical emotions, in its reader's order (read once, driver
+    side, to build the arms and their class maps). BadInput for a corpus with no usable item."""
+    from .labels import canonical
+
+    manifest = read_any(path, name=name, media_root=media_root)
+    if manifest.items.empty:
+        raise BadInput(f"--corpus {name}={path}: no usable items; the reader said:\n"
+                       f"{manifest.problems.head(5).to_string()}")
+    present = set(manifest.items["label"].map(lambda v: canonical(v) or v))
+    ordered = [canonical(c) or c for c in manifest.classes] or sorted(present)
+    return [c for c in dict.fromkeys(ordered) if c in present]
+
+
+def cross_pairs(classes: dict, min_shared: int = 2) -> list[tuple[str, str, list[str]]]:
+    """(train corpus, test corpus, the classes they share in the first's order) for every
+    ordered pair of named corpora ({name: classes}) sharing at least `min_shared` classes."""
+    from .labels import shared_classes
+
+    return [(a, b, shared) for a in classes for b in classes
+            if a != b and len(shared := shared_classes(classes[a], classes[b])) >= min_shared]
