@@ -181,7 +181,7 @@ def test_a_quiet_smoke_sweep_prints_only_emosweeps_lines_and_listens_on_loopback
             for sock in listeners():
                 if sock["pid"] in ours:
                     seen[(sock["ip"], sock["port"])] = sock
-            time.sleep(0.5)
+            time.sleep(2.0)  # Ray's listeners live for the whole sweep; a scan of /proc costs CPU the sweep needs
         stdout, stderr = output.result(timeout=max(1, deadline - time.time()))
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     text = out.stdout + out.stderr
