@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,7 @@ def _prepare(corpus: str, root: Path, home: Path, *flags: str) -> tuple[subproce
     return out, errors
 
 
+@pytest.mark.slow
 def test_bad_entries_are_reported_and_every_good_item_kept(synth, tmp_path):
     root = tmp_path / "ravdess"
     shutil.copytree(synth("ravdess", 24, seed=5, faults=False), root)
@@ -155,6 +157,7 @@ def test_decoding_stops_at_the_limit_when_the_container_does_not_say():
     assert len(decode_audio(data, max_seconds=60)) == 16000 * 8
 
 
+@pytest.mark.slow
 def test_a_file_that_kills_its_worker_is_retried_a_few_times_then_reported(ray_cluster, synth, tmp_path, capsys):
     from workloads.data.corpora import read_corpus
     from workloads.data.features import get_stage

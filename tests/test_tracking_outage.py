@@ -115,6 +115,7 @@ def test_shared_server_is_reused_and_stops_once_unused(tmp_path):
     assert stopped, "the server outlived its keeper"
 
 
+@pytest.mark.slow
 def test_a_sigkilled_keepers_server_is_adopted_and_stopped(tmp_path):
     """A keeper killed with SIGKILL leaves its server serving the store. The next user adopts
     that server (the same address, no second server on the SQLite file), `emosweep tracking`
