@@ -22,7 +22,10 @@ def _prepare(corpus: str, root: Path, home: Path, *flags: str) -> tuple[subproce
     home.mkdir(parents=True, exist_ok=True)
     out = subprocess.run([sys.executable, "-m", "sweeps.cli", "data", "prepare", corpus, "--root", str(root),
                           "--features", "mfcc_mean", "--no-progress", *flags], capture_output=True, text=True, timeout=300,
-                         cwd=home, env={**os.environ, "EMOSWEEP_HOME": str(home), "PYTHONPATH": str(ROOT)})
+                         cwd=home, env={**os.environ, "EMOSWEEP_HOME": str(home), "PYTHONPATH": str(ROOT),
+                                        # decoded in the command's own process: what is checked is the
+                                        # reading, which is the same on Ray Data (test_pipeline.py)
+                                        "EMOSWEEP_LOCAL": "1"})
     errors = pd.concat([pd.read_csv(p) for p in (home / "cache").glob(f"{corpus}-*/errors.csv")])
     return out, errors
 
