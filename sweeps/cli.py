@@ -276,7 +276,7 @@ def data_prepare(args) -> int:
 def data_verify(args) -> int:
     from workloads.core.storage import filesystem
     from workloads.data.pipeline import default_cache_dir
-    from workloads.data.shards import INDEX, check_stage, list_parquet
+    from workloads.data.shards import INDEX, check_stage
 
     import pyarrow.fs as pafs
 
@@ -288,8 +288,8 @@ def data_verify(args) -> int:
                      if i.base_name == INDEX or (i.base_name.startswith("shard-") and "/damaged/" not in i.path)})
     damaged, files = [], 0
     for stage in stages:
-        files += len(list_parquet(fs, stage, "shard-")) + len(list_parquet(fs, stage, "failed-"))
-        damaged += check_stage(fs, stage, full=True)
+        files += len(check_stage(fs, stage, full=True, found=damaged))
+    files += sum(why != "missing" for _, why in damaged)
     print(f"{root}: {len(stages)} stages, {files} files checked, {len(damaged)} damaged"
           + (" (moved aside; the next run of their study or `emosweep data prepare` recomputes their items)"
              if damaged else ""))

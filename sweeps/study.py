@@ -175,7 +175,7 @@ def check_flags(study: Study, opts) -> None:
     if opts.corpus:
         from workloads.data.layouts import named_corpora
 
-        paths.update({f"--corpus {name}=": path for name, path in named_corpora(opts.corpus).items()})
+        named_corpora(opts.corpus)  # NAME=PATH well formed, each path there
     for flag, value in paths.items():
         if value and "://" not in str(value) and not Path(value).expanduser().exists():
             raise InputNotFound(f"{flag} {value}: no such file or folder")

@@ -68,8 +68,6 @@ def _wav(tmp_path):
 
 def _artifact_file(server_root, run_id: str, name: str):
     """Where the server keeps a file of the model logged by `run_id` (the store, on disk)."""
-    from mlflow.tracking import MlflowClient
-
     matches = [p for p in (server_root / "mlartifacts").rglob(name) if p.is_file()]
     assert len(matches) >= 1, name
     return matches
@@ -92,7 +90,7 @@ def test_models_are_logged_as_code_and_load_without_running_it(mlflow_server, tm
 
     spec, weights, classes = _frame_model()
     client, run = _trial_run(mlflow_server.uri, "served-ok")
-    uri = log_model(run, spec, weights, classes)
+    uri = log_model(run, spec, weights)
     assert uri and uri.startswith("models:/")
     tags = client.get_run(run.run_id).data.tags
     hashes = json.loads(tags[TAG_FILES])
@@ -146,7 +144,7 @@ def test_a_pickled_model_and_a_replaced_code_file_are_refused_unexecuted(mlflow_
 
     spec, weights, classes = _frame_model()
     _, replaced = _trial_run(mlflow_server.uri, "planted-code")
-    log_model(replaced, spec, weights, classes)
+    log_model(replaced, spec, weights)
     model_id = client.get_run(replaced.run_id).data.tags[TAG_MODEL].split("/")[-1]
     code = [p for p in _artifact_file(mlflow_server.root, replaced.run_id, "served_model.py") if model_id in str(p)]
     assert len(code) == 1

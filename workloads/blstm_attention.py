@@ -18,14 +18,13 @@ import hashlib
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import classic_audio
 from .core.errors import UserError
 from .core.loop import class_weights
 from .core.sklearn_trial import fit_floor, mean_and_std
 from .core.seeding import seed_everything
-from .data.labels import CANONICAL as LABEL_MAP, canonical, shared_classes as labels_shared
+from .data.labels import CANONICAL as LABEL_MAP, shared_classes as labels_shared, spelled
 from .data.study_items import prepare_corpus, stage_splits, study_items, write_items
 from .data.synth import corpus_source
 from .models.blstm import AttentionBLSTM
@@ -157,7 +156,7 @@ def export_model(config: dict, classes: list, mean: np.ndarray, std: np.ndarray,
 
     spec = {"classes": classes, "mean": mean.tolist(), "std": std.tolist(), "hidden": int(config["hidden"]),
             "n_features": len(mean), "stage_params": config["stage_params"], "arm": config["arm"]}
-    return log_model(run, spec, best, classes)
+    return log_model(run, spec, best)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -187,7 +186,7 @@ def prepare(config: dict, *, arms: dict, ravdess: str | None = None, shemo: str 
         table, dirs[corpus_name], config["cache_fs"], fingerprint = prepare_corpus(
             corpus_name, root, {"frame46": {}}, int(config["seed"]), by_speaker=True, media_root=media_root,
             report=config.setdefault("_corpus_report", {}))
-        table["label"] = table["label"].map(lambda v: canonical(v) or v)
+        table["label"] = table["label"].map(spelled)
         tables.append(table)
         prints.append(f"{corpus_name}-{fingerprint}")
     config["_class_map"] = [[a["train_corpus"], a["test_corpus"], arm_classes(a)] for a in arms.values()

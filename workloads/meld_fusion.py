@@ -214,7 +214,7 @@ def export_model(config: dict, best_weights: dict, run) -> str | None:
                 print(f"[emosweep] not logging a model: {path} is not a local folder", flush=True)
                 return None
             encoders[key.replace("_model_path", "_encoder")] = path
-    return log_model(run, spec_of(config), best_weights, config["classes"], encoders)
+    return log_model(run, spec_of(config), best_weights, encoders)
 
 
 # ----------------------------------------------------------------------------- serving (no Ray, no MLflow)

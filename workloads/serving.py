@@ -18,7 +18,6 @@ column per class with its probability.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from .core.errors import BadInput
 from .core.paths import mask_uri
+from .core.storage import folder_files, sha256
 from .models.fusion import uses
 
 SAMPLE_RATE = 16000  # what the encoders read
@@ -69,26 +69,22 @@ def decode_upload(data: bytes | str | None, name: str = "audio"):
     return decode_audio(bytes(data), sr=16000, name=name)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def model_files(code: str | os.PathLike, artifacts: dict) -> dict[str, Path]:
+    """The files of a model, by the key its run's hashes use: `code`; an artifact that is a
+    file by its name; each file of an artifact folder as name/relative path."""
+    out = {CODE_KEY: Path(code)}
+    for name, path in artifacts.items():
+        if os.path.isdir(path):
+            out.update({f"{name}/{rel}": f for rel, f in folder_files(path).items()})
+        else:
+            out[name] = Path(path)
+    return out
 
 
 def file_hashes(artifacts: dict) -> dict:
-    """{artifact name: sha256} for a file, {name/relative path: sha256} for each file of a
-    folder, and the code file's: what the run records and the loader checks."""
-    out = {CODE_KEY: sha256_file(CODE_FILE)}
-    for name, path in artifacts.items():
-        if os.path.isdir(path):
-            for file in sorted(Path(path).rglob("*")):
-                if file.is_file():
-                    out[f"{name}/{file.relative_to(path).as_posix()}"] = sha256_file(file)
-        else:
-            out[name] = sha256_file(path)
-    return out
+    """{key: sha256} of every file of a model being logged (see model_files): what the run
+    records and the loader checks."""
+    return {key: sha256(path) for key, path in model_files(CODE_FILE, artifacts).items()}
 
 
 class ServedModel:
@@ -123,7 +119,7 @@ class ServedModel:
         return pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=self.classes)
 
 
-def log_model(run, spec: dict, weights: dict, classes: list, encoders: dict | None = None) -> str | None:
+def log_model(run, spec: dict, weights: dict, encoders: dict | None = None) -> str | None:
     """Log a trial's model to its run (trial-side): spec.json and the weights as safetensors,
     the encoder folders it needs ({artifact name: folder}), the code file, and the SHA-256 of
     each. Returns the model URI (None after saying why not)."""
@@ -138,7 +134,7 @@ def log_model(run, spec: dict, weights: dict, classes: list, encoders: dict | No
             json.dump(spec, f, indent=2)
         artifacts = {"weights": os.path.join(tmp, "weights.safetensors"), "spec": os.path.join(tmp, "spec.json"),
                      **(encoders or {})}
-        return run.log_code_model(str(CODE_FILE), artifacts, signature(classes, text, audio), pip_requirements(),
+        return run.log_code_model(str(CODE_FILE), artifacts, signature(spec["classes"], text, audio), pip_requirements(),
                                   {TAG_FILES: json.dumps(file_hashes(artifacts), separators=(",", ":"))})
 
 
@@ -172,13 +168,8 @@ def load_logged_model(model_uri: str, run, tracking_uri: str, dst: str) -> Serve
         raise RefusedModel(f"{who}: {model_uri} is a pickled python model ({flavor.get('python_model', '?')}); "
                            f"refusing it: emosweep never unpickles, and loads only models logged as code with safetensors weights")
     files = {name: local / entry["path"] for name, entry in (flavor.get("artifacts") or {}).items()}
-    code = local / Path(str(flavor["model_code_path"])).name  # where MLflow's loader would look
-    on_disk = {CODE_KEY: code}
-    for name, path in files.items():
-        if path.is_dir():
-            on_disk.update({f"{name}/{f.relative_to(path).as_posix()}": f for f in sorted(path.rglob("*")) if f.is_file()})
-        else:
-            on_disk[name] = path
+    # the code file where MLflow's own loader would look for it
+    on_disk = model_files(local / Path(str(flavor["model_code_path"])).name, files)
     unlisted = sorted(set(on_disk) - set(recorded))
     if unlisted:
         raise RefusedModel(f"{who}: {model_uri} holds files its run has no hash for ({', '.join(unlisted[:3])}); "
@@ -187,7 +178,7 @@ def load_logged_model(model_uri: str, run, tracking_uri: str, dst: str) -> Serve
         path = on_disk.get(key)
         if path is None or not path.is_file():
             raise RefusedModel(f"{who}: {model_uri} lacks {key}, which it was logged with; refusing it")
-        if sha256_file(path) != expected:
+        if sha256(path) != expected:
             raise RefusedModel(f"{who}: {path.relative_to(local)} differs from the file logged with the model "
                                f"(SHA-256 mismatch): it was changed in the store; refusing it")
     if {"spec", "weights"} - set(files):

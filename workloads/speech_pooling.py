@@ -486,7 +486,7 @@ def read_manifest(config: dict):
     manifest, an EmoBox folder; `--set corpus=NAME` names the reader), with speaker-independent
     splits where the corpus names its speakers."""
     from .data.layouts import detect_layout, read_any
-    from .data.manifest import assign_splits
+    from .data.manifest import split_items
 
     named = config["corpus"] if "corpus" in config.get("_pinned", ()) else None
     manifest = read_any(config["data_dir"], name=named, media_root=config.get("media_root"))
@@ -497,12 +497,7 @@ def read_manifest(config: dict):
     if manifest.items.empty:
         raise UserError(f"{config['data_dir']}: no usable {config['corpus']} clips; the reader said:\n"
                          f"{manifest.problems.head(10).to_string()}")
-    speakers = manifest.items["speaker"].fillna("").astype(str)
-    by_speaker = not (speakers == "").any() and speakers.nunique() >= 3
-    if not by_speaker:
-        print(f"[emosweep] {config['corpus']}: {'some items name no speaker' if (speakers == '').any() else 'fewer than 3 speakers'}"
-              f", so its split is stratified by item")
-    manifest.items = assign_splits(manifest.items, int(config["seed"]), by_speaker=by_speaker)
+    manifest.items = split_items(manifest.items, int(config["seed"]), config["corpus"])
     return manifest
 
 
@@ -582,12 +577,12 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
         if states_dir:
             config["states_dir"] = states_dir
         return write_items(config, table, f"{manifest.name}-{config['dataset_fingerprint']}")
-    from .data.labels import canonical
+    from .data.labels import spelled
 
     tables, dirs, prints, classes = [], {}, [], []
     for name, manifest in manifests.items():
-        manifest.items["label"] = manifest.items["label"].map(lambda v: canonical(v) or v)
-        manifest.classes = list(dict.fromkeys(canonical(c) or c for c in manifest.classes))
+        manifest.items["label"] = manifest.items["label"].map(spelled)
+        manifest.classes = list(dict.fromkeys(map(spelled, manifest.classes)))
         prints.append(f"{name}-{manifest.fingerprint()}")
         config["dataset_fingerprint"] = prints[-1].rsplit("-", 1)[1]
         table, dirs[name] = _encoded_items(config, manifest, n_layers, k)
@@ -606,6 +601,7 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
     folds) and the folder of its encoder states (None in the live mode); sets cache_fs and
     unusable_clips on config."""
     from .data.encoder_cache import actor_plan, encode_corpus
+    from .data.manifest import fold_columns
 
     y = {c: i for i, c in enumerate(manifest.classes)}
     usable = manifest.items
@@ -632,7 +628,7 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
     table = usable.assign(y=[y[label] for label in usable["label"]], label=usable["label"],
                           content_hash=usable["uid"].map(hashes).fillna(""))[
         ["uid", "y", "label", "split", "speaker", "path", "content_hash",
-         *(c for c in usable.columns if c.startswith("fold_") and c[5:].isdigit()),  # a corpus's own folds
+         *fold_columns(usable.columns),  # a corpus's own folds
          *(c for c in ("start", "end") if c in usable.columns)]]  # segments, for the live mode
     return table, states_dir
 

@@ -2,7 +2,9 @@
 filesystems, so readers, workers and the cache run unchanged on a laptop or a cluster."""
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -39,3 +41,21 @@ def file_sample(location: str, edge: int = 4096) -> bytes:
         head = f.read_at(min(edge, size), 0)
         tail = f.read_at(edge, size - edge) if size > 2 * edge else f.read_at(max(size - edge, 0), edge)
     return str(size).encode() + head + tail
+
+
+def sha256(location: str | os.PathLike, fs: pafs.FileSystem | None = None) -> str:
+    """The SHA-256 of a file (a local path or URI; `fs`: the filesystem `location` is a path in)."""
+    path = str(location)
+    if fs is None:
+        fs, path = filesystem(path)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Every file under a local folder by its relative path (POSIX form), in sorted order."""
+    folder = Path(folder)
+    return {f.relative_to(folder).as_posix(): f for f in sorted(folder.rglob("*")) if f.is_file()}

@@ -15,6 +15,7 @@ in two of them.
 from __future__ import annotations
 
 from ..core.errors import BadInput
+from .manifest import fold_columns
 
 from collections import defaultdict
 
@@ -58,8 +59,8 @@ def _speakers(items: dict) -> dict:
 
 def given_folds(items: dict) -> int:
     """How many folds the corpus brings (items' fold_1 … fold_K: train or test), 0 if none."""
-    keys = {k for row in items.values() for k in row if str(k).startswith("fold_") and str(k)[5:].isdigit()}
-    return max((int(k[5:]) for k in keys), default=0)
+    keys = fold_columns({k for row in items.values() for k in row})
+    return int(keys[-1][5:]) if keys else 0
 
 
 def resolve_split_by(items: dict, split_by: str | None, speaker_folds: bool = True,

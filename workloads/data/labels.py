@@ -35,6 +35,11 @@ def canonical(label) -> str | None:
     return CANONICAL.get(key) or CANONICAL.get(key.replace("_", " "))
 
 
+def spelled(label) -> str:
+    """A label in the canonical spelling when it names an emotion, else as it is."""
+    return canonical(label) or label
+
+
 def shared_classes(train: list[str], test: list[str]) -> list[str]:
     """The classes a model trained on `train`'s classes and tested on `test`'s can be scored on,
     in `train`'s order."""

@@ -12,6 +12,7 @@ NAME_floor and every cross pair); `--data-dir PATH` is the short form for one.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -79,8 +80,25 @@ def read_any(path, name: str | None = None, media_root=None, emotions: bool = Tr
     """The corpus at `path` in whatever layout it has (see the module's table). `name`: what
     the study calls it; when it names a reader and `path` is a folder, that reader is used.
     `emotions`: labels must be emotions (manifests map them canonically); False keeps a
-    manifest's labels as written (digits, genres, speakers)."""
+    manifest's labels as written (digits, genres, speakers). A driver reads a corpus twice
+    (its classes build the arms, then its study prepares it): the second read is the first's
+    copy, while the path's modification time is unchanged."""
     path = Path(path).expanduser()
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, name, str(media_root), emotions,
+           follow_symlinks)
+    if key not in _READ:
+        if len(_READ) >= 4:
+            _READ.pop(next(iter(_READ)))
+        _READ[key] = _read(path, name, media_root, emotions, follow_symlinks)
+    read = _READ[key]
+    return dataclasses.replace(read, items=read.items.copy(), problems=read.problems.copy(),
+                               options=dict(read.options))
+
+
+_READ: dict = {}  # the last few corpora read in this process (read_any)
+
+
+def _read(path: Path, name, media_root, emotions: bool, follow_symlinks: bool) -> Manifest:
     layout = "manifest" if path.is_file() else (name if name in READERS and path.is_dir() and not is_emobox(path)
                                                  else detect_layout(path))
     if layout == "manifest":
@@ -131,14 +149,14 @@ def named_corpora(corpus_flags: list | None, data_dir: str | None = None, defaul
 def corpus_classes(name: str, path, media_root=None) -> list[str]:
     """A named corpus's classes as canonical emotions, in its reader's order (read once, driver
     side, to build the arms and their class maps). BadInput for a corpus with no usable item."""
-    from .labels import canonical
+    from .labels import spelled
 
     manifest = read_any(path, name=name, media_root=media_root)
     if manifest.items.empty:
         raise BadInput(f"--corpus {name}={path}: no usable items; the reader said:\n"
                        f"{manifest.problems.head(5).to_string()}")
-    present = set(manifest.items["label"].map(lambda v: canonical(v) or v))
-    ordered = [canonical(c) or c for c in manifest.classes] or sorted(present)
+    present = set(manifest.items["label"].map(spelled))
+    ordered = [spelled(c) for c in manifest.classes] or sorted(present)
     return [c for c in dict.fromkeys(ordered) if c in present]
 
 

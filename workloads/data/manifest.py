@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,24 @@ def field_problem(fields) -> str | None:
 
 
 SPLITS = ("train", "val", "test")
+
+
+def fold_columns(names) -> list[str]:
+    """The columns that carry a corpus's own folds (fold_1 … fold_K: train or test; EmoBox's),
+    in fold order."""
+    return sorted((n for n in names if re.fullmatch(r"fold_\d+", str(n))), key=lambda n: int(str(n)[5:]))
+
+
+def split_items(items: pd.DataFrame, seed: int, name: str, fractions=(0.8, 0.1, 0.1),
+                by_speaker: bool = True) -> pd.DataFrame:
+    """assign_splits by speaker where asked and the corpus allows it (every item names a
+    speaker, at least three of them), else stratified by item, saying so in one line."""
+    speakers = items["speaker"].fillna("").astype(str)
+    if by_speaker and ((speakers == "").any() or speakers.nunique() < 3):
+        why = "some items name no speaker" if (speakers == "").any() else f"it has {speakers.nunique()} speakers"
+        print(f"[emosweep] {name}: {why}, so its split is stratified by item, not by speaker", flush=True)
+        by_speaker = False
+    return assign_splits(items, seed, fractions=fractions, by_speaker=by_speaker)
 
 
 def assign_splits(items: pd.DataFrame, seed: int, fractions=(0.8, 0.1, 0.1),

@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from pathlib import Path
 
-from .corpora import _manifest, index_media, media_key, shown
+from .corpora import FOLLOW_SYMLINKS, _manifest, index_media, media_key, shown, unusable_entry
 from .labels import canonical
-from .manifest import Manifest, field_problem, read_text_records
+from .manifest import Manifest, field_problem, fold_columns, read_text_records
 from ..core.errors import BadInput, InputNotFound
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
@@ -55,12 +54,14 @@ class _Resolver:
         return None, f"media not found: {raw} (nor a file named like it under {self.root})"
 
 
-def _not_regular(path: str) -> str | None:
+def _unusable(path: str, root: Path) -> str | None:
+    """corpora.unusable_entry's reasons (never opened: FIFO, device, loop, dangling link, a
+    name not UTF-8), following links wherever they lead: a manifest names its files itself."""
+    token = FOLLOW_SYMLINKS.set(True)
     try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        return f"cannot stat: {e.strerror}"
-    return None if stat.S_ISREG(mode) else "not a regular file; not opened"
+        return unusable_entry(path, root)
+    finally:
+        FOLLOW_SYMLINKS.reset(token)
 
 
 def _seconds(value, name: str) -> float | None:
@@ -117,7 +118,7 @@ def items_from_rows(name: str, rows, base: Path, root: Path, source: Path, probl
         if path is None:
             bad(line, why)
             continue
-        why = _not_regular(path)
+        why = _unusable(path, root)
         if why:
             bad(line, f"{shown(path)}: {why}")
             continue
@@ -132,7 +133,7 @@ def items_from_rows(name: str, rows, base: Path, root: Path, source: Path, probl
                 "manifest_line": line}
         if start is not None:
             item.update(start=start, end=end)
-        items.append({**item, **{k: v for k, v in row.items() if k.startswith("fold_")}})
+        items.append({**item, **{k: row[k] for k in fold_columns(row)}})
     return items
 
 
@@ -251,7 +252,7 @@ def read_emobox(folder, media_root=None, name: str | None = None) -> Manifest:
             yield line, {"path": record.get("wav"), "label": record.get("emo"), "speaker": record.get("speaker", ""),
                          "key": record.get("key"), **fold_of.get(str(record.get("key")), {})}
     items = items_from_rows(corpus, rows(), root, root, source, problems)
-    folds = sorted({k for i in items for k in i if k.startswith("fold_")}, key=lambda k: int(k.split("_")[1]))
+    folds = fold_columns({k for i in items for k in i})
     for item in items:
         for k in folds:
             item.setdefault(k, "")

@@ -198,8 +198,7 @@ class PrepareResult:
             return ""
         items = items[~items["path"].isin(set(self.errors["path"]))]
         speakers = items["speaker"].fillna("").astype(str) if "speaker" in items else pd.Series([], dtype=str)
-        parts = [f"{int((speakers != '').any() and speakers[speakers != ''].nunique())} speakers",
-                 f"{items['label'].nunique()} classes"]
+        parts = [f"{speakers[speakers != ''].nunique()} speakers", f"{items['label'].nunique()} classes"]
         meta = self.decoded_meta()
         if len(meta):
             parts.append(f"{meta['seconds'].sum() / 60:.1f} min of audio")
@@ -220,7 +219,8 @@ class PrepareResult:
             if {"seconds", "source_sr"} <= set(schema.names):
                 frames.append(pq.read_table(path, columns=["uid", "seconds", "source_sr"], filesystem=fs).to_pandas())
         meta = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["uid", "seconds", "source_sr"])
-        return meta.drop_duplicates("uid")[meta.drop_duplicates("uid")["uid"].isin(set(self.items["uid"]))]
+        meta = meta.drop_duplicates("uid")
+        return meta[meta["uid"].isin(set(self.items["uid"]))]
 
     def summary(self) -> str:
         where = f" on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}" if self.nodes else ""
@@ -252,14 +252,11 @@ def default_cache_dir() -> str:
 def _done_uids(fs, folder: str) -> tuple[set, list]:
     """The items the stage holds (computed or failed), after any damaged file was moved aside
     (its items are then not done: this run recomputes them)."""
-    check_stage(fs, folder)
     done, failed_rows = set(), []
-    for path in _list(fs, folder, "shard-"):
-        done.update(pq.read_table(path, columns=["uid"], filesystem=fs).column("uid").to_pylist())
-    for path in _list(fs, folder, "failed-"):
-        table = pq.read_table(path, filesystem=fs).to_pylist()
-        failed_rows.extend(table)
-        done.update(r["uid"] for r in table)
+    for name, table in check_stage(fs, folder).items():  # each file read once, its pages checked
+        if name.startswith("failed-"):
+            failed_rows.extend(table.to_pylist())
+        done.update(table.column("uid").to_pylist())
     return done, failed_rows
 
 
@@ -377,12 +374,13 @@ def _one_per_task(name: str, left: pd.DataFrame, worker, fn_kwargs: dict):
         try:
             yield ray.get(ref)
         except Exception as e:
-            if _worker_died(e) is None:
+            death = _worker_died(e)
+            if death is None:
                 raise
             writer = ShardWriter(fn_kwargs["stages"], fn_kwargs["fs_uri"])
             writer.failed(row["uid"], str(row.get("path", row["uid"])), str(row["need"]).split(","), "decode",
                           "worker died", f"the process working on it died {MAX_TASK_RETRIES + 1} times "
-                                         f"({type(_worker_died(e)).__name__})", int(row.get("line", 0) or 0))
+                                         f"({type(death).__name__})", int(row.get("line", 0) or 0))
             yield writer.close()
 
 

@@ -14,7 +14,6 @@ What finds what:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..core.errors import BadInput
+from ..core.storage import sha256
 
 INDEX = "_SUCCESS.json"
 DAMAGED = "damaged"
@@ -75,14 +75,6 @@ def list_parquet(fs: pafs.FileSystem, folder: str, prefix: str) -> list[pafs.Fil
                    and i.base_name.endswith(".parquet")), key=lambda i: i.path)
 
 
-def sha256(fs: pafs.FileSystem, path: str) -> str:
-    digest = hashlib.sha256()
-    with fs.open_input_stream(path) as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_index(fs: pafs.FileSystem, folder: str) -> dict:
     """{file name: {size, mtime_ns, sha256}} as the stage's last complete run recorded it."""
     try:
@@ -103,7 +95,7 @@ def build_index(fs: pafs.FileSystem, folder: str, previous: dict) -> dict:
     for info in list_parquet(fs, folder, "shard-") + list_parquet(fs, folder, "failed-"):
         known = previous.get(info.base_name)
         same = known and known.get("size") == info.size and known.get("mtime_ns") == info.mtime_ns
-        index[info.base_name] = {**_stat(info), "sha256": known["sha256"] if same else sha256(fs, info.path)}
+        index[info.base_name] = {**_stat(info), "sha256": known["sha256"] if same else sha256(info.path, fs)}
     return index
 
 
@@ -119,43 +111,47 @@ def move_aside(fs: pafs.FileSystem, path: str, why: str, stage_dir: str) -> str:
     return target
 
 
-def damage(fs: pafs.FileSystem, info: pafs.FileInfo, recorded: dict | None, full: bool) -> str | None:
-    """Why a cache file is damaged, or None. Cheap unless `full` or its mtime changed since it
-    was indexed: then its SHA-256 is compared too; `full` also reads every page."""
+def damage(fs: pafs.FileSystem, info: pafs.FileInfo, recorded: dict | None,
+           full: bool) -> tuple[str | None, pa.Table | None]:
+    """(why a cache file is damaged or None, what was read of it). Cheap unless `full` or its
+    mtime changed since it was indexed: then its SHA-256 is compared too. What is read, every
+    page checked: a shard's uid column, a failed file whole, or (`full`) everything, which is
+    not kept."""
     if info.size == 0:
-        return "empty file"
+        return "empty file", None
     if recorded:
         if recorded.get("size") != info.size:
-            return f"size {info.size} bytes, {recorded.get('size')} when written"
-        if (full or recorded.get("mtime_ns") != info.mtime_ns) and sha256(fs, info.path) != recorded.get("sha256"):
-            return "its SHA-256 differs from the one recorded when it was written"
+            return f"size {info.size} bytes, {recorded.get('size')} when written", None
+        if (full or recorded.get("mtime_ns") != info.mtime_ns) and sha256(info.path, fs) != recorded.get("sha256"):
+            return "its SHA-256 differs from the one recorded when it was written", None
+    columns = None if full or info.base_name.startswith("failed-") else ["uid"]
     try:
-        if full:
-            pq.read_table(info.path, filesystem=fs, page_checksum_verification=True)
-        else:
-            pq.read_table(info.path, columns=["uid"], filesystem=fs, page_checksum_verification=True)
+        table = pq.read_table(info.path, columns=columns, filesystem=fs, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as e:
-        return f"unreadable Parquet: {str(e).splitlines()[0][:200]}"
-    return None
+        return f"unreadable Parquet: {str(e).splitlines()[0][:200]}", None
+    return None, (None if full else table)
 
 
-def check_stage(fs: pafs.FileSystem, folder: str, full: bool = False) -> list[tuple[str, str]]:
-    """Find the stage's damaged files, move them aside, and return (path, why) for each; an
-    indexed file that is gone is reported too (its items are recomputed)."""
+def check_stage(fs: pafs.FileSystem, folder: str, full: bool = False,
+                found: list | None = None) -> dict[str, pa.Table | None]:
+    """Check the stage's files, move the damaged ones aside (appending (path, why) to `found`;
+    an indexed file that is gone is reported too: its items are recomputed), and return what
+    was read of each intact one by file name (see damage)."""
     index = read_index(fs, folder)
-    found = []
-    present = set()
+    found = [] if found is None else found
+    intact = {}
     for info in list_parquet(fs, folder, "shard-") + list_parquet(fs, folder, "failed-"):
-        present.add(info.base_name)
-        why = damage(fs, info, index.get(info.base_name), full)
+        why, table = damage(fs, info, index.get(info.base_name), full)
         if why:
             move_aside(fs, info.path, why, folder)
             found.append((info.path, why))
-    for name in sorted(set(index) - present):
+        else:
+            intact[info.base_name] = table
+    for name in sorted(set(index) - set(intact) - {os.path.basename(p) for p, _ in found}):
         print(f"[emosweep] cache file {folder}/{name} is missing; its items are recomputed", file=sys.stderr,
               flush=True)
         found.append((f"{folder}/{name}", "missing"))
-    return found
+    return intact
 
 
 def read_shard(fs: pafs.FileSystem, path: str, stage_dir: str, columns: list | None = None) -> pa.Table:

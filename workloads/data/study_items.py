@@ -64,18 +64,13 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
     {stage: cache folder}; the cache's filesystem URI; the corpus fingerprint)."""
     from .folds import content_hashes
     from .layouts import read_any
-    from .manifest import assign_splits
+    from .manifest import fold_columns, split_items
     from .pipeline import prepare as prepare_media
 
     manifest = read_any(root, name=corpus, media_root=media_root, emotions=emotions)
     if manifest.items.empty:
         raise BadInput(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
-    speakers = manifest.items["speaker"].fillna("").astype(str)
-    if by_speaker and ((speakers == "").any() or speakers.nunique() < 3):
-        why = "some items name no speaker" if (speakers == "").any() else f"it has {speakers.nunique()} speakers"
-        print(f"[emosweep] {corpus}: {why}, so its split is stratified by item, not by speaker", flush=True)
-        by_speaker = False
-    manifest.items = assign_splits(manifest.items, seed, fractions=fractions, by_speaker=by_speaker)
+    manifest.items = split_items(manifest.items, seed, corpus, fractions=fractions, by_speaker=by_speaker)
     result = prepare_media(manifest, {**stages, "content_hash": {}}, progress=False)  # the hash: for the split gate
     print(f"[emosweep] {corpus}: {result.summary()}", flush=True)
     if report is not None:  # the corpus's profile and problems, for the sweep's data report
@@ -88,10 +83,9 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
     table = pd.DataFrame({"uid": corpus + "/" + usable["uid"], "corpus": corpus, "label": usable["label"],
                           "split": usable["split"], "speaker": usable["speaker"], "path": usable["path"],
                           "content_hash": usable["uid"].map(hashes).fillna(""),
-                          **{c: usable[c].fillna("").astype(str) for c in usable.columns
-                             if c.startswith("fold_") and c[5:].isdigit()}})  # a corpus's own folds (EmoBox)
+                          **{c: usable[c].fillna("").astype(str) for c in fold_columns(usable.columns)}})
     dirs = {name: s.dir for name, s in result.stages.items() if name != "content_hash"}
-    return table.reset_index(drop=True), dirs, result.fs_uri, manifest.fingerprint()
+    return table.reset_index(drop=True), dirs, result.fs_uri, result.fingerprint
 
 
 def stage_splits(config: dict, stage: str, classes: list, corpus_of_split: dict, stack: bool = False,

@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.paths import emosweep_home, publish_folder
+from ..core.storage import folder_files, sha256
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +76,10 @@ class ShelfEntry:
     aliases: tuple[str, ...] = field(default=())
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_sources(entry: ShelfEntry, paths: list[Path]) -> None:
     """Refuse any source file whose SHA-256 is not the one pinned for it."""
     for src, path in zip(entry.sources, paths, strict=True):
-        got = sha256_file(path)
+        got = sha256(path)
         if got != src.sha256:
             raise ShelfError(
                 f"refusing to load {path}: its SHA-256 is {got}, but {entry.name} pins {src.sha256} "
@@ -368,8 +361,7 @@ def shelf_model_path(name: str, source_paths: list[Path] | None = None, home: Pa
                   "converter_version": CONVERTER_VERSION,
                   "sources": [{"distribution": s.distribution, "version": s.version, "file": s.relpath,
                                "sha256": s.sha256} for s in entry.sources], **facts,
-                  "files": {f.relative_to(tmp).as_posix(): sha256_file(f) for f in sorted(tmp.rglob("*"))
-                            if f.is_file()}}
+                  "files": {name: sha256(f) for name, f in folder_files(tmp).items()}}
         (tmp / SHELF_MARKER).write_text(json.dumps(marker, indent=2, default=int) + "\n")
 
     built = publish_folder(out, build, SHELF_MARKER)
@@ -401,7 +393,7 @@ def built_damage(folder: Path) -> str | None:
     for name, expected in sorted(recorded.items()):
         if name not in present:
             return f"{name} is missing"
-        if sha256_file(folder / name) != expected:
+        if sha256(folder / name) != expected:
             return f"{name} differs from the file built (SHA-256)"
     _VERIFIED[str(folder)] = signature
     return None
