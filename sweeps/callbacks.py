@@ -1,10 +1,10 @@
 """The sweep's Tune callbacks: MLflow run status, and the quiet terminal's progress bar."""
 from __future__ import annotations
 
-import sys
 
 from ray import tune
 
+from workloads.core.console import process_age_s
 from workloads.core.tracking import TrackingContext, close_trial_run
 
 _CURRENT_TRACKING_URI: str | None = None  # this driver's tracking URI (a resumed sweep may get a new port)
@@ -98,3 +98,15 @@ class TrialProgress(tune.Callback):
     def on_experiment_end(self, trials, **info):
         if self._bar is not None:
             self._bar.close()
+
+
+class FirstEpochClock(tune.Callback):
+    """Records in `timings["first_epoch_s"]` when the sweep's first epoch ended, in seconds
+    since the command started: what a user waits before the first result, printed with the
+    driver's timings (bench/vs_optuna.py compares a first and a second sweep by it)."""
+
+    def __init__(self, timings: dict):
+        self.timings = timings
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.timings.setdefault("first_epoch_s", process_age_s())

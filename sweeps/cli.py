@@ -8,6 +8,7 @@
     emosweep predict FILE --run-id RUN
                                      the top-2 emotions of an audio file, from a trial's model
     emosweep tracking [--stop]       where this machine's shared MLflow server listens; stop it
+    emosweep ray [--stop]            the local Ray the sweeps share (kept while in use); stop it
     emosweep ui [SWEEP]              open a sweep's arms in the MLflow UI (the latest sweep by default)
 """
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_parser(sub)
     tracking = sub.add_parser("tracking", help="the MLflow server the sweeps of $EMOSWEEP_HOME share")
     tracking.add_argument("--stop", action="store_true", help="stop it now")
+    ray_cmd = sub.add_parser("ray", help="the local Ray the sweeps of $EMOSWEEP_HOME share")
+    ray_cmd.add_argument("--stop", action="store_true", help="stop it now (sweeps using it lose their trials)")
     ui = sub.add_parser("ui", help="open a sweep's arms in the MLflow UI, starting the shared server if needed")
     ui.add_argument("sweep", nargs="?", help="the sweep's name or parent run id (default: the latest sweep)")
     ui.add_argument("--tracking-uri", help="MLflow server (default: $EMOSWEEP_TRACKING_URI, else the shared one)")
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "tracking":
         return tracking_command(args)
+    if args.command == "ray":
+        return ray_command(args)
     if args.command == "ui":
         return ui_command(args)
     if args.command == "data":
@@ -115,6 +120,24 @@ def tracking_command(args) -> int:
     print(f"MLflow server at {info['uri']} (keeper pid {info['keeper_pid']}, store {server.root}); "
           f"in use by {len(holders)} process(es); it stops {float(info.get('idle_s', server.idle_s)) / 60:.0f} min "
           f"after its last use")
+    return 0
+
+
+def ray_command(args) -> int:
+    from workloads.core.paths import emosweep_home
+    from workloads.core.shared_ray import SharedRay
+
+    shared = SharedRay(emosweep_home() / "ray-local")
+    info = shared.running()
+    if info is None:
+        print(f"no shared Ray runs for {shared.root}; the next sweep starts one")
+        return 0
+    if args.stop:
+        shared.stop()
+        print(f"stopped the shared Ray at {info.get('address', '(starting)')}")
+        return 0
+    print(f"shared Ray at {info.get('address', '(starting)')} (keeper pid {info['keeper_pid']}); in use by "
+          f"{shared.holders()} sweep(s); it stops {float(info.get('idle_s', shared.idle_s)) / 60:.0f} min after its last use")
     return 0
 
 

@@ -67,8 +67,17 @@ def run_study(study: Study, opts) -> pd.DataFrame:
 
     # Short epochs checkpoint often by design; Tune's warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A trial the scheduler stops closes its MLflow run on the way out (workloads/core/loop.py,
+    # at most 10 s); Tune reuses its actor only if the trial's thread ends within this wait.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "15")
+    # Tune's own loggers: result.json is kept (--resume and the results table read it); the CSV
+    # and TensorBoard copies of every result are not written (MLflow has them), a cost per epoch.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     fail_fast_requests()  # the driver's own MLflow calls fail in seconds and say so
+    from workloads.core.console import process_age_s
+
     t_start = time.perf_counter()
+    startup_s = process_age_s()  # Python's start and the imports, before this function
     if not opts.resume:
         check_flags(study, opts)  # typos, missing paths, refused flags: before Ray or MLflow start
     home = emosweep_home()
@@ -81,24 +90,26 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         opts.tracking_uri = opts.tracking_uri or state.get("tracking_uri")
 
     server = start_tracking_server(home, opts, state)  # boots while Ray starts
-    timings: dict = {}
+    timings: dict = {"startup_s": startup_s}
+    held: list = []  # the shared local Ray, while this sweep uses it
     try:
         with timed(timings, "ray_init_s"):
-            has_gpu = start_engine(study, opts, home)
+            has_gpu = start_engine(study, opts, home, held)
         if not opts.resume:  # data checks and model resolution overlap the MLflow server's boot
             with timed(timings, "prepare_s"):
                 arms, base = study_config(study, opts, has_gpu)
         with timed(timings, "mlflow_ready_s"):
             uri = tracking_ready(server, opts)
         gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1 if has_gpu else 0)
-        if opts.resume:
-            tracking, arms = reopen_sweep(study, state, name, uri)
-        else:
-            name = opts.name or f"{study.name}-{datetime.now():%Y%m%d-%H%M%S}"
-            tracking, state = open_sweep(study, opts, name, arms, base, uri, gpus, server)
-        tuner = build_tuner(study, opts, state, tracking, storage, name, arms, gpus)
-        state["mlflow_port"] = server.port if server else state.get("mlflow_port")
-        storage.write_text(f"{name}/{STATE_FILE}", json.dumps(state, indent=2, default=str))
+        with timed(timings, "sweep_setup_s"):  # the parent run, its data report, the Tuner
+            if opts.resume:
+                tracking, arms = reopen_sweep(study, state, name, uri)
+            else:
+                name = opts.name or f"{study.name}-{datetime.now():%Y%m%d-%H%M%S}"
+                tracking, state = open_sweep(study, opts, name, arms, base, uri, gpus, server)
+            tuner = build_tuner(study, opts, state, tracking, storage, name, arms, gpus, timings)
+            state["mlflow_port"] = server.port if server else state.get("mlflow_port")
+            storage.write_text(f"{name}/{STATE_FILE}", json.dumps(state, indent=2, default=str))
         with timed(timings, "tune_fit_s"):
             result_grid = fit_tuner(tuner, tracking)
         timings["total_s"] = time.perf_counter() - t_start
@@ -106,6 +117,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
     finally:
         if server is not None:
             server.release()
+        for shared in held:
+            shared.release()
         restore_logs()
 
 
@@ -121,17 +134,34 @@ def start_tracking_server(home: Path, opts, state: dict):
     return SharedServer(home / "mlflow", port=state.get("mlflow_port")).acquire()
 
 
-def start_engine(study: Study, opts, home: Path) -> bool:
-    """Quiet logs (unless --verbose) and Ray; returns whether the cluster has a GPU."""
+def start_engine(study: Study, opts, home: Path, held: list) -> bool:
+    """Quiet logs (unless --verbose) and Ray: the cluster at --address, else this machine's
+    shared local Ray (workloads/core/shared_ray.py; appended to `held`, to be released), else,
+    with $EMOSWEEP_RAY_IDLE_S=0 or when it cannot be had, a Ray of the sweep's own. Returns
+    whether the cluster has a GPU."""
     import ray
 
     from workloads.core.console import quiet_logs
     from workloads.core.ray_start import start_ray
+    from workloads.core.shared_ray import SharedRay, default_idle_s
 
     if opts.verbose == 0:
         log = quiet_logs(home / "logs", study.name)
         print(f"[emosweep] Ray, Tune and MLflow logs go to {log} (--verbose 1 shows them here)", flush=True)
-    start_ray(opts.address, quiet=opts.verbose == 0)
+    if opts.address or default_idle_s() <= 0:
+        start_ray(opts.address, quiet=opts.verbose == 0)
+        return ray.cluster_resources().get("GPU", 0) > 0
+    try:
+        shared = SharedRay(home / "ray-local").acquire()
+    except RuntimeError as e:
+        print(f"[emosweep] {e}: this sweep starts a Ray of its own", file=sys.stderr)
+        start_ray(None, quiet=opts.verbose == 0)
+        return ray.cluster_resources().get("GPU", 0) > 0
+    held.append(shared)
+    if shared.reused:
+        print(f"[emosweep] joined the local Ray an earlier sweep started; it stops "
+              f"{shared.idle_s / 60:.0f} min after its last use (`emosweep ray` shows or stops it)", flush=True)
+    shared.connect(quiet=opts.verbose == 0)  # its workers get this sweep's environment
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
@@ -221,12 +251,14 @@ def open_sweep(study: Study, opts, name: str, arms: dict, base: dict, uri: str, 
     return tracking, state
 
 
-def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, arms: dict, gpus: float):
+def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, arms: dict, gpus: float,
+                timings: dict | None = None):
     """The Tuner: the trainable with its resources, the per-arm searcher and the scheduler (or
     Tune's own restore of an interrupted sweep)."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
-    from sweeps.callbacks import ChildRunStatus, TrialProgress, trial_dirname, trial_name
+    from sweeps.callbacks import ChildRunStatus, FirstEpochClock, TrialProgress, trial_dirname, trial_name
     from sweeps.search import ArmGridSearch
     from workloads.core.console import requiet
 
@@ -253,8 +285,9 @@ def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, a
 
         max_epochs = max([int(base.get("epochs", 1))] + [int(c) for c in getattr(space.get("epochs"), "values", [])])
         sched = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=1, reduction_factor=2)
-    callbacks = [ChildRunStatus(tracking.experiment_id, tracking.parent_run_id),
-                 *([TrialProgress(state["n_trials"], study.metric, study.mode)] if opts.verbose == 0 else [])]
+    callbacks = [JsonLoggerCallback(), ChildRunStatus(tracking.experiment_id, tracking.parent_run_id),
+                 *([TrialProgress(state["n_trials"], study.metric, study.mode)] if opts.verbose == 0 else []),
+                 *([FirstEpochClock(timings)] if timings is not None else [])]
     return tune.Tuner(
         trainable,
         param_space={},

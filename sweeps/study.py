@@ -74,6 +74,9 @@ class Study:
 ENGINE_KNOBS = {
     "cuda_graphs": (True, "on a GPU, replay each training step as one CUDA graph (false: eager steps)"),
     "tracking_patience_s": (120.0, "seconds a trial waits for an unreachable MLflow before saving its metrics beside it"),
+    "tracking_every_s": (5.0, "seconds between a trial's background MLflow syncs of its epochs (0: after every epoch)"),
+    "checkpoint_every_s": (30.0, "seconds between a trial's checkpoints (0: every epoch); a crashed or interrupted "
+                                 "trial resumes from its last, losing at most this much training"),
     "worker_retries": (2, "restarts of a data-parallel trial's crashed Ray Train worker"),
     "inject_fault": (None, "testing only: {'epoch': E, 'batch': B} crashes the trial there once"),
     "encode_actors": (None, "encoder-cache actors (default: one per GPU, else one)"),

@@ -13,6 +13,8 @@ def emosweep_home(tmp_path_factory):
     os.environ["EMOSWEEP_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
     os.environ["EMOSWEEP_MLFLOW_IDLE_S"] = "10"  # a shared server a test started does not outlive the session long
+    # every sweep a Ray of its own (the shared local Ray has its own test, test_shared_ray.py)
+    os.environ["EMOSWEEP_RAY_IDLE_S"] = "0"
     yield home
     import ray
 

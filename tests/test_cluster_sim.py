@@ -85,7 +85,7 @@ def test_sweep_on_simulated_cluster_survives_killed_worker_and_lost_node(sim_clu
         table = main(STUDY, [
             "--smoke", "--arms", ",".join(ARMS), "--cpus-per-trial", "1", "--gpus-per-trial", "0.5",
             "--max-failures", "3", "--set", f"epochs={EPOCHS}", "--set", "train_size=192",
-            "--set", f"inject_fault={json.dumps(fault)}",
+            "--set", f"inject_fault={json.dumps(fault)}", "--set", "checkpoint_every_s=0",  # resumes from epoch 1
             "--storage-path", f"file://{storage}", "--tracking-uri", mlflow_server.uri,
             "--experiment", "test-sim-cluster", "--name", "sim", "--verbose", "0",
             "--results-out", str(tmp_path / "table.csv"),

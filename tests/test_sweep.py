@@ -26,7 +26,8 @@ def sweep(ray_cluster, mlflow_server, tmp_path_factory):
         "--smoke", "--arms", ",".join(ARMS), "--num-samples", "2", "--scheduler", "fifo",
         "--tracking-uri", mlflow_server.uri, "--experiment", "test-sweep", "--name", "smoke-sweep",
         "--storage-path", str(tmp / "ray"), "--results-out", str(tmp / "table.csv"),
-        "--set", f"inject_fault={json.dumps(fault)}", "--verbose", "0",
+        "--set", f"inject_fault={json.dumps(fault)}", "--set", "checkpoint_every_s=0",  # resumes from epoch 1
+        "--verbose", "0",
     ])
     client = MlflowClient(mlflow_server.uri)
     parent, children = sweep_runs(client, "test-sweep")

@@ -19,7 +19,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # whole sweeps: the full suite, not the fast tier
 
-EPOCHS = 5
+EPOCHS = 12  # about a second each: training goes on through the 8-s outage
 
 
 def _outage(server: MlflowServer, down_s: float, log: dict) -> None:
@@ -46,6 +46,7 @@ def test_trials_train_through_an_outage_and_nothing_is_lost(ray_cluster, tmp_pat
     try:
         table = main(STUDY, [
             "--smoke", "--arms", "full", "--set", f"epochs={EPOCHS}", "--set", "train_size=192",
+            "--set", "tracking_every_s=0",  # each epoch synced as it ends: the outage starts after epoch 1
             "--storage-path", str(tmp_path / "ray"), "--tracking-uri", server.uri, "--experiment", "test-outage",
             "--name", "outage", "--verbose", "0",
         ])

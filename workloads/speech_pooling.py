@@ -70,14 +70,14 @@ def pad_states(arrays: list[torch.Tensor]) -> torch.Tensor:
 def _cached_states(fs_uri: str, states_dir: str) -> tuple[list, list, list]:
     """(uids, per-clip state tensors (L, T, D), real-frame counts) of one frozen-encoder cache.
     Read once per process: Tune reuses a trial's actor for the next trial (and the folds of a
-    sweep read the same cache), so only the first trial of an actor pays for the read. The
-    tensors are read-only views of the Parquet buffers (no copy: the states are gigabytes);
-    nothing writes to them."""
+    sweep read the same cache). The tensors are read-only views of the stage's memory-mapped
+    flat copy (data/flat.py; the driver makes it), so no process decodes the shards and every
+    process on the machine shares the same pages; nothing writes to them."""
     import warnings
 
     from .data.pipeline import read_stage
 
-    frame, arrays = read_stage(fs_uri, states_dir, "states")
+    frame, arrays = read_stage(fs_uri, states_dir, "states", mapped=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's note that the buffer is read-only
         tensors = [torch.from_numpy(a) for a in arrays]
@@ -164,6 +164,38 @@ def _memo_key(config: dict, *more) -> tuple | None:
             config["items_file"], *more)
 
 
+def kept_on_disk(config: dict, key: tuple, make, pack, unpack):
+    """make(), kept beside the states' mapped copy (`{states}/flat/derived-*.npz`, NumPy only,
+    no pickle) for every later process and sweep: a fresh actor, or the next sweep, loads in
+    milliseconds what took seconds. Derived from the states and the items file (named by its
+    content), so the copy goes when the states' copy is rebuilt. Where there is no such
+    folder (several corpora, object storage, items handed in), make() alone."""
+    import hashlib
+    import os
+
+    folder = os.path.join(config.get("states_dir") or "", "flat")
+    if "states_dirs" in config or "items" in config or not os.path.isdir(folder):
+        return make()
+    name = hashlib.sha256(repr((config["items_file"], *key)).encode()).hexdigest()[:16]
+    path = os.path.join(folder, f"derived-{name}.npz")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return unpack({k: f[k] for k in f.files})
+    except (OSError, ValueError, KeyError):
+        pass
+    value = make()
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    try:
+        np.savez(tmp, **pack(value))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: computed again next time
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return value
+
+
 def speaker_norms(config: dict) -> dict:
     """speaker → (mean, std) of that speaker's cached states (see speaker_stats)."""
     def make():
@@ -172,8 +204,17 @@ def speaker_norms(config: dict) -> dict:
         keep = [i for i, uid in enumerate(uids) if uid in items]
         return speaker_stats([tensors[i] for i in keep], [frames[i] for i in keep],
                              [items[uids[i]]["speaker"] for i in keep])
+
+    def pack(stats):
+        who = list(stats)
+        return {"speakers": np.array(who, dtype=str), "mean": torch.stack([stats[w][0] for w in who]).numpy(),
+                "std": torch.stack([stats[w][1] for w in who]).numpy()}
+
+    def unpack(f):
+        return {w: (torch.from_numpy(m), torch.from_numpy(s)) for w, m, s in zip(f["speakers"].tolist(), f["mean"], f["std"])}
+
     key = _memo_key(config, "speaker_norms")
-    return make() if key is None else _memo(key, make)
+    return make() if key is None else _memo(key, lambda: kept_on_disk(config, ("speaker_norms",), make, pack, unpack))
 
 
 @torch.no_grad()
@@ -191,8 +232,15 @@ def pooled_vectors(config: dict, pooling) -> dict:
             states, mask, _ = collate_cached(batch)
             rows.extend(pooling(states, mask).float())
         return dict(zip((uids[i] for i in keep), rows))
-    key = _memo_key(config, type(pooling).__name__, pooling.layer, pooling.n_layers, bool(config.get("speaker_norm")))
-    return make() if key is None else _memo(key, make)
+    def pack(vectors):
+        return {"uids": np.array(list(vectors), dtype=str), "vectors": torch.stack(list(vectors.values())).numpy()}
+
+    def unpack(f):
+        return dict(zip(f["uids"].tolist(), torch.from_numpy(f["vectors"])))
+
+    what = (type(pooling).__name__, pooling.layer, pooling.n_layers, bool(config.get("speaker_norm")))
+    key = _memo_key(config, *what)
+    return make() if key is None else _memo(key, lambda: kept_on_disk(config, ("pooled", *what), make, pack, unpack))
 
 
 def pooled_splits(config: dict, pooling) -> dict:
@@ -210,19 +258,23 @@ def pooled_splits(config: dict, pooling) -> dict:
     return out
 
 
-def load_cached(config: dict) -> dict:
+def load_cached(config: dict, layer: int | None = None) -> dict:
     """split → (per-clip state tensors, labels, real-frame counts, per-clip speaker statistics
     or None) from the cache. With `speaker_norm`, each clip is standardized by its speaker's
-    statistics in the collate (computed over every clip of that speaker, no labels)."""
+    statistics in the collate (computed over every clip of that speaker, no labels). With
+    `layer`, each clip holds that hidden state only (a view, shape (1, T, D)): what a pooling
+    of one layer reads, without padding and standardizing the others every batch."""
     uids, tensors, frames = cached_states(config)
     items, splits, y = arm_view(config)
     keep = [i for i, uid in enumerate(uids) if uid in splits]
     stats = speaker_norms(config) if config.get("speaker_norm") else {}
+    one = slice(None) if layer is None else slice(layer, layer + 1)
     norms = [stats.get(items[uids[i]]["speaker"]) for i in keep]
+    norms = [None if n is None else (n[0][one], n[1][one]) for n in norms]
     out = {s: ([], [], [], []) for s in ("train", "val", "test")}
     for i, norm in zip(keep, norms):
         states, labels, lengths, clip_norms = out[splits[uids[i]]]
-        states.append(tensors[i])
+        states.append(tensors[i][one])
         labels.append(y[uids[i]])
         lengths.append(frames[i])
         clip_norms.append(norm)
@@ -310,7 +362,16 @@ def layer_used(config: dict, n_states: int) -> int:
     return int(round(float(config.get("layer_frac", 0.5)) * (n_states - 1)))
 
 
-def build_model(config: dict, n_states: int, dim: int, n_classes: int, encoder=None):
+def reads_one_layer(config: dict) -> bool:
+    """Whether the trial's pooling reads one cached hidden state (masked mean, attention, layer
+    k, …), so that its data can hold that layer alone (load_cached's `layer`)."""
+    return (config.get("encoder_mode", "cached") == "cached" and not int(config.get("finetune_top") or 0)
+            and config["pooling"] in POOLINGS and POOLINGS[config["pooling"]].one_layer)
+
+
+def build_model(config: dict, n_states: int, dim: int, n_classes: int, encoder=None, one_layer: bool = False):
+    """The trial's model. `one_layer`: its input holds only the layer the pooling reads (the
+    same parameters, fed a view of that layer)."""
     seed_everything(config["seed"])
     k = int(config.get("finetune_top") or 0)
     states_seen = k + 1 if k else n_states
@@ -318,6 +379,8 @@ def build_model(config: dict, n_states: int, dim: int, n_classes: int, encoder=N
     if layer < 0:
         raise ValueError(f"layer_mean reads hidden state {layer_used(config, n_states)}, below the "
                          f"{k} fine-tuned top layers: lower finetune_top or raise layer_frac")
+    if one_layer:
+        states_seen, layer = 1, 0
     pooling = build_pooling(config["pooling"], dim, states_seen, layer)
     head = PooledClassifier(pooling, n_classes, int(config["head_width"]), float(config["dropout"]))
     if not k:
@@ -411,6 +474,9 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     elif prepooled:
         data = standardize_vectors(pooled_splits(config, model.pooling))
         model.pooling = Prepooled(model.pooling.out_dim)
+    elif reads_one_layer(config):  # the same model (same seed, same parameters), fed its layer alone
+        model = build_model(config, n_states, dim, n_classes, encoder, one_layer=True)
+        data = load_cached(config, layer=layer_used(config, n_states))
     else:
         data = load_cached(config)
     require_splits(data)
@@ -623,6 +689,9 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
         print(f"[emosweep] encoder states: {result.summary()}")
         config.update(cache_fs=result.fs_uri, unusable_clips=int(config.get("unusable_clips") or 0) + len(result.errors))
         states_dir = result.stages["encoder_states"].dir
+        from .data.flat import ensure_local
+
+        ensure_local(result.fs_uri, states_dir, "states")  # the flat copy the trials map, made once here
         bad = set(result.errors["path"])
         usable = usable[~usable["path"].isin(bad)]
     table = usable.assign(y=[y[label] for label in usable["label"]], label=usable["label"],

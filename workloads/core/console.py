@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -117,3 +118,18 @@ def progress_bar(total: int, desc: str, unit: str):
     show = sys.stderr.isatty() or os.environ.get("EMOSWEEP_PROGRESS") == "1"
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not show,
                 leave=True)
+
+
+def process_age_s() -> float:
+    """Seconds since this process started: the command's own clock, Python's start and the
+    imports included (Linux's /proc; elsewhere, since this module was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()

@@ -272,6 +272,29 @@ def _save_unlogged(run, history: list) -> None:
           f"logged; saved to {path}", file=sys.stderr)
 
 
+
+def _close_run(run, state: dict, setup: TrainSetup, run_name: str, art_dir: str, patience_s: float) -> bool:
+    """The end of a trial's MLflow run: the learning curves and the best epoch's confusion
+    matrix, report and test metrics are drawn once, here (the UI plots every epoch's metrics
+    itself), then everything MLflow lacks is logged, retrying for up to patience_s. Returns
+    whether the run is complete; what could not be logged is saved beside the trial."""
+    run.wait()  # the background sync of the last epochs
+    run.add_artifact(plot_learning_curves(state["history"], run_name, os.path.join(art_dir, "learning_curves.png")))
+    best, test = state["best"], state.get("best_test")
+    if best is not None and test is not None:
+        title = f"{run_name}: test, best epoch {best['epoch']}, acc {best['test_acc']:.3f}"
+        run.add_artifact(plot_confusion(test["confusion"], setup.class_names, title,
+                                        os.path.join(art_dir, "confusion_matrix.png")))
+        run.add_artifact(_write(art_dir, "classification_report.txt", test["report"]))
+        run.add_artifact(_write(art_dir, "test_metrics.json", json.dumps(
+            {"best": best, "confusion": test["confusion"],
+             "class_names": list(setup.class_names)}, indent=2)))
+    synced = run.sync_until(state["history"], patience_s)
+    if not synced:
+        _save_unlogged(run, state["history"])
+    return synced
+
+
 def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_name: str,
         session: LocalSession | None = None) -> dict:
     """Train for setup.epochs, reporting every epoch to Tune (with a checkpoint) and MLflow.
@@ -303,84 +326,107 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
     run = (TrialRun(tracking, session.trial_id, run_name, {**config, **info, "world_size": session.world},
                     {**setup.tags, **where}, art_dir)
            if tracking and session.rank == 0 else None)
+    if run is not None:
+        run.sync_later(state["history"])  # the run is found or created while the first epoch trains
 
-    for epoch in range(state["epoch"] + 1, setup.epochs + 1):
-        seed_everything(derive_seed(int(config.get("seed", 0)), "epoch", epoch))
-        timings = {}
-        t = time.perf_counter()
-        tr = run_epoch(setup, model, setup.loaders["train"], device, True, session, config=config, epoch=epoch)
-        timings["time_train_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        va = run_epoch(setup, model, setup.loaders["val"], device, False, session)
-        val = classification_metrics(va["y_true"], va["y_pred"], setup.class_names)
-        improved = state["best"] is None or val["acc"] > state["best"]["val_acc"]
-        if improved:
-            te = run_epoch(setup, model, setup.loaders["test"], device, False, session)
-            test = classification_metrics(te["y_true"], te["y_pred"], setup.class_names)
-            state["best"] = {
-                "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
-                "test_loss": te["loss"], "test_acc": test["acc"], "test_macro_f1": test["macro_f1"],
-                "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
-                **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
-            }
-            if setup.best_metrics is not None:
-                state["best"]["extra"] = setup.best_metrics(model, lambda split: classification_metrics(
-                    *_pair(run_epoch(setup, model, setup.loaders[split], device, False, session)), setup.class_names))
-            if setup.export is not None:
-                best_weights = {k: v.detach().cpu().clone() for k, v in setup.model.state_dict().items()}
-        timings["time_eval_s"] = time.perf_counter() - t
-
-        row = {  # the curve values; the full metrics of the epoch go into the history below
-            "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-            "train_items_per_s": tr["n"] / max(timings["time_train_s"], 1e-9),  # all ranks together
-            "val_loss": va["loss"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
-            "val_weighted_f1": val["weighted_f1"],
-            **{f"val_f1_{c}": v for c, v in val["per_class_f1"].items()},
-        }
-        best = state["best"]
-        metrics = {**row, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-                   **{k: v for k, v in best.items() if k.startswith("test_")}, **best.get("extra", {}),
-                   "trainable_params": trainable, "total_params": total, "resumed_from_epoch": resumed_from,
-                   # what the arm actually did (layers frozen/kept, heads left), for the results table
-                   **{k: v for k, v in setup.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                   **(setup.epoch_metrics() if setup.epoch_metrics else {})}
-        placed = {**where, "device": str(device)}  # reported to Tune, not plotted in MLflow (strings)
-
-        if setup.patience:
-            if va["loss"] < state.get("best_val_loss", float("inf")):
-                state["best_val_loss"], state["val_loss_epoch"] = va["loss"], epoch
-            metrics["early_stopped"] = int(epoch - state["val_loss_epoch"] >= setup.patience and epoch < setup.epochs)
-        state["history"].append({**metrics, **timings})
-        state["epoch"] = epoch
-        t = time.perf_counter()
-        if run is not None:
-            run.add_artifact(plot_learning_curves(state["history"], run_name,
-                                                  os.path.join(art_dir, "learning_curves.png")))
+    patience_s = float(config.get("tracking_patience_s", 120))
+    checkpoint_every_s = float(config.get("checkpoint_every_s", 30.0))
+    last_checkpoint = time.monotonic()
+    closed = False
+    try:
+        for epoch in range(state["epoch"] + 1, setup.epochs + 1):
+            seed_everything(derive_seed(int(config.get("seed", 0)), "epoch", epoch))
+            timings = {}
+            t = time.perf_counter()
+            tr = run_epoch(setup, model, setup.loaders["train"], device, True, session, config=config, epoch=epoch)
+            timings["time_train_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            va = run_epoch(setup, model, setup.loaders["val"], device, False, session)
+            val = classification_metrics(va["y_true"], va["y_pred"], setup.class_names)
+            improved = state["best"] is None or val["acc"] > state["best"]["val_acc"]
             if improved:
-                title = f"{run_name}: test, best epoch {epoch}, acc {test['acc']:.3f}"
-                run.add_artifact(plot_confusion(test["confusion"], setup.class_names, title,
-                                                os.path.join(art_dir, "confusion_matrix.png")))
-                run.add_artifact(_write(art_dir, "classification_report.txt", test["report"]))
-                run.add_artifact(_write(art_dir, "test_metrics.json", json.dumps(
-                    {"best": best, "confusion": test["confusion"], "class_names": list(setup.class_names)},
-                    indent=2)))
-            last = epoch == setup.epochs or bool(metrics.get("early_stopped"))
-            synced = (run.sync_until(state["history"], float(config.get("tracking_patience_s", 120)))
-                      if last else run.sync(state["history"]))
-            metrics["mlflow_sync_failures"] = run.failures
-            if last and not synced:  # never silent: the loss is in Tune's result and beside the trial
-                metrics["mlflow_unlogged_epochs"] = len(run.unlogged(state["history"]))
-                _save_unlogged(run, state["history"])
-        timings["time_tracking_s"] = time.perf_counter() - t
+                te = run_epoch(setup, model, setup.loaders["test"], device, False, session)
+                test = classification_metrics(te["y_true"], te["y_pred"], setup.class_names)
+                state["best"] = {
+                    "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
+                    "test_loss": te["loss"], "test_acc": test["acc"], "test_macro_f1": test["macro_f1"],
+                    "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
+                    **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
+                }
+                # what the trial's closing artifacts show (kept in the checkpoint: a resumed trial has them)
+                state["best_test"] = {"confusion": test["confusion"], "report": test["report"]}
+                if setup.best_metrics is not None:
+                    state["best"]["extra"] = setup.best_metrics(model, lambda split: classification_metrics(
+                        *_pair(run_epoch(setup, model, setup.loaders[split], device, False, session)),
+                        setup.class_names))
+                if setup.export is not None:
+                    best_weights = {k: v.detach().cpu().clone() for k, v in setup.model.state_dict().items()}
+            timings["time_eval_s"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        with tempfile.TemporaryDirectory() as ckpt_dir:
-            if session.rank == 0:
-                _save_checkpoint(setup, state, ckpt_dir, best_weights)
-            timings["time_checkpoint_s"] = time.perf_counter() - t
-            session.report({**metrics, **timings, **placed}, ckpt_dir if session.rank == 0 else None)
-        if metrics.get("early_stopped"):
-            break
+            row = {  # the curve values; the full metrics of the epoch go into the history below
+                "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                "train_items_per_s": tr["n"] / max(timings["time_train_s"], 1e-9),  # all ranks together
+                "val_loss": va["loss"], "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
+                "val_weighted_f1": val["weighted_f1"],
+                **{f"val_f1_{c}": v for c, v in val["per_class_f1"].items()},
+            }
+            best = state["best"]
+            metrics = {**row, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+                       **{k: v for k, v in best.items() if k.startswith("test_")}, **best.get("extra", {}),
+                       "trainable_params": trainable, "total_params": total, "resumed_from_epoch": resumed_from,
+                       # what the arm actually did (layers frozen/kept, heads left), for the results table
+                       **{k: v for k, v in setup.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                       **(setup.epoch_metrics() if setup.epoch_metrics else {})}
+            placed = {**where, "device": str(device)}  # reported to Tune, not plotted in MLflow (strings)
+
+            if setup.patience:
+                if va["loss"] < state.get("best_val_loss", float("inf")):
+                    state["best_val_loss"], state["val_loss_epoch"] = va["loss"], epoch
+                metrics["early_stopped"] = int(epoch - state["val_loss_epoch"] >= setup.patience
+                                               and epoch < setup.epochs)
+            state["history"].append({**metrics, **timings})
+            state["epoch"] = epoch
+            t = time.perf_counter()
+            if run is not None:
+                if epoch == setup.epochs or bool(metrics.get("early_stopped")):
+                    # the last epoch: its report carries what MLflow has, so the run is closed first
+                    closed = True
+                    synced = _close_run(run, state, setup, run_name, art_dir, patience_s)
+                    if not synced:  # never silent: the loss is in Tune's result and beside the trial
+                        metrics["mlflow_unlogged_epochs"] = len(run.unlogged(state["history"]))
+                else:  # in the background: the trial never waits for the server
+                    run.sync_later(state["history"], every_s=float(config.get("tracking_every_s", 5.0)))
+                metrics["mlflow_sync_failures"] = run.failures
+            timings["time_tracking_s"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            # A checkpoint every checkpoint_every_s seconds of training, not every epoch: short
+            # epochs would spend more on writing (and Tune on keeping) checkpoints than on
+            # training. A crash or an interrupted sweep loses at most that much. A Tune trial's
+            # last epoch needs none (the trial is done).
+            last = epoch == setup.epochs or bool(metrics.get("early_stopped"))
+            due = (session.final_checkpoint if last else time.monotonic() - last_checkpoint >= checkpoint_every_s)
+            if not due:
+                timings["time_checkpoint_s"] = 0.0
+                session.report({**metrics, **timings, **placed}, None)
+            else:
+                last_checkpoint = time.monotonic()
+                with tempfile.TemporaryDirectory() as ckpt_dir:
+                    if session.rank == 0:
+                        _save_checkpoint(setup, state, ckpt_dir, best_weights)
+                    timings["time_checkpoint_s"] = time.perf_counter() - t
+                    session.report({**metrics, **timings, **placed}, ckpt_dir if session.rank == 0 else None)
+            if metrics.get("early_stopped"):
+                break
+    finally:
+        # Stopped between epochs (the scheduler ends a trial from inside its report), crashed, or
+        # fewer epochs to run than the checkpoint had done: MLflow still gets the epochs and the
+        # artifacts so far, in a bounded wait (a retry or the next trial on this actor follows).
+        if run is not None and not closed and state["history"]:
+            try:
+                _close_run(run, state, setup, run_name, art_dir, min(patience_s, 10.0))
+            except Exception as e:  # never hides why the trial ended
+                print(f"[emosweep] could not close the MLflow run of trial {run.trial_id}: {e}", file=sys.stderr)
     if run is not None and setup.export is not None and best_weights is not None:
         setup.export(best_weights, run)
     if run is None or not (run.pending_artifacts or run.unlogged(state["history"])):

@@ -12,15 +12,21 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from .mlflow_server import SharedServer
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# MLflow itself (2 s to import) is imported where it is used: a trial's run imports it in its
+# background thread, while the trial's first epoch trains
 
 # Tag keys are plain words so that they read well as columns in the MLflow UI.
 TAG_TRIAL_ID = "trial_id"
@@ -85,7 +91,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _params(d: dict) -> list[Param]:
+def _params(d: dict) -> list:
+    from mlflow.entities import Param
+
     return [Param(k, str(v)[:6000]) for k, v in flatten(d).items()]
 
 
@@ -128,6 +136,8 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict,
                      resume_run_id: str | None = None) -> TrackingContext:
     """Create the sweep's parent run, or reopen it when a sweep is resumed."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
     exp_id = ensure_experiment(client, experiment)
     if resume_run_id:
@@ -167,6 +177,8 @@ def close_trial_run(ctx: TrackingContext, trial_id: str, status: str, tags: dict
     already FINISHED (a resumed sweep re-announces finished trials) is left as it is. Tracking
     never takes a sweep down: a failure is one line on stderr."""
     try:
+        from mlflow.tracking import MlflowClient
+
         client = MlflowClient(ctx.uri)
         run = find_child_run(client, ctx, trial_id)
         if run is None or run.info.status == "FINISHED":
@@ -193,13 +205,25 @@ class TrialRun:
         fail_fast_requests()  # the next sync retries
         self.ctx, self.trial_id, self.run_name = ctx, trial_id, run_name
         self.params, self.tags = params, tags
-        self.client = MlflowClient(ctx.uri)
+        self._client = None
         self.run_id: str | None = None
         self.logged_steps: set = set()
         self.artifact_dir = artifact_dir  # files waiting to be uploaded: the latest version of each
         self.pending_artifacts: set = set()
         self.failures = 0
         self.last_error = ""
+        self._lock = threading.Lock()
+        self._latest: list | None = None  # the newest history handed to sync_later
+        self._thread: threading.Thread | None = None
+        self._last_pass = float("-inf")
+
+    @property
+    def client(self) -> "MlflowClient":
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.ctx.uri)
+        return self._client
 
     def _attach(self) -> None:
         if self.run_id is not None:
@@ -227,16 +251,25 @@ class TrialRun:
     def sync(self, history: list[dict]) -> bool:
         """Log what MLflow lacks. True when the run is fully up to date."""
         try:
+            from mlflow.entities import Metric
+
             self._attach()
+            # every missing epoch in as few requests as the server takes (at most 1000 metrics
+            # each); an epoch counts as logged once its whole request succeeded
+            batch, epochs = [], []
             for row in history:
                 if row["epoch"] in self.logged_steps:
                     continue
                 now = int(time.time() * 1000)
-                batch = [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)]
-                for i in range(0, len(batch), 900):  # the server takes at most 1000 metrics per batch
-                    self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
-                self.logged_steps.add(row["epoch"])
+                metrics = [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                if batch and len(batch) + len(metrics) > 900:
+                    self._log_metrics(batch, epochs)
+                    batch, epochs = [], []
+                batch += metrics
+                epochs.append(row["epoch"])
+            if epochs:
+                self._log_metrics(batch, epochs)
             for rel in sorted(self.pending_artifacts):
                 self.client.log_artifact(self.run_id, os.path.join(self.artifact_dir, rel))
                 self.pending_artifacts.discard(rel)
@@ -247,6 +280,38 @@ class TrialRun:
             print(f"[emosweep] MLflow logging failed for trial {self.trial_id} ({self.last_error}); "
                   f"will retry", file=sys.stderr)
             return False
+
+    def _log_metrics(self, batch: list, epochs: list) -> None:
+        for i in range(0, len(batch), 900):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+        self.logged_steps.update(epochs)
+
+    def sync_later(self, history: list[dict], every_s: float = 5.0) -> None:
+        """`sync` in a background thread, at most once per `every_s` seconds: the trial goes on
+        training while the server takes the epochs, and short epochs cost one request per
+        interval, not one each. Epochs handed in meanwhile wait for the next pass (or the
+        trial's closing `sync_until`), which logs every epoch still missing. A failure is
+        counted and retried the same way."""
+        with self._lock:
+            self._latest = list(history)
+            if self._thread is not None and self._thread.is_alive():
+                return
+            if time.monotonic() - self._last_pass < every_s:
+                return
+            self._last_pass = time.monotonic()
+            self._thread = threading.Thread(target=self._drain, name=f"mlflow-sync-{self.trial_id}", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        with self._lock:
+            rows = self._latest
+        self.sync(rows)
+
+    def wait(self) -> None:
+        """Until the background sync (if any) is done."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
 
     def log_code_model(self, code_file: str, artifacts: dict, signature, pip_requirements: list[str],
                        tags: dict, name: str = "model") -> str | None:

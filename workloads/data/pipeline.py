@@ -471,12 +471,21 @@ def prepare(manifest: Manifest, stages, cache_dir: str | None = None, strict: bo
     return result
 
 
-def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None) -> tuple[pd.DataFrame, list]:
+def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None,
+               mapped: bool = False) -> tuple[pd.DataFrame, list]:
     """Everything one cached stage holds: (uid + any per-item metadata, arrays), in shard
     order. Needs no manifest, so a trial can load what the driver prepared. When every item
     has the same shape the arrays are one ndarray (N × shape, no copy of the column);
-    otherwise a list."""
+    otherwise a list. `mapped` (a stage on a local disk, a named feature): the arrays are
+    read-only views of the stage's memory-mapped flat copy (data/flat.py), made on first use
+    and shared by every process on the machine."""
     fs, _ = filesystem(fs_uri)
+    if mapped and feature and isinstance(fs, pafs.LocalFileSystem):
+        from .flat import read_flat
+
+        got = read_flat(stage_dir, feature)
+        if got is not None:
+            return got
     tables = [read_shard(fs, p, stage_dir) for p in _list(fs, stage_dir, "shard-")]
     if not tables:
         return pd.DataFrame(columns=["uid"]), []

@@ -56,6 +56,8 @@ class Pooling(nn.Module):
         self.dim, self.n_layers, self.layer = dim, n_layers, layer
         self.out_dim = dim
 
+    one_layer = True  # reads only hidden state `layer` (the poolings over every layer say False)
+
     def pick(self, states: torch.Tensor) -> torch.Tensor:
         """The layer this pooling reads, in float32 (cached states may be float16: convert one
         layer, not all of them)."""
@@ -116,6 +118,8 @@ class FirstFrame(Pooling):
 class WeightedLayers(Pooling):
     """SUPERB's featurizer: softmax(w) · layers, then masked mean. Starts uniform."""
 
+    one_layer = False
+
     def __init__(self, dim, n_layers, layer=-1):
         super().__init__(dim, n_layers, layer)
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))
@@ -129,6 +133,8 @@ class WeightedLayers(Pooling):
 class LayersMean(Pooling):
     """Every hidden layer mean-pooled, concatenated (L·D): the probe's features, learned on."""
 
+    one_layer = False
+
     def __init__(self, dim, n_layers, layer=-1):
         super().__init__(dim, n_layers, layer)
         self.out_dim = n_layers * dim
@@ -141,6 +147,8 @@ class LayersMean(Pooling):
 @register("layers_mean_std")
 class LayersMeanStd(Pooling):
     """Every hidden layer's mean and standard deviation, concatenated (2·L·D)."""
+
+    one_layer = False
 
     def __init__(self, dim, n_layers, layer=-1):
         super().__init__(dim, n_layers, layer)

@@ -1,0 +1,307 @@
+"""A search of many short trials: emosweep against the loop a user would write instead.
+
+One search, run both ways in one invocation, each as a fresh process timed end to end:
+  (b) emosweep, through its study file: `sweeps/hubert_pooling.py --num-samples S --folds F`
+      (Ray Tune, concurrent trials of --cpus-per-trial 1, every epoch logged to MLflow);
+  (a) the peer: one process, `optuna.create_study(...).optimize(objective, n_trials=S)` per
+      arm, the objective calling the same training function (`speech_pooling.train`) on each
+      fold, torch on all cores, optuna-integration's `MLflowCallback` logging every trial to
+      the same local MLflow server.
+The task: S2's pooling arms on cached whisper-base states of a RAVDESS look-alike (or
+--data-dir), arms × S configurations × F speaker folds. Both sides run the same seeded
+configurations: emosweep's per-arm samplers choose them, and the peer's studies are handed
+the same ones (`enqueue_trial`), so the bench checks that both trained the same trials and
+reached the same validation scores. Both read the same encoder cache, filled before either
+is timed. The scheduler is FIFO, so both train every epoch of every trial.
+
+It prints both wall times, trials per minute and the ratio (a)/(b); where (b) spends its time
+(the command's start, Ray, the driver's data checks, MLflow, the trials, the report; inside a
+trial: set-up, training, logging, checkpoints; set-up on a fresh actor against a reused one);
+and, from a second identical sweep started at once (Ray and the MLflow server left warm by
+the first), the time from the command to the first epoch beside the first sweep's.
+
+    python bench/vs_optuna.py                          # 2 arms × 16 samples × 2 folds (64 trials)
+    python bench/vs_optuna.py --samples 4              # a quicker look
+    python bench/vs_optuna.py --data-dir ../shared/data/ravdess
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_FILE = ROOT / "sweeps" / "hubert_pooling.py"
+GOAL = 1.5
+
+
+def study_args(opts) -> list[str]:
+    return ["--arms", opts.arms, "--num-samples", str(opts.samples), "--folds", str(opts.folds),
+            "--scheduler", "fifo", "--seed", str(opts.seed),
+            *(["--data-dir", opts.data_dir] if opts.data_dir else []),
+            *(["--epochs", str(opts.epochs)] if opts.epochs else [])]
+
+
+# ----------------------------------------------------------------------------- the peer (a)
+
+def peer(opts) -> None:
+    """(a), in this process: a plain Optuna loop over the same configurations."""
+    t0 = time.perf_counter()
+    import optuna
+    from optuna_integration.mlflow import MLflowCallback
+
+    sys.path.insert(0, str(ROOT))
+    os.environ["EMOSWEEP_LOCAL"] = "1"  # the driver's data checks without Ray (the cache is warm)
+    from sweeps.hubert_pooling import STUDY
+    from sweeps.study import arm_config, arm_space, build_parser, replicates_of, searched_space, study_config
+    from workloads.core.seeding import derive_seed
+    from workloads.core.session import LocalSession, local_session
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args = build_parser(STUDY).parse_args(study_args(opts))
+    arms, base = study_config(STUDY, args, False)
+    replicates = replicates_of(base)
+    space = searched_space(STUDY, base, quiet=True)
+    wanted = json.loads(Path(opts.configs).read_text())  # arm → [emosweep's trial config, ...] in its order
+    ran = []
+    callback = MLflowCallback(tracking_uri=opts.tracking_uri, metric_name="mean_best_val_acc",
+                              create_experiment=True, mlflow_kwargs={"experiment_name": "vs-optuna-peer"})
+    for arm in arms:
+        own = arm_space(space, arms[arm])
+        params = [{k: config[k] for k in own} for config in wanted[arm]]
+        study = optuna.create_study(direction="maximize", study_name=f"peer-{arm}",
+                                    sampler=optuna.samplers.TPESampler(seed=derive_seed(opts.seed, "optuna", arm)))
+        for p in params:
+            study.enqueue_trial(p)
+
+        def objective(trial, arm=arm, own=own):
+            sampled = {name: suggest(trial, name, domain) for name, domain in own.items()}
+            scores = []
+            for replicate in replicates:
+                config = {**arm_config(base, arms[arm]), **sampled, "arm": arm,
+                          "config_id": f"{arm}/c{trial.number}", **replicate}
+                session = LocalSession(quiet=True)
+                with local_session(session):
+                    STUDY.trainable(config, None)
+                scores.append(float(session.reports[-1]["best_val_acc"]))
+                ran.append({"arm": arm, "config": trial.number, "fold": replicate["fold"], "params": sampled,
+                            "best_val_acc": scores[-1]})
+            return sum(scores) / len(scores)
+
+        study.optimize(objective, n_trials=len(params), callbacks=[callback])
+    Path(opts.out).write_text(json.dumps({"trials": ran, "wall_s": time.perf_counter() - t0}))
+
+
+def suggest(trial, name: str, domain):
+    """The same domain as emosweep's (sweeps/space.py), asked of an Optuna trial."""
+    from sweeps.space import Choice
+
+    if isinstance(domain, Choice):
+        return trial.suggest_categorical(name, list(domain.values))
+    return trial.suggest_float(name, domain.lower, domain.upper, log=domain.log)
+
+
+# ----------------------------------------------------------------------------- the bench
+
+def run(cmd: list[str], env: dict, log: Path) -> float:
+    t = time.perf_counter()
+    with open(log, "ab") as f:
+        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} … failed ({code}); the end of {log}:\n"
+                         + log.read_text(errors="replace")[-3000:])
+    return time.perf_counter() - t
+
+
+def driver_timings(log: Path) -> dict:
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.startswith("driver timings: ")]
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", lines[-1])}
+
+
+def trial_rows(exp_dir: Path) -> list[list[dict]]:
+    out = []
+    for f in sorted(exp_dir.glob("*/result.json")):
+        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if rows:
+            out.append(rows)
+    return out
+
+
+def inside_trials(rows: list[list[dict]]) -> dict:
+    """Medians over trials of the seconds each part of a trial took, from its Tune results."""
+    def total(r, key):
+        return sum(x.get(key, 0.0) for x in r)
+
+    def setup(r):  # the first result's iteration time, less what the epoch itself did
+        first = r[0]
+        return first["time_this_iter_s"] - sum(first.get(k, 0.0) for k in
+                                               ("time_train_s", "time_eval_s", "time_tracking_s", "time_checkpoint_s"))
+    # a trial's actor: fresh (the first trial of its process) or reused, told by the pid
+    seen, fresh, reused = set(), [], []
+    for r in sorted(rows, key=lambda r: r[0]["timestamp"] - r[0]["time_total_s"]):
+        (reused if r[0]["pid"] in seen else fresh).append(setup(r))
+        seen.add(r[0]["pid"])
+    med = statistics.median
+    return {"trial_s": med(r[-1]["time_total_s"] for r in rows), "setup_s": med(setup(r) for r in rows),
+            "setup_fresh_s": med(fresh) if fresh else float("nan"), "setup_reused_s": med(reused) if reused else float("nan"),
+            "n_fresh": len(fresh), "n_reused": len(reused),
+            **{k: med(total(r, f"time_{k}") for r in rows) for k in ("train_s", "eval_s", "tracking_s", "checkpoint_s")}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", default="layers_mean,attention")
+    p.add_argument("--samples", type=int, default=16, help="configurations per arm")
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--epochs", type=int, help="epochs per trial (default: the study's, 20)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--data-dir", help="a RAVDESS folder (default: the study's generated look-alike)")
+    p.add_argument("--home", help="EMOSWEEP_HOME to use (default: a fresh one; its cache is filled first, untimed)")
+    p.add_argument("--tolerance", type=float, default=0.02,
+                   help="largest allowed difference of the two sides' mean validation accuracy")
+    p.add_argument("--_peer", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--configs", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--tracking-uri", help=argparse.SUPPRESS)
+    opts = p.parse_args()
+    if opts._peer:
+        return peer(opts)
+
+    home = Path(opts.home or tempfile.mkdtemp(prefix="emosweep-bench-vs-optuna-"))
+    work = home / "bench-vs-optuna"
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "EMOSWEEP_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    log = work / "bench.log"
+    emosweep = [sys.executable, str(STUDY_FILE), *study_args(opts)]
+    print(f"bench/vs_optuna.py: {opts.arms} × {opts.samples} samples × {opts.folds} folds, home {home}, log {log}",
+          flush=True)
+
+    # 0. untimed: the encoder cache and its mapped copy (a one-configuration sweep fills them),
+    #    then nothing warm is left: no MLflow server, no Ray
+    t = time.perf_counter()
+    run([sys.executable, str(STUDY_FILE), "--arms", opts.arms.split(",")[0], "--folds", str(opts.folds),
+         "--seed", str(opts.seed), "--epochs", "1", "--name", f"vs-optuna-warmup-{time.strftime('%Y%m%d-%H%M%S')}",
+         *(["--data-dir", opts.data_dir] if opts.data_dir else [])], env, log)
+    stop_warm(env, log)
+    print(f"  cache filled ({time.perf_counter() - t:.0f} s, untimed)", flush=True)
+
+    # (b) emosweep, then the same sweep again at once (its warm start is measured)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    wall_b = run([*emosweep, "--name", f"vs-optuna-{stamp}"], env, log)
+    timings_b = driver_timings(log)
+    print(f"  (b) emosweep: {wall_b:.1f} s", flush=True)
+    wall_b2 = run([*emosweep, "--name", f"vs-optuna-{stamp}-again"], env, log)
+    timings_b2 = driver_timings(log)
+    print(f"  (b) again, warm: {wall_b2:.1f} s", flush=True)
+    rows = trial_rows(home / "ray" / f"vs-optuna-{stamp}")
+
+    # the configurations emosweep's samplers chose, per arm in their order, for the peer
+    chosen = {(r[0]["config"]["arm"], config_number(r)): r[0]["config"] for r in rows}
+    configs = {}
+    for (arm, _), config in sorted(chosen.items()):
+        configs.setdefault(arm, []).append(config)
+    (work / "configs.json").write_text(json.dumps(configs, default=str))
+
+    # (a) the peer, on the same MLflow server (left up by the sweeps), Ray stopped
+    stop_warm(env, log, mlflow=False)
+    uri = mlflow_uri(home)
+    wall_a = run([sys.executable, __file__, "--_peer", "--configs", str(work / "configs.json"),
+                  "--out", str(work / "peer.json"), "--tracking-uri", uri, *passthrough(opts)], env, log)
+    print(f"  (a) Optuna loop: {wall_a:.1f} s", flush=True)
+    peer_out = json.loads((work / "peer.json").read_text())
+    stop_warm(env, log)
+
+    report(opts, wall_a, wall_b, wall_b2, timings_b, timings_b2, rows, peer_out)
+
+
+def config_number(rows: list[dict]) -> int:
+    return int(rows[0]["config"]["config_id"].split("/c")[1])
+
+
+def passthrough(opts) -> list[str]:
+    return ["--arms", opts.arms, "--samples", str(opts.samples), "--folds", str(opts.folds), "--seed", str(opts.seed),
+            *(["--data-dir", opts.data_dir] if opts.data_dir else []),
+            *(["--epochs", str(opts.epochs)] if opts.epochs else [])]
+
+
+def mlflow_uri(home: Path) -> str:
+    return json.loads((home / "mlflow" / "server.json").read_text())["uri"]
+
+
+def stop_warm(env: dict, log: Path, mlflow: bool = True) -> None:
+    """Stop what the sweeps leave running for the next one: the shared local Ray and (unless
+    told not to) the MLflow server."""
+    cmds = [["ray", "--stop"]] + ([["tracking", "--stop"]] if mlflow else [])
+    for cmd in cmds:
+        with open(log, "ab") as f:
+            subprocess.run([sys.executable, "-m", "sweeps.cli", *cmd], cwd=ROOT, env=env, stdout=f,
+                           stderr=subprocess.STDOUT)
+
+
+def phases(t: dict, wall: float) -> str:
+    names = (("startup_s", "command start and imports"), ("ray_init_s", "Ray start or join"),
+             ("prepare_s", "data checks"), ("mlflow_ready_s", "MLflow ready"),
+             ("sweep_setup_s", "parent run and Tuner"), ("tune_fit_s", "trials (Tune)"))
+    known = sum(t.get(k, 0.0) for k, _ in names)
+    return ", ".join(f"{label} {t[k]:.1f}" for k, label in names if k in t) + \
+        f", report and exit {wall - known:.1f}"
+
+
+def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out) -> None:
+    # same configurations, same validation scores
+    ours = {(r[0]["config"]["arm"], config_number(r), r[0]["config"]["fold"]): (r[-1]["best_val_acc"], r[0]["config"])
+            for r in rows}
+    theirs = {(t["arm"], t["config"], t["fold"]): (t["best_val_acc"], t["params"]) for t in peer_out["trials"]}
+    if set(ours) != set(theirs) or len(ours) != len(rows):
+        raise SystemExit(f"the two sides ran different trials: {sorted(set(ours) ^ set(theirs))[:5]}")
+    n = len(ours)
+    same_params = all(all(ours[k][1][name] == value for name, value in theirs[k][1].items()) for k in ours)
+    diffs = [ours[k][0] - theirs[k][0] for k in ours]
+    mean_b, mean_a = statistics.mean(v for v, _ in ours.values()), statistics.mean(v for v, _ in theirs.values())
+    identical = sum(abs(d) < 1e-9 for d in diffs)
+    ratio = wall_a / wall_b
+    inside = inside_trials(rows)
+
+    print(f"\nbench/vs_optuna.py: {opts.arms} × {opts.samples} configurations × {opts.folds} folds = {n} trials "
+          f"on {os.cpu_count()} CPUs\n")
+    print("| | wall s | trials/min |\n|---|---:|---:|")
+    print(f"| (a) Optuna loop, one process, torch on all cores | {wall_a:.1f} | {n / wall_a * 60:.1f} |")
+    print(f"| (b) emosweep sweep | {wall_b:.1f} | {n / wall_b * 60:.1f} |")
+    print(f"| (b) the same sweep again, Ray and MLflow warm | {wall_b2:.1f} | {n / wall_b2 * 60:.1f} |")
+    print(f"\nratio (a)/(b): {ratio:.2f}  (goal ≥ {GOAL}: {'met' if ratio >= GOAL else 'NOT met'})")
+    print(f"same configurations both ways: {'yes' if same_params else 'NO'}; validation accuracy: "
+          f"{identical}/{n} trials identical, mean {mean_a:.4f} (a) against {mean_b:.4f} (b), largest trial "
+          f"difference {max(abs(d) for d in diffs):.3f}")
+    print(f"\nwhere (b) spends its time (s): {phases(tb, wall_b)}")
+    print(f"  the same sweep again: {phases(tb2, wall_b2)}")
+    print(f"inside a trial (medians, s): whole trial {inside['trial_s']:.2f}; set-up {inside['setup_s']:.2f} "
+          f"(on a fresh actor {inside['setup_fresh_s']:.2f} ×{inside['n_fresh']}, on a reused one "
+          f"{inside['setup_reused_s']:.2f} ×{inside['n_reused']}); training {inside['train_s']:.2f}, evaluation "
+          f"{inside['eval_s']:.2f}, logging (waited) {inside['tracking_s']:.2f}, checkpoints {inside['checkpoint_s']:.2f}")
+    f1, f2 = tb.get("first_epoch_s"), tb2.get("first_epoch_s")
+    if f1 and f2:
+        print(f"first epoch after the command: first sweep {f1:.1f} s, second sweep {f2:.1f} s "
+              f"({f2 / f1:.2f} of the first; goal ≤ 0.5: {'met' if f2 <= 0.5 * f1 else 'NOT met'})")
+        for label, t in (("first", tb), ("second", tb2)):
+            before = sum(t.get(k, 0.0) for k in ("startup_s", "ray_init_s", "prepare_s", "mlflow_ready_s",
+                                                  "sweep_setup_s"))
+            print(f"  {label} sweep: {before:.1f} s until Tune starts, then {t['first_epoch_s'] - before:.1f} s to the "
+                  f"first epoch's end (actors start, trials set up, one epoch)")
+    problems = []
+    if not same_params:
+        problems.append("the two sides ran different configurations")
+    if abs(mean_a - mean_b) > opts.tolerance:
+        problems.append(f"mean validation accuracy differs by {abs(mean_a - mean_b):.3f} > {opts.tolerance}")
+    if problems:
+        raise SystemExit("bench/vs_optuna.py: " + "; ".join(problems))
+
+
+if __name__ == "__main__":
+    main()
