@@ -326,13 +326,11 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
     run = (TrialRun(tracking, session.trial_id, run_name, {**config, **info, "world_size": session.world},
                     {**setup.tags, **where}, art_dir)
            if tracking and session.rank == 0 else None)
-    if run is not None:
-        run.sync_later(state["history"])  # the run is found or created while the first epoch trains
 
     patience_s = float(config.get("tracking_patience_s", 120))
     checkpoint_every_s = float(config.get("checkpoint_every_s", 30.0))
-    last_checkpoint = time.monotonic()
-    closed = False
+    last_checkpoint = float("-inf")
+    closed = trained = False  # trained: an epoch ran in this attempt (not only restored)
     try:
         for epoch in range(state["epoch"] + 1, setup.epochs + 1):
             seed_everything(derive_seed(int(config.get("seed", 0)), "epoch", epoch))
@@ -386,6 +384,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                                                and epoch < setup.epochs)
             state["history"].append({**metrics, **timings})
             state["epoch"] = epoch
+            trained = True
             t = time.perf_counter()
             if run is not None:
                 if epoch == setup.epochs or bool(metrics.get("early_stopped")):
@@ -402,10 +401,13 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             t = time.perf_counter()
             # A checkpoint every checkpoint_every_s seconds of training, not every epoch: short
             # epochs would spend more on writing (and Tune on keeping) checkpoints than on
-            # training. A crash or an interrupted sweep loses at most that much. A Tune trial's
-            # last epoch needs none (the trial is done).
+            # training. A crash or an interrupted sweep loses at most that much. The first and
+            # the last epoch always: Tune saves its experiment state when a trial checkpoints,
+            # so an interrupted sweep knows every trial that started (and resumes it, with its
+            # MLflow run, rather than start its configuration again as a new trial) and every
+            # trial that finished (never run again); a second --local run finds its trials done.
             last = epoch == setup.epochs or bool(metrics.get("early_stopped"))
-            due = (session.final_checkpoint if last else time.monotonic() - last_checkpoint >= checkpoint_every_s)
+            due = last or time.monotonic() - last_checkpoint >= checkpoint_every_s
             if not due:
                 timings["time_checkpoint_s"] = 0.0
                 session.report({**metrics, **timings, **placed}, None)
@@ -419,10 +421,11 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             if metrics.get("early_stopped"):
                 break
     finally:
-        # Stopped between epochs (the scheduler ends a trial from inside its report), crashed, or
-        # fewer epochs to run than the checkpoint had done: MLflow still gets the epochs and the
-        # artifacts so far, in a bounded wait (a retry or the next trial on this actor follows).
-        if run is not None and not closed and state["history"]:
+        # Stopped between epochs (the scheduler ends a trial from inside its report) or crashed:
+        # MLflow still gets the epochs and the artifacts so far, in a bounded wait (a retry or the
+        # next trial on this actor follows). A trial restored at its end trained nothing here:
+        # its run was closed before that last checkpoint.
+        if run is not None and not closed and trained:
             try:
                 _close_run(run, state, setup, run_name, art_dir, min(patience_s, 10.0))
             except Exception as e:  # never hides why the trial ended

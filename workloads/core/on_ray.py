@@ -30,8 +30,6 @@ def _ray():
 class TuneSession(LocalSession):
     """A trial that is one process: reports go straight to Tune."""
 
-    final_checkpoint = False
-
     def __init__(self):
         super().__init__(trial=trial_id())
 

@@ -16,9 +16,6 @@ class LocalSession:
     same folder continues from it."""
 
     rank, world = 0, 1
-    # the last epoch checkpointed too: a second run of the same --local trial finds it done
-    # (Tune never runs a finished trial again, so its trials skip that one)
-    final_checkpoint = True
 
     def __init__(self, checkpoint_dir: str | None = None, trial: str = "local", quiet: bool = False):
         self.trial_id, self.checkpoint_dir, self.quiet = trial, checkpoint_dir, quiet

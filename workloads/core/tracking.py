@@ -190,6 +190,13 @@ def close_trial_run(ctx: TrackingContext, trial_id: str, status: str, tags: dict
         print(f"[emosweep] could not close the MLflow run of trial {trial_id}: {e}", file=sys.stderr)
 
 
+def _import_mlflow() -> None:
+    import mlflow.entities
+    import mlflow.tracking
+
+    del mlflow  # imported for the side effect: the modules are loaded
+
+
 class TrialRun:
     """The child run of one trial, kept in step with the trial's history.
 
@@ -216,6 +223,8 @@ class TrialRun:
         self._latest: list | None = None  # the newest history handed to sync_later
         self._thread: threading.Thread | None = None
         self._last_pass = float("-inf")
+        # MLflow takes seconds to import: done beside the first epoch, not before it
+        threading.Thread(target=_import_mlflow, name="mlflow-import", daemon=True).start()
 
     @property
     def client(self) -> "MlflowClient":
