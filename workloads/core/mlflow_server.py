@@ -322,6 +322,24 @@ def _held(root: Path) -> bool:
     return held
 
 
+def wait_until_idle(root: Path, lock_path: Path, idle_s: float, keep_going) -> "_file_lock | None":
+    """A keeper's watch: return once no live lease under `root` has been seen for idle_s (then
+    holding `lock_path`, the lock users acquire under, so that nobody is handed what is about
+    to stop: the caller releases it), or when keep_going() turns false (then None)."""
+    idle_since = time.monotonic()
+    while keep_going():
+        if _held(root):
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > idle_s:
+            lock = _file_lock(lock_path).__enter__()
+            if not _held(root):  # nobody arrived meanwhile: stop, holding the lock
+                return lock
+            lock.__exit__()
+            idle_since = time.monotonic()
+        time.sleep(1.0)
+    return None
+
+
 def keep(root: str, port: int, idle_s: float, adopt_pid: int | None = None, adopt_start: str | None = None) -> None:
     """The keeper: run the server of `root` (or watch the one it adopts, `adopt_pid`); stop it
     when no live lease has been seen for idle_s, on SIGTERM, or when it dies. The idle stop
@@ -340,23 +358,12 @@ def keep(root: str, port: int, idle_s: float, adopt_pid: int | None = None, adop
             _write_json(root_path / "server.json", {**info, "server_pid": pid, "server_start": start})
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    idle_since = time.monotonic()
-
     def alive() -> bool:
         return server._proc.poll() is None if server is not None else same_process(pid, start)
 
     lock = None
     try:
-        while not stopping and alive():
-            if _held(root_path):
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > idle_s:
-                lock = _file_lock(root_path / ".server.lock").__enter__()
-                if not _held(root_path):  # nobody arrived meanwhile: stop, holding the lock
-                    break
-                lock.__exit__()
-                lock, idle_since = None, time.monotonic()
-            time.sleep(1.0)
+        lock = wait_until_idle(root_path, root_path / ".server.lock", idle_s, lambda: not stopping and alive())
     finally:
         if server is not None:
             server.stop()

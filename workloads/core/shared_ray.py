@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .mlflow_server import _file_lock, _held, _write_json, process_start, same_process
+from .mlflow_server import _file_lock, _write_json, process_start, same_process, wait_until_idle
 
 PROJECT = str(Path(__file__).resolve().parents[2])
 # what a sweep's workers take from the sweep (not the keeper) when it joins the shared Ray
@@ -156,19 +156,9 @@ def keep(root: str, idle_s: float) -> None:
         # a driver joining by address must ask for it (connect())
         _write_json(root_path / "ray.json", {**info, "address": ray.get_runtime_context().gcs_address,
                                              "identity": identity(), "auth_mode": os.environ.get("RAY_AUTH_MODE")})
-    idle_since = time.monotonic()
     lock = None
     try:
-        while not stopping:
-            if _held(root_path):
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > idle_s:
-                lock = _file_lock(root_path / ".ray.lock").__enter__()
-                if not _held(root_path):  # nobody arrived meanwhile: stop, holding the lock
-                    break
-                lock.__exit__()
-                lock, idle_since = None, time.monotonic()
-            time.sleep(1.0)
+        lock = wait_until_idle(root_path, root_path / ".ray.lock", idle_s, lambda: not stopping)
     finally:
         try:
             info = json.loads((root_path / "ray.json").read_text())
