@@ -430,8 +430,10 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 _close_run(run, state, setup, run_name, art_dir, min(patience_s, 10.0))
             except Exception as e:  # never hides why the trial ended
                 print(f"[emosweep] could not close the MLflow run of trial {run.trial_id}: {e}", file=sys.stderr)
+        # on every way out (a scheduler's stop and a crash included), kept only while it holds
+        # what MLflow still lacks
+        if run is None or not (run.pending_artifacts or run.unlogged(state["history"])):
+            shutil.rmtree(art_dir, ignore_errors=True)
     if run is not None and setup.export is not None and best_weights is not None:
         setup.export(best_weights, run)
-    if run is None or not (run.pending_artifacts or run.unlogged(state["history"])):
-        shutil.rmtree(art_dir, ignore_errors=True)  # kept while it holds what MLflow still lacks
     return state

@@ -44,6 +44,36 @@ class TuneSession(LocalSession):
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
+class WaitsForItsThread:
+    """A Tune function trainable whose actor, when stopped for good (the sweep's end), first
+    waits for the trial's thread, up to $TUNE_FUNCTION_THREAD_TIMEOUT_S. A trial the scheduler
+    stops closes its MLflow run on the way out (core/loop.py: fit); Tune stops the actor at
+    once when the sweep ends (FunctionTrainable.cleanup waits 0 s), which cut that close
+    short and left the run without its last epochs and pictures. (An actor reused for the
+    next trial already waits: Tune's reset_config.)"""
+
+    def cleanup(self):
+        import threading
+
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        thread = getattr(session, "training_thread", None)
+        if thread is not None and thread.is_alive():
+            # what Tune's own finish() does to end the thread (a stop event, then the thread's
+            # turn), but waited for; finish() repeats both harmlessly
+            session.stop_event.set()
+            session.continue_lock.release()
+            threading.Thread.join(thread, timeout=float(os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", 15)))
+        super().cleanup()
+
+
+def closing_trainable(fn: Callable) -> Callable:
+    """fn, a function trainable, as one whose actor waits for it to close its run (WaitsForItsThread)."""
+    fn.__mixins__ = (WaitsForItsThread, *getattr(fn, "__mixins__", ()))
+    return fn
+
+
 def in_tune_trial() -> bool:
     return trial_id() != "local"
 
