@@ -51,25 +51,43 @@ def study_args(opts) -> list[str]:
 
 # ----------------------------------------------------------------------------- the peer (a)
 
+def _study(opts):
+    """What both plain sides need: the study, its arms and base config, the replicates (folds),
+    the searched space, and the configurations emosweep chose (arm → [trial config, ...])."""
+    sys.path.insert(0, str(ROOT))
+    os.environ["EMOSWEEP_LOCAL"] = "1"  # the driver's data checks without Ray (the cache is warm)
+    from sweeps.hubert_pooling import STUDY
+    from sweeps.study import build_parser, replicates_of, searched_space, study_config
+
+    args = build_parser(STUDY).parse_args(study_args(opts))
+    arms, base = study_config(STUDY, args, False)
+    wanted = json.loads(Path(opts.configs).read_text())  # in emosweep's order
+    return STUDY, arms, base, replicates_of(base), searched_space(STUDY, base, quiet=True), wanted
+
+
+def run_trial(study, config: dict) -> float:
+    """One trial through the workload's own training function, in this process; its best
+    validation accuracy."""
+    from workloads.core.session import LocalSession, local_session
+
+    session = LocalSession(quiet=True)
+    with local_session(session):
+        study.trainable(config, None)
+    return float(session.reports[-1]["best_val_acc"])
+
+
 def peer(opts) -> None:
     """(a), in this process: a plain Optuna loop over the same configurations."""
     t0 = time.perf_counter()
     import optuna
     from optuna_integration.mlflow import MLflowCallback
 
-    sys.path.insert(0, str(ROOT))
-    os.environ["EMOSWEEP_LOCAL"] = "1"  # the driver's data checks without Ray (the cache is warm)
-    from sweeps.hubert_pooling import STUDY
-    from sweeps.study import arm_config, arm_space, build_parser, replicates_of, searched_space, study_config
     from workloads.core.seeding import derive_seed
-    from workloads.core.session import LocalSession, local_session
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    args = build_parser(STUDY).parse_args(study_args(opts))
-    arms, base = study_config(STUDY, args, False)
-    replicates = replicates_of(base)
-    space = searched_space(STUDY, base, quiet=True)
-    wanted = json.loads(Path(opts.configs).read_text())  # arm → [emosweep's trial config, ...] in its order
+    STUDY, arms, base, replicates, space, wanted = _study(opts)
+    from sweeps.study import arm_config, arm_space
+
     ran = []
     callback = MLflowCallback(tracking_uri=opts.tracking_uri, metric_name="mean_best_val_acc",
                               create_experiment=True, mlflow_kwargs={"experiment_name": "vs-optuna-peer"})
@@ -87,16 +105,52 @@ def peer(opts) -> None:
             for replicate in replicates:
                 config = {**arm_config(base, arms[arm]), **sampled, "arm": arm,
                           "config_id": f"{arm}/c{trial.number}", **replicate}
-                session = LocalSession(quiet=True)
-                with local_session(session):
-                    STUDY.trainable(config, None)
-                scores.append(float(session.reports[-1]["best_val_acc"]))
+                scores.append(run_trial(STUDY, config))
                 ran.append({"arm": arm, "config": trial.number, "fold": replicate["fold"], "params": sampled,
                             "best_val_acc": scores[-1]})
             return sum(scores) / len(scores)
 
         study.optimize(objective, n_trials=len(params), callbacks=[callback])
     Path(opts.out).write_text(json.dumps({"trials": ran, "wall_s": time.perf_counter() - t0}))
+
+
+def ceiling_share(opts) -> None:
+    """(c), one of os.cpu_count() such processes: every k-th of the same trials, one torch
+    thread, no Ray, no MLflow, no files: what any runner of parallel trials could reach here."""
+    import torch
+
+    torch.set_num_threads(1)
+    STUDY, arms, base, replicates, space, wanted = _study(opts)
+    from sweeps.study import arm_config, arm_space
+
+    trials = [(arm, number, {**arm_config(base, arms[arm]), **{k: c[k] for k in arm_space(space, arms[arm])},
+                             "arm": arm, "config_id": f"{arm}/c{number}", **replicate})
+              for arm in arms for number, c in enumerate(wanted[arm]) for replicate in replicates]
+    out = [{"arm": arm, "config": number, "fold": config["fold"], "best_val_acc": run_trial(STUDY, config)}
+           for i, (arm, number, config) in enumerate(trials) if i % opts._shards == opts._shard]
+    Path(opts.out).write_text(json.dumps({"trials": out}))
+
+
+def ceiling(opts, env: dict, log: Path, work: Path) -> tuple[float, list]:
+    """(c): os.cpu_count() plain processes side by side, timed from the first start to the last end."""
+    shards = os.cpu_count() or 1
+    t = time.perf_counter()
+    procs = []
+    for k in range(shards):
+        f = open(log, "ab")
+        procs.append((subprocess.Popen([sys.executable, __file__, "--_ceiling", "--_shard", str(k), "--_shards",
+                                        str(shards), "--configs", str(work / "configs.json"),
+                                        "--out", str(work / f"ceiling-{k}.json"), *passthrough(opts)],
+                                       cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT), f))
+    for proc, f in procs:
+        proc.wait()
+        f.close()
+        if proc.returncode:
+            raise SystemExit(f"the ceiling's process failed ({proc.returncode}); the end of {log}:\n"
+                             + log.read_text(errors="replace")[-3000:])
+    wall = time.perf_counter() - t
+    trials = [x for k in range(shards) for x in json.loads((work / f"ceiling-{k}.json").read_text())["trials"]]
+    return wall, trials
 
 
 def suggest(trial, name: str, domain):
@@ -170,9 +224,14 @@ def main() -> None:
     p.add_argument("--configs", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--tracking-uri", help=argparse.SUPPRESS)
+    p.add_argument("--_ceiling", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--_shard", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--_shards", type=int, default=1, help=argparse.SUPPRESS)
     opts = p.parse_args()
     if opts._peer:
         return peer(opts)
+    if opts._ceiling:
+        return ceiling_share(opts)
 
     home = Path(opts.home or tempfile.mkdtemp(prefix="emosweep-bench-vs-optuna-"))
     work = home / "bench-vs-optuna"
@@ -218,7 +277,11 @@ def main() -> None:
     peer_out = json.loads((work / "peer.json").read_text())
     stop_warm(env, log)
 
-    report(opts, wall_a, wall_b, wall_b2, timings_b, timings_b2, rows, peer_out)
+    # (c) the ceiling: the same trials, one plain process per core, nothing else running
+    wall_c, ceiling_trials = ceiling(opts, env, log, work)
+    print(f"  (c) ceiling, {os.cpu_count()} plain processes: {wall_c:.1f} s", flush=True)
+
+    report(opts, wall_a, wall_b, wall_b2, timings_b, timings_b2, rows, peer_out, wall_c, ceiling_trials)
 
 
 def config_number(rows: list[dict]) -> int:
@@ -254,7 +317,7 @@ def phases(t: dict, wall: float) -> str:
         f", report and exit {wall - known:.1f}"
 
 
-def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out) -> None:
+def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out, wall_c, ceiling_trials) -> None:
     # same configurations, same validation scores
     ours = {(r[0]["config"]["arm"], config_number(r), r[0]["config"]["fold"]): (r[-1]["best_val_acc"], r[0]["config"])
             for r in rows}
@@ -275,7 +338,11 @@ def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out) -> None:
     print(f"| (a) Optuna loop, one process, torch on all cores | {wall_a:.1f} | {n / wall_a * 60:.1f} |")
     print(f"| (b) emosweep sweep | {wall_b:.1f} | {n / wall_b * 60:.1f} |")
     print(f"| (b) the same sweep again, Ray and MLflow warm | {wall_b2:.1f} | {n / wall_b2 * 60:.1f} |")
+    print(f"| (c) ceiling: {os.cpu_count()} plain processes side by side, 1 torch thread each, no Ray, no MLflow, "
+          f"no files | {wall_c:.1f} | {n / wall_c * 60:.1f} |")
     print(f"\nratio (a)/(b): {ratio:.2f}  (goal ≥ {GOAL}: {'met' if ratio >= GOAL else 'NOT met'})")
+    print(f"ceiling (a)/(c): {wall_a / wall_c:.2f}, the most any runner of parallel trials reaches on this machine; "
+          f"emosweep's share of it (c)/(b): {wall_c / wall_b:.2f}")
     print(f"same configurations both ways: {'yes' if same_params else 'NO'}; validation accuracy: "
           f"{identical}/{n} trials identical, mean {mean_a:.4f} (a) against {mean_b:.4f} (b), largest trial "
           f"difference {max(abs(d) for d in diffs):.3f}")
@@ -294,7 +361,10 @@ def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out) -> None:
                                                   "sweep_setup_s"))
             print(f"  {label} sweep: {before:.1f} s until Tune starts, then {t['first_epoch_s'] - before:.1f} s to the "
                   f"first epoch's end (actors start, trials set up, one epoch)")
+    mine = {(t["arm"], t["config"], t["fold"]): t["best_val_acc"] for t in ceiling_trials}
     problems = []
+    if set(mine) != set(theirs) or any(abs(mine[k] - theirs[k][0]) > 1e-9 for k in mine):
+        problems.append("the ceiling's processes ran other trials or reached other scores than the peer")
     if not same_params:
         problems.append("the two sides ran different configurations")
     if abs(mean_a - mean_b) > opts.tolerance:

@@ -15,6 +15,7 @@ that enters layer j, so a cache of that state plus the top layers reproduces the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -89,13 +90,32 @@ class SpeechEncoder:
         return self.model.layer_norm if self.whisper else None
 
 
+_FACT_KEYS = {"whisper": ("encoder_layers", "d_model"), None: ("num_hidden_layers", "hidden_size")}
+
+
+def _encoder_config(path: str):
+    """The encoder's config: read straight from a local folder's config.json when it holds the
+    few keys speech_encoder_facts reads (a sweep's driver then never imports transformers, 2 s),
+    else through transformers' AutoConfig."""
+    from types import SimpleNamespace
+
+    file = os.path.join(path, "config.json")
+    if os.path.isfile(file):
+        with open(file) as f:
+            raw = json.load(f)
+        keys = _FACT_KEYS["whisper" if raw.get("model_type") == "whisper" else None]
+        if raw.get("model_type") and all(k in raw for k in keys):
+            return SimpleNamespace(**raw)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
+
+
 def speech_encoder_facts(path: str, whisper_window: float | None, clip_seconds: float) -> dict:
     """What a study needs to know of a speech encoder before loading it: its layers, width,
     family and window (Whisper's cut to `whisper_window` seconds when given). A clip longer
     than the window is a clear error."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path))
+    config = _encoder_config(path)
     whisper = config.model_type == "whisper"
     window = (whisper_window or 30.0) if whisper else None
     if whisper and window < clip_seconds:
