@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+from concurrent.futures import ThreadPoolExecutor
+
 from ray import tune
 
 from workloads.core.console import process_age_s
@@ -17,11 +19,21 @@ def set_tracking_uri(uri: str) -> None:
 
 class ChildRunStatus(tune.Callback):
     """Closes each trial's MLflow run when Tune is done with it: FINISHED, stopped early by
-    the scheduler (tagged), or FAILED after its last retry. Tune pickles callbacks with the
-    sweep, so it reads the tracking URI of the current driver rather than keeping one."""
+    the scheduler (tagged), or FAILED after its last retry. The requests go out from a thread
+    of their own, in order: Tune's loop, which every running trial waits on at each epoch's
+    report, never waits for the server (a close is three requests, ~0.1 s). The sweep's end
+    waits for them. Tune pickles callbacks with the sweep, so it reads the tracking URI of
+    the current driver rather than keeping one."""
 
     def __init__(self, experiment_id: str, parent_run_id: str, epochs_key: str = "epochs"):
         self.experiment_id, self.parent_run_id, self.epochs_key = experiment_id, parent_run_id, epochs_key
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_executor"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _executor=None)
 
     def _close(self, trial, status: str) -> None:
         uri = _CURRENT_TRACKING_URI
@@ -32,13 +44,25 @@ class ChildRunStatus(tune.Callback):
         tags = {"num_failures": str(trial.num_failures)}
         if status == "FINISHED" and done < planned and not (trial.last_result or {}).get("early_stopped"):
             tags["stopped_early"] = f"after epoch {done} of {planned}"
-        close_trial_run(TrackingContext(uri, self.experiment_id, self.parent_run_id), trial.trial_id, status, tags)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow-close")
+        self._executor.submit(close_trial_run, TrackingContext(uri, self.experiment_id, self.parent_run_id),
+                              trial.trial_id, status, tags)
+
+    def wait(self) -> None:
+        """Until every close asked for so far is done."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        self.wait()
 
 
 def trial_dirname(trial) -> str:

@@ -183,8 +183,10 @@ def close_trial_run(ctx: TrackingContext, trial_id: str, status: str, tags: dict
         run = find_child_run(client, ctx, trial_id)
         if run is None or run.info.status == "FINISHED":
             return
-        for key, value in (tags or {}).items():
-            client.set_tag(run.info.run_id, key, value)
+        if tags:
+            from mlflow.entities import RunTag
+
+            client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         client.set_terminated(run.info.run_id, status)
     except Exception as e:
         print(f"[emosweep] could not close the MLflow run of trial {trial_id}: {e}", file=sys.stderr)
