@@ -126,7 +126,7 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
     by_arm = arms_tab.set_index("arm")
     now = int(time.time() * 1000)
     done = trials[trials["status"] != "ERROR"]
-    for config_id, group in trials.groupby(trials["config_id"].fillna("c0"), sort=False):
+    def log_config(config_id: str, group: pd.DataFrame) -> None:
         arm = group["arm"].iloc[0]
         selected = chosen.get(arm) == config_id
         tags = {TAG_PARENT: ctx.parent_run_id, "emosweep_row": "arm", "arm": arm, "config_id": config_id,
@@ -145,6 +145,14 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
             if trial_id in trial_runs:
                 client.set_tag(trial_runs[trial_id].info.run_id, TAG_PARENT, run.info.run_id)
         client.set_terminated(run.info.run_id, "FINISHED")
+
+    # the configurations are independent: a few at a time (a sweep of 64 trials makes ~160 requests)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4, thread_name_prefix="mlflow-arm-runs") as pool:
+        for future in [pool.submit(log_config, config_id, group)
+                       for config_id, group in trials.groupby(trials["config_id"].fillna("c0"), sort=False)]:
+            future.result()  # a failure is raised here, as before
     share_sweep_view(client, ctx.uri, ctx.experiment_id, ctx.parent_run_id,
                      ["test_acc_mean", "test_acc_ci95", "test_uar_mean", "test_macro_f1_mean", "test_acc_diff",
                       "p_value", "n_runs"], f"{metric.replace('best_', '')}_mean", extra_filter="tags.selected = 'true'")
