@@ -74,3 +74,32 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
     assert len(table) == 3  # header + 2 trials
     state = json.loads((exp_dir / "emosweep.json").read_text())
     assert state["parent_run_id"] == parents[0].info.run_id
+
+
+def test_a_trial_that_tune_forgot_takes_over_its_places_run(mlflow_server):
+    """A driver killed after a trial started but before Tune saved it: the resumed sweep runs that
+    place (configuration, fold, seed) again under a new trial id, which takes over the unfinished
+    run instead of adding a second one. A finished run, or another place's, is never taken."""
+    from workloads.core.tracking import TrackingContext, TrialRun, ensure_experiment
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = ensure_experiment(client, "test-orphan-run")
+    parent = client.create_run(exp).info.run_id
+    ctx = TrackingContext(mlflow_server.uri, exp, parent, resumed=True)
+    place = {"config_id": "full/c0", "fold": 0, "seed": 7}
+    history = [{"epoch": 1, "val_loss": 1.0}]
+
+    killed = TrialRun(ctx, "aaaa0001", "full", place, {}, "/tmp")
+    assert killed.sync(history)  # epoch 1 logged, then the driver died: the run stays RUNNING
+    elsewhere = TrialRun(ctx, "aaaa0002", "full", {**place, "fold": 1}, {}, "/tmp")
+    assert elsewhere.sync(history)
+
+    resumed = TrialRun(ctx, "bbbb0001", "full", place, {}, "/tmp")
+    assert resumed.sync(history + [{"epoch": 2, "val_loss": 0.9}])
+    assert resumed.run_id == killed.run_id and resumed.run_id != elsewhere.run_id
+    assert client.get_run(resumed.run_id).data.tags["trial_id"] == "bbbb0001"
+    assert sorted(m.step for m in client.get_metric_history(resumed.run_id, "val_loss")) == [1, 2]  # none twice
+
+    client.set_terminated(resumed.run_id, "FINISHED")
+    again = TrialRun(ctx, "cccc0001", "full", place, {}, "/tmp")
+    assert again.sync(history) and again.run_id not in (resumed.run_id, elsewhere.run_id)

@@ -106,6 +106,7 @@ class TrackingContext:
     experiment_id: str
     parent_run_id: str
     tags: dict = field(default_factory=dict)  # study, workload, git_commit: the same for every trial
+    resumed: bool = False  # the sweep was interrupted and resumed: a trial may find its place's run left over
 
 
 def artifact_location(uri: str, name: str) -> str | None:
@@ -142,7 +143,7 @@ def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tag
     exp_id = ensure_experiment(client, experiment)
     if resume_run_id:
         client.update_run(resume_run_id, status="RUNNING")
-        return TrackingContext(uri, exp_id, resume_run_id, dict(tags))
+        return TrackingContext(uri, exp_id, resume_run_id, dict(tags), resumed=True)
     run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
     client.log_batch(run.info.run_id, params=_params(params))
     return TrackingContext(uri, exp_id, run.info.run_id, dict(tags))
@@ -239,21 +240,34 @@ class TrialRun:
     def _attach(self) -> None:
         if self.run_id is not None:
             return
-        existing = find_child_run(self.client, self.ctx, self.trial_id)
-        if existing is not None:
-            self.client.update_run(existing.info.run_id, status="RUNNING")
-            self.logged_steps = {m.step for m in self.client.get_metric_history(existing.info.run_id, "val_loss")}
-            self.run_id = existing.info.run_id
-            return
         # where the trial sits in the sweep: its configuration, fold and seed (folds × seeds runs)
         place = {k: ("" if self.params.get(k) is None else self.params[k]) for k in ("config_id", "fold", "seed")
                  if k in self.params}
+        existing = find_child_run(self.client, self.ctx, self.trial_id) or self._orphan(place)
+        if existing is not None:
+            self.client.update_run(existing.info.run_id, status="RUNNING")
+            if existing.data.tags.get(TAG_TRIAL_ID) != self.trial_id:
+                self.client.set_tag(existing.info.run_id, TAG_TRIAL_ID, self.trial_id)
+            self.logged_steps = {m.step for m in self.client.get_metric_history(existing.info.run_id, "val_loss")}
+            self.run_id = existing.info.run_id
+            return
         all_tags = {**self.ctx.tags, **place, **self.tags, TAG_TRIAL_ID: self.trial_id,
                     TAG_PARENT: self.ctx.parent_run_id}
         run = self.client.create_run(self.ctx.experiment_id, run_name=self.run_name,
                                      tags={k: str(v) for k, v in all_tags.items()})
         self.client.log_batch(run.info.run_id, params=_params(self.params))
         self.run_id = run.info.run_id
+
+    def _orphan(self, place: dict):
+        """The unfinished run of this trial's place (configuration, fold, seed) in the sweep, left
+        by a trial of another id: a sweep killed after a trial had started but before Tune saved
+        it resumes that place as a new trial, which takes the run over rather than add a second."""
+        if not self.ctx.resumed or "config_id" not in place:  # only a resumed sweep has any
+            return None
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in place.items())
+        runs = self.client.search_runs([self.ctx.experiment_id], max_results=2, filter_string=(
+            f"{where} and tags.`{TAG_PARENT}` = '{self.ctx.parent_run_id}' and attributes.status = 'RUNNING'"))
+        return runs[0] if len(runs) == 1 else None
 
     def add_artifact(self, path: str) -> None:
         """Queue a file (written under artifact_dir) for upload at the next sync."""
