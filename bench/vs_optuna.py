@@ -65,6 +65,13 @@ def _study(opts):
     return STUDY, arms, base, replicates_of(base), searched_space(STUDY, base, quiet=True), wanted
 
 
+def trial_config(base: dict, arms: dict, arm: str, params: dict, number: int, replicate: dict) -> dict:
+    """The config emosweep gives the trial of (arm, configuration `number`, replicate)."""
+    from sweeps.study import arm_config
+
+    return {**arm_config(base, arms[arm]), **params, "arm": arm, "config_id": f"{arm}/c{number}", **replicate}
+
+
 def run_trial(study, config: dict) -> float:
     """One trial through the workload's own training function, in this process; its best
     validation accuracy."""
@@ -86,7 +93,7 @@ def peer(opts) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     STUDY, arms, base, replicates, space, wanted = _study(opts)
-    from sweeps.study import arm_config, arm_space
+    from sweeps.study import arm_space
 
     ran = []
     callback = MLflowCallback(tracking_uri=opts.tracking_uri, metric_name="mean_best_val_acc",
@@ -103,9 +110,7 @@ def peer(opts) -> None:
             sampled = {name: suggest(trial, name, domain) for name, domain in own.items()}
             scores = []
             for replicate in replicates:
-                config = {**arm_config(base, arms[arm]), **sampled, "arm": arm,
-                          "config_id": f"{arm}/c{trial.number}", **replicate}
-                scores.append(run_trial(STUDY, config))
+                scores.append(run_trial(STUDY, trial_config(base, arms, arm, sampled, trial.number, replicate)))
                 ran.append({"arm": arm, "config": trial.number, "fold": replicate["fold"], "params": sampled,
                             "best_val_acc": scores[-1]})
             return sum(scores) / len(scores)
@@ -121,10 +126,10 @@ def ceiling_share(opts) -> None:
 
     torch.set_num_threads(1)
     STUDY, arms, base, replicates, space, wanted = _study(opts)
-    from sweeps.study import arm_config, arm_space
+    from sweeps.study import arm_space
 
-    trials = [(arm, number, {**arm_config(base, arms[arm]), **{k: c[k] for k in arm_space(space, arms[arm])},
-                             "arm": arm, "config_id": f"{arm}/c{number}", **replicate})
+    trials = [(arm, number, trial_config(base, arms, arm, {k: c[k] for k in arm_space(space, arms[arm])}, number,
+                                         replicate))
               for arm in arms for number, c in enumerate(wanted[arm]) for replicate in replicates]
     out = [{"arm": arm, "config": number, "fold": config["fold"], "best_val_acc": run_trial(STUDY, config)}
            for i, (arm, number, config) in enumerate(trials) if i % opts._shards == opts._shard]

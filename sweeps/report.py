@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -147,8 +148,6 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
         client.set_terminated(run.info.run_id, "FINISHED")
 
     # the configurations are independent: a few at a time (a sweep of 64 trials makes ~160 requests)
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(4, thread_name_prefix="mlflow-arm-runs") as pool:
         for future in [pool.submit(log_config, config_id, group)
                        for config_id, group in trials.groupby(trials["config_id"].fillna("c0"), sort=False)]:

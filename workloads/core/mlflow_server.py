@@ -340,6 +340,16 @@ def wait_until_idle(root: Path, lock_path: Path, idle_s: float, keep_going) -> "
     return None
 
 
+def drop_own_info(info_file: Path, keeper_pid: int) -> None:
+    """A stopping keeper removes the file that names it (server.json, ray.json), unless a newer
+    keeper has written its own there meanwhile."""
+    try:
+        if int(json.loads(info_file.read_text()).get("keeper_pid", 0)) == keeper_pid:
+            info_file.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def keep(root: str, port: int, idle_s: float, adopt_pid: int | None = None, adopt_start: str | None = None) -> None:
     """The keeper: run the server of `root` (or watch the one it adopts, `adopt_pid`); stop it
     when no live lease has been seen for idle_s, on SIGTERM, or when it dies. The idle stop
@@ -369,12 +379,7 @@ def keep(root: str, port: int, idle_s: float, adopt_pid: int | None = None, adop
             server.stop()
         else:
             _stop_group(pid, start)
-        try:
-            info = json.loads((root_path / "server.json").read_text())
-            if int(info.get("keeper_pid", 0)) == me:
-                (root_path / "server.json").unlink()
-        except (OSError, ValueError):
-            pass
+        drop_own_info(root_path / "server.json", me)
         if lock is not None:
             lock.__exit__()
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .mlflow_server import _file_lock, _write_json, process_start, same_process, wait_until_idle
+from .mlflow_server import _file_lock, _write_json, drop_own_info, process_start, same_process, wait_until_idle
 
 PROJECT = str(Path(__file__).resolve().parents[2])
 # what a sweep's workers take from the sweep (not the keeper) when it joins the shared Ray
@@ -160,12 +160,7 @@ def keep(root: str, idle_s: float) -> None:
     try:
         lock = wait_until_idle(root_path, root_path / ".ray.lock", idle_s, lambda: not stopping)
     finally:
-        try:
-            info = json.loads((root_path / "ray.json").read_text())
-            if int(info.get("keeper_pid", 0)) == me:
-                (root_path / "ray.json").unlink()
-        except (OSError, ValueError):
-            pass
+        drop_own_info(root_path / "ray.json", me)
         if lock is not None:
             lock.__exit__()
         ray.shutdown()

@@ -90,7 +90,8 @@ class SpeechEncoder:
         return self.model.layer_norm if self.whisper else None
 
 
-_FACT_KEYS = {"whisper": ("encoder_layers", "d_model"), None: ("num_hidden_layers", "hidden_size")}
+# (layers, width) in an encoder's config: Whisper's encoder, else the SSL encoders' names
+_FACT_KEYS = {True: ("encoder_layers", "d_model"), False: ("num_hidden_layers", "hidden_size")}
 
 
 def _encoder_config(path: str):
@@ -103,7 +104,7 @@ def _encoder_config(path: str):
     if os.path.isfile(file):
         with open(file) as f:
             raw = json.load(f)
-        keys = _FACT_KEYS["whisper" if raw.get("model_type") == "whisper" else None]
+        keys = _FACT_KEYS[raw.get("model_type") == "whisper"]
         if raw.get("model_type") and all(k in raw for k in keys):
             return SimpleNamespace(**raw)
     from transformers import AutoConfig
@@ -120,8 +121,8 @@ def speech_encoder_facts(path: str, whisper_window: float | None, clip_seconds: 
     window = (whisper_window or 30.0) if whisper else None
     if whisper and window < clip_seconds:
         raise ValueError(f"clip_seconds {clip_seconds} exceeds the Whisper window of {window:g} s")
-    n_layers = config.encoder_layers if whisper else config.num_hidden_layers
-    return {"n_layers": n_layers, "dim": config.d_model if whisper else config.hidden_size, "whisper": whisper,
+    layers_key, dim_key = _FACT_KEYS[whisper]
+    return {"n_layers": getattr(config, layers_key), "dim": getattr(config, dim_key), "whisper": whisper,
             "window_seconds": whisper_window if whisper else None,
             "label_suffix": f" [{window:g}-s window]" if whisper else ""}
 
