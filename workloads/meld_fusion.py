@@ -308,7 +308,7 @@ def prepare(config: dict, *, smoke: bool = False, text_model: str | None = None,
     actors, gpus = actor_plan(config.get("encode_actors"))
     texts = encode_texts(manifest, config["text_model_path"], prefix_layer=text_config.num_hidden_layers - k,
                          max_length=int(config["max_length"]), fingerprint=config["dataset_fingerprint"],
-                         actors=actors, num_gpus=gpus, progress=False)
+                         precision=config.get("encode_precision", "auto"), actors=actors, num_gpus=gpus, progress=False)
     print(f"[emosweep] text encoder states: {texts.summary()}")
     config.update(cache_fs=texts.fs_uri, text_dir=texts.stages["text_states"].dir)
     dropped = texts.errors[texts.errors["stage"] != "read"]
@@ -325,7 +325,8 @@ def prepare(config: dict, *, smoke: bool = False, text_model: str | None = None,
         audio = encode_corpus(manifest, config["audio_model_path"], fingerprint=config["dataset_fingerprint"],
                               window_seconds=config["window_seconds"], clip_seconds=float(config["clip_seconds"]),
                               prefix_layer=facts["n_layers"] - k, dtype=config.get("cache_dtype", "float16"),
-                              batch_size=int(config.get("encode_batch", 8)), actors=actors, num_gpus=gpus,
+                              batch_size=int(config.get("encode_batch") or 0),
+                               precision=config.get("encode_precision", "auto"), actors=actors, num_gpus=gpus,
                               progress=False)
         print(f"[emosweep] audio encoder states: {audio.summary()}")
         config["audio_dir"] = audio.stages["encoder_states"].dir

@@ -684,7 +684,8 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
                                window_seconds=config["window_seconds"],
                                clip_seconds=float(config["clip_seconds"]), prefix_layer=n_layers - k if k else None,
                                dtype=config.get("cache_dtype", "float16"), progress=False,
-                               batch_size=int(config.get("encode_batch", 8)), actors=actors,
+                               batch_size=int(config.get("encode_batch") or 0),
+                               precision=config.get("encode_precision", "auto"), actors=actors,
                                num_gpus=gpus)
         print(f"[emosweep] encoder states: {result.summary()}")
         config.update(cache_fs=result.fs_uri, unusable_clips=int(config.get("unusable_clips") or 0) + len(result.errors))

@@ -19,6 +19,9 @@ entry. States are float16 by default (float32 for the exactness tests).
 """
 from __future__ import annotations
 
+import time
+from collections import deque
+
 import pandas as pd
 
 from .audio import TARGET_SR, MediaError
@@ -27,8 +30,28 @@ from .manifest import Manifest
 from .pipeline import PrepareResult, ShardWriter, read_and_decode, run_cached
 
 STAGE = Stage("encoder_states", version=1, fn=None, defaults={
-    "model_hash": "", "window_seconds": None, "clip_seconds": 5.0, "prefix_layer": None, "dtype": "float16"},
+    "model_hash": "", "window_seconds": None, "clip_seconds": 5.0, "prefix_layer": None, "dtype": "float16",
+    "precision": "fp32"},
     doc="a speech encoder's hidden states (all layers at real frames, or one prefix layer at all frames)")
+
+# The forward's precision when a study says "auto", by where the encoder runs. On a GPU, bf16:
+# per-layer states within the parity test's tolerance of fp32 and the RAVDESS probe within
+# 0.005 (tests/test_encoder_pass.py, docs/measurements.md). On a CPU, what bench/encoder_pass.py
+# measured fastest for the same parity.
+AUTO_PRECISION = {"gpu": "bf16", "cpu": "bf16"}
+CPU_BATCH = 8  # clips per forward on a CPU (bench/encoder_pass.py: HuBERT-base 6.1 clips/s at 8, 5.2 at 16; Whisper-base flat)
+MAX_BATCH = 256  # on a GPU the batch is sized from its free memory, up to this
+GPU_MEMORY_SHARE = 0.5  # of the free device memory, for one batch's activations and states
+PENDING_WRITES = 8  # batches whose shard files are being written while the device works on
+WRITE_THREADS = 0  # threads writing them (0: half the machine's cores; Parquet releases the GIL)
+GPU_SHARD = 512  # clips per Ray Data shard when the encoder actors hold GPUs (a few batches each)
+
+
+def resolve_precision(precision: str, gpus: float) -> str:
+    """"auto" → the precision for where the actors run; anything else is checked and kept."""
+    from ..models.speech import check_precision
+
+    return AUTO_PRECISION["gpu" if gpus else "cpu"] if precision == "auto" else check_precision(precision)
 
 
 def actor_plan(requested: int | None = None) -> tuple[int, int]:
@@ -42,10 +65,142 @@ def actor_plan(requested: int | None = None) -> tuple[int, int]:
     return int(requested or (gpus or cpus)), 1 if gpus else 0
 
 
-class EncoderStatesWorker:
-    """A Ray Data actor: builds the encoder once, then encodes shard after shard."""
+def _log(message: str) -> None:
+    import sys
 
-    def __init__(self, model_path: str, window_seconds: float | None, device: str = "auto", threads: int = 0):
+    print(f"[emosweep] {message}", file=sys.stderr, flush=True)
+
+
+class DeviceBatches:
+    """The encode step both cache workers share: batches through a frozen encoder on its
+    device, each batch's states cast to the cache's dtype there and copied back once, into
+    pinned host memory, on a copy stream of its own, so the copy of batch k overlaps the
+    forward of batch k + 1 and nothing waits for the device until a batch's states are needed.
+    A batch the device has no memory for is split in two and tried again. Counts the device's
+    busy seconds (CUDA events around each forward; the wall clock on a CPU)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.busy_s = 0.0
+
+    def run(self, chunks, step):
+        """chunks: lists of items; step(chunk) → (device tensor, extra), enqueued without waiting.
+        Yields (chunk, host array or None, extra, error) in the order the chunks finish."""
+        import torch
+
+        todo, pending = deque(chunks), None
+        while todo:
+            chunk = todo.popleft()
+            t0 = time.perf_counter()
+            start = torch.cuda.Event(enable_timing=True) if self.cuda else None
+            if start is not None:
+                start.record()
+            try:
+                states, extra = step(chunk)
+            except torch.OutOfMemoryError as e:
+                if self.cuda:
+                    torch.cuda.empty_cache()
+                if len(chunk) > 1:  # half the batch, twice
+                    half = len(chunk) // 2
+                    todo.extendleft([chunk[half:], chunk[:half]])
+                    continue
+                yield chunk, None, None, e
+                continue
+            except Exception as e:  # an encoder that cannot take this batch: the caller reports each item
+                yield chunk, None, None, e
+                continue
+            if self.cuda:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                host = torch.empty(states.shape, dtype=states.dtype, pin_memory=True)
+                self.copy_stream.wait_event(end)
+                with torch.cuda.stream(self.copy_stream):
+                    host.copy_(states, non_blocking=True)
+                    states.record_stream(self.copy_stream)
+                    copied = torch.cuda.Event()
+                    copied.record(self.copy_stream)
+                item = (chunk, host, extra, (start, end, copied))
+            else:
+                self.busy_s += time.perf_counter() - t0
+                item = (chunk, states, extra, None)
+            if pending is not None:
+                yield self._finish(pending)
+            pending = item
+        if pending is not None:
+            yield self._finish(pending)
+
+    def _finish(self, item):
+        chunk, host, extra, events = item
+        if events is not None:
+            start, end, copied = events
+            copied.synchronize()
+            self.busy_s += start.elapsed_time(end) / 1e3
+        return chunk, host.numpy(), extra, None
+
+
+def device_batch_size(step_one, clips: int, device) -> int:
+    """Clips per forward: on a GPU, as many as GPU_MEMORY_SHARE of its free memory holds, from
+    the memory one probe batch of two clips takes (`step_one(n)` runs a batch of n); on a CPU,
+    CPU_BATCH. Never more than `clips` needs."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return max(1, min(CPU_BATCH, clips))
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step_one(2)
+    torch.cuda.synchronize(device)
+    per_clip = max(1, (torch.cuda.max_memory_allocated(device) - before) / 2)
+    free, _ = torch.cuda.mem_get_info(device)
+    size = int(min(MAX_BATCH, max(1, GPU_MEMORY_SHARE * free // per_clip)))
+    size = 1 << (size.bit_length() - 1)  # a power of two
+    _log(f"encoder batch: {size} clips ({per_clip / 2**20:.0f} MiB a clip, {free / 2**30:.0f} GiB free)")
+    return max(1, min(size, clips))
+
+
+class _Writes:
+    """Shard files written by a few background threads while the device works on the next
+    batch (pyarrow and the file system release the GIL); at most PENDING_WRITES wait."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import os
+
+        self.pool, self.futures, self.done = ThreadPoolExecutor(WRITE_THREADS or max(1, (os.cpu_count() or 2) // 2)), deque(), []
+
+    def submit(self, writer: ShardWriter) -> None:
+        self.futures.append(self.pool.submit(writer.close))
+        while len(self.futures) > PENDING_WRITES:
+            self.done.append(self.futures.popleft().result())
+
+    def close(self) -> list:
+        while self.futures:
+            self.done.append(self.futures.popleft().result())
+        self.pool.shutdown()
+        return self.done
+
+
+def _timed_summary(frames: list, busy_s: float, wall_s: float) -> pd.DataFrame:
+    """The shard's summary rows, each with an equal share of the device's busy seconds and the
+    worker's wall seconds (the driver sums them into the encoder's busy fraction)."""
+    out = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
+    n = max(1, len(out))
+    return out.assign(busy_s=busy_s / n, wall_s=wall_s / n)
+
+
+class EncoderStatesWorker:
+    """A Ray Data actor: builds the encoder once, then decodes and encodes shard after shard.
+    `batch_size` 0: sized from the device (device_batch_size); `precision`: the forward's."""
+
+    def __init__(self, model_path: str, window_seconds: float | None, device: str = "auto", threads: int = 0,
+                 precision: str = "fp32", batch_size: int = 0):
         import torch
 
         from ..models.speech import SpeechEncoder
@@ -54,76 +209,140 @@ class EncoderStatesWorker:
             torch.set_num_threads(threads)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.encoder = SpeechEncoder(model_path, window_seconds, device)
+        self.encoder = SpeechEncoder(model_path, window_seconds, device, precision)
+        self.steps = DeviceBatches(self.encoder.device)
+        self.threads, self.batch_size = max(1, threads), int(batch_size or 0)
 
-    def __call__(self, batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, batch_size: int) -> pd.DataFrame:
+    def _decode(self, batch: pd.DataFrame, sr: int, clip: int, writer: ShardWriter) -> list:
+        """(uid, path, wave) of each clip that decodes (cut to the clip), on `threads` threads
+        (FFmpeg releases the GIL); the rest reported to `writer`."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        starts = batch["start"] if "start" in batch else [None] * len(batch)  # segments of longer files
+        ends = batch["end"] if "end" in batch else [None] * len(batch)
+
+        def one(row):
+            uid, path, start, end = row
+            segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
+            try:
+                return uid, path, read_and_decode(path, sr, segment=segment)[:clip], None
+            except MediaError as e:
+                return uid, path, None, e
+
+        rows = list(zip(batch["uid"], batch["path"], starts, ends))
+        if self.threads > 1:
+            with ThreadPoolExecutor(self.threads) as pool:
+                results = list(pool.map(one, rows))
+        else:
+            results = [one(r) for r in rows]
+        decoded = []
+        for uid, path, wave, error in results:
+            if error is None:
+                decoded.append((uid, path, wave))
+            else:
+                writer.failed(uid, path, [STAGE.name], "decode", error.reason, error.detail)
+        return decoded
+
+    def __call__(self, batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, batch_size: int = 0) -> pd.DataFrame:
+        t0 = time.perf_counter()
+        busy0 = self.steps.busy_s
+        params = stages[STAGE.name]["params"]
+        failed = ShardWriter(stages, fs_uri)
+        decoded = self._decode(batch, sr, int(params["clip_seconds"] * sr), failed)
+        frames = [failed.close(), *self.encode_and_write(decoded, stages, fs_uri, batch_size)]
+        return _timed_summary(frames, self.steps.busy_s - busy0, time.perf_counter() - t0)
+
+    def encode_and_write(self, decoded: list, stages: dict, fs_uri: str, batch_size: int = 0) -> list:
+        """The cache's encode step on decoded clips [(uid, path, wave)]: longest first in
+        batches, each batch's states written to a shard file of its own by a background thread.
+        Returns the shard files' summaries."""
         import numpy as np
         import torch
 
         spec = stages[STAGE.name]
-        params, clip = spec["params"], int(spec["params"]["clip_seconds"] * sr)
-        dtype, prefix = np.dtype(params["dtype"]), params["prefix_layer"]
-        writer = ShardWriter(stages, fs_uri)
-        decoded = []
-        starts = batch["start"] if "start" in batch else [None] * len(batch)  # segments of longer files
-        ends = batch["end"] if "end" in batch else [None] * len(batch)
-        for uid, path, start, end in zip(batch["uid"], batch["path"], starts, ends):
-            segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
-            try:
-                decoded.append((uid, path, read_and_decode(path, sr, segment=segment)[:clip]))
-            except MediaError as e:
-                writer.failed(uid, path, [STAGE.name], "decode", e.reason, e.detail)
-        for start in range(0, len(decoded), batch_size):
-            chunk = decoded[start:start + batch_size]
-            try:
-                with torch.inference_mode():
-                    states, mask = self.encoder.hidden_states([w for _, _, w in chunk], "fixed",
-                                                              params["clip_seconds"])
-            except Exception as e:  # an encoder that cannot take this batch: report each clip
-                for uid, path, _ in chunk:
-                    writer.failed(uid, path, [STAGE.name], "encoder", "encoder failed", f"{type(e).__name__}: {e}")
-                continue
-            frames = mask.sum(1).tolist()
+        params = spec["params"]
+        seconds, prefix = float(params["clip_seconds"]), params["prefix_layer"]
+        dtype = getattr(torch, np.dtype(params["dtype"]).name)
+        if params.get("precision", "fp32") != self.encoder.precision:
+            raise ValueError(f"the stage asks for {params.get('precision')} states; this worker computes "
+                             f"{self.encoder.precision}")
+        decoded = sorted(decoded, key=lambda d: -len(d[2]))
+        if not decoded:
+            return []
+        size = batch_size or self.batch_size
+        if not size:
+            waves = [w for _, _, w in decoded[:2]]
+            size = self.batch_size = device_batch_size(
+                lambda n: self.encoder.cache_states((waves * n)[:n], seconds, dtype, prefix), MAX_BATCH,
+                self.encoder.device)
+        chunks = [decoded[i:i + size] for i in range(0, len(decoded), size)]
+
+        def step(chunk):
+            return self.encoder.cache_states([w for _, _, w in chunk], seconds, dtype, prefix)
+
+        writes = _Writes()
+        for chunk, host, frames, error in self.steps.run(chunks, step):
+            writer = ShardWriter(stages, fs_uri)
             for i, (uid, path, _) in enumerate(chunk):
-                if prefix is None:
-                    arr = states[i, :, :frames[i]]
-                else:
-                    arr = states[i, prefix]
-                writer.ok(uid, path, {STAGE.name: {"states": arr.float().cpu().numpy().astype(dtype)}},
-                          meta={"frames": int(frames[i])})
-        return writer.close()
+                if error is not None:
+                    writer.failed(uid, path, [STAGE.name], "encoder", "encoder failed",
+                                  f"{type(error).__name__}: {error}")
+                    continue
+                arr = host[i, :, :frames[i]] if prefix is None else host[i]
+                writer.ok(uid, path, {STAGE.name: {"states": arr}}, meta={"frames": int(frames[i])})
+            writes.submit(writer)
+        return writes.close()
+
+
+def _where(num_gpus: float) -> float:
+    """GPUs the encoder runs on: the actors' share on Ray, else this process's own GPU (--local)."""
+    from .pipeline import without_ray
+
+    if num_gpus or not without_ray():
+        return num_gpus
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
 
 
 def encode_corpus(manifest: Manifest, model_path: str, *, window_seconds: float | None = None,
                   clip_seconds: float = 5.0, prefix_layer: int | None = None, dtype: str = "float16",
-                  fingerprint: str | None = None,
-                  cache_dir: str | None = None, batch_size: int = 8, actors: int = 1, num_gpus: float = 0,
-                  cpus_per_actor: int = 1, shard_size: int = 32, progress: bool = True,
+                  precision: str = "auto", fingerprint: str | None = None,
+                  cache_dir: str | None = None, batch_size: int = 0, actors: int = 1, num_gpus: float = 0,
+                  cpus_per_actor: int = 1, shard_size: int | None = None, progress: bool = True,
                   strict: bool = False) -> PrepareResult:
     """Encode every clip of the manifest once (what the cache holds already is reused).
-    `fingerprint`: the manifest's, when the caller has computed it already."""
+    `fingerprint`: the manifest's, when the caller has computed it already. `precision`: the
+    forward's (fp32, bf16, fp16; auto: AUTO_PRECISION for where it runs), part of the key.
+    `batch_size` 0: sized from the device. `cpus_per_actor`: the decode threads (and torch's)."""
     from ..models.speech import encoder_content_hash
 
+    gpus = _where(num_gpus)
+    precision = resolve_precision(precision, gpus)
     params = {"model_hash": encoder_content_hash(model_path), "window_seconds": window_seconds,
-              "clip_seconds": clip_seconds, "prefix_layer": prefix_layer, "dtype": dtype}
+              "clip_seconds": clip_seconds, "prefix_layer": prefix_layer, "dtype": dtype, "precision": precision}
     return run_cached(
         manifest.name, fingerprint or manifest.fingerprint(), manifest.items, manifest.problems, {STAGE.name: (STAGE, params)},
-        EncoderStatesWorker, {"sr": TARGET_SR, "batch_size": batch_size}, cache_dir=cache_dir, strict=strict,
-        shard_size=shard_size, progress=progress, key_context={"sr": TARGET_SR},
-        actors={"init": {"model_path": model_path, "window_seconds": window_seconds, "threads": cpus_per_actor},
+        EncoderStatesWorker, {"sr": TARGET_SR, "batch_size": int(batch_size or 0)}, cache_dir=cache_dir,
+        strict=strict, shard_size=shard_size or (GPU_SHARD if gpus else 32), progress=progress,
+        key_context={"sr": TARGET_SR},
+        actors={"init": {"model_path": model_path, "window_seconds": window_seconds, "threads": cpus_per_actor,
+                         "precision": precision},
                 "concurrency": actors, "num_gpus": num_gpus, "num_cpus": cpus_per_actor})
 
 
 TEXT_STAGE = Stage("text_states", version=1, fn=None, defaults={
-    "model_hash": "", "prefix_layer": 0, "max_length": 128, "dtype": "float16"},
+    "model_hash": "", "prefix_layer": 0, "max_length": 128, "dtype": "float16", "precision": "fp32"},
     doc="a text encoder's state entering one layer, at the transcript's real tokens")
 
 
 class TextStatesWorker:
     """A Ray Data actor: builds the text encoder once, then encodes the transcripts of shard
-    after shard (the `text` column; nothing is decoded)."""
+    after shard (the `text` column; nothing is decoded), shortest first so a batch pads little,
+    through the same device step as the speech cache."""
 
-    def __init__(self, model_path: str, max_length: int, device: str = "auto", threads: int = 0):
+    def __init__(self, model_path: str, max_length: int, device: str = "auto", threads: int = 0,
+                 precision: str = "fp32", batch_size: int = 0):
         import torch
 
         from ..models.text import TextEncoder
@@ -132,46 +351,56 @@ class TextStatesWorker:
             torch.set_num_threads(threads)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.encoder = TextEncoder(model_path, max_length, device)
+        self.encoder = TextEncoder(model_path, max_length, device, precision)
+        self.steps = DeviceBatches(self.encoder.device)
+        self.batch_size = int(batch_size or 0)
 
-    def __call__(self, batch: pd.DataFrame, stages: dict, fs_uri: str, batch_size: int) -> pd.DataFrame:
+    def __call__(self, batch: pd.DataFrame, stages: dict, fs_uri: str, batch_size: int = 0) -> pd.DataFrame:
         import numpy as np
         import torch
 
+        t0, busy0 = time.perf_counter(), self.steps.busy_s
         params = stages[TEXT_STAGE.name]["params"]
-        dtype, prefix = np.dtype(params["dtype"]), int(params["prefix_layer"])
-        writer = ShardWriter(stages, fs_uri)
-        rows = list(zip(batch["uid"], batch["path"], batch["text"].fillna("")))
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            try:
-                with torch.inference_mode():
-                    states, mask = self.encoder.hidden_states([t for _, _, t in chunk])
-            except Exception as e:  # a batch the encoder cannot take: report each item
-                for uid, path, _ in chunk:
-                    writer.failed(uid, path, [TEXT_STAGE.name], "encoder", "text encoder failed",
-                                  f"{type(e).__name__}: {e}")
-                continue
-            lengths = mask.sum(1).tolist()
+        dtype, prefix = getattr(torch, np.dtype(params["dtype"]).name), int(params["prefix_layer"])
+        rows = sorted(zip(batch["uid"], batch["path"], batch["text"].fillna("")), key=lambda r: len(r[2]))
+        size = batch_size or self.batch_size
+        if not size:
+            longest = [rows[-1][2]] if rows else [""]
+            size = self.batch_size = device_batch_size(
+                lambda n: self.encoder.cache_states(longest * n, prefix, dtype), MAX_BATCH, self.encoder.device)
+        chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+        writes = _Writes()
+        for chunk, host, lengths, error in self.steps.run(
+                chunks, lambda chunk: self.encoder.cache_states([t for _, _, t in chunk], prefix, dtype)):
+            writer = ShardWriter(stages, fs_uri)
             for i, (uid, path, _) in enumerate(chunk):
-                arr = states[i, prefix, :lengths[i]].float().cpu().numpy().astype(dtype)
-                writer.ok(uid, path, {TEXT_STAGE.name: {"states": arr}}, meta={"tokens": int(lengths[i])})
-        return writer.close()
+                if error is not None:
+                    writer.failed(uid, path, [TEXT_STAGE.name], "encoder", "text encoder failed",
+                                  f"{type(error).__name__}: {error}")
+                    continue
+                writer.ok(uid, path, {TEXT_STAGE.name: {"states": host[i, :lengths[i]]}},
+                          meta={"tokens": int(lengths[i])})
+            writes.submit(writer)
+        frames = writes.close() or [ShardWriter(stages, fs_uri).close()]
+        return _timed_summary(frames, self.steps.busy_s - busy0, time.perf_counter() - t0)
 
 
 def encode_texts(manifest: Manifest, model_path: str, *, prefix_layer: int, max_length: int = 128,
-                 dtype: str = "float16", fingerprint: str | None = None, cache_dir: str | None = None,
-                 batch_size: int = 32, actors: int = 1, num_gpus: float = 0, cpus_per_actor: int = 1,
-                 shard_size: int = 256, progress: bool = True) -> PrepareResult:
+                 dtype: str = "float16", precision: str = "auto", fingerprint: str | None = None,
+                 cache_dir: str | None = None, batch_size: int = 0, actors: int = 1, num_gpus: float = 0,
+                 cpus_per_actor: int = 1, shard_size: int = 256, progress: bool = True) -> PrepareResult:
     """Encode every transcript of the manifest once, up to the state entering layer
-    `prefix_layer` (what the cache holds already is reused)."""
+    `prefix_layer` (what the cache holds already is reused). `precision` and `batch_size` as
+    in encode_corpus."""
     from ..models.speech import encoder_content_hash
 
+    precision = resolve_precision(precision, _where(num_gpus))
     params = {"model_hash": encoder_content_hash(model_path), "prefix_layer": prefix_layer,
-              "max_length": max_length, "dtype": dtype}
+              "max_length": max_length, "dtype": dtype, "precision": precision}
     return run_cached(
         manifest.name, fingerprint or manifest.fingerprint(), manifest.items, manifest.problems,
-        {TEXT_STAGE.name: (TEXT_STAGE, params)}, TextStatesWorker, {"batch_size": batch_size},
+        {TEXT_STAGE.name: (TEXT_STAGE, params)}, TextStatesWorker, {"batch_size": int(batch_size or 0)},
         cache_dir=cache_dir, shard_size=shard_size, progress=progress, unit="transcripts",
-        actors={"init": {"model_path": model_path, "max_length": max_length, "threads": cpus_per_actor},
+        actors={"init": {"model_path": model_path, "max_length": max_length, "threads": cpus_per_actor,
+                         "precision": precision},
                 "concurrency": actors, "num_gpus": num_gpus, "num_cpus": cpus_per_actor})

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from .audio import MAX_FILE_MB, MAX_SECONDS, TARGET_SR, MediaError, decode_audio
 from .features import get_stage
 from .manifest import Manifest
-from .shards import INDEX, build_index, check_stage, list_parquet, read_index, read_shard
+from .shards import ARRAY_SHARD, INDEX, build_index, check_stage, list_parquet, read_index, read_shard
 from .shards import write_atomic as _write_atomic
 from ..core.storage import file_size, filesystem, read_bytes
 
@@ -95,7 +95,8 @@ class ShardWriter:
         for name, rows in self.results.items():
             folder = self.stages[name]["dir"]
             if rows:
-                _write_atomic(self.fs, f"{folder}/shard-{_shard_name(u for u, _, _ in rows)}.parquet", _to_table(rows))
+                _write_atomic(self.fs, f"{folder}/shard-{_shard_name(u for u, _, _ in rows)}.parquet", _to_table(rows),
+                              **ARRAY_SHARD)
             if self.failures[name]:
                 _write_atomic(self.fs, f"{folder}/failed-{_shard_name(r['uid'] for r in self.failures[name])}.parquet",
                               pa.Table.from_pylist(self.failures[name]))
@@ -185,6 +186,8 @@ class PrepareResult:
     seconds: float = 0.0
     nodes: set = field(default_factory=set)  # Ray nodes that worked on items in this run
     unit: str = "files"
+    busy_s: float = 0.0  # an encoder's device busy seconds, summed over its workers (encoder stages)
+    worker_s: float = 0.0  # and those workers' wall seconds, decoding included
 
     @property
     def usable(self) -> int:
@@ -228,6 +231,9 @@ class PrepareResult:
         lines = [f"{self.corpus} ({self.fingerprint}): {len(self.items)} items read, {self.usable} usable, "
                  f"{len(self.errors)} errors; {verb} {self.decoded} {self.unit}{where} in {self.seconds:.1f} s"
                  + (f" ({self.decoded / self.seconds:.1f} {self.unit}/s)" if self.decoded and self.seconds else "")]
+        if self.worker_s:
+            lines.append(f"  encoder busy {self.busy_s / self.worker_s:.0%} of its workers' time "
+                         f"({self.busy_s:.1f} of {self.worker_s:.1f} s; the rest decodes and writes)")
         for s in self.stages.values():
             lines.append(f"  {s.key}: {s.computed} computed, {s.cached} from cache → {s.dir}")
         profile = self.profile()
@@ -315,6 +321,9 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
                          shard_size, progress):
             result.decoded += len(batch)
             result.nodes.update(batch["node"])
+            if "busy_s" in batch:  # an encoder worker: how busy it kept its device
+                result.busy_s += float(batch["busy_s"].sum())
+                result.worker_s += float(batch["wall_s"].sum())
             bad = batch[~batch["ok"]]
             if strict and len(bad):
                 raise StrictModeError(_strict_message(bad.iloc[0]))

@@ -38,17 +38,52 @@ def encoder_content_hash(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+# Compute precisions for a frozen encoder's forward: matrix products in the named type under
+# torch.autocast (norms and softmax stay float32), fp32 the model's own. A cache records which.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward's precision context: autocast to bf16 / fp16, or nothing for fp32."""
+    import contextlib
+
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def padded_batch(waves: list[np.ndarray], width: int, device: torch.device) -> torch.Tensor:
+    """(B, width) float32 on `device`: each wave cut to `width` samples and zero-padded after
+    its end. One host buffer and one copy for the batch (pinned, asynchronous, on a GPU)."""
+    host = torch.zeros((len(waves), width), dtype=torch.float32, pin_memory=device.type == "cuda")
+    view = host.numpy()
+    for i, w in enumerate(waves):
+        n = min(len(w), width)
+        view[i, :n] = w[:n]
+    return host.to(device, non_blocking=True)
+
+
 class SpeechEncoder:
-    def __init__(self, path: str, window_seconds: float | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, path: str, window_seconds: float | None = None, device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
         from .encoders import load_speech_encoder
 
-        self.path, self.device = path, torch.device(device)
+        self.path, self.device, self.precision = path, torch.device(device), check_precision(precision)
         self.extractor, self.model = load_speech_encoder(path, window_seconds)
         self.model.to(self.device).eval()
         self.whisper = self.model.config.model_type == "whisper"
         if self.whisper:
             self.window_seconds = self.model.config.max_source_positions / FRAMES_PER_SECOND
             self.layers = self.model.layers
+            ex = self.extractor
+            self._mel = torch.from_numpy(np.asarray(ex.mel_filters, dtype=np.float32)).T.contiguous().to(self.device)
+            self._window = torch.hann_window(ex.n_fft, device=self.device)
         else:
             self.window_seconds = None
             self.layers = self.model.encoder.layers
@@ -62,27 +97,81 @@ class SpeechEncoder:
             return max(1, min(frames, self.model.config.max_source_positions))
         return max(1, int(self.model._get_feat_extract_output_lengths(torch.tensor(n_samples))))
 
-    def inputs(self, waves: list[np.ndarray], padding: str = "fixed", seconds: float = 5.0) -> torch.Tensor:
-        """Model inputs for a batch. Whisper: log-mel over its window. SSL encoders: normalized
-        samples, padded with zeros to `seconds` (fixed) or to the longest clip (dynamic)."""
+    def input_width(self, waves: list[np.ndarray], padding: str = "fixed", seconds: float = 5.0) -> int:
+        """Samples per clip in a batch: Whisper's window; else `seconds` (fixed) or the longest clip (dynamic)."""
         if self.whisper:
-            feats = self.extractor(waves, sampling_rate=16000, return_tensors="np").input_features
-            return torch.from_numpy(feats).to(self.device)
-        width = int(seconds * 16000) if padding == "fixed" else max(len(w) for w in waves)
-        out = self.extractor([w[:width] for w in waves], sampling_rate=16000, padding="max_length", max_length=width,
-                             truncation=True, return_tensors="np").input_values
-        return torch.from_numpy(out).to(self.device)
+            return int(self.extractor.n_samples)
+        return int(seconds * 16000) if padding == "fixed" else max(len(w) for w in waves)
+
+    def inputs(self, waves: list[np.ndarray], padding: str = "fixed", seconds: float = 5.0) -> torch.Tensor:
+        """Model inputs for a batch, computed on the encoder's device from one padded copy of the
+        samples (the feature extractor's own recipe in torch; tests hold it to the extractor).
+        Whisper: log-mel over its window. SSL encoders: samples zero-padded to `seconds` (fixed)
+        or to the longest clip (dynamic), then normalized as the extractor does."""
+        width = self.input_width(waves, padding, seconds)
+        x = padded_batch(waves, width, self.device)
+        return self._log_mel(x) if self.whisper else self._normalize(x, [min(len(w), width) for w in waves])
+
+    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        """WhisperFeatureExtractor's log-mel of (B, n_samples), batched: |STFT|² through the mel
+        filters, log10, each clip floored at its own maximum − 8, then (· + 4) / 4."""
+        ex = self.extractor
+        if getattr(ex, "dither", 0.0):
+            x = x + ex.dither * torch.randn_like(x)
+        stft = torch.stft(x, ex.n_fft, ex.hop_length, window=self._window, return_complex=True)
+        power = (stft[..., :-1].abs() ** 2).contiguous()
+        log_spec = torch.clamp(self._mel @ power, min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        return (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+
+    def _normalize(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Wav2Vec2FeatureExtractor's zero-mean unit-variance normalization, per clip: over the
+        whole padded row, or over the clip's own samples where the extractor returns an attention
+        mask (then the padding is set to its padding value)."""
+        ex = self.extractor
+        if not getattr(ex, "do_normalize", False):
+            return x
+        if not getattr(ex, "return_attention_mask", False):
+            mean = x.mean(1, keepdim=True)
+            var = x.var(1, unbiased=False, keepdim=True)
+            return (x - mean) / torch.sqrt(var + 1e-7)
+        n = torch.tensor(lengths, device=x.device, dtype=x.dtype)[:, None].clamp(min=1)
+        real = torch.arange(x.shape[1], device=x.device)[None] < n
+        mean = (x * real).sum(1, keepdim=True) / n
+        var = (((x - mean) * real) ** 2).sum(1, keepdim=True) / n
+        out = (x - mean) / torch.sqrt(var + 1e-7)
+        return torch.where(real, out, torch.full_like(out, float(getattr(ex, "padding_value", 0.0))))
+
+    def forward_states(self, waves: list[np.ndarray], padding: str = "fixed", seconds: float = 5.0,
+                       grad: bool = False) -> tuple[tuple[torch.Tensor, ...], list[int]]:
+        """(every layer's states as the model lists them, each (B, T, D), in the forward's
+        precision; each clip's real frames). Nothing waits for the device."""
+        x = self.inputs(waves, padding, seconds)
+        with torch.set_grad_enabled(grad), autocast(self.device, self.precision):
+            out = self.model(x, output_hidden_states=True)
+        return out.hidden_states, [self.valid_frames(len(w)) for w in waves]
 
     def hidden_states(self, waves: list[np.ndarray], padding: str = "fixed", seconds: float = 5.0,
                       grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(states (B, L + 1, T, D), mask (B, T)) for mono 16-kHz waveforms."""
-        x = self.inputs(waves, padding, seconds)
-        with torch.set_grad_enabled(grad):
-            out = self.model(x, output_hidden_states=True)
-        states = torch.stack(out.hidden_states, dim=1)
-        frames = torch.tensor([self.valid_frames(len(w)) for w in waves], device=states.device)
+        hidden, frames = self.forward_states(waves, padding, seconds, grad)
+        states = torch.stack(hidden, dim=1)
+        frames = torch.tensor(frames, device=states.device)
         mask = torch.arange(states.shape[2], device=states.device)[None] < frames[:, None]
         return states, mask
+
+    def cache_states(self, waves: list[np.ndarray], seconds: float, dtype: torch.dtype,
+                     prefix_layer: int | None = None) -> tuple[torch.Tensor, list[int]]:
+        """What the frozen-encoder cache stores for a batch, cast to `dtype` on the device:
+        every layer at the batch's real frames, (B, L + 1, T_max, D) with T_max the longest
+        clip's, or the state entering `prefix_layer` at every frame, (B, T, D). Returns it
+        with each clip's real frames; nothing waits for the device."""
+        with torch.inference_mode():
+            hidden, frames = self.forward_states(waves, "fixed", seconds)
+            if prefix_layer is not None:
+                return hidden[prefix_layer].to(dtype), frames
+            longest = max(frames)
+            return torch.stack([h[:, :longest].to(dtype) for h in hidden], dim=1), frames
 
     @property
     def final_norm(self) -> torch.nn.Module | None:

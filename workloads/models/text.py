@@ -15,13 +15,15 @@ import torch
 
 
 class TextEncoder:
-    def __init__(self, path: str, max_length: int = 128, device: str | torch.device = "cpu"):
+    def __init__(self, path: str, max_length: int = 128, device: str | torch.device = "cpu", precision: str = "fp32"):
         from transformers import AutoModel
 
         from .encoders import load_tokenizer
+        from .speech import check_precision
 
         local = os.path.isdir(path)
         self.path, self.max_length, self.device = path, int(max_length), torch.device(device)
+        self.precision = check_precision(precision)
         self.tokenizer = load_tokenizer(path)
         self.model = AutoModel.from_pretrained(path, local_files_only=local, use_safetensors=True,
                                                trust_remote_code=False)
@@ -34,9 +36,9 @@ class TextEncoder:
         self.n_states = len(self.layers) + 1
         self.dim = self.model.config.hidden_size
 
-    def tokens(self, texts: list[str]) -> dict:
+    def tokens(self, texts: list[str], device: torch.device | None = None) -> dict:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt").to(self.device)
+                              return_tensors="pt").to(device or self.device)
 
     def hidden_states(self, texts: list[str], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(states (B, L + 1, T, D), mask (B, T)), T the longest transcript's tokens (≤ max_length)."""
@@ -44,6 +46,19 @@ class TextEncoder:
         with torch.set_grad_enabled(grad):
             out = self.model(**batch, output_hidden_states=True)
         return torch.stack(out.hidden_states, dim=1), batch["attention_mask"].bool()
+
+    def cache_states(self, texts: list[str], prefix_layer: int, dtype: torch.dtype) -> tuple[torch.Tensor, list[int]]:
+        """What the text cache stores for a batch: the state entering `prefix_layer`, (B, T, D)
+        with T the longest transcript's tokens, cast to `dtype` on the device, in the encoder's
+        precision; with each transcript's token count. Nothing waits for the device."""
+        from .speech import autocast
+
+        host = self.tokens(texts, torch.device("cpu"))
+        lengths = host["attention_mask"].sum(1).tolist()  # counted on the host: nothing waits for the device
+        batch = host.to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            out = self.model(**batch, output_hidden_states=True)
+        return out.hidden_states[prefix_layer].to(dtype), lengths
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
