@@ -99,6 +99,9 @@ STUDY = Study(
         "encoder_mode": "cached",  # live: run the frozen encoder every batch (the padding study)
         "padding": "fixed",  # live mode: fixed (to clip_seconds) or dynamic (to the batch's longest)
         "cache_dtype": "float16",
+        # the frozen encoders' forward: auto (fp16 on a GPU, fp32 on a CPU), fp32, bf16 or fp16 (each
+        # its own cache); encode_batch 0: clips per batch sized from the device
+        "encode_precision": "auto", "encode_batch": 0,
         # standardize each speaker's states by that speaker's own statistics (all their clips, no
         # labels; a test speaker's unlabeled clips too, as speaker normalization in SER does)
         "speaker_norm": True,

@@ -55,6 +55,9 @@ STUDY = Study(
         "lr": 2e-5, "head_lr": 1e-3, "weight_decay": 0.01, "batch_size": 4, "epochs": 6, "grad_clip": 1.0,
         "max_items": None,  # the CPU subset: at most this many utterances over the three splits
         "cache_dtype": "float16", "log_model": True,
+        # the frozen encoders' forward: auto (fp16 on a GPU, fp32 on a CPU), fp32, bf16 or fp16 (each
+        # its own cache); encode_batch 0: clips per batch sized from the device
+        "encode_precision": "auto", "encode_batch": 0,
     },
     smoke={"synth_n": 64, "epochs": 2, "batch_size": 8},
     cpu_subset={"max_items": 1500},

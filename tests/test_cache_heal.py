@@ -33,7 +33,7 @@ def _in_a_data_page(path: Path) -> int:
     import pyarrow.parquet as pq
 
     column = next(c for c in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(3))
-                  if c.path_in_schema.startswith("mfcc_mean.list"))
+                  if c.path_in_schema.split(".")[0] == "mfcc_mean")
     start = column.dictionary_page_offset or column.data_page_offset
     return start + column.total_compressed_size // 2
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .shards import list_parquet, read_index, read_shard
+from .shards import array_dtype, chunk_values, list_parquet, read_index, read_shard
 
 FLAT = "flat"
 VERSION = 1
@@ -97,7 +97,7 @@ def _write(stage_dir: str, feature: str) -> None:
     sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.int64)
     offsets = np.zeros(len(sizes), dtype=np.int64)
     offsets[keep] = np.concatenate([[0], np.cumsum(sizes[keep])[:-1]]) if keep.any() else []
-    dtype = schema.field(feature).type.value_type.to_pandas_dtype()
+    dtype = array_dtype(schema.field(feature))
     tmp = os.path.join(stage_dir, f".{FLAT}-{uuid.uuid4().hex}")
     os.makedirs(tmp)
     try:
@@ -108,8 +108,7 @@ def _write(stage_dir: str, feature: str) -> None:
         for path in shards:
             column = read_shard(fs, path, stage_dir, columns=[feature]).column(feature)
             for chunk in column.chunks:
-                flat = chunk.values.to_numpy(zero_copy_only=False)
-                bounds = chunk.offsets.to_numpy()
+                flat, bounds = chunk_values(chunk, dtype)
                 for j in range(len(chunk)):
                     if keep[i]:
                         values[offsets[i]:offsets[i] + sizes[i]] = flat[bounds[j]:bounds[j + 1]]

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from .audio import MAX_FILE_MB, MAX_SECONDS, TARGET_SR, MediaError, decode_audio
 from .features import get_stage
 from .manifest import Manifest
-from .shards import ARRAY_SHARD, INDEX, build_index, check_stage, list_parquet, read_index, read_shard
+from .shards import ARRAY_SHARD, INDEX, array_column, array_dtype, binary_layout, build_index, chunk_values, check_stage, list_parquet, read_index, read_shard
 from .shards import write_atomic as _write_atomic
 from ..core.storage import file_size, filesystem, read_bytes
 
@@ -148,17 +148,19 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max
 
 
 def _to_table(rows: list) -> pa.Table:
-    """rows: (uid, {array name: array}, {meta name: scalar}). Arrays keep their dtype."""
-    columns = {"uid": pa.array([u for u, _, _ in rows], pa.string())}
+    """rows: (uid, {array name: array}, {meta name: scalar}). Arrays keep their dtype, each
+    item's stored as its raw bytes (shards.array_column)."""
+    fields, columns = [pa.field("uid", pa.string())], [pa.array([u for u, _, _ in rows], pa.string())]
     for key in rows[0][1]:
         arrays = [np.asarray(a[key]) for _, a, _ in rows]
-        offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(np.int64)
-        values = np.concatenate([a.ravel() for a in arrays])
-        columns[key] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
-        columns[f"{key}_shape"] = pa.array([list(a.shape) for a in arrays], pa.list_(pa.int32()))
+        field, column = array_column(arrays)
+        fields += [field.with_name(key), pa.field(f"{key}_shape", pa.list_(pa.int32()))]
+        columns += [column, pa.array([list(a.shape) for a in arrays], pa.list_(pa.int32()))]
     for key in rows[0][2]:
-        columns[key] = pa.array([m[key] for _, _, m in rows])
-    return pa.table(columns)
+        column = pa.array([m[key] for _, _, m in rows])
+        fields.append(pa.field(key, column.type))
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -498,6 +500,8 @@ def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None,
     tables = [read_shard(fs, p, stage_dir) for p in _list(fs, stage_dir, "shard-")]
     if not tables:
         return pd.DataFrame(columns=["uid"]), []
+    if len({t.schema.remove_metadata() for t in tables}) > 1:  # shards of both array layouts
+        tables = [binary_layout(t) for t in tables]
     table = pa.concat_tables(tables)
     arrays = [c[:-len("_shape")] for c in table.column_names if c.endswith("_shape")]
     feature = feature or arrays[0]
@@ -506,27 +510,25 @@ def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None,
     frame = table.select(["uid"] + meta).to_pandas()
     # a uid listed twice (a task of a killed run that finished after the resume began) is the same work
     keep = ~frame["uid"].duplicated().to_numpy()
+    dtype = array_dtype(table.schema.field(feature))
     if not (shapes and all(sh == shapes[0] for sh in shapes)):
-        out = [a for a, k in zip(_views(table.column(feature), shapes), keep) if k]
+        out = [a for a, k in zip(_views(table.column(feature), shapes, dtype), keep) if k]
         return frame[keep].reset_index(drop=True), out
-    values = table.column(feature).combine_chunks()
-    flat = values.values.to_numpy(zero_copy_only=False)
-    offsets = values.offsets.to_numpy()
+    flat, offsets = chunk_values(table.column(feature).combine_chunks(), dtype)
     if offsets[0] == 0:
         out = flat[:offsets[-1]].reshape(len(shapes), *shapes[0])
         out = out if keep.all() else out[keep]
     else:
-        out = [a for a, k in zip(_views(table.column(feature), shapes), keep) if k]
+        out = [a for a, k in zip(_views(table.column(feature), shapes, dtype), keep) if k]
     return frame[keep].reset_index(drop=True), out
 
 
-def _views(column: pa.ChunkedArray, shapes: list) -> list:
-    """One read-only numpy view per item of a list column, chunk by chunk: no copy of the
+def _views(column: pa.ChunkedArray, shapes: list, dtype: np.dtype) -> list:
+    """One read-only numpy view per item of an array column, chunk by chunk: no copy of the
     column (a frozen encoder's states are gigabytes; a trial must not hold them twice)."""
     out, i = [], 0
     for chunk in column.chunks:
-        flat = chunk.values.to_numpy(zero_copy_only=False)
-        offsets = chunk.offsets.to_numpy()
+        flat, offsets = chunk_values(chunk, dtype)
         for j in range(len(chunk)):
             out.append(flat[offsets[j]:offsets[j + 1]].reshape(shapes[i]))
             i += 1

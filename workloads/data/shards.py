@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -37,6 +38,63 @@ class DamagedShard(BadInput):
 
 def repair_hint(stage_dir: str) -> str:
     return f"`emosweep data verify {stage_dir}` moves it aside; the next run recomputes its items"
+
+
+# ----------------------------------------------------------------------------- arrays in a shard
+# A shard stores each item's array as one binary value, its raw bytes, with the dtype in the
+# column's metadata and the shape in `{name}_shape`. Parquet writes a binary value with one copy;
+# a list<float16> it writes value by value (FIXED_LEN_BYTE_ARRAY), 4x slower, and that was what
+# bounded the encoder cache (bench/encoder_pass.py). Shards of the earlier layout, a list of the
+# dtype, are read as before.
+
+def array_column(arrays: list) -> tuple[pa.Field, pa.Array]:
+    """(field, column) holding `arrays` (one dtype) as raw bytes: one copy, into the column."""
+    dtype = np.asarray(arrays[0]).dtype
+    sizes = np.array([np.asarray(a).nbytes for a in arrays], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for a, start, end in zip(arrays, offsets[:-1], offsets[1:]):
+        data[start:end] = np.ascontiguousarray(a, dtype=dtype).reshape(-1).view(np.uint8)
+    column = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(arrays),
+                                              [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.field("", pa.large_binary(), metadata={"dtype": dtype.str}), column
+
+
+def array_dtype(field: pa.Field) -> np.dtype:
+    """The dtype of the arrays a shard column holds (either layout)."""
+    if pa.types.is_large_binary(field.type) or pa.types.is_binary(field.type):
+        return np.dtype((field.metadata or {})[b"dtype"].decode())
+    return np.dtype(field.type.value_type.to_pandas_dtype())
+
+
+def chunk_values(chunk: pa.Array, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(every value of the chunk end to end, the element offset of each item and the end):
+    read-only views of the chunk's own buffers, no copy (either layout)."""
+    if pa.types.is_large_binary(chunk.type) or pa.types.is_binary(chunk.type):
+        _, offsets, data = chunk.buffers()
+        width = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        bounds = np.frombuffer(offsets, dtype=width)[chunk.offset:chunk.offset + len(chunk) + 1].astype(np.int64)
+        flat = np.frombuffer(data, dtype=dtype, count=data.size // dtype.itemsize) if data is not None else \
+            np.empty(0, dtype)
+        return flat, bounds // dtype.itemsize
+    return chunk.values.to_numpy(zero_copy_only=False), chunk.offsets.to_numpy()
+
+
+def binary_layout(table: pa.Table) -> pa.Table:
+    """The table with any array column of the earlier list layout rewritten as raw bytes (a
+    copy), so shards of both layouts in one stage (a cache resumed across the change) concat."""
+    for name in [c[:-len("_shape")] for c in table.column_names if c.endswith("_shape")]:
+        field = table.schema.field(name)
+        if pa.types.is_large_binary(field.type) or not len(table):
+            continue
+        dtype = array_dtype(field)
+        items = []
+        for chunk in table.column(name).chunks:
+            flat, bounds = chunk_values(chunk, dtype)
+            items += [flat[bounds[j]:bounds[j + 1]] for j in range(len(chunk))]
+        new, column = array_column(items)
+        table = table.set_column(table.column_names.index(name), new.with_name(name), column)
+    return table
 
 
 # Parquet options for a shard of arrays: no dictionary (arrays of floats never repeat) and no

@@ -45,7 +45,13 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+        from ..core.errors import UserError
+
+        class PrecisionError(UserError, ValueError):  # a user's setting: one line and exit 2
+            pass
+
+        raise PrecisionError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)} (or auto where a "
+                             f"study's encode_precision takes it)")
     return precision
 
 
