@@ -11,7 +11,8 @@ Per encoder, side by side in one run:
   per batch, and shard files written to a temporary cache by background threads. No Ray: it
   runs on a bare GPU box with PyTorch alone.
 - **ceiling**: the same encoder's forward alone, inputs ready on the device, at the best of
-  several batch sizes, in the same precision.
+  several batch sizes, in the same precision. Path and ceiling are timed in interleaved rounds
+  (`--repeats`, medians), so a drift in the machine's speed moves both.
 - **fp32 path**: the path in float32, for what the precision buys.
 - **one layer**: the path storing one layer's state (S1's prefix cache) instead of every
   layer's (S2's): what the host's share of the work costs when the bytes shrink.
@@ -80,50 +81,76 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_path(model: str, window: float | None, precision: str, waves: list, device: str, repeats: int,
-              prefix: int | None = None) -> dict:
-    """The worker's encode-and-write on decoded clips: clips/s over `repeats` passes after one warm-up."""
-    worker = EncoderStatesWorker(model, window, device=device, precision=precision)
-    with tempfile.TemporaryDirectory() as cache:
-        stages = {STAGE.name: {"params": {**STAGE.defaults, "clip_seconds": CLIP_SECONDS, "precision": precision,
-                                          "window_seconds": window, "prefix_layer": prefix}, "dir": cache}}
-        decoded = [(f"c{i}", f"c{i}.wav", w) for i, w in enumerate(waves)]
-        worker.encode_and_write(decoded[: 2 * max(1, worker.batch_size or 2)], stages, cache)  # sizes the batch
-        sync(worker.encoder.device)
-        start, busy0 = time.perf_counter(), worker.steps.busy_s
-        for _ in range(repeats):
-            summaries = worker.encode_and_write(decoded, stages, cache)
-        sync(worker.encoder.device)
+class Path_:
+    """The worker's encode-and-write on decoded clips, into a temporary cache: `once()` times one
+    pass over every clip (the same shard files each pass)."""
+
+    def __init__(self, model: str, window: float | None, precision: str, waves: list, device: str,
+                 prefix: int | None = None):
+        self.worker = EncoderStatesWorker(model, window, device=device, precision=precision)
+        self.tmp = tempfile.TemporaryDirectory()
+        cache = self.tmp.name
+        params = {**STAGE.defaults, "clip_seconds": CLIP_SECONDS, "precision": precision, "window_seconds": window,
+                  "prefix_layer": prefix}
+        os.makedirs(f"{cache}/warm-up")
+        self.cache, self.n = cache, len(waves)
+        self.stages = {STAGE.name: {"params": params, "dir": cache}}
+        self.decoded = [(f"c{i}", f"c{i}.wav", w) for i, w in enumerate(waves)]
+        warm = {STAGE.name: {"params": params, "dir": f"{cache}/warm-up"}}
+        self.worker.encode_and_write(self.decoded[:16], warm, cache)  # sizes the batch, warms the kernels
+        self.worker_batch = self.worker.batch_size
+        self.busy = []
+
+    def once(self) -> float:
+        device = self.worker.encoder.device
+        sync(device)
+        start, busy0 = time.perf_counter(), self.worker.steps.busy_s
+        summaries = self.worker.encode_and_write(self.decoded, self.stages, self.cache)
+        sync(device)
         elapsed = time.perf_counter() - start
         written = sum(int(s["ok"].sum()) for s in summaries)
-        if written != len(waves):
-            raise SystemExit(f"the path wrote {written} of {len(waves)} clips")
-        size = sum(f.stat().st_size for f in Path(cache).glob("shard-*.parquet")) / max(1, repeats + 1)
-    return {"clips_per_s": repeats * len(waves) / elapsed, "batch": worker.batch_size,
-            "busy": (worker.steps.busy_s - busy0) / elapsed, "mb_per_clip": size / 2**20 / (2 * len(waves))}
+        if written != self.n:
+            raise SystemExit(f"the path wrote {written} of {self.n} clips")
+        self.busy.append((self.worker.steps.busy_s - busy0) / elapsed)
+        return self.n / elapsed
+
+    def mb_per_clip(self) -> float:
+        return sum(f.stat().st_size for f in Path(self.cache).glob("shard-*.parquet")) / 2**20 / self.n
+
+    def close(self) -> None:
+        self.tmp.cleanup()
+        del self.worker
 
 
-def time_ceiling(encoder: SpeechEncoder, waves: list, batches: list[int], seconds: float) -> dict:
-    """The forward alone, inputs on the device, at each batch size; the best."""
+def ceiling_at(encoder: SpeechEncoder, x: torch.Tensor, seconds: float) -> float:
+    """Clips/s of the forward alone on the ready batch `x`, for `seconds` after two warm-ups."""
+    with torch.inference_mode(), autocast(encoder.device, encoder.precision):
+        for _ in range(2):
+            encoder.model(x, output_hidden_states=True)
+        sync(encoder.device)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 2:
+            encoder.model(x, output_hidden_states=True)
+            n += 1
+        sync(encoder.device)
+    return n * x.shape[0] / (time.perf_counter() - start)
+
+
+def ready(encoder: SpeechEncoder, waves: list, batch: int) -> torch.Tensor:
+    return encoder.inputs((waves * (batch // len(waves) + 1))[:batch], "fixed", CLIP_SECONDS)
+
+
+def best_batch(encoder: SpeechEncoder, waves: list, batches: list[int], seconds: float) -> dict:
+    """The forward alone, inputs on the device, at each batch size: {batch: clips/s}."""
     rows = {}
     for b in batches:
-        x = encoder.inputs((waves * (b // len(waves) + 1))[:b], "fixed", CLIP_SECONDS)
         try:
-            with torch.inference_mode(), autocast(encoder.device, encoder.precision):
-                for _ in range(2):
-                    encoder.model(x, output_hidden_states=True)
-                sync(encoder.device)
-                n, start = 0, time.perf_counter()
-                while time.perf_counter() - start < seconds or n < 2:
-                    encoder.model(x, output_hidden_states=True)
-                    n += 1
-                sync(encoder.device)
+            x = ready(encoder, waves, b)
+            rows[b] = ceiling_at(encoder, x, seconds)
         except torch.OutOfMemoryError:
             break
-        rows[b] = n * b / (time.perf_counter() - start)
         del x
-    best = max(rows, key=rows.get)
-    return {"clips_per_s": rows[best], "batch": best, "by_batch": rows}
+    return rows
 
 
 def flops_per_clip(model_path: str, window: float | None, wave: np.ndarray) -> float:
@@ -161,9 +188,10 @@ def main(argv=None) -> int:
     ap.add_argument("--encoders", default="hubert-base,whisper-base")
     ap.add_argument("--model", help="time this encoder folder instead (its name in the table)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="bf16", help="the mixed precision to time beside fp32 (bf16 or fp16)")
+    ap.add_argument("--precision", help="the mixed precision to time beside fp32 (default: fp16 on a GPU, as the "
+                                        "cache's auto; bf16 on a CPU, which has bf16 matrix units here)")
     ap.add_argument("--clips", type=int, help="clips per timed pass (default 512 on a GPU, 32 on a CPU)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of path and ceiling (medians)")
     ap.add_argument("--batches", help="the ceiling's batch sizes (default 8..256 on a GPU, 8,16,32 on a CPU)")
     ap.add_argument("--seconds", type=float, help="seconds per ceiling batch size (default 3 on a GPU, 8 on a CPU)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes and few clips: a smoke run in seconds")
@@ -172,6 +200,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     gpu = device.type == "cuda"
+    args.precision = args.precision or ("fp16" if gpu else "bf16")
     n = args.clips or (8 if args.quick else 512 if gpu else 32)
     batches = [int(b) for b in (args.batches or ("4,8" if args.quick else "16,32,64,128,256" if gpu else "8,16,32")).split(",")]
     seconds = args.seconds or (0.5 if args.quick else 3.0 if gpu else 8.0)
@@ -190,26 +219,40 @@ def main(argv=None) -> int:
             del probe
             enc = SpeechEncoder(model, window, device, args.precision)
             flops = flops_per_clip(model, window, waves[0])
-            ceiling = time_ceiling(enc, waves, batches, seconds)
-            del enc
-            path = time_path(model, window, args.precision, waves, str(device), args.repeats)
-            fp32 = time_path(model, window, "fp32", waves, str(device), 1)
-            one = time_path(model, window, args.precision, waves, str(device), args.repeats, prefix=top)
+            sweep = best_batch(enc, waves, batches, seconds)
+            best = max(sweep, key=sweep.get)
+            x = ready(enc, waves, best)
+            path = Path_(model, window, args.precision, waves, str(device))
+            rounds = {"path": [], "ceiling": []}
+            for _ in range(args.repeats):  # interleaved, so a drift in the machine's speed hits both
+                rounds["ceiling"].append(ceiling_at(enc, x, seconds))
+                rounds["path"].append(path.once())
+            path_rate, ceiling_rate = float(np.median(rounds["path"])), float(np.median(rounds["ceiling"]))
+            busy, mb = float(np.median(path.busy)), path.mb_per_clip()
+            path.close()
+            del enc, x
+            others = {}
+            for key, precision, prefix in (("fp32", "fp32", None), ("one", args.precision, top)):
+                other = Path_(model, window, precision, waves, str(device), prefix)
+                others[key] = float(np.median([other.once() for _ in range(max(1, args.repeats // 2))]))
+                other.close()
             errors = parity(model, window, args.precision, waves[:8], str(device))
             mean_s = sum(map(len, waves)) / SR / n
             row = {"encoder": label, "device": name, "precision": args.precision, "gflop_per_clip": flops / 1e9,
-                   "path_clips_per_s": path["clips_per_s"], "path_batch": path["batch"], "path_busy": path["busy"],
-                   "path_mb_per_clip": path["mb_per_clip"],
-                   "one_layer_clips_per_s": one["clips_per_s"], "one_layer_share": one["clips_per_s"] / ceiling["clips_per_s"],
-                   "fp32_path_clips_per_s": fp32["clips_per_s"], "ceiling_clips_per_s": ceiling["clips_per_s"],
-                   "ceiling_batch": ceiling["batch"], "ceiling_by_batch": ceiling["by_batch"],
-                   "share": path["clips_per_s"] / ceiling["clips_per_s"],
-                   "path_tflops": path["clips_per_s"] * flops / 1e12,
-                   "ceiling_tflops": ceiling["clips_per_s"] * flops / 1e12,
-                   "audio_s_per_s": path["clips_per_s"] * mean_s,
+                   "path_clips_per_s": path_rate, "path_batch": path.worker_batch, "path_busy": busy,
+                   "path_mb_per_clip": mb, "rounds": rounds,
+                   "one_layer_clips_per_s": others["one"], "one_layer_share": others["one"] / ceiling_rate,
+                   "fp32_path_clips_per_s": others["fp32"], "ceiling_clips_per_s": ceiling_rate,
+                   "ceiling_batch": best, "ceiling_by_batch": sweep,
+                   "share": path_rate / ceiling_rate,
+                   "path_tflops": path_rate * flops / 1e12,
+                   "ceiling_tflops": ceiling_rate * flops / 1e12,
+                   "audio_s_per_s": path_rate * mean_s,
                    "parity_max_rel": max(errors), "parity_by_layer": errors}
             rows.append(row)
-            print(f"{label}: ceiling by batch " + ", ".join(f"{b}: {v:.1f}" for b, v in ceiling["by_batch"].items())
+            print(f"{label}: ceiling by batch " + ", ".join(f"{b}: {v:.1f}" for b, v in sweep.items())
+                  + "; rounds (path / ceiling) " + ", ".join(f"{p:.1f} / {c:.1f}" for p, c in
+                                                             zip(rounds["path"], rounds["ceiling"]))
                   + f"; parity by layer " + ", ".join(f"{e:.1e}" for e in errors), flush=True)
     print(f"\n| encoder | GFLOP a clip | path, {args.precision} (clips/s) | batch | busy | path, fp32 | ceiling "
           f"(clips/s) | ceiling batch | path TFLOP/s | ceiling TFLOP/s | audio s/s | share of ceiling | "

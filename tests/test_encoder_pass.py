@@ -226,3 +226,27 @@ def test_shards_hold_arrays_as_raw_bytes_and_the_earlier_list_layout_still_reads
     write_atomic(fs, f"{tmp_path}/same/shard-c.parquet", same, **ARRAY_SHARD)
     _, stacked = read_stage(str(tmp_path), f"{tmp_path}/same", "x")  # equal shapes: one array, no copy
     assert stacked.shape == (3, 2, 3) and stacked.dtype == np.int32 and stacked[2, 1, 2] == 7
+
+
+@pytest.mark.slow
+def test_decoding_on_cpu_tasks_ahead_of_the_actors_caches_the_same_states(ray_cluster, synth, tmp_path):
+    """GPU actors get their clips decoded by one-CPU Ray Data tasks streamed ahead of them;
+    forced here on the CPU, that stage gives the same states and reports the same bad files."""
+    from workloads.data.corpora import read_corpus
+    from workloads.data.encoder_cache import encode_corpus
+
+    manifest = read_corpus("ravdess", synth("ravdess", n=10, seed=3, faults=True))
+    tiny = make_tiny_hubert(tmp_path / "hubert")
+    results = {}
+    for staged in (False, True):
+        results[staged] = encode_corpus(manifest, tiny, clip_seconds=2.0, precision="fp32", dtype="float32",
+                                        cache_dir=str(tmp_path / f"cache-{staged}"), progress=False,
+                                        decode_stage=staged)
+    (frame_a, a), (frame_b, b) = [read_stage(r.fs_uri, r.stages[STAGE.name].dir, "states") for r in results.values()]
+    assert sorted(frame_a["uid"]) == sorted(frame_b["uid"]) and len(frame_a) >= 10
+    by_uid = dict(zip(frame_b["uid"], b))
+    for uid, x in zip(frame_a["uid"], a):
+        assert np.array_equal(x, by_uid[uid])
+    reasons = [sorted(zip(r.errors["path"], r.errors["reason"])) for r in results.values()]
+    assert reasons[0] == reasons[1] and len(reasons[0]) >= 4  # every planted file, the same reason
+    assert all(r.worker_s > 0 and 0 < r.busy_s <= r.worker_s for r in results.values())

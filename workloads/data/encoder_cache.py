@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import numpy as np
 import pandas as pd
 
 from .audio import TARGET_SR, MediaError
@@ -44,7 +45,7 @@ AUTO_PRECISION = {"gpu": "fp16", "cpu": "fp32"}
 CPU_BATCH = 8  # clips per forward on a CPU (bench/encoder_pass.py: HuBERT-base 6.1 clips/s at 8, 5.2 at 16; Whisper-base flat)
 MAX_BATCH = 256  # on a GPU the batch is sized from its free memory, up to this
 GPU_MEMORY_SHARE = 0.5  # of the free device memory, for one batch's activations and states
-PENDING_WRITES = 8  # batches whose shard files are being written while the device works on
+PENDING_WRITES = 4  # batches whose shard files are being written while the device works on
 WRITE_THREADS = 0  # threads writing them (0: half the machine's cores; Parquet releases the GIL)
 GPU_SHARD = 512  # clips per Ray Data shard when the encoder actors hold GPUs (a few batches each)
 
@@ -167,17 +168,23 @@ def device_batch_size(step_one, clips: int, device) -> int:
 
 
 class _Writes:
-    """Shard files written by a few background threads while the device works on the next
-    batch (pyarrow and the file system release the GIL); at most PENDING_WRITES wait."""
+    """Shard files written by a few background threads while a GPU works on the next batch
+    (pyarrow and the file system release the GIL); at most PENDING_WRITES wait. With the
+    encoder on the CPU they are written in turn: a thread beside torch's would slow every one
+    of its threads' matrix products more than the write costs (measured on 2 cores)."""
 
-    def __init__(self):
+    def __init__(self, background: bool):
+        import os
         from concurrent.futures import ThreadPoolExecutor
 
-        import os
-
-        self.pool, self.futures, self.done = ThreadPoolExecutor(WRITE_THREADS or max(1, (os.cpu_count() or 2) // 2)), deque(), []
+        threads = WRITE_THREADS or max(1, (os.cpu_count() or 2) // 2)
+        self.pool = ThreadPoolExecutor(threads) if background else None
+        self.futures, self.done = deque(), []
 
     def submit(self, writer: ShardWriter) -> None:
+        if self.pool is None:
+            self.done.append(writer.close())
+            return
         self.futures.append(self.pool.submit(writer.close))
         while len(self.futures) > PENDING_WRITES:
             self.done.append(self.futures.popleft().result())
@@ -185,7 +192,8 @@ class _Writes:
     def close(self) -> list:
         while self.futures:
             self.done.append(self.futures.popleft().result())
-        self.pool.shutdown()
+        if self.pool is not None:
+            self.pool.shutdown()
         return self.done
 
 
@@ -195,6 +203,41 @@ def _timed_summary(frames: list, busy_s: float, wall_s: float) -> pd.DataFrame:
     out = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
     n = max(1, len(out))
     return out.assign(busy_s=busy_s / n, wall_s=wall_s / n)
+
+
+def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int = 1) -> list:
+    """(uid, path, wave cut to the clip or None, reason, detail) for each row of a shard, decoded
+    on `threads` threads (FFmpeg releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clip = int(clip_seconds * sr)
+    starts = batch["start"] if "start" in batch else [None] * len(batch)  # segments of longer files
+    ends = batch["end"] if "end" in batch else [None] * len(batch)
+
+    def one(row):
+        uid, path, start, end = row
+        segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
+        try:
+            return uid, path, read_and_decode(path, sr, segment=segment)[:clip], "", ""
+        except MediaError as e:
+            return uid, path, None, e.reason, e.detail
+
+    rows = list(zip(batch["uid"], batch["path"], starts, ends))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(one, rows))
+    return [one(r) for r in rows]
+
+
+def decode_clips(batch: pd.DataFrame, sr: int, clip_seconds: float) -> pd.DataFrame:
+    """The decode stage that runs on CPUs ahead of GPU encoder actors (Ray Data streams it, so
+    the actors encode one shard while CPUs decode the next): uid, path, the clip's float32
+    samples as bytes (null where it did not decode), and the reason."""
+    rows = decode_rows(batch, sr, clip_seconds)
+    return pd.DataFrame({"uid": [r[0] for r in rows], "path": [r[1] for r in rows],
+                         "wave": [None if r[2] is None else np.ascontiguousarray(r[2], np.float32).tobytes()
+                                  for r in rows],
+                         "reason": [r[3] for r in rows], "detail": [r[4] for r in rows]})
 
 
 class EncoderStatesWorker:
@@ -215,42 +258,23 @@ class EncoderStatesWorker:
         self.steps = DeviceBatches(self.encoder.device)
         self.threads, self.batch_size = max(1, threads), int(batch_size or 0)
 
-    def _decode(self, batch: pd.DataFrame, sr: int, clip: int, writer: ShardWriter) -> list:
-        """(uid, path, wave) of each clip that decodes (cut to the clip), on `threads` threads
-        (FFmpeg releases the GIL); the rest reported to `writer`."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        starts = batch["start"] if "start" in batch else [None] * len(batch)  # segments of longer files
-        ends = batch["end"] if "end" in batch else [None] * len(batch)
-
-        def one(row):
-            uid, path, start, end = row
-            segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
-            try:
-                return uid, path, read_and_decode(path, sr, segment=segment)[:clip], None
-            except MediaError as e:
-                return uid, path, None, e
-
-        rows = list(zip(batch["uid"], batch["path"], starts, ends))
-        if self.threads > 1:
-            with ThreadPoolExecutor(self.threads) as pool:
-                results = list(pool.map(one, rows))
-        else:
-            results = [one(r) for r in rows]
-        decoded = []
-        for uid, path, wave, error in results:
-            if error is None:
-                decoded.append((uid, path, wave))
-            else:
-                writer.failed(uid, path, [STAGE.name], "decode", error.reason, error.detail)
-        return decoded
-
     def __call__(self, batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, batch_size: int = 0) -> pd.DataFrame:
         t0 = time.perf_counter()
         busy0 = self.steps.busy_s
         params = stages[STAGE.name]["params"]
         failed = ShardWriter(stages, fs_uri)
-        decoded = self._decode(batch, sr, int(params["clip_seconds"] * sr), failed)
+        if "wave" in batch:  # decoded ahead by the CPU stage (decode_clips)
+            rows = [(u, p, None if w is None or (isinstance(w, float) and pd.isna(w)) else np.frombuffer(w, np.float32),
+                     r, d) for u, p, w, r, d in zip(batch["uid"], batch["path"], batch["wave"], batch["reason"],
+                                                  batch["detail"])]
+        else:
+            rows = decode_rows(batch, sr, float(params["clip_seconds"]), self.threads)
+        decoded = []
+        for uid, path, wave, reason, detail in rows:
+            if wave is None:
+                failed.failed(uid, path, [STAGE.name], "decode", reason, detail)
+            else:
+                decoded.append((uid, path, wave))
         frames = [failed.close(), *self.encode_and_write(decoded, stages, fs_uri, batch_size)]
         return _timed_summary(frames, self.steps.busy_s - busy0, time.perf_counter() - t0)
 
@@ -282,7 +306,7 @@ class EncoderStatesWorker:
         def step(chunk):
             return self.encoder.cache_states([w for _, _, w in chunk], seconds, dtype, prefix)
 
-        writes = _Writes()
+        writes = _Writes(self.steps.cuda)
         for chunk, host, frames, error in self.steps.run(chunks, step):
             writer = ShardWriter(stages, fs_uri)
             for i, (uid, path, _) in enumerate(chunk):
@@ -312,11 +336,14 @@ def encode_corpus(manifest: Manifest, model_path: str, *, window_seconds: float 
                   precision: str = "auto", fingerprint: str | None = None,
                   cache_dir: str | None = None, batch_size: int = 0, actors: int = 1, num_gpus: float = 0,
                   cpus_per_actor: int = 1, shard_size: int | None = None, progress: bool = True,
-                  strict: bool = False) -> PrepareResult:
+                  strict: bool = False, decode_stage: bool | None = None) -> PrepareResult:
     """Encode every clip of the manifest once (what the cache holds already is reused).
     `fingerprint`: the manifest's, when the caller has computed it already. `precision`: the
     forward's (fp32, bf16, fp16; auto: AUTO_PRECISION for where it runs), part of the key.
-    `batch_size` 0: sized from the device. `cpus_per_actor`: the decode threads (and torch's)."""
+    `batch_size` 0: sized from the device. `cpus_per_actor`: the actor's decode threads (and
+    torch's). `decode_stage` (default: when the actors hold GPUs): decode on one-CPU Ray Data
+    tasks streamed into the actors, so the device encodes one shard while the CPUs decode the
+    next, instead of in the actor between its shards."""
     from ..models.speech import encoder_content_hash
 
     gpus = _where(num_gpus)
@@ -330,7 +357,9 @@ def encode_corpus(manifest: Manifest, model_path: str, *, window_seconds: float 
         key_context={"sr": TARGET_SR},
         actors={"init": {"model_path": model_path, "window_seconds": window_seconds, "threads": cpus_per_actor,
                          "precision": precision},
-                "concurrency": actors, "num_gpus": num_gpus, "num_cpus": cpus_per_actor})
+                "concurrency": actors, "num_gpus": num_gpus, "num_cpus": cpus_per_actor,
+                "pre": (decode_clips, {"sr": TARGET_SR, "clip_seconds": clip_seconds})
+                if (num_gpus if decode_stage is None else decode_stage) else None})
 
 
 TEXT_STAGE = Stage("text_states", version=1, fn=None, defaults={
@@ -371,7 +400,7 @@ class TextStatesWorker:
             size = self.batch_size = device_batch_size(
                 lambda n: self.encoder.cache_states(longest * n, prefix, dtype), MAX_BATCH, self.encoder.device)
         chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
-        writes = _Writes()
+        writes = _Writes(self.steps.cuda)
         for chunk, host, lengths, error in self.steps.run(
                 chunks, lambda chunk: self.encoder.cache_states([t for _, _, t in chunk], prefix, dtype)):
             writer = ShardWriter(stages, fs_uri)

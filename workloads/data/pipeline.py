@@ -284,7 +284,9 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
 
     A worker that holds something costly (a neural encoder) is a class: `actors` =
     {"init": constructor kwargs, "concurrency": actors, "num_gpus": per actor, "num_cpus": …}
-    runs it on a pool of Ray Data actors that each build it once (GPU actors on a cluster).
+    runs it on a pool of Ray Data actors that each build it once (GPU actors on a cluster);
+    "pre": (fn, kwargs) runs fn on each shard as plain one-CPU tasks first, streamed into the
+    actors (the worker then finds fn's columns in its batch; in-process, it does that work itself).
     A cache that already holds everything is read without importing or starting Ray."""
     t0 = time.perf_counter()
     if not stages:
@@ -420,7 +422,12 @@ def _on_ray_data(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, acto
                       max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
         if actors.get("num_gpus"):
             kwargs["num_gpus"] = actors["num_gpus"]
-    ds = ray.data.from_pandas(shards).map_batches(worker, batch_size=None, batch_format="pandas", **kwargs)
+    ds = ray.data.from_pandas(shards)
+    if actors is not None and actors.get("pre"):  # a CPU stage ahead of the actors (decoding for GPU encoders)
+        fn, fn_kwargs_pre = actors["pre"]
+        ds = ds.map_batches(fn, batch_size=None, batch_format="pandas", fn_kwargs=fn_kwargs_pre, num_cpus=1,
+                            max_retries=MAX_TASK_RETRIES)
+    ds = ds.map_batches(worker, batch_size=None, batch_format="pandas", **kwargs)
     done = set()
     try:
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
