@@ -86,7 +86,7 @@ def test_cached_states_give_the_live_encoders_logits(ray_cluster, small_ravdess,
     encoder = SpeechEncoder(path, window_seconds=5.0)
     n_layers = encoder.n_states - 1
     result = encode_corpus(small_ravdess, path, window_seconds=5.0, clip_seconds=4.0, dtype="float32",
-                           prefix_layer=n_layers - finetune_top if finetune_top else None,
+                           precision="fp32", prefix_layer=n_layers - finetune_top if finetune_top else None,
                            cache_dir=str(tmp_path / "cache"), progress=False)
     bad = set(result.errors["path"])
     planted = {"unreadable", "empty audio", "silent audio", "no audio stream"}

@@ -310,6 +310,7 @@ def prepare(config: dict, *, smoke: bool = False, text_model: str | None = None,
                          max_length=int(config["max_length"]), fingerprint=config["dataset_fingerprint"],
                          precision=config.get("encode_precision", "auto"), actors=actors, num_gpus=gpus, progress=False)
     print(f"[emosweep] text encoder states: {texts.summary()}")
+    config["encode_precision"] = texts.stages["text_states"].params["precision"]  # auto, resolved
     config.update(cache_fs=texts.fs_uri, text_dir=texts.stages["text_states"].dir)
     dropped = texts.errors[texts.errors["stage"] != "read"]
     if not config["audio_missing"]:

@@ -688,6 +688,7 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
                                precision=config.get("encode_precision", "auto"), actors=actors,
                                num_gpus=gpus)
         print(f"[emosweep] encoder states: {result.summary()}")
+        config["encode_precision"] = result.stages["encoder_states"].params["precision"]  # auto, resolved
         config.update(cache_fs=result.fs_uri, unusable_clips=int(config.get("unusable_clips") or 0) + len(result.errors))
         states_dir = result.stages["encoder_states"].dir
         from .data.flat import ensure_local

@@ -35,13 +35,25 @@ STAGE = Stage("encoder_states", version=1, fn=None, defaults={
     "precision": "fp32"},
     doc="a speech encoder's hidden states (all layers at real frames, or one prefix layer at all frames)")
 
-# The forward's precision when a study says "auto", by where the encoder runs (measured by
-# bench/encoder_pass.py, per layer against fp32, docs/measurements.md). On a GPU, fp16: on an
-# H200 as fast as bf16 (HuBERT-base 1,851 against 1,881 clips/s at the ceiling) and eight times
-# closer to fp32 (largest layer's relative error 1.4e-3 against 1.1e-2; both encoders were
-# trained in fp16). On a CPU, fp32 until the probe's accuracy in bf16 (1.6x faster here, 1.5e-2)
-# is checked on real data; `encode_precision` chooses either.
-AUTO_PRECISION = {"gpu": "fp16", "cpu": "fp32"}
+# The forward's precision when a study says "auto", by where the encoder runs. On a GPU, fp16:
+# on an H200 as fast as bf16 (HuBERT-base 1,851 against 1,881 clips/s at the forward's ceiling)
+# and eight times closer to fp32 (largest layer's relative error 1.4e-3 against 1.1e-2; both
+# encoders were trained in fp16). On a CPU with bf16 matrix support (oneDNN's), bf16: the cache
+# of real RAVDESS through whisper-base in 66 s against 127 s, and the probe's test accuracy over
+# 4 speaker folds 0.824 against fp32's 0.822 (docs/measurements.md); fp32 on other CPUs, where
+# bf16 is emulated slowly. `encode_precision` names one instead.
+AUTO_PRECISION = {"gpu": "fp16", "cpu": "bf16"}
+
+
+def cpu_has_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 CPU_BATCH = 8  # clips per forward on a CPU (bench/encoder_pass.py: HuBERT-base 6.1 clips/s at 8, 5.2 at 16; Whisper-base flat)
 MAX_BATCH = 256  # on a GPU the batch is sized from its free memory, up to this
 GPU_MEMORY_SHARE = 0.5  # of the free device memory, for one batch's activations and states
@@ -54,7 +66,11 @@ def resolve_precision(precision: str, gpus: float) -> str:
     """"auto" → the precision for where the actors run; anything else is checked and kept."""
     from ..models.speech import check_precision
 
-    return AUTO_PRECISION["gpu" if gpus else "cpu"] if precision == "auto" else check_precision(precision)
+    if precision != "auto":
+        return check_precision(precision)
+    if gpus:
+        return AUTO_PRECISION["gpu"]
+    return AUTO_PRECISION["cpu"] if cpu_has_bf16() else "fp32"
 
 
 def actor_plan(requested: int | None = None) -> tuple[int, int]:
