@@ -199,7 +199,13 @@ def _param(text: str):
         stage, key = target.split(".", 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected STAGE.KEY=VALUE, got {text!r}") from None
-    return stage, key, parse_value(value)
+    from workloads.data.features import STAGES
+
+    like = STAGES[stage].defaults.get(key) if stage in STAGES else None  # a boolean knob takes any spelling
+    try:
+        return stage, key, parse_value(value, like=like)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text}: {e}") from None
 
 
 def add_prepare_parser(sub) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from sweeps.space import contains, values_of
-from workloads.core.config import parse_value
+from workloads.core.config import BOOL_SPELLINGS, parse_value
 from workloads.core.errors import InputNotFound, UserError
 from workloads.core.seeding import derive_seed
 
@@ -266,7 +266,7 @@ def _type_ok(example, value) -> bool:
 def _type_name(example) -> str:
     if hasattr(example, "to_tune"):
         return repr(example)
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a JSON list",
+    return {bool: f"a boolean ({BOOL_SPELLINGS})", int: "an integer", float: "a number", str: "a string", list: "a JSON list",
             dict: "a JSON object"}.get(type(example), type(example).__name__)
 
 
@@ -289,8 +289,14 @@ def parse_sets(study: Study, items: list[str]) -> dict:
             hint = nearest(key, keys)
             raise UserError(f"--set {key}: {study.name} has no such key" + (f"; did you mean {hint[0]}?" if hint else "")
                             + f" (valid: {', '.join(sorted(keys))}; --set help explains each)")
-        value = parse_value(text)
         example = keys[key][0]
+        boolean = isinstance(example, bool) or (hasattr(example, "to_tune") and values_of(example)
+                                                and all(isinstance(o, bool) for o in values_of(example)))
+        try:
+            value = parse_value(text, like=True if boolean else None)
+        except ValueError:
+            raise UserError(f"--set {key}={text}: expected {_type_name(True)} (the default is "
+                            f"{_show(example)})") from None
         if not _type_ok(example, value):
             raise UserError(f"--set {key}={text}: expected {_type_name(example)} (the default is {_show(example)})")
         out[key] = value

@@ -57,7 +57,7 @@ def test_a_set_typo_names_the_valid_keys_and_the_nearest(capsys, tmp_path):
     ("lr=fast", "expected a number (the default is 0.0004)"),
     ("layer_frac=\"top\"", "expected a number"),
     ("epochs=2.5", "expected an integer"),
-    ("speaker_norm=1", "expected true or false"),
+    ("speaker_norm=maybe", "expected a boolean (true/false, 1/0, yes/no or on/off, in any case)"),
     ("arms", "expected KEY=VALUE"),
 ])
 def test_a_set_value_of_the_wrong_type_is_refused(setting, expected, capsys, tmp_path):
@@ -204,3 +204,28 @@ def test_the_checker_would_catch_library_lines():
                  "[I 2026-11-29 16:28:36,977] A new study created in memory with name: optuna",
                  "(TrainableWrapper pid=123) hello", "🏃 View run x at: http://..."):
         assert not OURS.match(line)
+
+
+@pytest.mark.parametrize("spelling, value", [("False", False), ("false", False), ("0", False), ("no", False),
+                                             ("OFF", False), ("True", True), ("1", True), ("Yes", True), ("on", True)])
+def test_set_takes_a_boolean_as_people_type_it(spelling, value):
+    from sweeps.bert_freezing import STUDY
+    from sweeps.study import parse_sets
+
+    assert parse_sets(STUDY, [f"trim_vocab={spelling}"]) == {"trim_vocab": value}
+
+
+def test_a_boolean_that_is_none_is_refused_in_one_line_naming_the_spellings(capsys, tmp_path):
+    err = _refused("bert_freezing", ["--set", "trim_vocab=maybe"], capsys, tmp_path)
+    assert "--set trim_vocab=maybe: expected a boolean (true/false, 1/0, yes/no or on/off, in any case)" in err
+
+
+def test_environment_switches_read_booleans_with_the_same_parser(monkeypatch):
+    from workloads.core.config import env_flag
+
+    for spelling, value in (("1", True), ("TRUE", True), ("yes", True), ("0", False), ("off", False), ("", False)):
+        monkeypatch.setenv("EMOSWEEP_LOCAL", spelling)  # --local's switch (data/pipeline.without_ray reads it)
+        assert env_flag("EMOSWEEP_LOCAL") is value
+    monkeypatch.setenv("EMOSWEEP_LOCAL", "sometimes")
+    with pytest.raises(ValueError, match="environment variable EMOSWEEP_LOCAL: 'sometimes' is not a boolean"):
+        env_flag("EMOSWEEP_LOCAL")

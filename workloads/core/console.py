@@ -115,7 +115,9 @@ def progress_bar(total: int, desc: str, unit: str):
     EMOSWEEP_PROGRESS is not set (CI logs and tests stay readable)."""
     from tqdm.auto import tqdm
 
-    show = sys.stderr.isatty() or os.environ.get("EMOSWEEP_PROGRESS") == "1"
+    from .config import env_flag
+
+    show = sys.stderr.isatty() or env_flag("EMOSWEEP_PROGRESS")
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not show,
                 leave=True)
 

@@ -280,9 +280,9 @@ class EncoderStatesWorker:
         params = stages[STAGE.name]["params"]
         failed = ShardWriter(stages, fs_uri)
         if "wave" in batch:  # decoded ahead by the CPU stage (decode_clips)
-            rows = [(u, p, None if w is None or (isinstance(w, float) and pd.isna(w)) else np.frombuffer(w, np.float32),
+            rows = [(u, p, np.frombuffer(w, np.float32) if isinstance(w, (bytes, bytearray, memoryview)) else None,
                      r, d) for u, p, w, r, d in zip(batch["uid"], batch["path"], batch["wave"], batch["reason"],
-                                                  batch["detail"])]
+                                                  batch["detail"])]  # a clip that did not decode: null
         else:
             rows = decode_rows(batch, sr, float(params["clip_seconds"]), self.threads)
         decoded = []

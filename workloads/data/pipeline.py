@@ -452,7 +452,9 @@ def without_ray() -> bool:
 
     if _ray() is not None:
         return False
-    return os.environ.get("EMOSWEEP_LOCAL") == "1" or importlib.util.find_spec("ray") is None
+    from ..core.config import env_flag
+
+    return env_flag("EMOSWEEP_LOCAL") or importlib.util.find_spec("ray") is None
 
 
 def _progress(steps, show: bool, desc: str):

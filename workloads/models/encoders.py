@@ -54,7 +54,9 @@ def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
     """Can we open a TCP connection to the hub within `timeout` seconds? Name resolution
     can hang far longer than any socket timeout, so the probe runs in a thread we stop
     waiting for."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    from ..core.config import env_flag
+
+    if env_flag("HF_HUB_OFFLINE"):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     ok = []
