@@ -81,7 +81,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class Path_:
+class CachePath:
     """The worker's encode-and-write on decoded clips, into a temporary cache: `once()` times one
     pass over every clip (the same shard files each pass)."""
 
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             sweep = best_batch(enc, waves, batches, seconds)
             best = max(sweep, key=sweep.get)
             x = ready(enc, waves, best)
-            path = Path_(model, window, args.precision, waves, str(device))
+            path = CachePath(model, window, args.precision, waves, str(device))
             rounds = {"path": [], "ceiling": []}
             for _ in range(args.repeats):  # interleaved, so a drift in the machine's speed hits both
                 rounds["ceiling"].append(ceiling_at(enc, x, seconds))
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
             del enc, x
             others = {}
             for key, precision, prefix in (("fp32", "fp32", None), ("one", args.precision, top)):
-                other = Path_(model, window, precision, waves, str(device), prefix)
+                other = CachePath(model, window, precision, waves, str(device), prefix)
                 others[key] = float(np.median([other.once() for _ in range(max(1, args.repeats // 2))]))
                 other.close()
             errors = parity(model, window, args.precision, waves[:8], str(device))
