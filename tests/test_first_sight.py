@@ -59,6 +59,7 @@ def test_a_set_typo_names_the_valid_keys_and_the_nearest(capsys, tmp_path):
     ("epochs=2.5", "expected an integer"),
     ("speaker_norm=maybe", "expected a boolean (true/false, 1/0, yes/no or on/off, in any case)"),
     ("arms", "expected KEY=VALUE"),
+    ("encode_precision=fp61", "precision 'fp61': choose from fp32, bf16, fp16"),
 ])
 def test_a_set_value_of_the_wrong_type_is_refused(setting, expected, capsys, tmp_path):
     assert expected in _refused("hubert_pooling", ["--set", setting], capsys, tmp_path)

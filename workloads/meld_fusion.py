@@ -297,6 +297,10 @@ def prepare(config: dict, *, smoke: bool = False, text_model: str | None = None,
     study_corpus(config, "meld", "utterances")
     manifest = read_manifest(config)
     resolve_encoders(config, manifest.items["text"].tolist(), smoke, text_model, audio_model)
+    if config.get("encode_precision", "auto") != "auto":
+        from .models.speech import check_precision
+
+        check_precision(config["encode_precision"])  # before any work: one line and exit 2
     k = int(config.get("finetune_top", 1))
     from transformers import AutoConfig
 

@@ -579,7 +579,7 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
     from .core.paths import emosweep_home
     from .data.synth import study_corpus
     from .models.encoders import resolve_model
-    from .models.speech import make_tiny_hubert, speech_encoder_facts
+    from .models.speech import check_precision, make_tiny_hubert, speech_encoder_facts
 
     config = dict(config)
     if config.get("speaker_norm") and config.get("encoder_mode", "cached") == "live":
@@ -589,6 +589,8 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
         config["speaker_norm"] = False
     if config["pooling"] not in POOLINGS and config.get("pooling") != "probe":
         raise UserError(f"unknown pooling {config['pooling']!r}; choose from {', '.join(POOLINGS)}")
+    if config.get("encode_precision", "auto") != "auto":
+        check_precision(config["encode_precision"])  # before any work: one line and exit 2
     if config["imbalance"] not in IMBALANCE:
         raise UserError(f"imbalance must be one of {IMBALANCE}, got {config['imbalance']!r}")
     config["media_root"] = media_root

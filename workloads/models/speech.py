@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import UserError
+
 FRAMES_PER_SECOND = 50
 
 
@@ -43,13 +45,12 @@ def encoder_content_hash(path: str) -> str:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class PrecisionError(UserError, ValueError):
+    """A precision no encoder runs in: a user's setting, so one line and exit 2."""
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        from ..core.errors import UserError
-
-        class PrecisionError(UserError, ValueError):  # a user's setting: one line and exit 2
-            pass
-
         raise PrecisionError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)} (or auto where a "
                              f"study's encode_precision takes it)")
     return precision
