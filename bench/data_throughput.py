@@ -31,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from smallest import parse  # noqa: E402  (bench/, beside this file)
+
 MELD_STAGES = ["frame46", "mfcc_mean", "spectral_stats"]
 S5_STAGES = ["mfcc", "mfcc_stats", "spectral_stats"]
 
@@ -88,7 +90,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--shard-size", type=int, default=32)
     parser.add_argument("--skip-serial", action="store_true", help="skip (a) and (b)")
-    args = parser.parse_args()
+    args = parse(parser, clips=32)
 
     import ray
 

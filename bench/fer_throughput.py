@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from smallest import parse  # noqa: E402  (bench/, beside this file)
+
 
 def train_speed(name: str, device: torch.device, steps: int, batch: int, fast: bool) -> float:
     from workloads.models.fer_nets import build_fer_net
@@ -58,7 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per architecture")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "emosweep-bench-fer"))
-    args = parser.parse_args()
+    args = parse(parser, rows=2000, steps=2)
 
     from workloads.data.fer2013 import load_images, read_fer2013, read_with_pandas
     from workloads.models.fer_nets import ARCHITECTURES, build_fer_net, count_params

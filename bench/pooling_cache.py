@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from smallest import parse  # noqa: E402  (bench/, beside this file)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = "masked_mean,masked_max,mean_std,attention,first_frame,weighted_layers,layer_mean"
 
@@ -44,7 +46,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=480, help="clips of the generated look-alike")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--model", default="whisper-base")
-    args = p.parse_args()
+    args = parse(p, n=48, epochs=1)
     common = ["--epochs", str(args.epochs), "--model", args.model, "--verbose", "0", "--max-concurrent", "2",
               "--set", "speaker_norm=false"]  # the live mode has no cached states to normalize
     with tempfile.TemporaryDirectory(prefix="emosweep-bench-pool-") as work:

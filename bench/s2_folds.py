@@ -17,19 +17,29 @@ import tempfile
 import time
 from pathlib import Path
 
+from smallest import parse  # noqa: E402  (bench/, beside this file)
+
 ROOT = Path(__file__).resolve().parents[1]
 SEVEN = "masked_mean,masked_max,mean_std,attention,first_frame,weighted_layers,layer_mean"
 BUDGET_S = 30 * 60
+DEFAULT_DATA = str(ROOT.parent / "shared" / "data" / "ravdess")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ravdess"))
+    p.add_argument("--data-dir", default=DEFAULT_DATA)
     p.add_argument("--folds", default="4")
     p.add_argument("--arms", default=SEVEN)
     p.add_argument("--warm", action="store_true", help="keep $EMOSWEEP_HOME (its cache may hold the states)")
     p.add_argument("extra", nargs="*", help="more flags for the study, after --")
-    opts = p.parse_args()
+    opts = parse(p, folds="2", arms="masked_mean,probe")
+    if opts.quick and opts.data_dir == DEFAULT_DATA:  # the smallest: a generated look-alike, one epoch
+        sys.path.insert(0, str(ROOT))
+        from workloads.data.synth import ensure_generated
+
+        opts.data_dir = str(ensure_generated(Path(tempfile.mkdtemp(prefix="emosweep-bench-s2-data-")), "ravdess",
+                                             96, 42, difficulty=0.5))
+        opts.extra = [*opts.extra, "--epochs", "1"]
     if not Path(opts.data_dir).is_dir():
         raise SystemExit(f"{opts.data_dir}: no such folder (real RAVDESS, e.g. ../shared/data/ravdess)")
     home = None

@@ -19,6 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from workloads.core.mlflow_server import MlflowServer
 
+from smallest import parse  # noqa: E402  (bench/, beside this file)
+
 
 def client_loop(uri: str, exp_id: str, stop: float, latencies: list) -> None:
     client = MlflowClient(uri)
@@ -36,7 +38,7 @@ def client_loop(uri: str, exp_id: str, stop: float, latencies: list) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0)
-    args = p.parse_args()
+    args = parse(p, seconds=1.0)
     with MlflowServer(tempfile.mkdtemp(prefix="emosweep-mlflow-bench-")) as server:
         client = MlflowClient(server.uri)
         print(f"{'clients':>8} {'epochs/s':>10} {'metrics/s':>10} {'p50 ms':>8} {'p95 ms':>8}")

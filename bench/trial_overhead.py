@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from smallest import parse  # noqa: E402  (bench/, beside this file)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -134,7 +136,7 @@ def main() -> None:
     p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = parse(p, train_size=50, eval_size=16, epochs=1)
     if args.plain:
         return plain(args)
     if args.floor:

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from smallest import parse  # noqa: E402  (bench/, beside this file)
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILE = ROOT / "sweeps" / "hubert_pooling.py"
 GOAL = 1.5
@@ -232,13 +234,18 @@ def main() -> None:
     p.add_argument("--_ceiling", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--_shard", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--_shards", type=int, default=1, help=argparse.SUPPRESS)
-    opts = p.parse_args()
+    opts = parse(p, samples=1, folds=2, epochs=1)
     if opts._peer:
         return peer(opts)
     if opts._ceiling:
         return ceiling_share(opts)
 
     home = Path(opts.home or tempfile.mkdtemp(prefix="emosweep-bench-vs-optuna-"))
+    if opts.quick and not opts.data_dir:  # the smallest: a generated look-alike of 96 clips
+        sys.path.insert(0, str(ROOT))
+        from workloads.data.synth import ensure_generated
+
+        opts.data_dir = str(ensure_generated(home / "data", "ravdess", 96, opts.seed, difficulty=0.5))
     work = home / "bench-vs-optuna"
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "EMOSWEEP_HOME": str(home), "PYTHONPATH": str(ROOT)}

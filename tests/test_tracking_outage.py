@@ -116,6 +116,25 @@ def test_shared_server_is_reused_and_stops_once_unused(tmp_path):
     assert stopped, "the server outlived its keeper"
 
 
+def test_a_stop_returns_once_the_keeper_is_gone_so_the_next_user_starts_a_new_one(tmp_path):
+    """`emosweep tracking --stop` then a sweep at once (bench/vs_optuna.py does so between its
+    sides): the stop used to return at the signal, the sweep took the dying keeper's server as
+    running, and lost it. Now the next acquire starts a server of its own that answers."""
+    from workloads.core.mlflow_server import SharedServer, same_process
+
+    first = SharedServer(tmp_path / "mlflow").acquire().wait_ready()
+    first.release()
+    info = first.running()
+    assert SharedServer(tmp_path / "mlflow").stop()
+    assert not same_process(info["keeper_pid"], info.get("keeper_start"))  # gone when stop returns
+    second = SharedServer(tmp_path / "mlflow", port=first.port).acquire().wait_ready()
+    try:
+        assert not second.reused and second._keeper_pid != first._keeper_pid
+    finally:
+        second.release()
+        SharedServer(tmp_path / "mlflow").stop()
+
+
 @pytest.mark.slow
 def test_a_sigkilled_keepers_server_is_adopted_and_stopped(tmp_path):
     """A keeper killed with SIGKILL leaves its server serving the store. The next user adopts

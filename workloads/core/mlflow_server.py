@@ -255,15 +255,20 @@ class SharedServer:
         except FileNotFoundError:
             pass
 
-    def stop(self) -> bool:
+    def stop(self, timeout: float = 30.0) -> bool:
         """Stop the server now, whoever holds it: through its keeper, or (an orphan) by
-        signalling the server's own process group. Returns whether one ran. Only processes
-        whose pid and start time match server.json are signalled."""
+        signalling the server's own process group. Returns whether one ran, once its keeper has
+        exited: a sweep started right after a stop that returned at the signal found the dying
+        keeper still alive, took its server as running, and lost it (bench/vs_optuna.py did so).
+        Only processes whose pid and start time match server.json are signalled."""
         info = self.running()
         if info is None:
             return False
         if not info.get("orphan"):
             os.kill(int(info["keeper_pid"]), signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and same_process(info["keeper_pid"], info.get("keeper_start")):
+                time.sleep(0.1)
             return True
         _stop_group(int(info["server_pid"]), info.get("server_start"))
         self.info_file.unlink(missing_ok=True)

@@ -129,7 +129,11 @@ class SharedRay:
             return False
         os.kill(int(info["keeper_pid"]), signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.running() is not None:
+        # until the keeper has exited, not just dropped ray.json: it drops the file before its
+        # ray.shutdown(), and a sweep started meanwhile lost its MLflow server's keeper to the
+        # dying Ray (bench/vs_optuna.py stops both between its sides, and failed so)
+        while time.monotonic() < deadline and (self.running() is not None
+                                               or same_process(info["keeper_pid"], info.get("keeper_start"))):
             time.sleep(0.2)
         return True
 

@@ -1,0 +1,44 @@
+"""Every bench runs in the suite at its smallest size (`--quick`), so a bench that can no longer
+run fails here instead of when someone needs its figures. Each must exit 0 and print the figure
+its row in the README's command table promises; the value is not checked (benches hold figures,
+tests hold behaviour). Each runs as the README says, a fresh process with its own Ray and MLflow
+where it starts them, told to stop them within a minute of the last use."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# bench → what its README row promises, as it prints it
+FIGURES = {
+    "data_throughput.py": ["(c) vs (a):", "(d) vs (c):"],
+    "encoder_pass.py": ["share of ceiling", "parity by layer"],
+    "fer_throughput.py": ["Ray Data cold / pandas:"],
+    "pooling_cache.py": ["seven cached arms / one naive arm ="],
+    "s2_folds.py": ["× the 30-minute budget"],
+    "tracking_throughput.py": ["epochs/s"],
+    "trial_overhead.py": ["ratio (b)/(a)", "the floor, Ray + Tune alone"],
+    "vs_optuna.py": ["ratio (a)/(b):", "emosweep's share of it (c)/(b):", "validation accuracy:"],
+}
+
+
+def test_every_bench_is_run_here():
+    benches = {p.name for p in (ROOT / "bench").glob("*.py") if p.name != "smallest.py"}
+    assert benches == set(FIGURES), "a bench without a smoke run here, or a listed bench that is gone"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench", sorted(FIGURES))
+def test_a_bench_runs_at_its_smallest_size_and_prints_its_figure(bench, tmp_path):
+    env = {**os.environ, "EMOSWEEP_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+           "EMOSWEEP_MLFLOW_IDLE_S": "60", "EMOSWEEP_RAY_IDLE_S": "60"}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / bench), "--quick"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=420)
+    assert out.returncode == 0, f"{bench} --quick failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    for figure in FIGURES[bench]:
+        assert figure in out.stdout, f"{bench} --quick did not print {figure!r}:\n{out.stdout[-2000:]}"
