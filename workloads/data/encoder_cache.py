@@ -28,7 +28,7 @@ import pandas as pd
 from .audio import TARGET_SR, MediaError
 from .features import Stage
 from .manifest import Manifest
-from .pipeline import PrepareResult, ShardWriter, read_and_decode, run_cached
+from .pipeline import PrepareResult, ShardWriter, read_and_decode, run_cached, segments
 
 STAGE = Stage("encoder_states", version=1, fn=None, defaults={
     "model_hash": "", "window_seconds": None, "clip_seconds": 5.0, "prefix_layer": None, "dtype": "float16",
@@ -219,6 +219,33 @@ class _Writes:
         return self.done
 
 
+def _device(device: str, threads: int) -> str:
+    """An encoder actor's device ("auto": its GPU if it has one), after setting torch's threads."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def write_batches(steps: "DeviceBatches", chunks: list, step, stages: dict, fs_uri: str, stage: str, reason: str,
+                  array, count: str) -> list:
+    """Both workers' encode-and-write: each chunk of (uid, path, input) through `steps`, each
+    item's `array(host, i, extra)` (extra: the step's per-item counts, recorded as `count`)
+    to a shard, or the chunk's items reported with the encoder's error. Returns the shards'
+    summaries."""
+    writes = _Writes(steps.cuda, stages, fs_uri)
+    for chunk, host, extra, error in steps.run(chunks, step):
+        writer = writes.writer()
+        for i, (uid, path, _) in enumerate(chunk):
+            if error is not None:
+                writer.failed(uid, path, [stage], "encoder", reason, f"{type(error).__name__}: {error}")
+                continue
+            writer.ok(uid, path, {stage: {"states": array(host, i, extra)}}, meta={count: int(extra[i])})
+        writes.submit(writer)
+    return writes.close()
+
+
 def _timed_summary(frames: list, busy_s: float, wall_s: float) -> pd.DataFrame:
     """The shard's summary rows, each with an equal share of the device's busy seconds and the
     worker's wall seconds (the driver sums them into the encoder's busy fraction)."""
@@ -233,18 +260,15 @@ def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int 
     from concurrent.futures import ThreadPoolExecutor
 
     clip = int(clip_seconds * sr)
-    starts = batch["start"] if "start" in batch else [None] * len(batch)  # segments of longer files
-    ends = batch["end"] if "end" in batch else [None] * len(batch)
 
     def one(row):
-        uid, path, start, end = row
-        segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
+        uid, path, segment = row
         try:
             return uid, path, read_and_decode(path, sr, segment=segment)[:clip], "", ""
         except MediaError as e:
             return uid, path, None, e.reason, e.detail
 
-    rows = list(zip(batch["uid"], batch["path"], starts, ends))
+    rows = list(zip(batch["uid"], batch["path"], segments(batch)))
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(one, rows))
@@ -268,15 +292,9 @@ class EncoderStatesWorker:
 
     def __init__(self, model_path: str, window_seconds: float | None, device: str = "auto", threads: int = 0,
                  precision: str = "fp32", batch_size: int = 0):
-        import torch
-
         from ..models.speech import SpeechEncoder
 
-        if threads:
-            torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.encoder = SpeechEncoder(model_path, window_seconds, device, precision)
+        self.encoder = SpeechEncoder(model_path, window_seconds, _device(device, threads), precision)
         self.steps = DeviceBatches(self.encoder.device)
         self.threads, self.batch_size = max(1, threads), int(batch_size or 0)
 
@@ -328,18 +346,8 @@ class EncoderStatesWorker:
         def step(chunk):
             return self.encoder.cache_states([w for _, _, w in chunk], seconds, dtype, prefix)
 
-        writes = _Writes(self.steps.cuda, stages, fs_uri)
-        for chunk, host, frames, error in self.steps.run(chunks, step):
-            writer = writes.writer()
-            for i, (uid, path, _) in enumerate(chunk):
-                if error is not None:
-                    writer.failed(uid, path, [STAGE.name], "encoder", "encoder failed",
-                                  f"{type(error).__name__}: {error}")
-                    continue
-                arr = host[i, :, :frames[i]] if prefix is None else host[i]
-                writer.ok(uid, path, {STAGE.name: {"states": arr}}, meta={"frames": int(frames[i])})
-            writes.submit(writer)
-        return writes.close()
+        return write_batches(self.steps, chunks, step, stages, fs_uri, STAGE.name, "encoder failed",
+                             lambda host, i, frames: host[i, :, :frames[i]] if prefix is None else host[i], "frames")
 
 
 def _where(num_gpus: float) -> float:
@@ -396,15 +404,9 @@ class TextStatesWorker:
 
     def __init__(self, model_path: str, max_length: int, device: str = "auto", threads: int = 0,
                  precision: str = "fp32", batch_size: int = 0):
-        import torch
-
         from ..models.text import TextEncoder
 
-        if threads:
-            torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.encoder = TextEncoder(model_path, max_length, device, precision)
+        self.encoder = TextEncoder(model_path, max_length, _device(device, threads), precision)
         self.steps = DeviceBatches(self.encoder.device)
         self.batch_size = int(batch_size or 0)
 
@@ -422,19 +424,11 @@ class TextStatesWorker:
             size = self.batch_size = device_batch_size(
                 lambda n: self.encoder.cache_states(longest * n, prefix, dtype), MAX_BATCH, self.encoder.device)
         chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
-        writes = _Writes(self.steps.cuda, stages, fs_uri)
-        for chunk, host, lengths, error in self.steps.run(
-                chunks, lambda chunk: self.encoder.cache_states([t for _, _, t in chunk], prefix, dtype)):
-            writer = writes.writer()
-            for i, (uid, path, _) in enumerate(chunk):
-                if error is not None:
-                    writer.failed(uid, path, [TEXT_STAGE.name], "encoder", "text encoder failed",
-                                  f"{type(error).__name__}: {error}")
-                    continue
-                writer.ok(uid, path, {TEXT_STAGE.name: {"states": host[i, :lengths[i]]}},
-                          meta={"tokens": int(lengths[i])})
-            writes.submit(writer)
-        frames = writes.close() or [ShardWriter(stages, fs_uri).close()]
+        frames = write_batches(self.steps, chunks,
+                               lambda chunk: self.encoder.cache_states([t for _, _, t in chunk], prefix, dtype),
+                               stages, fs_uri, TEXT_STAGE.name, "text encoder failed",
+                               lambda host, i, lengths: host[i, :lengths[i]], "tokens")
+        frames = frames or [ShardWriter(stages, fs_uri).close()]
         return _timed_summary(frames, self.steps.busy_s - busy0, time.perf_counter() - t0)
 
 

@@ -120,17 +120,21 @@ def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
     return decode_audio(data, sr=sr, name=path, max_seconds=max_seconds, segment=segment, info=info)
 
 
+def segments(batch: pd.DataFrame) -> list:
+    """Each row's (start, end) seconds where it is a segment of a longer file, else None."""
+    starts = batch["start"] if "start" in batch else [None] * len(batch)
+    ends = batch["end"] if "end" in batch else [None] * len(batch)
+    return [(float(a), float(b)) if a is not None and not pd.isna(a) else None for a, b in zip(starts, ends)]
+
+
 def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max_seconds: float | None = MAX_SECONDS,
                     max_file_mb: float | None = MAX_FILE_MB) -> pd.DataFrame:
     """The media worker, one shard: read each file's bytes, decode once, compute the stages
     the item still needs. Returns one summary row per item."""
     writer = ShardWriter(stages, fs_uri)
-    starts = batch["start"] if "start" in batch else [None] * len(batch)  # segments of longer files
-    ends = batch["end"] if "end" in batch else [None] * len(batch)
-    for uid, path, need, start, end in zip(batch["uid"], batch["path"], batch["need"], starts, ends):
+    for uid, path, need, segment in zip(batch["uid"], batch["path"], batch["need"], segments(batch)):
         need = need.split(",")
         stage = "decode"
-        segment = (float(start), float(end)) if start is not None and not pd.isna(start) else None
         info: dict = {}
         try:
             wave = read_and_decode(path, sr, max_seconds, max_file_mb, segment, info)
