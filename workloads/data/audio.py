@@ -37,16 +37,78 @@ def declared_seconds(container, stream) -> float | None:
     return None
 
 
-def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = None,
+SEEK_PREROLL = 1.0  # seconds decoded before a segment's start after a seek: codecs whose frames lean on
+#                    the previous ones (MP3's bit reservoir, AAC's overlap) are settled by then
+
+
+def _seek(container, stream, start: float) -> float:
+    """Move `container` to SEEK_PREROLL seconds before `start` (at or before: FFmpeg lands on a
+    packet that begins there or earlier). Returns the time decoding will resume from as far
+    as is known now (the first frame decoded tells it exactly), or 0.0 where the container
+    cannot seek, in which case decoding runs from the beginning as before."""
+    target = start - SEEK_PREROLL
+    if target <= 0 or stream.time_base is None:
+        return 0.0
+    import av
+
+    try:
+        container.seek(int(target / stream.time_base), stream=stream, backward=True)
+    except (av.error.FFmpegError, OverflowError, ValueError):
+        return 0.0
+    return target
+
+
+def _on_grid(frame, origin: float, sr: int):
+    """The first frame after a seek, trimmed to start on an instant where the source's and the
+    target's sample clocks meet (every 1/gcd(rates) s: 10 ms for 44.1 → 16 kHz), as they do
+    at time 0. The resampler then computes the same output samples as a decode from the start
+    (up to its settling, which the pre-roll absorbs) instead of ones shifted by a fraction of
+    a sample. Returns (frame, its new start time)."""
+    import math
+
+    import av
+
+    rate = int(frame.sample_rate)
+    step = rate // math.gcd(rate, sr)
+    drop = (-int(round(origin * rate))) % step
+    if drop == 0:
+        return frame, origin
+    if drop >= frame.samples:
+        return frame, origin  # a tiny frame: resample it as it is (a sub-sample offset at most)
+    data = frame.to_ndarray()
+    data = data[:, drop:] if frame.format.is_planar else data[:, drop * len(frame.layout.channels):]
+    trimmed = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=frame.format.name,
+                                         layout=frame.layout.name)
+    trimmed.sample_rate = rate
+    return trimmed, origin + drop / rate
+
+
+class _Untimed(Exception):
+    """After a seek, a frame without a timestamp: where decoding resumed is unknown."""
+
+
+def decode_audio(source, sr: int = TARGET_SR, name: str | None = None,
                  reject_silent: bool = True, max_seconds: float | None = MAX_SECONDS,
                  segment: tuple[float, float] | None = None, info: dict | None = None) -> np.ndarray:
-    """The first audio stream of `source` (file bytes or a path) as mono float32 at `sr`.
-    Raises MediaError with reason unreadable / no audio stream / corrupt audio / empty audio
-    / silent audio / too long. Length: a container that declares more than `max_seconds` is
-    refused before a frame is decoded; one that does not say is stopped as soon as decoding
-    passes the limit (memory stays bounded either way). `segment` = (start, end) seconds: only
-    that part, decoding no further than its end; the limit applies to its length. `info`, when
-    given, receives the source's sample rate (`source_sr`) and the clip's length (`seconds`)."""
+    """The first audio stream of `source` (file bytes, a path or a seekable file object) as mono
+    float32 at `sr`. Raises MediaError with reason unreadable / no audio stream / corrupt audio /
+    empty audio / silent audio / too long. Length: a container that declares more than
+    `max_seconds` is refused before a frame is decoded; one that does not say is stopped as soon
+    as decoding passes the limit (memory stays bounded either way). `segment` = (start, end)
+    seconds: only that part. Decoding seeks to just before its start (SEEK_PREROLL) and goes no
+    further than its end, so a segment costs its own length wherever it lies in the file (a
+    container that cannot seek is decoded from its start); the limit applies to its length.
+    `info`, when given, receives the source's sample rate (`source_sr`) and the clip's length
+    (`seconds`)."""
+    try:
+        return _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek=True)
+    except _Untimed:
+        if hasattr(source, "seek"):
+            source.seek(0)
+        return _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek=False)
+
+
+def _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek: bool) -> np.ndarray:
     import av  # PyAV, FFmpeg's libraries: imported where media is decoded, not by training code
 
     name = name or (source if isinstance(source, str) else "<bytes>")
@@ -75,11 +137,21 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
         elif max_seconds is not None and declared is not None and declared > max_seconds:
             raise too_long(name, declared, max_seconds, "the container's metadata; nothing decoded")
         limit = int(max_seconds * sr) if max_seconds is not None and segment is None else None
-        stop = int(segment[1] * sr) if segment is not None else None
+        origin = _seek(container, stream, segment[0]) if segment is not None and seek else 0.0
+        stop = int((segment[1] - origin) * sr) if segment is not None else None
         resampler = av.AudioResampler(format="fltp", rate=sr)  # planar: one row per channel
         chunks, samples = [], 0
         try:
             for frame in container.decode(stream):
+                if not chunks and origin:
+                    if frame.time is None:
+                        raise _Untimed
+                    # where decoding resumed after the seek (a packet's edge), on the clock of a
+                    # decode from the start, whose first sample is the stream's start time (MP3:
+                    # its encoder delay, which only a decode from the start skips)
+                    origin = float(frame.time) - float((stream.start_time or 0) * stream.time_base)
+                    frame, origin = _on_grid(frame, origin, sr)
+                    stop = int((segment[1] - origin) * sr)
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().mean(axis=0))
                     samples += chunks[-1].size
@@ -93,7 +165,8 @@ def decode_audio(source: bytes | str, sr: int = TARGET_SR, name: str | None = No
             raise MediaError(name, "corrupt audio", str(e)) from None
     wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     if segment is not None:
-        wave = wave[int(segment[0] * sr):int(segment[1] * sr)]
+        first = max(0, int(segment[0] * sr) - int(round(origin * sr)))
+        wave = wave[first:first + int(segment[1] * sr) - int(segment[0] * sr)]
     if info is not None:
         info["seconds"] = wave.size / sr
     if wave.size == 0:

@@ -106,9 +106,18 @@ class ShardWriter:
 def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
                     max_file_mb: float | None = MAX_FILE_MB, segment: tuple[float, float] | None = None,
                     info: dict | None = None):
-    """A media file's bytes (local path or URI) decoded to mono float32 at `sr`; MediaError
-    with a stable reason for anything that cannot be used. A file over `max_file_mb` is
-    refused before it is read, one over `max_seconds` before (or while) it is decoded."""
+    """A media file (local path or URI) decoded to mono float32 at `sr`; MediaError with a
+    stable reason for anything that cannot be used. A whole file over `max_file_mb` is refused
+    before it is read, one over `max_seconds` before (or while) it is decoded. A segment of a
+    long recording is read from the open file, seeking to its start: only its own bytes are
+    read, so the size cap does not apply to it (its length does)."""
+    if segment is not None:
+        try:
+            fs, inner = filesystem(path)
+            with fs.open_input_file(inner) as f:
+                return decode_audio(f, sr=sr, name=path, max_seconds=max_seconds, segment=segment, info=info)
+        except OSError as e:
+            raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
     try:
         size = file_size(path)
         if max_file_mb is not None and size is not None and size > max_file_mb * 1e6:
@@ -117,7 +126,7 @@ def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
         data = read_bytes(path)
     except OSError as e:
         raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
-    return decode_audio(data, sr=sr, name=path, max_seconds=max_seconds, segment=segment, info=info)
+    return decode_audio(data, sr=sr, name=path, max_seconds=max_seconds, info=info)
 
 
 def segments(batch: pd.DataFrame) -> list:
