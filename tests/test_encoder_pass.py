@@ -162,6 +162,41 @@ def test_a_corrupt_clip_costs_only_itself(tmp_path, synth):
     assert summary["busy_s"].sum() > 0 and summary["wall_s"].sum() >= summary["busy_s"].sum()
 
 
+def test_one_decode_serves_the_split_gates_hash_and_the_encoder(tmp_path, synth):
+    """With the content_hash stage asked for too, each clip is decoded once: its digest (of the
+    whole decoded clip, as `data prepare` computes it) and its states come from that decode. A
+    row that needs only the hash (states cached before hashes were) is hashed, not encoded; every
+    item gets one summary row."""
+    from workloads.data import encoder_cache
+    from workloads.data.corpora import read_corpus
+    from workloads.data.features import content_hash
+    from workloads.data.pipeline import read_and_decode
+
+    manifest = read_corpus("ravdess", synth("ravdess", n=8, seed=5, faults=False))
+    batch = manifest.items.head(5).copy()
+    batch["need"] = [f"{STAGE.name},content_hash"] * 4 + ["content_hash"]
+    stages = _stages(tmp_path, "fp32", dtype="float16")
+    (tmp_path / "hash").mkdir()
+    stages["content_hash"] = {"params": {}, "dir": str(tmp_path / "hash")}
+    calls = []
+    real = encoder_cache.read_and_decode
+    encoder_cache.read_and_decode = lambda path, *a, **k: calls.append(path) or real(path, *a, **k)
+    try:
+        worker = EncoderStatesWorker(_whisper(), 5.0, device=DEVICE, precision="fp32")
+        summary = worker(batch, stages, str(tmp_path), 16000, batch_size=4)
+    finally:
+        encoder_cache.read_and_decode = real
+    assert sorted(calls) == sorted(batch["path"])  # once per clip
+    assert sorted(summary["uid"]) == sorted(batch["uid"]) and summary["ok"].all()
+    hashes, digests = read_stage(str(tmp_path), str(tmp_path / "hash"), "content_hash")
+    for uid, digest in zip(hashes["uid"], digests):
+        path = batch.set_index("uid").loc[uid, "path"]
+        assert np.array_equal(digest, content_hash(read_and_decode(path, 16000), 16000)["content_hash"])
+    assert sorted(hashes["uid"]) == sorted(batch["uid"]) and (hashes["seconds"] > 1).all()
+    frame, _ = read_stage(str(tmp_path), stages[STAGE.name]["dir"], "states")
+    assert sorted(frame["uid"]) == sorted(batch["uid"].head(4))  # the hash-only row was not encoded
+
+
 def test_text_states_batched_shortest_first_equal_one_at_a_time(tmp_path):
     from workloads.models.encoders import make_tiny_bert
     from workloads.models.text import TextEncoder
@@ -231,7 +266,7 @@ def test_decoding_on_cpu_tasks_ahead_of_the_actors_caches_the_same_states(ray_cl
     for staged in (False, True):
         results[staged] = encode_corpus(manifest, tiny, clip_seconds=2.0, precision="fp32", dtype="float32",
                                         cache_dir=str(tmp_path / f"cache-{staged}"), progress=False,
-                                        decode_stage=staged)
+                                        decode_stage=staged, with_hash=True)
     (frame_a, a), (frame_b, b) = [read_stage(r.fs_uri, r.stages[STAGE.name].dir, "states") for r in results.values()]
     assert sorted(frame_a["uid"]) == sorted(frame_b["uid"]) and len(frame_a) >= 10
     by_uid = dict(zip(frame_b["uid"], b))
@@ -240,3 +275,11 @@ def test_decoding_on_cpu_tasks_ahead_of_the_actors_caches_the_same_states(ray_cl
     reasons = [sorted(zip(r.errors["path"], r.errors["reason"])) for r in results.values()]
     assert reasons[0] == reasons[1] and len(reasons[0]) >= 4  # every planted file, the same reason
     assert all(r.worker_s > 0 and 0 < r.busy_s <= r.worker_s for r in results.values())
+    # the split gate's hashes, from the same decode, equal `data prepare`'s
+    from workloads.data.folds import content_hashes
+    from workloads.data.pipeline import prepare
+
+    alone = prepare(manifest, {"content_hash": {}}, cache_dir=str(tmp_path / "alone"), progress=False)
+    expected = content_hashes(alone.fs_uri, alone.stages["content_hash"].dir)
+    for r in results.values():
+        assert content_hashes(r.fs_uri, r.stages["content_hash"].dir) == expected and len(expected) >= 10

@@ -678,9 +678,10 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
     from .data.folds import content_hashes
     from .data.pipeline import prepare as prepare_media
 
-    hashed = prepare_media(manifest, {"content_hash": {}}, progress=False)
-    hashes = content_hashes(hashed.fs_uri, hashed.stages["content_hash"].dir)
-    if config.get("encoder_mode", "cached") == "cached":
+    if config.get("encoder_mode", "cached") != "cached":  # the live mode: the hash's own decode
+        hashed = prepare_media(manifest, {"content_hash": {}}, progress=False)
+        hashes = content_hashes(hashed.fs_uri, hashed.stages["content_hash"].dir)
+    else:
         actors, gpus = actor_plan(config.get("encode_actors"))
         result = encode_corpus(manifest, config["model_path"], fingerprint=config["dataset_fingerprint"],
                                window_seconds=config["window_seconds"],
@@ -688,7 +689,8 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
                                dtype=config.get("cache_dtype", "float16"), progress=False,
                                batch_size=int(config.get("encode_batch") or 0),
                                precision=config.get("encode_precision", "auto"), actors=actors,
-                               num_gpus=gpus)
+                               num_gpus=gpus, with_hash=True)  # one decode: the states and the gate's hash
+        hashes = content_hashes(result.fs_uri, result.stages["content_hash"].dir)
         print(f"[emosweep] encoder states: {result.summary()}")
         config["encode_precision"] = result.stages["encoder_states"].params["precision"]  # auto, resolved
         config.update(cache_fs=result.fs_uri, unusable_clips=int(config.get("unusable_clips") or 0) + len(result.errors))

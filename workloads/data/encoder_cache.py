@@ -254,19 +254,30 @@ def _timed_summary(frames: list, busy_s: float, wall_s: float) -> pd.DataFrame:
     return out.assign(busy_s=busy_s / n, wall_s=wall_s / n)
 
 
-def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int = 1) -> list:
-    """(uid, path, wave cut to the clip or None, reason, detail) for each row of a shard, decoded
-    on `threads` threads (FFmpeg releases the GIL)."""
+HASH = "content_hash"  # the audio stage the cache computes from the same decode, when asked (the split gate's)
+
+
+def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int = 1, digest: bool = False) -> list:
+    """(uid, path, wave cut to the clip or None, reason, detail, extra) for each row of a shard,
+    decoded on `threads` threads (FFmpeg releases the GIL). With `digest`, extra holds the
+    content_hash stage's output for the whole decoded clip and its length and source rate (what
+    `data prepare` records), so one decode serves the split gate and the encoder."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from .features import content_hash
 
     clip = int(clip_seconds * sr)
 
     def one(row):
         uid, path, segment = row
+        info: dict = {}
         try:
-            return uid, path, read_and_decode(path, sr, segment=segment)[:clip], "", ""
+            wave = read_and_decode(path, sr, segment=segment, info=info)
         except MediaError as e:
-            return uid, path, None, e.reason, e.detail
+            return uid, path, None, e.reason, e.detail, {}
+        extra = {"hash": content_hash(wave, sr)["content_hash"], "seconds": float(info.get("seconds", 0.0)),
+                 "source_sr": int(info.get("source_sr", 0))} if digest else {}
+        return uid, path, wave[:clip], "", "", extra
 
     rows = list(zip(batch["uid"], batch["path"], segments(batch)))
     if threads > 1:
@@ -275,15 +286,35 @@ def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int 
     return [one(r) for r in rows]
 
 
-def decode_clips(batch: pd.DataFrame, sr: int, clip_seconds: float) -> pd.DataFrame:
+def decode_clips(batch: pd.DataFrame, sr: int, clip_seconds: float, digest: bool = False) -> pd.DataFrame:
     """The decode stage that runs on CPUs ahead of GPU encoder actors (Ray Data streams it, so
-    the actors encode one shard while CPUs decode the next): uid, path, the clip's float32
-    samples as bytes (null where it did not decode), and the reason."""
-    rows = decode_rows(batch, sr, clip_seconds)
-    return pd.DataFrame({"uid": [r[0] for r in rows], "path": [r[1] for r in rows],
-                         "wave": [None if r[2] is None else np.ascontiguousarray(r[2], np.float32).tobytes()
-                                  for r in rows],
-                         "reason": [r[3] for r in rows], "detail": [r[4] for r in rows]})
+    the actors encode one shard while CPUs decode the next): uid, path, the stages each row
+    needs, the clip's float32 samples as bytes (null where it did not decode), the reason, and
+    with `digest` the content hash, length and source rate (decode_rows)."""
+    rows = decode_rows(batch, sr, clip_seconds, digest=digest)
+    out = pd.DataFrame({"uid": [r[0] for r in rows], "path": [r[1] for r in rows],
+                        "wave": [None if r[2] is None else np.ascontiguousarray(r[2], np.float32).tobytes()
+                                 for r in rows],
+                        "reason": [r[3] for r in rows], "detail": [r[4] for r in rows]})
+    if "need" in batch:
+        out["need"] = list(batch["need"])
+    if digest:
+        out["digest"] = [r[5]["hash"].tobytes() if r[5] else None for r in rows]
+        out["seconds"] = [r[5].get("seconds", 0.0) for r in rows]
+        out["source_sr"] = [r[5].get("source_sr", 0) for r in rows]
+    return out
+
+
+def _predecoded(batch: pd.DataFrame) -> list:
+    """decode_rows' tuples from the columns decode_clips wrote."""
+    rows = []
+    for i, (uid, path, wave) in enumerate(zip(batch["uid"], batch["path"], batch["wave"])):
+        ok = isinstance(wave, (bytes, bytearray, memoryview))
+        extra = {"hash": np.frombuffer(batch["digest"].iloc[i], np.uint8), "seconds": float(batch["seconds"].iloc[i]),
+                 "source_sr": int(batch["source_sr"].iloc[i])} if ok and "digest" in batch else {}
+        rows.append((uid, path, np.frombuffer(wave, np.float32) if ok else None, batch["reason"].iloc[i],
+                     batch["detail"].iloc[i], extra))
+    return rows
 
 
 class EncoderStatesWorker:
@@ -303,18 +334,28 @@ class EncoderStatesWorker:
         busy0 = self.steps.busy_s
         params = stages[STAGE.name]["params"]
         failed = ShardWriter(stages, fs_uri)
-        if "wave" in batch:  # decoded ahead by the CPU stage (decode_clips)
-            rows = [(u, p, np.frombuffer(w, np.float32) if isinstance(w, (bytes, bytearray, memoryview)) else None,
-                     r, d) for u, p, w, r, d in zip(batch["uid"], batch["path"], batch["wave"], batch["reason"],
-                                                  batch["detail"])]  # a clip that did not decode: null
+        hashing = HASH in stages
+        if "wave" in batch:  # decoded ahead by the CPU stage (decode_clips); a clip that did not decode: null
+            rows = _predecoded(batch)
         else:
-            rows = decode_rows(batch, sr, float(params["clip_seconds"]), self.threads)
-        decoded = []
-        for uid, path, wave, reason, detail in rows:
+            rows = decode_rows(batch, sr, float(params["clip_seconds"]), self.threads, digest=hashing)
+        needs = [n.split(",") for n in batch["need"]] if "need" in batch else [[STAGE.name]] * len(batch)
+        hashes = ShardWriter({HASH: stages[HASH]}, fs_uri) if hashing else None
+        decoded, hash_only = [], set()
+        for (uid, path, wave, reason, detail, extra), need in zip(rows, needs):
             if wave is None:
-                failed.failed(uid, path, [STAGE.name], "decode", reason, detail)
-            else:
+                failed.failed(uid, path, need, "decode", reason, detail)
+                continue
+            if HASH in need:
+                hashes.ok(uid, path, {HASH: {"content_hash": extra["hash"]}},
+                          {"seconds": extra["seconds"], "source_sr": extra["source_sr"]})
+            if STAGE.name in need:
                 decoded.append((uid, path, wave))
+            else:
+                hash_only.add(uid)
+        if hashes is not None:  # one summary row per item: the hash's only for items not encoded
+            hashed = hashes.close()
+            failed.summary.extend(hashed[hashed["uid"].isin(hash_only)].to_dict("records"))
         frames = [failed.close(), *self.encode_and_write(decoded, stages, fs_uri, batch_size)]
         return _timed_summary(frames, self.steps.busy_s - busy0, time.perf_counter() - t0)
 
@@ -366,29 +407,34 @@ def encode_corpus(manifest: Manifest, model_path: str, *, window_seconds: float 
                   precision: str = "auto", fingerprint: str | None = None,
                   cache_dir: str | None = None, batch_size: int = 0, actors: int = 1, num_gpus: float = 0,
                   cpus_per_actor: int = 1, shard_size: int | None = None, progress: bool = True,
-                  strict: bool = False, decode_stage: bool | None = None) -> PrepareResult:
+                  strict: bool = False, decode_stage: bool | None = None, with_hash: bool = False) -> PrepareResult:
     """Encode every clip of the manifest once (what the cache holds already is reused).
     `fingerprint`: the manifest's, when the caller has computed it already. `precision`: the
     forward's (fp32, bf16, fp16; auto: AUTO_PRECISION for where it runs), part of the key.
     `batch_size` 0: sized from the device. `cpus_per_actor`: the actor's decode threads (and
     torch's). `decode_stage` (default: when the actors hold GPUs): decode on one-CPU Ray Data
     tasks streamed into the actors, so the device encodes one shard while the CPUs decode the
-    next, instead of in the actor between its shards."""
+    next, instead of in the actor between its shards. `with_hash`: the content_hash stage (the
+    split gate's digest of the decoded samples) is computed from the same decode and cached as
+    `data prepare` caches it, so a cold cache decodes each clip once."""
     from ..models.speech import encoder_content_hash
 
     gpus = _where(num_gpus)
     precision = resolve_precision(precision, gpus)
     params = {"model_hash": encoder_content_hash(model_path), "window_seconds": window_seconds,
               "clip_seconds": clip_seconds, "prefix_layer": prefix_layer, "dtype": dtype, "precision": precision}
+    from .features import get_stage
+
+    stages = {STAGE.name: (STAGE, params), **({HASH: (get_stage(HASH), {})} if with_hash else {})}
     return run_cached(
-        manifest.name, fingerprint or manifest.fingerprint(), manifest.items, manifest.problems, {STAGE.name: (STAGE, params)},
+        manifest.name, fingerprint or manifest.fingerprint(), manifest.items, manifest.problems, stages,
         EncoderStatesWorker, {"sr": TARGET_SR, "batch_size": int(batch_size or 0)}, cache_dir=cache_dir,
         strict=strict, shard_size=shard_size or (GPU_SHARD if gpus else 32), progress=progress,
         key_context={"sr": TARGET_SR},
         actors={"init": {"model_path": model_path, "window_seconds": window_seconds, "threads": cpus_per_actor,
                          "precision": precision},
                 "concurrency": actors, "num_gpus": num_gpus, "num_cpus": cpus_per_actor,
-                "pre": (decode_clips, {"sr": TARGET_SR, "clip_seconds": clip_seconds})
+                "pre": (decode_clips, {"sr": TARGET_SR, "clip_seconds": clip_seconds, "digest": with_hash})
                 if (num_gpus if decode_stage is None else decode_stage) else None})
 
 
