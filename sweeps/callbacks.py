@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import tune
 
 from workloads.core.console import process_age_s
-from workloads.core.tracking import TrackingContext, close_trial_run
+from workloads.core.tracking import RUN_ID_KEY, TrackingContext, close_trial_run
 
 _CURRENT_TRACKING_URI: str | None = None  # this driver's tracking URI (a resumed sweep may get a new port)
 
@@ -47,7 +47,7 @@ class ChildRunStatus(tune.Callback):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow-close")
         self._executor.submit(close_trial_run, TrackingContext(uri, self.experiment_id, self.parent_run_id),
-                              trial.trial_id, status, tags)
+                              trial.trial_id, status, tags, (trial.last_result or {}).get(RUN_ID_KEY))
 
     def wait(self) -> None:
         """Until every close asked for so far is done."""

@@ -40,7 +40,7 @@ def results_table(study, result_grid, arms: dict) -> pd.DataFrame:
             "test_macro_f1": m.get("test_macro_f1"), "trainable_params": m.get("trainable_params"),
             "total_params": m.get("total_params"), "wall_s": m.get("time_total_s"),
             "model": cfg.get("model_id"), "random_init": bool(cfg.get("random_init")),
-            "mlflow_unlogged_epochs": m.get("mlflow_unlogged_epochs", 0),
+            "mlflow_unlogged_epochs": m.get("mlflow_unlogged_epochs", 0), "mlflow_run_id": m.get("mlflow_run_id"),
             "status": "ERROR" if result.error else ("OK, early stop" if m.get("early_stopped") else
                                                     "OK" if m.get("fitted_once") else
                                                     "STOPPED" if m.get("epoch", 0) < cfg.get("epochs", 0) else "OK"),

@@ -322,7 +322,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
     art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
     model = session.prepare_model(setup.model, device)  # DDP wrapper in a data-parallel trial
     if tracking and session.rank == 0:
-        from .tracking import TrialRun  # MLflow only where a tracking server is in use
+        from .tracking import RUN_ID_KEY, TrialRun  # MLflow only where a tracking server is in use
     run = (TrialRun(tracking, session.trial_id, run_name, {**config, **info, "world_size": session.world},
                     {**setup.tags, **where}, art_dir)
            if tracking and session.rank == 0 else None)
@@ -375,7 +375,8 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                        # what the arm actually did (layers frozen/kept, heads left), for the results table
                        **{k: v for k, v in setup.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                        **(setup.epoch_metrics() if setup.epoch_metrics else {})}
-            placed = {**where, "device": str(device)}  # reported to Tune, not plotted in MLflow (strings)
+            placed = {**where, "device": str(device),  # reported to Tune, not plotted in MLflow (strings)
+                      **({RUN_ID_KEY: run.run_id} if run is not None and run.run_id else {})}
 
             if setup.patience:
                 if va["loss"] < state.get("best_val_loss", float("inf")):

@@ -56,7 +56,7 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
                "trainable_params": n_params, "total_params": n_params, "time_train_s": train_s,
                **{k: v for k, v in (info or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     if tracking is not None:
-        from .tracking import TrialRun
+        from .tracking import RUN_ID_KEY, TrialRun
 
         art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
         run = TrialRun(tracking, session.trial_id, run_name, {**config, **(info or {})}, tags, art_dir)
@@ -73,6 +73,8 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
             metrics["mlflow_unlogged_epochs"] = 1
         if not run.pending_artifacts:
             shutil.rmtree(art_dir, ignore_errors=True)
+        if run.run_id:
+            metrics[RUN_ID_KEY] = run.run_id  # the driver closes the run by it, without a search
     session.report(metrics, None)
     return {"best": metrics} if plain else None
 

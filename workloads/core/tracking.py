@@ -173,15 +173,21 @@ def find_child_run(client: MlflowClient, ctx: TrackingContext, trial_id: str):
     return runs[0] if runs else None
 
 
-def close_trial_run(ctx: TrackingContext, trial_id: str, status: str, tags: dict | None = None) -> None:
+RUN_ID_KEY = "mlflow_run_id"  # a trial's result carries its run's id, so the driver needs no search
+
+
+def close_trial_run(ctx: TrackingContext, trial_id: str, status: str, tags: dict | None = None,
+                    run_id: str | None = None) -> None:
     """Set a trial's child run to its final status (FINISHED, FAILED), with `tags`; a run
-    already FINISHED (a resumed sweep re-announces finished trials) is left as it is. Tracking
-    never takes a sweep down: a failure is one line on stderr."""
+    already FINISHED (a resumed sweep re-announces finished trials) is left as it is. The run
+    is fetched by `run_id` where the trial reported it (one lookup by key, whatever the runs in
+    the experiment), else searched for by trial id. Tracking never takes a sweep down: a
+    failure is one line on stderr."""
     try:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(ctx.uri)
-        run = find_child_run(client, ctx, trial_id)
+        run = client.get_run(run_id) if run_id else find_child_run(client, ctx, trial_id)
         if run is None or run.info.status == "FINISHED":
             return
         if tags:

@@ -550,9 +550,10 @@ def gen_tess(out: Path, n: int, seed: int, with_faults: bool):
     sf.write(first, wave, sr, format="AIFF")
 
 
-def gen_cremad(out: Path, n: int, seed: int, with_faults: bool):
+def gen_cremad(out: Path, n: int, seed: int, with_faults: bool, seconds: tuple = (1.2, 2.5)):
     """CREMA-D: `AudioWAV/1001_DFA_ANG_XX.wav`, 6 emotions (neutral a little rarer), 91 actors
-    at most, four intensity levels."""
+    at most, four intensity levels; a layout that grows to any size (bench/scale.py).
+    `seconds`: the clips' range of lengths."""
     codes = list(CREMAD_EMOTIONS)
     sentences = ["IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI"]
     levels = ["LO", "MD", "HI", "XX"]
@@ -562,7 +563,7 @@ def gen_cremad(out: Path, n: int, seed: int, with_faults: bool):
         return (f"AudioWAV/{1001 + spk}_{sentences[(k - 1) % len(sentences)]}_{codes[c]}_"
                 f"{levels[(k - 1) // len(sentences) % 4]}{'' if k <= 48 else k}.wav")
     _file_corpus(out, "cremad", seed, n, with_faults, codes, [1271, 1271, 1271, 1271, 1087, 1271], n_actors, 16000,
-                 (1.2, 2.5), name, misnamed="AudioWAV/1001_DFA_XYZ_XX.wav")
+                 tuple(seconds), name, misnamed="AudioWAV/1001_DFA_XYZ_XX.wav")
 
 
 def gen_savee(out: Path, n: int, seed: int, with_faults: bool):
