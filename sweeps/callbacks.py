@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import tune
@@ -63,6 +64,29 @@ class ChildRunStatus(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         self.wait()
+
+
+class DropFinishedWeights(tune.Callback):
+    """A finished trial is never resumed, so its kept checkpoint needs its progress (Tune and
+    --resume read it) but not its model and optimizer state: deleted here when Tune reports
+    the trial complete (a trial stopped early by the scheduler kept a full one). Without it a
+    sweep's disk grows by a model and its optimizer's moments per trial; an errored trial keeps
+    its weights for its retry."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        from workloads.core.loop import WEIGHTS
+
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        import pyarrow.fs as pafs
+
+        path = f"{checkpoint.path.rstrip('/')}/{WEIGHTS}"
+        try:
+            if checkpoint.filesystem.get_file_info(path).type == pafs.FileType.File:
+                checkpoint.filesystem.delete_file(path)
+        except OSError as e:  # disk is the only thing at stake: one line, the sweep goes on
+            print(f"[emosweep] could not drop the weights of finished trial {trial.trial_id}: {e}", file=sys.stderr)
 
 
 def trial_dirname(trial) -> str:

@@ -126,3 +126,15 @@ def test_crashed_trial_is_retried_from_its_checkpoint(sweep):
     resumed = client.get_metric_history(run.info.run_id, "resumed_from_epoch")
     assert {m.step: m.value for m in resumed}[2] == 1  # epoch 2 ran after restoring epoch 1's checkpoint
     assert all(c.data.tags.get("num_failures") == "0" for c in sweep["children"] if c is not run)
+
+
+def test_a_finished_trials_checkpoint_keeps_its_progress_not_its_weights(sweep):
+    """1,024 trials of the smallest MLP kept 50 MB each (model + Adam's moments) and filled the
+    disk: a finished trial never resumes, so its kept checkpoint is progress alone (the crashed
+    trial's retry still restored epoch 1's full checkpoint, tested above)."""
+    checkpoints = sorted((sweep["tmp"] / "ray" / "smoke-sweep").glob("*/checkpoint_*"))
+    assert len(checkpoints) == 6  # one kept per trial
+    for checkpoint in checkpoints:
+        assert not (checkpoint / "weights.pt").exists(), checkpoint
+        progress = json.loads((checkpoint / "progress.json").read_text())
+        assert progress["finished"] and progress["epoch"] == progress["history"][-1]["epoch"]

@@ -1,0 +1,496 @@
+"""How emosweep's cost grows with the work: clips, segments, the encoder cache, trials.
+
+Each stage runs as the user runs it, in a fresh process, at every size given, side by side:
+  data      `emosweep data prepare cremad` of a generated CREMA-D look-alike (2–4 s clips; the
+            layout grows to any size; smaller sizes are hard links into the largest) with
+            MFCC statistics and the content hash, into an empty cache;
+  segments  one generated 20-minute recording (WAV and MP3) cut into 256 manifest segments of
+            3 s: the first 32 and the last 32 decoded as the pipeline decodes them (seeking),
+            and, beside them, decoded from the file's start (how segments were read before);
+  encoder   S2's prepare (`speech_pooling.prepare`: the encoder cache, one decode per clip for
+            the states and the split gate's hash, the flat copy the trials map) with the shelf's
+            whisper-tiny.en, the cheapest real encoder, on the same look-alikes;
+  trials    a sweep of N cheap trials (`sweeps/audiomnist_mlp.py --smoke`, one epoch each) with
+            MLflow and the report, on a fresh home (its own Ray, MLflow server and experiment):
+            wall and the driver's CPU per trial, Tune's experiment state, a run look-up by tag
+            against a fetch by id, and `emosweep ui` plus the view's first page of runs.
+
+Per stage it fits cost = fixed + per_item × n over the sizes (least squares) and prints each
+size's per-item cost with the fixed part taken out, against the smallest size's. Memory is per
+process, sampled from /proc every 0.2 s across every process the stage starts (the command,
+Ray's GCS, raylet and workers, the MLflow server): the driver's peak and the largest other
+process's, anonymous memory (what the process itself holds); file-backed and shared pages
+(the page cache it maps, Ray's object store) apart. Disk: the cache's bytes against its arrays'
+own bytes. It draws the curves (log–log) to --png.
+
+    python bench/scale.py                                      # 1000,4000,16000 clips; 64,1024 trials
+    python bench/scale.py --sizes 1000,4000 --trials 64,256
+    python bench/scale.py --stages segments,trials
+    python bench/scale.py --quick                              # small sizes: a smoke run in minutes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from smallest import parse  # noqa: E402  (bench/, beside this file)
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"per_item": 1.15, "memory": 1.25, "disk": 1.25, "segments": 1.5, "trial": 1.25}
+STAGES = ("data", "segments", "encoder", "trials")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ----------------------------------------------------------------------------- memory
+
+def _status(pid: int) -> dict | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    kb = {k: int(fields.get(k, "0 kB").split()[0]) for k in ("RssAnon", "RssFile", "RssShmem")}
+    return {**kb, "cmd": cmd or fields.get("Name", "?").strip()}
+
+
+def _role(cmd: str) -> str:
+    """A process's part: Ray's worker (by its title), GCS, raylet, the MLflow server, or the
+    command's own name."""
+    words = cmd.split()
+    exe = words[0].rsplit("/", 1)[-1] if words else "?"
+    if exe.startswith("ray::"):
+        return exe
+    if exe in ("raylet", "gcs_server"):
+        return exe
+    if "default_worker.py" in cmd:
+        return "ray worker"
+    if "mlflow" in cmd and ("server" in cmd or "uvicorn" in cmd or "gunicorn" in cmd or "huey" in cmd):
+        return "mlflow server"
+    if exe.startswith("python") and len(words) > 1:
+        script = next((w for w in words[1:] if not w.startswith("-")), "")
+        return f"python {script.rsplit('/', 1)[-1]}"[:40]
+    return exe[:40]
+
+
+class Memory:
+    """Peak memory of every process started while it runs (all of them, not only descendants:
+    a shared Ray or MLflow keeper detaches from the command that starts it)."""
+
+    def __init__(self, every: float = 0.2):
+        self.before = set(self._pids())
+        self.me = os.getpid()
+        self.peak: dict = {}  # pid → {"anon": MB, "file": MB, "cmd": …}
+        self.driver: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _pids():
+        return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+    def _run(self, every):
+        while not self._stop.is_set():
+            for pid in self._pids():
+                if pid in self.before or pid == self.me:
+                    continue
+                s = _status(pid)
+                if s is None:
+                    continue
+                p = self.peak.setdefault(pid, {"anon": 0.0, "file": 0.0, "cmd": s["cmd"]})
+                p["anon"] = max(p["anon"], s["RssAnon"] / 1024)
+                p["file"] = max(p["file"], (s["RssFile"] + s["RssShmem"]) / 1024)
+            self._stop.wait(every)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        drv = self.peak.get(self.driver, {"anon": 0.0, "file": 0.0})
+        others = [(pid, p) for pid, p in self.peak.items() if pid != self.driver]
+        big = max(others, key=lambda x: x[1]["anon"], default=(None, {"anon": 0.0, "cmd": "-"}))[1]
+        return {"driver_mb": drv["anon"], "other_mb": big["anon"], "other": _role(big.get("cmd", "-")),
+                "file_mb": max([p["file"] for p in self.peak.values()] or [0.0]), "processes": len(self.peak)}
+
+
+def run_measured(cmd: list, env: dict | None = None, log: Path | None = None, cwd=ROOT) -> dict:
+    """Run `cmd` to its end; its wall time, its own CPU seconds (sampled while it lives) and
+    every new process's peak memory."""
+    mem = Memory()
+    t = time.perf_counter()
+    with open(log or os.devnull, "w") as out:
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        mem.driver = proc.pid
+        cpu = 0.0
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                pass
+            time.sleep(0.1)
+    wall = time.perf_counter() - t
+    out = {"wall_s": wall, "driver_cpu_s": cpu, **mem.stop()}
+    if proc.returncode != 0:
+        tail = Path(log).read_text()[-3000:] if log else ""
+        raise SystemExit(f"{' '.join(map(str, cmd[:4]))} … exited {proc.returncode}\n{tail}")
+    return out
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def fit(sizes: list, costs: list) -> tuple[float, float]:
+    """cost = fixed + per_item × n, least squares (fixed ≥ 0)."""
+    if len(sizes) < 2:
+        return 0.0, costs[0] / sizes[0]
+    per, fixed = np.polyfit(np.asarray(sizes, float), np.asarray(costs, float), 1)
+    if fixed < 0:
+        return 0.0, float(np.dot(sizes, costs) / np.dot(sizes, sizes))
+    return float(fixed), float(per)
+
+
+def per_item(sizes, costs) -> list:
+    fixed, _ = fit(sizes, costs)
+    return [(c - fixed) / n for n, c in zip(sizes, costs)]
+
+
+# ----------------------------------------------------------------------------- corpora
+
+def corpus(work: Path, n: int, largest: int, seed: int) -> Path:
+    """A CREMA-D look-alike of n clips: the largest generated once, smaller ones hard links
+    to its first n files (same clips, same bytes)."""
+    from workloads.data.synth import generate
+
+    big = work / f"cremad-{largest}-s{seed}"
+    if not (big / "_synth.json").exists():
+        shutil.rmtree(big, ignore_errors=True)
+        t = time.perf_counter()
+        print(f"  generating {largest} CREMA-D-like clips of 2–4 s in {big} …", flush=True)
+        generate("cremad", big, largest, seed=seed, seconds=(2.0, 4.0))
+        print(f"  generated in {time.perf_counter() - t:.0f} s", flush=True)
+    if n == largest:
+        return big
+    small = work / f"cremad-{n}-of-{largest}-s{seed}"
+    if not small.exists():
+        tmp = small.with_name(small.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "AudioWAV").mkdir(parents=True)
+        for f in sorted((big / "AudioWAV").iterdir())[:n]:
+            os.link(f, tmp / "AudioWAV" / f.name)
+        tmp.rename(small)
+    return small
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_data(work: Path, sizes: list, opts) -> list:
+    rows = []
+    for n in sizes:
+        root = corpus(work, n, max(sizes), opts.seed)
+        cache = work / f"cache-data-{n}"
+        shutil.rmtree(cache, ignore_errors=True)
+        m = run_measured([sys.executable, "-m", "sweeps.cli", "data", "prepare", "cremad", "--root", str(root),
+                          "--features", "mfcc_stats", "content_hash", "--cache-dir", str(cache), "--no-progress"],
+                         env={"EMOSWEEP_HOME": str(work / "home-data")}, log=work / f"data-{n}.log")
+        from workloads.data.pipeline import read_stage
+
+        arrays = 0
+        from workloads.data.shards import INDEX
+
+        for stage_dir in sorted(p.parent for p in cache.rglob(INDEX)):
+            frame, values = read_stage(str(cache), str(stage_dir))
+            arrays += sum(a.nbytes for a in values)
+        rows.append({"stage": "data", "n": n, **m, "disk": du(cache), "arrays": arrays})
+        print(f"  data {n}: {m['wall_s']:.1f} s", flush=True)
+    return rows
+
+
+def stage_segments(work: Path, opts) -> list:
+    """Per-segment decode cost at the recording's start and end, seeking against decoding
+    from the file's start."""
+    from workloads.data import audio
+    from workloads.data.pipeline import read_and_decode
+    from workloads.data.synth import encode_media, write_wav
+
+    minutes, count, seconds = opts.recording_minutes, opts.segments, 3.0
+    folder = work / f"recording-{minutes:g}min"
+    folder.mkdir(exist_ok=True)
+    sr = 44100
+    if not (folder / "long.mp3").exists():
+        rng = np.random.default_rng(opts.seed)
+        t = np.arange(int(minutes * 60 * sr)) / sr
+        wave = (0.3 * np.sin(2 * np.pi * (200 + 50 * np.sin(t / 3)) * t)
+                + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+        write_wav(folder / "long.wav", wave, sr)
+        encode_media(folder / "long.mp3", wave, sr, container="mp3", audio_codec="libmp3lame", video=False,
+                     channels=1)
+        del wave
+    step = (minutes * 60 - seconds) / (count - 1)
+    segs = [(i * step, i * step + seconds) for i in range(count)]
+    k = min(32, count // 2)
+    rows = []
+    for kind in ("wav", "mp3"):
+        path = str(folder / f"long.{kind}")
+
+        def timed(parts, seek=True):
+            t = time.perf_counter()
+            for seg in parts:
+                if seek:
+                    read_and_decode(path, 16000, segment=seg)
+                else:  # before: decoded from the start, up to the segment's end
+                    audio._decode(path, 16000, path, True, audio.MAX_SECONDS, seg, None, seek=False)
+            return (time.perf_counter() - t) / len(parts)
+
+        timed(segs[:2])  # warm the page cache and the imports
+        first, last = timed(segs[:k]), timed(segs[-k:])
+        old_first, old_last = timed(segs[:k], False), timed(segs[-k:], False)
+        rows.append({"stage": "segments", "kind": kind, "k": k, "first_ms": first * 1e3, "last_ms": last * 1e3,
+                     "old_first_ms": old_first * 1e3, "old_last_ms": old_last * 1e3})
+    return rows
+
+
+ENCODE = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from sweeps.hubert_pooling import STUDY
+from workloads import speech_pooling
+config = {{**STUDY.defaults, "seed": 0, "data_dir": {data!r}, "arm": "probe", "pooling": "probe"}}
+t = time.perf_counter()
+out = speech_pooling.prepare(config, model={model!r})
+print(json.dumps({{"states_dir": out.get("states_dir"), "cache_fs": out.get("cache_fs"),
+                  "prepare_s": time.perf_counter() - t}}))
+"""
+
+
+def stage_encoder(work: Path, sizes: list, opts) -> list:
+    from workloads.models.shelf import shelf_model_path
+
+    model = shelf_model_path("whisper-tiny.en")
+    rows = []
+    for n in sizes:
+        root = corpus(work, n, max(sizes), opts.seed)
+        home = work / f"home-encoder-{n}"
+        shutil.rmtree(home, ignore_errors=True)
+        log = work / f"encoder-{n}.log"
+        m = run_measured([sys.executable, "-c", ENCODE.format(root=str(ROOT), data=str(root), model=model)],
+                         env={"EMOSWEEP_HOME": str(home)}, log=log)
+        info = json.loads([line for line in log.read_text().splitlines() if line.startswith("{")][-1])
+        states = Path(info["states_dir"])
+        flat = sum(f.stat().st_size for f in states.rglob("*") if f.is_file() and "flat" in f.name
+                   and not f.name.endswith(".json"))
+        shards = sum(f.stat().st_size for f in states.glob("shard-*.parquet"))
+        rows.append({"stage": "encoder", "n": n, **m, "disk": du(home / "cache"), "shards": shards, "flat": flat,
+                     "arrays": flat})
+        print(f"  encoder {n}: {m['wall_s']:.1f} s", flush=True)
+    return rows
+
+
+def stage_trials(work: Path, counts: list, opts) -> list:
+    rows = []
+    for n in counts:
+        home = work / f"home-trials-{n}"
+        shutil.rmtree(home, ignore_errors=True)
+        env = {"EMOSWEEP_HOME": str(home), "EMOSWEEP_PROGRESS": "0"}
+        log = work / f"trials-{n}.log"
+        m = run_measured([sys.executable, str(ROOT / "sweeps" / "audiomnist_mlp.py"), "--smoke", "--arms",
+                          "h1_relu_deltas", "--num-samples", str(n), "--epochs", "1", "--name", f"scale-{n}",
+                          "--seed", str(opts.seed)], env=env, log=log)
+        text = log.read_text()
+        timings = dict((k, float(v)) for k, v in re.findall(r"(\w+_s)=([\d.]+)", text.split("driver timings:")[-1]))
+        uri = re.search(r"MLflow: (\S+)", text).group(1)
+        state = max((home / "ray" / f"scale-{n}").glob("experiment_state-*.json"), key=os.path.getmtime)
+        lookups = run_lookups(uri, n, env)
+        ui = run_measured([sys.executable, "-m", "sweeps.cli", "ui", "--print-only", f"scale-{n}"], env=env)
+        rows.append({"stage": "trials", "n": n, **m, **lookups, "ui_s": ui["wall_s"],
+                     "tune_fit_s": timings.get("tune_fit_s", float("nan")),
+                     "outside_fit_s": timings.get("total_s", 0) - timings.get("tune_fit_s", 0),
+                     "state_bytes": state.stat().st_size})
+        subprocess.run([sys.executable, "-m", "sweeps.cli", "tracking", "--stop"], env={**os.environ, **env},
+                       capture_output=True)
+        subprocess.run([sys.executable, "-m", "sweeps.cli", "ray", "--stop"], env={**os.environ, **env},
+                       capture_output=True)
+        print(f"  trials {n}: {m['wall_s']:.1f} s", flush=True)
+    return rows
+
+
+def run_lookups(uri: str, n: int, env: dict) -> dict:
+    """What one trial's run costs the driver to find: a search by the trial-id tag (before) and
+    a fetch by run id (now), medians of 20; and the view's first page of runs (what the UI
+    loads)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("audiomnist_mlp")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.trial_id != ''", max_results=20)
+
+    def median(fn):
+        times = []
+        for r in runs:
+            t = time.perf_counter()
+            fn(r)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e3
+
+    search = median(lambda r: client.search_runs([exp.experiment_id], max_results=2,
+                                                 filter_string=f"tags.trial_id = '{r.data.tags['trial_id']}'"))
+    by_id = median(lambda r: client.get_run(r.info.run_id))
+    t = time.perf_counter()
+    client.search_runs([exp.experiment_id], max_results=100, order_by=["metrics.test_acc DESC"])
+    return {"search_ms": search, "get_ms": by_id, "view_s": time.perf_counter() - t}
+
+
+# ----------------------------------------------------------------------------- report
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def verdict(value, goal):
+    return "ok" if value <= goal else "MISSED"
+
+
+def report(rows: list, png: str | None) -> None:
+    by = {}
+    for r in rows:
+        by.setdefault(r["stage"], []).append(r)
+    curves = {}
+    for stage in ("data", "encoder"):
+        if stage not in by:
+            continue
+        rs = sorted(by[stage], key=lambda r: r["n"])
+        sizes, walls = [r["n"] for r in rs], [r["wall_s"] for r in rs]
+        fixed, per = fit(sizes, walls)
+        items = per_item(sizes, walls)
+        curves[stage] = (sizes, walls, fixed, per)
+        print(f"\n{stage}: cost = {fixed:.1f} s + {per * 1e3:.2f} ms × clips  (least squares over {len(sizes)} sizes)")
+        print(f"| clips | wall s | per clip ms (fixed out) | vs smallest | driver MB | largest other MB | "
+              f"mapped/shared MB | disk MB | arrays MB | disk / arrays |")
+        print("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+        for r, item in zip(rs, items):
+            print(f"| {r['n']} | {r['wall_s']:.1f} | {item * 1e3:.2f} | {ratio(item, items[0]):.2f} | "
+                  f"{r['driver_mb']:.0f} | {r['other_mb']:.0f} ({r['other']}) | {r['file_mb']:.0f} | "
+                  f"{r['disk'] / 1e6:.0f} | {r['arrays'] / 1e6:.0f} | {ratio(r['disk'], r['arrays']):.2f} |")
+        last, first = rs[-1], rs[0]
+        checks = [("per clip, largest vs smallest", ratio(items[-1], items[0]), GOALS["per_item"]),
+                  ("driver memory, largest vs smallest", ratio(last["driver_mb"], first["driver_mb"]), GOALS["memory"]),
+                  ("largest other process's memory", ratio(last["other_mb"], first["other_mb"]), GOALS["memory"]),
+                  ("disk / arrays at the largest", ratio(last["disk"], last["arrays"]), GOALS["disk"])]
+        if stage == "encoder":
+            print(f"  of the encoder's disk at {last['n']}: parquet shards {last['shards'] / 1e6:.0f} MB, the "
+                  f"trials' flat copy {last['flat'] / 1e6:.0f} MB")
+            checks.append(("shards / arrays at the largest", ratio(last["shards"], last["arrays"]), GOALS["disk"]))
+        for what, value, goal in checks:
+            print(f"  {what}: {value:.2f} (goal ≤ {goal}) {verdict(value, goal)}")
+    if "segments" in by:
+        print("\nsegments: a 3-s segment's decode, the first k against the last k of the recording")
+        print("| file | k | first ms | last ms | last / first | from the start: first ms | last ms | last / first |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in by["segments"]:
+            print(f"| {r['kind']} | {r['k']} | {r['first_ms']:.1f} | {r['last_ms']:.1f} | "
+                  f"{ratio(r['last_ms'], r['first_ms']):.2f} | {r['old_first_ms']:.1f} | {r['old_last_ms']:.1f} | "
+                  f"{ratio(r['old_last_ms'], r['old_first_ms']):.2f} |")
+        for r in by["segments"]:
+            value = ratio(r["last_ms"], r["first_ms"])
+            print(f"  {r['kind']}: last / first {value:.2f} (goal ≤ {GOALS['segments']}) {verdict(value, GOALS['segments'])}")
+    if "trials" in by:
+        rs = sorted(by["trials"], key=lambda r: r["n"])
+        print("\ntrials: cheap one-epoch trials, a fresh Ray, MLflow server and experiment each")
+        print("| trials | wall s | wall per trial s | driver CPU per trial ms | tune fit s | the rest s | "
+              "Tune state KB | look-up by tag ms | by id ms | view s | `emosweep ui` s | driver MB | "
+              "largest other MB |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in rs:
+            print(f"| {r['n']} | {r['wall_s']:.1f} | {r['wall_s'] / r['n']:.3f} | {r['driver_cpu_s'] / r['n'] * 1e3:.0f} | "
+                  f"{r['tune_fit_s']:.1f} | {r['outside_fit_s']:.1f} | {r['state_bytes'] / 1e3:.0f} | "
+                  f"{r['search_ms']:.1f} | {r['get_ms']:.1f} | {r['view_s']:.2f} | {r['ui_s']:.1f} | "
+                  f"{r['driver_mb']:.0f} | {r['other_mb']:.0f} ({r['other']}) |")
+        walls = [r["wall_s"] for r in rs]
+        items = per_item([r["n"] for r in rs], walls)
+        curves["trials"] = ([r["n"] for r in rs], walls, *fit([r["n"] for r in rs], walls))
+        if len(rs) > 1:
+            value = ratio(items[-1], items[0])
+            print(f"  time per trial (fixed out), {rs[-1]['n']} vs {rs[0]['n']}: {value:.2f} "
+                  f"(goal ≤ {GOALS['trial']}) {verdict(value, GOALS['trial'])}")
+            cpu = ratio(rs[-1]["driver_cpu_s"] / rs[-1]["n"], rs[0]["driver_cpu_s"] / rs[0]["n"])
+            print(f"  the driver's CPU per trial, {rs[-1]['n']} vs {rs[0]['n']}: {cpu:.2f}")
+    if png and curves:
+        draw(curves, png)
+        print(f"\ncurves: {png}")
+
+
+def draw(curves: dict, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
+    for ax, (stage, (sizes, walls, fixed, per)) in zip(axes[0], curves.items()):
+        xs = np.geomspace(min(sizes), max(sizes) * 1.5, 50)
+        ax.loglog(sizes, walls, "o", label="measured")
+        ax.loglog(xs, fixed + per * xs, "-", label=f"{fixed:.0f} s + {per * 1e3:.1f} ms × n")
+        ax.loglog(xs, per * xs, ":", color="grey", label="per-item part alone")
+        ax.set_title(stage)
+        ax.set_xlabel("trials" if stage == "trials" else "clips")
+        ax.set_ylabel("wall s")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1000,4000,16000", help="clips per corpus (data, encoder)")
+    ap.add_argument("--trials", default="64,1024", help="trials per sweep")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"a subset of {','.join(STAGES)}")
+    ap.add_argument("--recording-minutes", type=float, default=20.0)
+    ap.add_argument("--segments", type=int, default=256)
+    ap.add_argument("--work", default=str(Path.home() / "emosweep-bench" / "scale"),
+                    help="generated corpora and caches (kept; corpora are reused)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--png", default="scale.png")
+    ap.add_argument("--json", help="write the rows here")
+    opts = parse(ap, argv, sizes="100,200", trials="4,8", recording_minutes=2.0, segments=32)
+    stages = [s for s in opts.stages.split(",") if s]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        ap.error(f"unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
+    sizes = sorted(int(x) for x in opts.sizes.split(","))
+    counts = sorted(int(x) for x in opts.trials.split(","))
+    work = Path(opts.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))
+    rows = []
+    for stage in stages:
+        print(f"[{stage}]", flush=True)
+        if stage == "data":
+            rows += stage_data(work, sizes, opts)
+        elif stage == "segments":
+            rows += stage_segments(work, opts)
+        elif stage == "encoder":
+            rows += stage_encoder(work, sizes, opts)
+        else:
+            rows += stage_trials(work, counts, opts)
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(rows, indent=1))
+    report(rows, opts.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
