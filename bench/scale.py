@@ -49,6 +49,7 @@ from smallest import parse  # noqa: E402  (bench/, beside this file)
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"per_item": 1.15, "memory": 1.25, "disk": 1.25, "segments": 1.5, "trial": 1.25}
 STAGES = ("data", "segments", "encoder", "trials")
+STUDY_ARMS = "probe,layers_mean,masked_mean,attention"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -328,6 +329,34 @@ def stage_trials(work: Path, counts: list, opts) -> list:
     return rows
 
 
+def stage_study(work: Path, n: int, opts) -> list:
+    """S2 end to end on the n-clip look-alike: --folds 2, four arms, whisper-tiny.en, on the
+    encoder stage's home when it ran (its cache is reused: the study's own prepare then only
+    checks it) or a fresh one."""
+    from workloads.models.shelf import shelf_model_path
+
+    root = corpus(work, n, n, opts.seed) if not (work / f"cremad-{n}-s{opts.seed}").exists() else \
+        work / f"cremad-{n}-s{opts.seed}"
+    home = work / f"home-encoder-{n}"
+    env = {"EMOSWEEP_HOME": str(home), "EMOSWEEP_PROGRESS": "0"}
+    log = work / f"study-{n}.log"
+    cmd = [sys.executable, str(ROOT / "sweeps" / "hubert_pooling.py"), "--corpus", f"cremad={root}",
+           "--model", shelf_model_path("whisper-tiny.en"), "--folds", "2", "--arms", STUDY_ARMS,
+           "--name", f"scale-study-{n}", "--seed", str(opts.seed),
+           *(["--epochs", str(opts.study_epochs)] if opts.study_epochs else [])]
+    print("  " + " ".join(cmd[1:]), flush=True)
+    m = run_measured(cmd, env=env, log=log)
+    text = log.read_text()
+    table = text[text.find("hubert_pooling — "):text.find("results:")] if "hubert_pooling — " in text else ""
+    print(table, flush=True)
+    subprocess.run([sys.executable, "-m", "sweeps.cli", "tracking", "--stop"], env={**os.environ, **env},
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "sweeps.cli", "ray", "--stop"], env={**os.environ, **env},
+                   capture_output=True)
+    return [{"stage": "study", "n": n, **m, "disk": du(home), "cache": du(home / "cache"),
+             "ray": du(home / "ray") if (home / "ray").exists() else 0}]
+
+
 def run_lookups(uri: str, n: int, env: dict) -> dict:
     """What one trial's run costs the driver to find: a search by the trial-id tag (before) and
     a fetch by run id (now), medians of 20; and the view's first page of runs (what the UI
@@ -428,6 +457,11 @@ def report(rows: list, png: str | None) -> None:
                   f"(goal ≤ {GOALS['trial']}) {verdict(value, GOALS['trial'])}")
             cpu = ratio(rs[-1]["driver_cpu_s"] / rs[-1]["n"], rs[0]["driver_cpu_s"] / rs[0]["n"])
             print(f"  the driver's CPU per trial, {rs[-1]['n']} vs {rs[0]['n']}: {cpu:.2f}")
+    for r in by.get("study", []):
+        print(f"\nS2 end to end, {r['n']} clips, --folds 2, arms {STUDY_ARMS}: {r['wall_s'] / 60:.1f} min; "
+              f"peak memory: driver {r['driver_mb']:.0f} MB, largest other {r['other_mb']:.0f} MB ({r['other']}), "
+              f"mapped/shared {r['file_mb']:.0f} MB; disk {r['disk'] / 1e9:.1f} GB (cache "
+              f"{r['cache'] / 1e9:.1f} GB, Ray's trial folders {r['ray'] / 1e9:.2f} GB)")
     if png and curves:
         draw(curves, png)
         print(f"\ncurves: {png}")
@@ -457,24 +491,29 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,4000,16000", help="clips per corpus (data, encoder)")
     ap.add_argument("--trials", default="64,1024", help="trials per sweep")
-    ap.add_argument("--stages", default=",".join(STAGES), help=f"a subset of {','.join(STAGES)}")
+    ap.add_argument("--stages", default=",".join(STAGES),
+                    help=f"a subset of {','.join(STAGES)}; or study: S2 end to end on the largest size "
+                         f"(--folds 2, arms {STUDY_ARMS}), on the encoder stage's cache")
+    ap.add_argument("--study-epochs", type=int, help="the study's epochs (default: S2's)")
     ap.add_argument("--recording-minutes", type=float, default=20.0)
     ap.add_argument("--segments", type=int, default=256)
-    ap.add_argument("--work", default=str(Path.home() / "emosweep-bench" / "scale"),
-                    help="generated corpora and caches (kept; corpora are reused)")
+    ap.add_argument("--work", help="generated corpora and caches (kept; corpora are reused; default "
+                                   "$EMOSWEEP_HOME/bench-scale)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--png", default="scale.png")
     ap.add_argument("--json", help="write the rows here")
-    opts = parse(ap, argv, sizes="100,200", trials="4,8", recording_minutes=2.0, segments=32)
+    opts = parse(ap, argv, sizes="40,80", trials="3", recording_minutes=1.0, segments=16)
     stages = [s for s in opts.stages.split(",") if s]
-    unknown = set(stages) - set(STAGES)
+    unknown = set(stages) - set(STAGES) - {"study"}
     if unknown:
         ap.error(f"unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
     sizes = sorted(int(x) for x in opts.sizes.split(","))
     counts = sorted(int(x) for x in opts.trials.split(","))
-    work = Path(opts.work)
-    work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
+    from workloads.core.paths import emosweep_home
+
+    work = Path(opts.work) if opts.work else emosweep_home() / "bench-scale"
+    work.mkdir(parents=True, exist_ok=True)
     rows = []
     for stage in stages:
         print(f"[{stage}]", flush=True)
@@ -484,8 +523,10 @@ def main(argv=None) -> int:
             rows += stage_segments(work, opts)
         elif stage == "encoder":
             rows += stage_encoder(work, sizes, opts)
-        else:
+        elif stage == "trials":
             rows += stage_trials(work, counts, opts)
+        else:
+            rows += stage_study(work, max(sizes), opts)
     if opts.json:
         Path(opts.json).write_text(json.dumps(rows, indent=1))
     report(rows, opts.png)

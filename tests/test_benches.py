@@ -22,6 +22,7 @@ FIGURES = {
     "fer_throughput.py": ["Ray Data cold / pandas:"],
     "pooling_cache.py": ["seven cached arms / one naive arm ="],
     "s2_folds.py": ["× the 30-minute budget"],
+    "scale.py": ["per clip, largest vs smallest:", "segments: a 3-s segment's decode", "wall per trial s"],
     "tracking_throughput.py": ["epochs/s"],
     "trial_overhead.py": ["ratio (b)/(a)", "the floor, Ray + Tune alone"],
     "vs_optuna.py": ["ratio (a)/(b):", "emosweep's share of it (c)/(b):", "validation accuracy:"],
@@ -32,6 +33,9 @@ FIGURES = {
 # Ray" side): in the suite that would kill the test session's own Ray, and pytest with it, so they
 # run in a PID namespace of their own, where `ray stop` sees only their processes.
 OWN_PIDS = {"trial_overhead.py"}
+# Extra arguments for the smoke run. scale.py's encoder stage is S2's prepare, which the S2 tests
+# run; left out here to keep the suite inside its time.
+ARGS = {"scale.py": ["--stages", "segments,data,trials"]}
 
 
 def test_every_bench_is_run_here():
@@ -44,7 +48,7 @@ def test_every_bench_is_run_here():
 def test_a_bench_runs_at_its_smallest_size_and_prints_its_figure(bench, tmp_path):
     env = {**os.environ, "EMOSWEEP_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
            "EMOSWEEP_MLFLOW_IDLE_S": "60", "EMOSWEEP_RAY_IDLE_S": "60"}
-    command = [sys.executable, str(ROOT / "bench" / bench), "--quick"]
+    command = [sys.executable, str(ROOT / "bench" / bench), "--quick", *ARGS.get(bench, [])]
     if bench in OWN_PIDS:
         if not shutil.which("unshare") or os.geteuid() != 0:
             pytest.skip(f"{bench} stops every Ray on the machine; it runs here in a PID namespace of its own, "
