@@ -155,6 +155,21 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not f.is_symlink())
 
 
+def array_bytes(stage_dir: Path, feature: str) -> int:
+    """The arrays' own bytes in a cached stage: Σ items' shape × the dtype's size, read from the
+    shards' shape columns (not the arrays)."""
+    import pyarrow.parquet as pq
+
+    from workloads.data.shards import array_dtype
+
+    total = 0
+    for shard in sorted(stage_dir.glob("shard-*.parquet")):
+        table = pq.read_table(shard, columns=[f"{feature}_shape"])
+        itemsize = array_dtype(pq.read_schema(shard).field(feature)).itemsize
+        total += sum(int(np.prod(s)) for s in table.column(0).to_pylist()) * itemsize
+    return total
+
+
 def fit(sizes: list, costs: list) -> tuple[float, float]:
     """cost = fixed + per_item × n, least squares (fixed ≥ 0)."""
     if len(sizes) < 2:
@@ -208,14 +223,17 @@ def stage_data(work: Path, sizes: list, opts) -> list:
         m = run_measured([sys.executable, "-m", "sweeps.cli", "data", "prepare", "cremad", "--root", str(root),
                           "--features", "mfcc_stats", "content_hash", "--cache-dir", str(cache), "--no-progress"],
                          env={"EMOSWEEP_HOME": str(work / "home-data")}, log=work / f"data-{n}.log")
-        from workloads.data.pipeline import read_stage
+        import pyarrow.parquet as pq
 
-        arrays = 0
         from workloads.data.shards import INDEX
 
+        arrays = 0
         for stage_dir in sorted(p.parent for p in cache.rglob(INDEX)):
-            frame, values = read_stage(str(cache), str(stage_dir))
-            arrays += sum(a.nbytes for a in values)
+            shard = next(stage_dir.glob("shard-*.parquet"), None)
+            if shard is not None:
+                for name in pq.read_schema(shard).names:
+                    if name.endswith("_shape"):
+                        arrays += array_bytes(stage_dir, name[:-len("_shape")])
         rows.append({"stage": "data", "n": n, **m, "disk": du(cache), "arrays": arrays})
         print(f"  data {n}: {m['wall_s']:.1f} s", flush=True)
     return rows
@@ -292,11 +310,10 @@ def stage_encoder(work: Path, sizes: list, opts) -> list:
                          env={"EMOSWEEP_HOME": str(home)}, log=log)
         info = json.loads([line for line in log.read_text().splitlines() if line.startswith("{")][-1])
         states = Path(info["states_dir"])
-        flat = sum(f.stat().st_size for f in states.rglob("*") if f.is_file() and "flat" in f.name
-                   and not f.name.endswith(".json"))
+        flat = du(states / "flat") if (states / "flat").exists() else 0
         shards = sum(f.stat().st_size for f in states.glob("shard-*.parquet"))
         rows.append({"stage": "encoder", "n": n, **m, "disk": du(home / "cache"), "shards": shards, "flat": flat,
-                     "arrays": flat})
+                     "arrays": array_bytes(states, "states")})
         print(f"  encoder {n}: {m['wall_s']:.1f} s", flush=True)
     return rows
 

@@ -142,3 +142,33 @@ def test_a_segment_of_a_file_over_the_size_cap_is_read_by_seeking(tmp_path):
         read_and_decode(str(path), 16000, max_file_mb=1.0)
     part = read_and_decode(str(path), 16000, max_file_mb=1.0, segment=(30.0, 32.0))
     assert part.size == 32000 and abs(dominant_hz(part, 16000) - TONE) < 5
+
+
+def test_a_recordings_segments_read_through_one_open_file_match_fresh_decodes(tmp_path):
+    """A worker reads a long recording's segments through one open file (Recording): FFmpeg
+    indexes the packets its first seek passed, so the next segments of an MP3 without a seek
+    table do not scan the file again. In order, backwards, at the very start after a late one:
+    the samples are decode_audio's, and a later segment reads few bytes."""
+    from workloads.data.audio import Recording
+
+    sr = 44100
+    rng = np.random.default_rng(1)
+    t = np.arange(90 * sr) / sr
+    wave = (0.3 * np.sin(2 * np.pi * (220 + 40 * np.sin(t / 2)) * t) + 0.05 * rng.standard_normal(t.size)
+            ).astype(np.float32)
+    path = tmp_path / "long.mp3"
+    encode_media(path, wave, sr, container="mp3", audio_codec="libmp3lame", video=False, channels=1)
+    opened = []
+
+    def opener():
+        opened.append(CountingFile(path))
+        return opened[-1]
+
+    with Recording() as recording:
+        for segment in [(80.0, 82.0), (84.5, 86.0), (60.0, 61.5), (0.2, 1.0), (85.0, 88.0)]:
+            before = sum(f.read_bytes for f in opened)
+            part = recording.read(str(path), opener, segment=segment)
+            np.testing.assert_array_equal(part, decode_audio(str(path), segment=segment))
+            if segment[0] == 84.5:  # right after (80, 82): through the index, not a new scan from the start
+                assert sum(f.read_bytes for f in opened) - before < 0.2 * path.stat().st_size
+    assert len(opened) == 2  # reopened once: for the segment at the file's start

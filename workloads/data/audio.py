@@ -108,61 +108,122 @@ def decode_audio(source, sr: int = TARGET_SR, name: str | None = None,
         return _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek=False)
 
 
-def _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek: bool) -> np.ndarray:
+class Recording:
+    """A long recording kept open while a worker reads its segments, one after another. FFmpeg
+    indexes the packets it passes while seeking, so on an open container the second and later
+    segments seek through that index instead of scanning the file again (an MP3 without a
+    seek table has nothing else: a fresh open pays a scan up to each segment). Holds one file;
+    `read` of another closes it first. Use as a context manager, or call close()."""
+
+    def __init__(self):
+        self.key, self.container, self.handle, self.used = None, None, None, False
+
+    def read(self, key: str, opener, sr: int = TARGET_SR, max_seconds: float | None = MAX_SECONDS,
+             segment: tuple[float, float] = (0.0, 0.0), info: dict | None = None) -> np.ndarray:
+        """Segment (start, end) of the file `key`; `opener()` gives a seekable file object
+        (called when the file is not the one open). Samples as decode_audio's."""
+        if key != self.key or (self.used and segment[0] - SEEK_PREROLL <= 0):  # the start: from a fresh open
+            self._reopen(key, opener)
+        try:
+            try:
+                wave = _decode_open(self.container, sr, key, True, max_seconds, segment, info, seek=True)
+            except _Untimed:
+                self._reopen(key, opener)
+                wave = _decode_open(self.container, sr, key, True, max_seconds, segment, info, seek=False)
+        except BaseException:
+            self.close()  # where a failed decode left the container is unknown
+            raise
+        self.used = True
+        return wave
+
+    def _reopen(self, key, opener) -> None:
+        self.close()
+        self.handle = opener()
+        self.container = _open(self.handle, key)
+        self.key = key
+
+    def close(self) -> None:
+        for thing in (self.container, self.handle):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:
+                    pass
+        self.key, self.container, self.handle, self.used = None, None, None, False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _open(source, name: str):
+    """An FFmpeg container on `source` (bytes, a path or a file object), or MediaError."""
     import av  # PyAV, FFmpeg's libraries: imported where media is decoded, not by training code
 
-    name = name or (source if isinstance(source, str) else "<bytes>")
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise MediaError(name, "unreadable", "empty file (0 bytes)")
         source = io.BytesIO(source)
     try:
-        container = av.open(source, mode="r")
+        return av.open(source, mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise MediaError(name, "unreadable", str(e)) from None
-    with container:
-        if not container.streams.audio:
-            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
-            raise MediaError(name, "no audio stream", f"streams: {kinds}")
-        stream = container.streams.audio[0]
-        if info is not None:
-            info["source_sr"] = int(stream.rate or stream.codec_context.sample_rate or 0)
-        declared = declared_seconds(container, stream)
-        if segment is not None:
-            if max_seconds is not None and segment[1] - segment[0] > max_seconds:
-                raise too_long(name, segment[1] - segment[0], max_seconds, "the segment's start and end")
-            if declared is not None and segment[0] >= declared:
-                raise MediaError(name, "segment outside the file", f"starts at {segment[0]:g} s; the file lasts "
-                                                                   f"{declared:.1f} s")
-        elif max_seconds is not None and declared is not None and declared > max_seconds:
-            raise too_long(name, declared, max_seconds, "the container's metadata; nothing decoded")
-        limit = int(max_seconds * sr) if max_seconds is not None and segment is None else None
-        origin = _seek(container, stream, segment[0]) if segment is not None and seek else 0.0
-        stop = int((segment[1] - origin) * sr) if segment is not None else None
-        resampler = av.AudioResampler(format="fltp", rate=sr)  # planar: one row per channel
-        chunks, samples = [], 0
-        try:
-            for frame in container.decode(stream):
-                if not chunks and origin:
-                    if frame.time is None:
-                        raise _Untimed
-                    # where decoding resumed after the seek (a packet's edge), on the clock of a
-                    # decode from the start, whose first sample is the stream's start time (MP3:
-                    # its encoder delay, which only a decode from the start skips)
-                    origin = float(frame.time) - float((stream.start_time or 0) * stream.time_base)
-                    frame, origin = _on_grid(frame, origin, sr)
-                    stop = int((segment[1] - origin) * sr)
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().mean(axis=0))
-                    samples += chunks[-1].size
-                if limit is not None and samples > limit:
-                    raise too_long(name, samples / sr, max_seconds, "decoding stopped there")
-                if stop is not None and samples >= stop:
-                    break
-            for out in resampler.resample(None):
+
+
+def _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek: bool) -> np.ndarray:
+    name = name or (source if isinstance(source, str) else "<bytes>")
+    with _open(source, name) as container:
+        return _decode_open(container, sr, name, reject_silent, max_seconds, segment, info, seek)
+
+
+def _decode_open(container, sr, name, reject_silent, max_seconds, segment, info, seek: bool) -> np.ndarray:
+    """decode_audio's work on an open container (a segment: from wherever it was left)."""
+    import av
+
+    if not container.streams.audio:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+        raise MediaError(name, "no audio stream", f"streams: {kinds}")
+    stream = container.streams.audio[0]
+    if info is not None:
+        info["source_sr"] = int(stream.rate or stream.codec_context.sample_rate or 0)
+    declared = declared_seconds(container, stream)
+    if segment is not None:
+        if max_seconds is not None and segment[1] - segment[0] > max_seconds:
+            raise too_long(name, segment[1] - segment[0], max_seconds, "the segment's start and end")
+        if declared is not None and segment[0] >= declared:
+            raise MediaError(name, "segment outside the file", f"starts at {segment[0]:g} s; the file lasts "
+                                                               f"{declared:.1f} s")
+    elif max_seconds is not None and declared is not None and declared > max_seconds:
+        raise too_long(name, declared, max_seconds, "the container's metadata; nothing decoded")
+    limit = int(max_seconds * sr) if max_seconds is not None and segment is None else None
+    origin = _seek(container, stream, segment[0]) if segment is not None and seek else 0.0
+    stop = int((segment[1] - origin) * sr) if segment is not None else None
+    resampler = av.AudioResampler(format="fltp", rate=sr)  # planar: one row per channel
+    chunks, samples = [], 0
+    try:
+        for frame in container.decode(stream):
+            if not chunks and origin:
+                if frame.time is None:
+                    raise _Untimed
+                # where decoding resumed after the seek (a packet's edge), on the clock of a
+                # decode from the start, whose first sample is the stream's start time (MP3:
+                # its encoder delay, which only a decode from the start skips)
+                origin = float(frame.time) - float((stream.start_time or 0) * stream.time_base)
+                frame, origin = _on_grid(frame, origin, sr)
+                stop = int((segment[1] - origin) * sr)
+            for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().mean(axis=0))
-        except av.error.FFmpegError as e:
-            raise MediaError(name, "corrupt audio", str(e)) from None
+                samples += chunks[-1].size
+            if limit is not None and samples > limit:
+                raise too_long(name, samples / sr, max_seconds, "decoding stopped there")
+            if stop is not None and samples >= stop:
+                break
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().mean(axis=0))
+    except av.error.FFmpegError as e:
+        raise MediaError(name, "corrupt audio", str(e)) from None
     wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     if segment is not None:
         first = max(0, int(segment[0] * sr) - int(round(origin * sr)))

@@ -25,7 +25,7 @@ from collections import deque
 import numpy as np
 import pandas as pd
 
-from .audio import TARGET_SR, MediaError
+from .audio import TARGET_SR, MediaError, Recording
 from .features import Stage
 from .manifest import Manifest
 from .pipeline import PrepareResult, ShardWriter, read_and_decode, run_cached, segments
@@ -268,22 +268,29 @@ def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int 
 
     clip = int(clip_seconds * sr)
 
-    def one(row):
+    def one(row, recording):
         uid, path, segment = row
         info: dict = {}
         try:
-            wave = read_and_decode(path, sr, segment=segment, info=info)
+            wave = read_and_decode(path, sr, segment=segment, info=info, recording=recording)
         except MediaError as e:
             return uid, path, None, e.reason, e.detail, {}
         extra = {"hash": content_hash(wave, sr)["content_hash"], "seconds": float(info.get("seconds", 0.0)),
                  "source_sr": int(info.get("source_sr", 0))} if digest else {}
         return uid, path, wave[:clip], "", "", extra
 
+    def file(rows):  # one file's rows on one thread: a long recording's segments through one open file
+        with Recording() as recording:
+            return [one(r, recording) for r in rows]
+
     rows = list(zip(batch["uid"], batch["path"], segments(batch)))
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(one, rows))
-    return [one(r) for r in rows]
+    files: dict = {}
+    for r in rows:
+        files.setdefault(r[1], []).append(r)
+    groups = list(files.values())
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        done = {r[0]: out for group, outs in zip(groups, pool.map(file, groups)) for r, out in zip(group, outs)}
+    return [done[r[0]] for r in rows]
 
 
 def decode_clips(batch: pd.DataFrame, sr: int, clip_seconds: float, digest: bool = False) -> pd.DataFrame:

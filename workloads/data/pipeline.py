@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .audio import MAX_FILE_MB, MAX_SECONDS, TARGET_SR, MediaError, decode_audio
+from .audio import MAX_FILE_MB, MAX_SECONDS, TARGET_SR, MediaError, Recording, decode_audio
 from .features import get_stage
 from .manifest import Manifest
 from .shards import ARRAY_SHARD, INDEX, array_column, array_dtype, binary_layout, build_index, chunk_values, check_stage, list_parquet, read_index, read_shard
@@ -105,13 +105,22 @@ class ShardWriter:
 
 def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
                     max_file_mb: float | None = MAX_FILE_MB, segment: tuple[float, float] | None = None,
-                    info: dict | None = None):
+                    info: dict | None = None, recording: Recording | None = None):
     """A media file (local path or URI) decoded to mono float32 at `sr`; MediaError with a
     stable reason for anything that cannot be used. A whole file over `max_file_mb` is refused
     before it is read, one over `max_seconds` before (or while) it is decoded. A segment of a
     long recording is read from the open file, seeking to its start: only its own bytes are
-    read, so the size cap does not apply to it (its length does)."""
+    read, so the size cap does not apply to it (its length does). `recording`: keeps the file
+    open for the next segment of the same file (a worker reading a shard's segments in order)."""
     if segment is not None:
+        if recording is not None:
+            def opener():
+                fs, inner = filesystem(path)
+                return fs.open_input_file(inner)
+            try:
+                return recording.read(path, opener, sr, max_seconds, segment, info)
+            except OSError as e:
+                raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
         try:
             fs, inner = filesystem(path)
             with fs.open_input_file(inner) as f:
@@ -141,12 +150,13 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max
     """The media worker, one shard: read each file's bytes, decode once, compute the stages
     the item still needs. Returns one summary row per item."""
     writer = ShardWriter(stages, fs_uri)
+    recording = Recording()  # a long recording's segments, in order, through one open file
     for uid, path, need, segment in zip(batch["uid"], batch["path"], batch["need"], segments(batch)):
         need = need.split(",")
         stage = "decode"
         info: dict = {}
         try:
-            wave = read_and_decode(path, sr, max_seconds, max_file_mb, segment, info)
+            wave = read_and_decode(path, sr, max_seconds, max_file_mb, segment, info, recording)
             stage, outputs = "features", {}
             for name in need:
                 try:
@@ -157,6 +167,7 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max
                                            "source_sr": int(info.get("source_sr", 0))})
         except MediaError as e:
             writer.failed(uid, path, need, stage, e.reason, e.detail)
+    recording.close()
     return writer.close()
 
 
@@ -331,6 +342,8 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
 
     if need:
         pending = items[items["uid"].isin(need)].copy()
+        if "start" in pending:  # a file's segments together and in order: a worker reads them through one open file
+            pending = pending.sort_values(["path", "start"], kind="stable", na_position="first")
         pending["need"] = [",".join(need[u]) for u in pending["uid"]]
         spec = {n: {"params": s.params, "dir": s.dir} for n, s in result.stages.items()}
         run = _in_process if without_ray() else _on_ray_data
