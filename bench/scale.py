@@ -266,20 +266,23 @@ def stage_segments(work: Path, opts) -> list:
     for kind in ("wav", "mp3"):
         path = str(folder / f"long.{kind}")
 
-        def timed(parts, seek=True):
+        def timed(parts, how):
             t = time.perf_counter()
-            for seg in parts:
-                if seek:
-                    read_and_decode(path, 16000, segment=seg)
-                else:  # before: decoded from the start, up to the segment's end
-                    audio._decode(path, 16000, path, True, audio.MAX_SECONDS, seg, None, seek=False)
-            return (time.perf_counter() - t) / len(parts)
+            with audio.Recording() as recording:
+                for seg in parts:
+                    if how == "pipeline":  # a worker's shard: one open file, seeking from segment to segment
+                        read_and_decode(path, 16000, segment=seg, recording=recording)
+                    elif how == "fresh":  # each segment opens the file and seeks
+                        read_and_decode(path, 16000, segment=seg)
+                    else:  # before: decoded from the start, up to the segment's end
+                        audio._decode(path, 16000, path, True, audio.MAX_SECONDS, seg, None, seek=False)
+            return (time.perf_counter() - t) / len(parts) * 1e3
 
-        timed(segs[:2])  # warm the page cache and the imports
-        first, last = timed(segs[:k]), timed(segs[-k:])
-        old_first, old_last = timed(segs[:k], False), timed(segs[-k:], False)
-        rows.append({"stage": "segments", "kind": kind, "k": k, "first_ms": first * 1e3, "last_ms": last * 1e3,
-                     "old_first_ms": old_first * 1e3, "old_last_ms": old_last * 1e3})
+        timed(segs[:2], "pipeline")  # warm the page cache and the imports
+        row = {"stage": "segments", "kind": kind, "k": k}
+        for how in ("pipeline", "fresh", "old"):
+            row[f"{how}_first_ms"], row[f"{how}_last_ms"] = timed(segs[:k], how), timed(segs[-k:], how)
+        rows.append(row)
     return rows
 
 
@@ -443,37 +446,19 @@ def report(rows: list, png: str | None) -> None:
         for what, value, goal in checks:
             print(f"  {what}: {value:.2f} (goal ≤ {goal}) {verdict(value, goal)}")
     if "segments" in by:
-        print("\nsegments: a 3-s segment's decode, the first k against the last k of the recording")
-        print("| file | k | first ms | last ms | last / first | from the start: first ms | last ms | last / first |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("\nsegments: a 3-s segment's decode (ms), the first k against the last k of the recording")
+        print("| file | k | one open file: first | last | last / first | a fresh open each: first | last | "
+              "last / first | from the start (before): first | last | last / first |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in by["segments"]:
-            print(f"| {r['kind']} | {r['k']} | {r['first_ms']:.1f} | {r['last_ms']:.1f} | "
-                  f"{ratio(r['last_ms'], r['first_ms']):.2f} | {r['old_first_ms']:.1f} | {r['old_last_ms']:.1f} | "
-                  f"{ratio(r['old_last_ms'], r['old_first_ms']):.2f} |")
+            cells = " | ".join(f"{r[f'{how}_first_ms']:.1f} | {r[f'{how}_last_ms']:.1f} | "
+                               f"{ratio(r[f'{how}_last_ms'], r[f'{how}_first_ms']):.2f}"
+                               for how in ("pipeline", "fresh", "old"))
+            print(f"| {r['kind']} | {r['k']} | {cells} |")
         for r in by["segments"]:
-            value = ratio(r["last_ms"], r["first_ms"])
-            print(f"  {r['kind']}: last / first {value:.2f} (goal ≤ {GOALS['segments']}) {verdict(value, GOALS['segments'])}")
-    if "trials" in by:
-        rs = sorted(by["trials"], key=lambda r: r["n"])
-        print("\ntrials: cheap one-epoch trials, a fresh Ray, MLflow server and experiment each")
-        print("| trials | wall s | wall per trial s | driver CPU per trial ms | tune fit s | the rest s | "
-              "Tune state KB | look-up by tag ms | by id ms | view s | `emosweep ui` s | driver MB | "
-              "largest other MB |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-        for r in rs:
-            print(f"| {r['n']} | {r['wall_s']:.1f} | {r['wall_s'] / r['n']:.3f} | {r['driver_cpu_s'] / r['n'] * 1e3:.0f} | "
-                  f"{r['tune_fit_s']:.1f} | {r['outside_fit_s']:.1f} | {r['state_bytes'] / 1e3:.0f} | "
-                  f"{r['search_ms']:.1f} | {r['get_ms']:.1f} | {r['view_s']:.2f} | {r['ui_s']:.1f} | "
-                  f"{r['driver_mb']:.0f} | {r['other_mb']:.0f} ({r['other']}) |")
-        walls = [r["wall_s"] for r in rs]
-        items = per_item([r["n"] for r in rs], walls)
-        curves["trials"] = ([r["n"] for r in rs], walls, *fit([r["n"] for r in rs], walls))
-        if len(rs) > 1:
-            value = ratio(items[-1], items[0])
-            print(f"  time per trial (fixed out), {rs[-1]['n']} vs {rs[0]['n']}: {value:.2f} "
-                  f"(goal ≤ {GOALS['trial']}) {verdict(value, GOALS['trial'])}")
-            cpu = ratio(rs[-1]["driver_cpu_s"] / rs[-1]["n"], rs[0]["driver_cpu_s"] / rs[0]["n"])
-            print(f"  the driver's CPU per trial, {rs[-1]['n']} vs {rs[0]['n']}: {cpu:.2f}")
+            value = ratio(r["pipeline_last_ms"], r["pipeline_first_ms"])
+            print(f"  {r['kind']}: last / first {value:.2f} (goal ≤ {GOALS['segments']}) "
+                  f"{verdict(value, GOALS['segments'])}")
     for r in by.get("study", []):
         print(f"\nS2 end to end, {r['n']} clips, --folds 2, arms {STUDY_ARMS}: {r['wall_s'] / 60:.1f} min; "
               f"peak memory: driver {r['driver_mb']:.0f} MB, largest other {r['other_mb']:.0f} MB ({r['other']}), "

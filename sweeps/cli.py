@@ -141,19 +141,45 @@ def ray_command(args) -> int:
     return 0
 
 
+def _latest_top(client, ids: list) -> list:
+    """The sweep of the latest run with a study tag, found by following its parents up (a trial's
+    parent is its arm's run or the sweep's): a sweep from before parents were tagged."""
+    from workloads.core.tracking import TAG_PARENT
+
+    runs = client.search_runs(ids, filter_string="tags.study != ''", order_by=["attributes.start_time DESC"],
+                              max_results=1) if ids else []
+    run = runs[0] if runs else None
+    for _ in range(3):
+        if run is None or TAG_PARENT not in run.data.tags:
+            break
+        run = client.get_run(run.data.tags[TAG_PARENT])
+    return [run] if run is not None else []
+
+
 def sweep_view(client, sweep: str | None) -> tuple[str, str]:
     """(the sweep's name, the path of its shared view) for a sweep's name or parent run id, or
     the latest sweep (a parent run: it has a study tag and no parent)."""
     from workloads.core.errors import UserError
     from workloads.core.tracking import TAG_PARENT
 
+    from workloads.core.tracking import ROW_TAG
+
     experiments = client.search_experiments()
     ids = [e.experiment_id for e in experiments]
-    runs = client.search_runs(ids, filter_string="tags.study != ''", order_by=["attributes.start_time DESC"],
-                              max_results=500) if ids else []
-    parents = [r for r in runs if TAG_PARENT not in r.data.tags]
+
+    def search(where: str, n: int = 50) -> list:
+        return [r for r in client.search_runs(ids, filter_string=where, order_by=["attributes.start_time DESC"],
+                                              max_results=n) if TAG_PARENT not in r.data.tags] if ids else []
+
+    # A sweep's parent is found by its own tag or name: a search of every run with a study tag
+    # (every trial has one) would page through a 1,024-trial sweep's runs and miss its parent.
     if sweep:
-        parents = [r for r in parents if sweep in (r.info.run_name, r.info.run_id)]
+        quoted = sweep.replace("'", "\\'")
+        parents = search(f"attributes.run_name = '{quoted}' and tags.study != ''")
+        if not parents and len(sweep) == 32 and all(c in "0123456789abcdef" for c in sweep):
+            parents = search(f"attributes.run_id = '{sweep}'", 1)
+    else:
+        parents = search(f"tags.{ROW_TAG} = 'sweep'", 1) or _latest_top(client, ids)  # older sweeps: untagged
     if not parents:
         raise UserError(f"no sweep named {sweep!r} in this MLflow store" if sweep else "no sweep in this MLflow store "
                         "yet: run a study first (python sweeps/bert_freezing.py --smoke)")

@@ -38,3 +38,31 @@ def test_unknown_arm_is_rejected_before_anything_starts(tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         main(STUDY, ["--arms", "full,bogus", "--storage-path", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"])
     assert refused.value.code == 2 and "unknown arm(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_emosweep_ui_finds_a_sweep_among_more_runs_than_one_page(mlflow_server):
+    """A sweep of 1,024 trials: `emosweep ui` looked for its parent among the latest 500 runs
+    with a study tag, all of them trials, and said there was no such sweep. The parent is now
+    found by its own tag or name, and an older, untagged sweep by following the latest run's
+    parents up."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.cli import sweep_view
+    from workloads.core.tracking import TAG_PARENT, start_parent_run
+
+    client = MlflowClient(mlflow_server.uri)
+    ctx = start_parent_run(mlflow_server.uri, "many-trials", "big-sweep", {"seed": 0}, {"study": "s"})
+    for i in range(510):
+        run = client.create_run(ctx.experiment_id, run_name=f"trial {i}")
+        client.log_batch(run.info.run_id, tags=[RunTag("study", "s"), RunTag(TAG_PARENT, ctx.parent_run_id)])
+    assert sweep_view(client, "big-sweep")[0] == "big-sweep"
+    assert sweep_view(client, None)[0] == "big-sweep"
+    assert sweep_view(client, ctx.parent_run_id)[0] == "big-sweep"
+    old = client.create_run(ctx.experiment_id, run_name="old-sweep", tags={"study": "s"})  # no row tag
+    child = client.create_run(ctx.experiment_id, run_name="its trial")
+    client.log_batch(child.info.run_id, tags=[RunTag("study", "s"), RunTag(TAG_PARENT, old.info.run_id)])
+    client.delete_run(ctx.parent_run_id)  # the tagged one gone: the latest is the old sweep
+    assert sweep_view(client, None)[0] == "old-sweep"
+    with pytest.raises(Exception, match="no sweep named 'nothing'"):
+        sweep_view(client, "nothing")

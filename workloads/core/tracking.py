@@ -134,6 +134,9 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     return exp.experiment_id
 
 
+ROW_TAG = "emosweep_row"  # what a run of a sweep is: "sweep" (the parent), "arm" (an arm's configuration)
+
+
 def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict,
                      resume_run_id: str | None = None) -> TrackingContext:
     """Create the sweep's parent run, or reopen it when a sweep is resumed."""
@@ -144,7 +147,8 @@ def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tag
     if resume_run_id:
         client.update_run(resume_run_id, status="RUNNING")
         return TrackingContext(uri, exp_id, resume_run_id, dict(tags), resumed=True)
-    run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+    run = client.create_run(exp_id, run_name=run_name,
+                            tags={**{k: str(v) for k, v in tags.items()}, ROW_TAG: "sweep"})
     client.log_batch(run.info.run_id, params=_params(params))
     return TrackingContext(uri, exp_id, run.info.run_id, dict(tags))
 
