@@ -340,7 +340,7 @@ def stage_trials(work: Path, counts: list, opts) -> list:
         rows.append({"stage": "trials", "n": n, **m, **lookups, "ui_s": ui["wall_s"],
                      "tune_fit_s": timings.get("tune_fit_s", float("nan")),
                      "outside_fit_s": timings.get("total_s", 0) - timings.get("tune_fit_s", 0),
-                     "state_bytes": state.stat().st_size})
+                     "state_bytes": state.stat().st_size, "ray_bytes": du(home / "ray" / f"scale-{n}")})
         subprocess.run([sys.executable, "-m", "sweeps.cli", "tracking", "--stop"], env={**os.environ, **env},
                        capture_output=True)
         subprocess.run([sys.executable, "-m", "sweeps.cli", "ray", "--stop"], env={**os.environ, **env},
@@ -459,6 +459,26 @@ def report(rows: list, png: str | None) -> None:
             value = ratio(r["pipeline_last_ms"], r["pipeline_first_ms"])
             print(f"  {r['kind']}: last / first {value:.2f} (goal ≤ {GOALS['segments']}) "
                   f"{verdict(value, GOALS['segments'])}")
+    if "trials" in by:
+        rs = sorted(by["trials"], key=lambda r: r["n"])
+        print("\ntrials: cheap one-epoch trials, a fresh Ray, MLflow server and experiment each")
+        print("| trials | wall s | wall per trial s | driver CPU per trial ms | Tune's fit s | the rest s | "
+              "Tune state KB | Ray's folder MB | look-up by tag ms | by id ms | view s | `emosweep ui` s | "
+              "driver MB | largest other MB |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in rs:
+            print(f"| {r['n']} | {r['wall_s']:.1f} | {r['wall_s'] / r['n']:.3f} | {r['driver_cpu_s'] / r['n'] * 1e3:.0f} | "
+                  f"{r['tune_fit_s']:.1f} | {r['outside_fit_s']:.1f} | {r['state_bytes'] / 1e3:.0f} | "
+                  f"{r['ray_bytes'] / 1e6:.0f} | {r['search_ms']:.1f} | {r['get_ms']:.1f} | {r['view_s']:.2f} | "
+                  f"{r['ui_s']:.1f} | {r['driver_mb']:.0f} | {r['other_mb']:.0f} ({r['other']}) |")
+        walls = [r["wall_s"] for r in rs]
+        curves["trials"] = ([r["n"] for r in rs], walls, *fit([r["n"] for r in rs], walls))
+        if len(rs) > 1:  # Tune's fit alone: the command's start, the data and the report are apart
+            value = ratio(rs[-1]["tune_fit_s"] / rs[-1]["n"], rs[0]["tune_fit_s"] / rs[0]["n"])
+            print(f"  time per trial in the sweep (Tune's fit / trials), {rs[-1]['n']} vs {rs[0]['n']}: "
+                  f"{value:.2f} (goal ≤ {GOALS['trial']}) {verdict(value, GOALS['trial'])}")
+            cpu = ratio(rs[-1]["driver_cpu_s"] / rs[-1]["n"], rs[0]["driver_cpu_s"] / rs[0]["n"])
+            print(f"  the driver's CPU per trial, {rs[-1]['n']} vs {rs[0]['n']}: {cpu:.2f}")
     for r in by.get("study", []):
         print(f"\nS2 end to end, {r['n']} clips, --folds 2, arms {STUDY_ARMS}: {r['wall_s'] / 60:.1f} min; "
               f"peak memory: driver {r['driver_mb']:.0f} MB, largest other {r['other_mb']:.0f} MB ({r['other']}), "
