@@ -483,7 +483,7 @@ def report(rows: list, png: str | None) -> None:
         print(f"\nS2 end to end, {r['n']} clips, --folds 2, arms {STUDY_ARMS}: {r['wall_s'] / 60:.1f} min; "
               f"peak memory: driver {r['driver_mb']:.0f} MB, largest other {r['other_mb']:.0f} MB ({r['other']}), "
               f"mapped/shared {r['file_mb']:.0f} MB; disk {r['disk'] / 1e9:.1f} GB (cache "
-              f"{r['cache'] / 1e9:.1f} GB, Ray's trial folders {r['ray'] / 1e9:.2f} GB)")
+              f"{r['cache'] / 1e9:.1f} GB, Ray's trial folders {r['ray'] / 1e6:.1f} MB)")
     if png and curves:
         draw(curves, png)
         print(f"\ncurves: {png}")
