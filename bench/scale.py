@@ -17,7 +17,7 @@ Each stage runs as the user runs it, in a fresh process, at every size given, si
 
 Per stage it fits cost = fixed + per_item × n over the sizes (least squares) and prints each
 size's per-item cost with the fixed part taken out, against the smallest size's. Memory is per
-process, sampled from /proc every 0.2 s across every process the stage starts (the command,
+process, sampled from /proc every 0.5 s across every process the stage starts (the command,
 Ray's GCS, raylet and workers, the MLflow server): the driver's peak and the largest other
 process's, anonymous memory (what the process itself holds); file-backed and shared pages
 (the page cache it maps, Ray's object store) apart. Disk: the cache's bytes against its arrays'
@@ -90,7 +90,7 @@ class Memory:
     """Peak memory of every process started while it runs (all of them, not only descendants:
     a shared Ray or MLflow keeper detaches from the command that starts it)."""
 
-    def __init__(self, every: float = 0.2):
+    def __init__(self, every: float = 0.5):
         self.before = set(self._pids())
         self.me = os.getpid()
         self.peak: dict = {}  # pid → {"anon": MB, "file": MB, "cmd": …}
