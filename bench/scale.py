@@ -522,7 +522,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", help="generated corpora and caches (kept; corpora are reused; default "
                                    "$EMOSWEEP_HOME/bench-scale)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--png", default="scale.png")
+    ap.add_argument("--png", help="the curves (default: scale.png in --work)")
     ap.add_argument("--json", help="write the rows here")
     opts = parse(ap, argv, sizes="40,80", trials="3", recording_minutes=1.0, segments=16)
     stages = [s for s in opts.stages.split(",") if s]
@@ -551,7 +551,7 @@ def main(argv=None) -> int:
             rows += stage_study(work, max(sizes), opts)
     if opts.json:
         Path(opts.json).write_text(json.dumps(rows, indent=1))
-    report(rows, opts.png)
+    report(rows, opts.png or str(work / "scale.png"))
     return 0
 
 

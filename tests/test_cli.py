@@ -40,7 +40,7 @@ def test_unknown_arm_is_rejected_before_anything_starts(tmp_path, capsys):
     assert refused.value.code == 2 and "unknown arm(s) ['bogus']" in capsys.readouterr().err
 
 
-def test_emosweep_ui_finds_a_sweep_among_more_runs_than_one_page(mlflow_server):
+def test_emosweep_ui_finds_a_sweep_among_more_runs_than_one_page(tmp_path):
     """A sweep of 1,024 trials: `emosweep ui` looked for its parent among the latest 500 runs
     with a study tag, all of them trials, and said there was no such sweep. The parent is now
     found by its own tag or name, and an older, untagged sweep by following the latest run's
@@ -51,8 +51,9 @@ def test_emosweep_ui_finds_a_sweep_among_more_runs_than_one_page(mlflow_server):
     from sweeps.cli import sweep_view
     from workloads.core.tracking import TAG_PARENT, start_parent_run
 
-    client = MlflowClient(mlflow_server.uri)
-    ctx = start_parent_run(mlflow_server.uri, "many-trials", "big-sweep", {"seed": 0}, {"study": "s"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a store of its own: the shared server holds other sweeps
+    client = MlflowClient(uri)
+    ctx = start_parent_run(uri, "many-trials", "big-sweep", {"seed": 0}, {"study": "s"})
     for i in range(510):
         run = client.create_run(ctx.experiment_id, run_name=f"trial {i}")
         client.log_batch(run.info.run_id, tags=[RunTag("study", "s"), RunTag(TAG_PARENT, ctx.parent_run_id)])
