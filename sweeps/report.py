@@ -116,13 +116,13 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
     row per arm. Runs made by an earlier end of the same sweep (a resumed one) are reused."""
     from mlflow.entities import Metric
 
-    from workloads.core.tracking import TAG_PARENT, TAG_TRIAL_ID, share_sweep_view
+    from workloads.core.tracking import ROW_TAG, TAG_PARENT, TAG_TRIAL_ID, share_sweep_view
 
     ctx = tracking
     children = client.search_runs([ctx.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{ctx.parent_run_id}'",
                                   max_results=50000)
-    existing = {r.data.tags["config_id"]: r for r in children if r.data.tags.get("emosweep_row") == "arm"}
-    trial_runs = {r.data.tags.get(TAG_TRIAL_ID): r for r in children if "emosweep_row" not in r.data.tags}
+    existing = {r.data.tags["config_id"]: r for r in children if r.data.tags.get(ROW_TAG) == "arm"}
+    trial_runs = {r.data.tags.get(TAG_TRIAL_ID): r for r in children if ROW_TAG not in r.data.tags}
     chosen = arms_tab.attrs.get("chosen", {})
     by_arm = arms_tab.set_index("arm")
     now = int(time.time() * 1000)
@@ -130,7 +130,7 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
     def log_config(config_id: str, group: pd.DataFrame) -> None:
         arm = group["arm"].iloc[0]
         selected = chosen.get(arm) == config_id
-        tags = {TAG_PARENT: ctx.parent_run_id, "emosweep_row": "arm", "arm": arm, "config_id": config_id,
+        tags = {TAG_PARENT: ctx.parent_run_id, ROW_TAG: "arm", "arm": arm, "config_id": config_id,
                 "selected": str(selected).lower(), **{k: v for k, v in ctx.tags.items() if k != "git_commit"}}
         run = existing.get(config_id) or client.create_run(ctx.experiment_id, run_name=f"{arm} ({config_id})",
                                                             tags={k: str(v) for k, v in tags.items()})

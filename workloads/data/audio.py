@@ -100,12 +100,18 @@ def decode_audio(source, sr: int = TARGET_SR, name: str | None = None,
     container that cannot seek is decoded from its start); the limit applies to its length.
     `info`, when given, receives the source's sample rate (`source_sr`) and the clip's length
     (`seconds`)."""
-    try:
-        return _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek=True)
-    except _Untimed:
+    name = name or (source if isinstance(source, str) else "<bytes>")
+    if segment is None:
+        with _open(source, name) as container:
+            return _decode_open(container, sr, name, reject_silent, max_seconds, None, info, seek=False)
+
+    def opener():  # the same source again (Recording reopens it when a seek leaves no timestamps)
         if hasattr(source, "seek"):
             source.seek(0)
-        return _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek=False)
+        return source
+
+    with Recording(close_files=False) as recording:  # the caller's file object stays the caller's
+        return recording.read(name, opener, sr, max_seconds, segment, info, reject_silent)
 
 
 class Recording:
@@ -115,21 +121,24 @@ class Recording:
     seek table has nothing else: a fresh open pays a scan up to each segment). Holds one file;
     `read` of another closes it first. Use as a context manager, or call close()."""
 
-    def __init__(self):
+    def __init__(self, close_files: bool = True):
+        self.close_files = close_files  # close what opener() gave, with the container
         self.key, self.container, self.handle, self.used = None, None, None, False
 
     def read(self, key: str, opener, sr: int = TARGET_SR, max_seconds: float | None = MAX_SECONDS,
-             segment: tuple[float, float] = (0.0, 0.0), info: dict | None = None) -> np.ndarray:
-        """Segment (start, end) of the file `key`; `opener()` gives a seekable file object
-        (called when the file is not the one open). Samples as decode_audio's."""
+             segment: tuple[float, float] = (0.0, 0.0), info: dict | None = None,
+             reject_silent: bool = True) -> np.ndarray:
+        """Segment (start, end) of the file `key`; `opener()` gives its source (a seekable file
+        object, a path or bytes), called when the file is not the one open. Samples and errors
+        as decode_audio's."""
         if key != self.key or (self.used and segment[0] - SEEK_PREROLL <= 0):  # the start: from a fresh open
             self._reopen(key, opener)
         try:
             try:
-                wave = _decode_open(self.container, sr, key, True, max_seconds, segment, info, seek=True)
+                wave = _decode_open(self.container, sr, key, reject_silent, max_seconds, segment, info, seek=True)
             except _Untimed:
                 self._reopen(key, opener)
-                wave = _decode_open(self.container, sr, key, True, max_seconds, segment, info, seek=False)
+                wave = _decode_open(self.container, sr, key, reject_silent, max_seconds, segment, info, seek=False)
         except BaseException:
             self.close()  # where a failed decode left the container is unknown
             raise
@@ -143,8 +152,8 @@ class Recording:
         self.key = key
 
     def close(self) -> None:
-        for thing in (self.container, self.handle):
-            if thing is not None:
+        for thing in (self.container, self.handle if self.close_files else None):
+            if thing is not None and hasattr(thing, "close"):
                 try:
                     thing.close()
                 except Exception:
@@ -170,12 +179,6 @@ def _open(source, name: str):
         return av.open(source, mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise MediaError(name, "unreadable", str(e)) from None
-
-
-def _decode(source, sr, name, reject_silent, max_seconds, segment, info, seek: bool) -> np.ndarray:
-    name = name or (source if isinstance(source, str) else "<bytes>")
-    with _open(source, name) as container:
-        return _decode_open(container, sr, name, reject_silent, max_seconds, segment, info, seek)
 
 
 def _decode_open(container, sr, name, reject_silent, max_seconds, segment, info, seek: bool) -> np.ndarray:

@@ -113,20 +113,18 @@ def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
     read, so the size cap does not apply to it (its length does). `recording`: keeps the file
     open for the next segment of the same file (a worker reading a shard's segments in order)."""
     if segment is not None:
-        if recording is not None:
-            def opener():
-                fs, inner = filesystem(path)
-                return fs.open_input_file(inner)
-            try:
-                return recording.read(path, opener, sr, max_seconds, segment, info)
-            except OSError as e:
-                raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
-        try:
+        def opener():
             fs, inner = filesystem(path)
-            with fs.open_input_file(inner) as f:
-                return decode_audio(f, sr=sr, name=path, max_seconds=max_seconds, segment=segment, info=info)
+            return fs.open_input_file(inner)
+        own = recording is None
+        recording = recording or Recording()
+        try:
+            return recording.read(path, opener, sr, max_seconds, segment, info)
         except OSError as e:
             raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
+        finally:
+            if own:
+                recording.close()
     try:
         size = file_size(path)
         if max_file_mb is not None and size is not None and size > max_file_mb * 1e6:
