@@ -275,7 +275,9 @@ def stage_segments(work: Path, opts) -> list:
                     elif how == "fresh":  # each segment opens the file and seeks
                         read_and_decode(path, 16000, segment=seg)
                     else:  # before: decoded from the start, up to the segment's end
-                        audio._decode(path, 16000, path, True, audio.MAX_SECONDS, seg, None, seek=False)
+                        with audio._open(path, path) as container:
+                            audio._decode_open(container, 16000, path, True, audio.MAX_SECONDS, seg, None,
+                                               seek=False)
             return (time.perf_counter() - t) / len(parts) * 1e3
 
         timed(segs[:2], "pipeline")  # warm the page cache and the imports
