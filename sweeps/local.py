@@ -45,6 +45,14 @@ class LocalResult:
     error: str | None = None
     path: str | None = None
 
+    @property
+    def checkpoint(self):
+        """The trial's checkpoint folder, as Tune's Result gives it (None when it kept none)."""
+        from workloads.core.session import _LocalCheckpoint
+
+        folder = Path(self.path or "", "checkpoint")
+        return _LocalCheckpoint(str(folder)) if self.path and folder.is_dir() else None
+
 
 def refuse_flags(opts) -> None:
     """The Ray engine's flags are refused, never ignored."""
@@ -64,7 +72,7 @@ def refuse_flags(opts) -> None:
 def run_local(study: Study, opts) -> pd.DataFrame:
     """Run each chosen arm's first configuration here; returns the per-trial results table."""
     from sweeps.report import finish, log_data_report
-    from sweeps.results import results_table
+    from sweeps.results import gather_predictions, results_table
     from workloads.core.session import LocalSession
     from workloads.core.paths import emosweep_home
 
@@ -93,7 +101,8 @@ def run_local(study: Study, opts) -> pd.DataFrame:
         else:
             log_data_report(study, base)
         replicates = replicates_of(base)
-        state = {"base": base, "samples_per_arm": 1, "reference": opts.reference, "experiment": study.name}
+        state = {"base": base, "samples_per_arm": 1, "reference": opts.reference, "rope": opts.rope,
+                 "experiment": study.name}
         print(f"[emosweep] --local: {len(arms)} arm(s) × {len(replicates)} run(s) in this process, no Ray; "
               f"results in {folder}")
         results = []
@@ -108,7 +117,8 @@ def run_local(study: Study, opts) -> pd.DataFrame:
                 results.append(run_trial(study, config, tracking, session, folder / trial))
         table = results_table(study, results, arms)
         state["finished"] = True
-        finish(study, name, table, arms, state, folder, opts.results_out, tracking)
+        finish(study, name, table, arms, state, folder, opts.results_out, tracking,
+               predictions=gather_predictions(results))
         if tracking is not None:
             print(f"MLflow: {mask_uri(tracking.uri)}  (experiment '{study.name}', parent run {tracking.parent_run_id}; "
                   f"`emosweep ui` opens it)")

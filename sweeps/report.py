@@ -60,30 +60,39 @@ def log_data_report(study: Study, base: dict, client=None, run_id: str | None = 
 
 
 def finish(study: Study, name: str, table: pd.DataFrame, arms: dict, state: dict, out_dir: Path,
-           results_out: str | None, tracking=None, timings: dict | None = None) -> tuple[pd.DataFrame, dict]:
-    """Arm table, files, MLflow (when tracking is given), and the terminal's summary. Returns
-    (arm table, {name: path} of what was written)."""
+           results_out: str | None, tracking=None, timings: dict | None = None,
+           predictions: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+    """Arm table, files, MLflow (when tracking is given), and the terminal's summary.
+    `predictions`: every trial's per-item predictions (results.gather_predictions), written to
+    results.predictions.parquet. Returns (arm table, {name: path} of what was written)."""
     swept = state.get("base") or {}
     reference = reference_of(study, arms, state.get("reference"))
-    arms_tab = arm_table(table, arms, study.metric, study.mode, reference, study.table_columns)
+    arms_tab = arm_table(table, arms, study.metric, study.mode, reference, study.table_columns,
+                         predictions=predictions, rope=state.get("rope"))
     how = selection_note(swept, int(state["samples_per_arm"]), study.metric)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = Path(results_out) if results_out else out_dir / "results.csv"
     run_note = swept.get("_run_note")
     out, arms_csv, md = write_tables(table, arms_tab, out, f"{study.name}: {name}", run_note, how, study.terminal_columns)
+    per_item = None
+    if predictions is not None and not predictions.empty:
+        per_item = out.with_name(out.stem + ".predictions.parquet")
+        predictions.to_parquet(per_item, index=False)
     plot = None
     if len(arms_tab) > 1 and arms_tab["test_acc_mean"].notna().any() and importlib.util.find_spec("matplotlib"):
         plot = plot_arms(arms_tab, out.with_name(out.stem + ".arms.png"))
     if tracking is not None:
-        _log_results(tracking, table, arms_tab, study.metric, [out, arms_csv, md, arms_csv.with_suffix(".md"), plot],
+        _log_results(tracking, table, arms_tab, study.metric, [out, arms_csv, md, arms_csv.with_suffix(".md"), plot,
+                                                               per_item],
                      timings or {}, finished=state.get("finished", True))
     models = ", ".join(str(m) for m in arms_tab.get("model", pd.Series(dtype=object)).dropna().unique())
     print(f"\n{study.name} — {name}\n{how}\n{format_arm_table(arms_tab, study.terminal_columns)}\n"
           + (f"model: {models}\n" if models else ""))
     if run_note:
         print(f"note: {run_note}")
-    print(f"results: {arms_csv} (per arm), {out} (per trial), {md}" + (f", {plot}" if plot else ""))
-    return arms_tab, {"csv": out, "arms_csv": arms_csv, "md": md, "plot": plot}
+    print(f"results: {arms_csv} (per arm), {out} (per trial), {md}" + (f", {plot}" if plot else "")
+          + (f", {per_item} (per item)" if per_item else ""))
+    return arms_tab, {"csv": out, "arms_csv": arms_csv, "md": md, "plot": plot, "predictions": per_item}
 
 
 def _log_results(tracking, table: pd.DataFrame, arms_tab: pd.DataFrame, metric: str, files: list,
@@ -137,7 +146,8 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
         runs = done[done["config_id"].fillna("c0") == config_id]
         metrics = config_stats(runs, metric) if len(runs) else {"n_runs": 0}
         if selected:
-            metrics.update({k: by_arm.loc[arm, k] for k in ("test_acc_diff", "test_acc_diff_ci95", "p_value")})
+            metrics.update({k: by_arm.loc[arm, k] for k in ("test_acc_diff", "test_acc_diff_ci95", "p_value", "p_holm",
+                                                            "p_better", "p_equivalent", "p_worse") if k in by_arm})
             if pd.notna(by_arm.loc[arm, "verdict"]):
                 client.set_tag(run.info.run_id, "verdict", str(by_arm.loc[arm, "verdict"]))
         client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
@@ -154,4 +164,5 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
             future.result()  # a failure is raised here, as before
     share_sweep_view(client, ctx.uri, ctx.experiment_id, ctx.parent_run_id,
                      ["test_acc_mean", "test_acc_ci95", "test_uar_mean", "test_macro_f1_mean", "test_acc_diff",
-                      "p_value", "n_runs"], f"{metric.replace('best_', '')}_mean", extra_filter="tags.selected = 'true'")
+                      "p_holm", "p_better", "n_runs"], f"{metric.replace('best_', '')}_mean",
+                     extra_filter="tags.selected = 'true'")

@@ -4,8 +4,9 @@ question (which arm, by how much, with what confidence).
 A trial is (arm, configuration, fold, seed). Each arm's configuration is chosen by its mean
 validation metric over its folds and seeds; the test metrics of that configuration alone are
 reported (mean, standard deviation, 95% confidence interval), and each arm is compared with
-a reference arm, paired over the same folds and seeds (mean difference, its 95% interval, a
-paired t-test's p-value, a verdict). The statistics are scipy's.
+a reference arm (mean difference, its 95% interval, a p-value, P(better/equivalent/worse), a
+verdict). verdicts.py holds the tests: over the folds, seeds averaged within each, with the
+corrected variance; on one split, over the items.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .verdicts import LEVEL  # one level for every interval and verdict
+
 RESULT_COLUMNS = ["epochs_done", "best_epoch", "best_val_acc", "test_acc", "test_macro_f1",
                   "trainable_params", "total_params", "wall_s"]
 ARM_METRICS = ("test_acc", "test_uar", "test_macro_f1")  # mean, std and ci95 of each in the arm table
-ALPHA = 0.05
 
 
 # ----------------------------------------------------------------------------- per trial
@@ -39,6 +41,7 @@ def results_table(study, result_grid, arms: dict) -> pd.DataFrame:
             "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"), "test_uar": m.get("test_uar"),
             "test_macro_f1": m.get("test_macro_f1"), "trainable_params": m.get("trainable_params"),
             "total_params": m.get("total_params"), "wall_s": m.get("time_total_s"),
+            "n_train": m.get("n_train"), "n_test": m.get("n_test"),
             "model": cfg.get("model_id"), "random_init": bool(cfg.get("random_init")),
             "mlflow_unlogged_epochs": m.get("mlflow_unlogged_epochs", 0), "mlflow_run_id": m.get("mlflow_run_id"),
             "status": "ERROR" if result.error else ("OK, early stop" if m.get("early_stopped") else
@@ -53,6 +56,32 @@ def results_table(study, result_grid, arms: dict) -> pd.DataFrame:
     df["_order"] = df["arm"].map(order)
     return (df.sort_values(["_order", "config_id", "fold", "seed"], na_position="first")
             .drop(columns="_order").reset_index(drop=True))
+
+
+def gather_predictions(result_grid) -> pd.DataFrame:
+    """Every trial's per-item predictions (workloads/core/predictions.py), from the checkpoint
+    it ended with, in one frame: trial, arm, config_id, fold, seed and corpus beside each item's
+    uid, split, label, prediction and class probabilities. Empty when no trial kept any."""
+    from workloads.core.predictions import read, with_corpus
+
+    frames = []
+    for result in result_grid:
+        checkpoint, cfg = getattr(result, "checkpoint", None), result.config or {}
+        if checkpoint is None or not result.path:
+            continue
+        with checkpoint.as_directory() as directory:
+            found = read(directory)
+        if found is None:
+            continue
+        corpus = cfg.get("corpus") if isinstance(cfg.get("corpus"), str) else None
+        frames.append(with_corpus(found, corpus).assign(
+            trial=Path(result.path).name, arm=cfg.get("arm"), config_id=cfg.get("config_id"),
+            fold=cfg.get("fold"), seed=cfg.get("seed")))
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    first = ["trial", "arm", "config_id", "fold", "seed", "corpus", "split", "uid", "label", "pred"]
+    return out[first + [c for c in out.columns if c not in first]]
 
 
 def markdown(df: pd.DataFrame, **options) -> str:
@@ -71,56 +100,32 @@ def format_table(df: pd.DataFrame) -> str:
 
 # ----------------------------------------------------------------------------- statistics
 
-def mean_ci(values) -> tuple[float, float, float]:
-    """(mean, sample standard deviation, half-width of the 95% t interval of the mean). One
-    value has no spread: std and interval are NaN."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    if len(x) < 2:
-        return float(x[0]), math.nan, math.nan
-    mean, std = float(x.mean()), float(x.std(ddof=1))
-    if std == 0:
-        return mean, 0.0, 0.0
-    low, high = stats.ttest_1samp(x, 0.0).confidence_interval(1 - ALPHA)
-    return mean, std, float(high - low) / 2
-
-
-def paired(a, b, higher_is_better: bool = True) -> dict:
-    """a against b, paired (the same folds and seeds, in the same order): the mean difference
-    a − b, the half-width of its 95% interval, the paired t-test's p-value and a verdict."""
-    from scipy import stats
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    d = a - b
-    mean, _, half = mean_ci(d)
-    n = len(d)
-    if n < 2:
-        return {"diff": mean, "diff_ci95": math.nan, "p_value": math.nan, "n_pairs": n,
-                "verdict": "n/a: one pair"}
-    if np.all(d == d[0]):  # no spread: the t statistic is undefined
-        p = 1.0 if d[0] == 0 else 0.0
-    else:
-        p = float(stats.ttest_rel(a, b).pvalue)
-    if p < ALPHA and mean != 0:
-        verdict = "better" if (mean > 0) == higher_is_better else "worse"
-    else:
-        verdict = "no difference"
-    return {"diff": mean, "diff_ci95": half, "p_value": p, "n_pairs": n, "verdict": verdict}
-
-
 # ----------------------------------------------------------------------------- per arm
 
 def config_stats(runs: pd.DataFrame, metric: str = "best_val_acc") -> dict:
-    """The aggregate of one configuration's finished runs (its folds × seeds): n_runs, the
-    selection metric's mean (`val_acc_mean` for best_val_acc) and each test metric's mean, std
-    and 95% interval. The arm table's row and the configuration's MLflow run both hold these."""
-    stats = {"n_runs": len(runs), f"{metric.replace('best_', '')}_mean": float(runs[metric].mean())}
+    """The aggregate of one configuration's finished runs (its folds × seeds): n_runs, n_folds,
+    the selection metric's mean (`val_acc_mean` for best_val_acc) and each test metric's mean,
+    std and 95% interval. The arm table's row and the configuration's MLflow run both hold these.
+
+    The interval is over the folds, each the mean of its seeds (verdicts.py): over K ≥ 2 folds
+    with Nadeau and Bengio's corrected variance; on one split, the test accuracy's Wilson
+    interval over its test items where the trials report how many, else the seeds' t interval."""
+    from .verdicts import fold_means, interval, train_test_ratio, wilson
+
+    folds = fold_means(runs, [*ARM_METRICS, "n_test"])
+    k = len(folds) if runs["fold"].notna().any() else 1
+    stats = {"n_runs": len(runs), "n_folds": k, f"{metric.replace('best_', '')}_mean": float(runs[metric].mean())}
+    ratio = train_test_ratio(runs, k)
     for m in ARM_METRICS:
-        if m in runs:
-            stats[f"{m}_mean"], stats[f"{m}_std"], stats[f"{m}_ci95"] = mean_ci(runs[m])
+        if m not in runs:
+            continue
+        if k >= 2:
+            stats[f"{m}_mean"], stats[f"{m}_std"], stats[f"{m}_ci95"] = interval(folds[m], ratio)
+        else:
+            stats[f"{m}_mean"], stats[f"{m}_std"], stats[f"{m}_ci95"] = interval(runs[m], None)
+            n_test = runs["n_test"].iloc[0] if "n_test" in runs else None
+            if m == "test_acc" and n_test is not None and pd.notna(n_test) and pd.notna(stats[f"{m}_mean"]):
+                stats[f"{m}_ci95"] = wilson(stats[f"{m}_mean"], int(n_test))
     return stats
 
 
@@ -132,11 +137,17 @@ def default_reference(arms: dict) -> str | None:
 
 
 def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mode: str = "max",
-              reference=None, knobs: list | None = None) -> pd.DataFrame:
+              reference=None, knobs: list | None = None, predictions: pd.DataFrame | None = None,
+              rope: float | None = None) -> pd.DataFrame:
     """One row per arm: its configuration chosen by the mean of `metric` (validation) over its
     folds and seeds, and for that configuration the test metrics' mean, std and 95% interval,
-    and the paired comparison with its reference arm. `reference`: an arm name, a callable
-    arm → reference arm (or None), or None (no comparison)."""
+    and the comparison with its reference arm (verdicts.py: over the folds, or over the items
+    of one split, which needs `predictions`, the sweep's per-item predictions). `reference`:
+    an arm name, a callable arm → reference arm (or None), or None (no comparison). `rope`:
+    the region of practical equivalence, in accuracy (default verdicts.ROPE)."""
+    from .verdicts import ROPE, TEST_NOTES, holm
+
+    rope = ROPE if rope is None else float(rope)
     if trials.empty:
         return pd.DataFrame()
     ok = trials[trials["status"] != "ERROR"]
@@ -165,26 +176,56 @@ def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mo
     if table.empty:
         return table
     refs = {arm: (reference(arm) if callable(reference) else reference) for arm in table["arm"]}
-    for i, arm in enumerate(table["arm"]):
+    results = {}
+    for arm in table["arm"]:
         ref = refs[arm]
-        table.loc[i, "reference"] = ref if ref in chosen else None
-        if ref not in chosen or ref == arm:
-            continue
-        pairs = chosen[arm].merge(chosen[ref], on=["fold", "seed"], suffixes=("", "_ref"))
-        if pairs.empty:
-            continue
-        result = paired(pairs["test_acc"], pairs["test_acc_ref"])
-        table.loc[i, "test_acc_diff"] = result["diff"]
-        table.loc[i, "test_acc_diff_ci95"] = result["diff_ci95"]
-        table.loc[i, "p_value"] = result["p_value"]
-        table.loc[i, "n_pairs"] = result["n_pairs"]
-        table.loc[i, "verdict"] = result["verdict"]
-    for column in ("reference", "test_acc_diff", "test_acc_diff_ci95", "p_value", "n_pairs", "verdict"):
-        if column not in table:
-            table[column] = None
+        if ref in chosen and ref != arm:
+            results[arm] = compare_arms(chosen[arm], chosen[ref], predictions, rope)
+    # Holm over the arms compared with one reference
+    for ref in {refs[a] for a in results}:
+        group = [a for a in results if refs[a] == ref]
+        for arm, adjusted in zip(group, holm([results[a]["p_value"] for a in group])):
+            results[arm]["p_holm"] = adjusted
+            if results[arm]["test"] == "mcnemar" and "diff_low" in results[arm]:
+                from .verdicts import item_verdict
+
+                results[arm]["verdict"] = item_verdict(results[arm], adjusted, rope)
+    columns = {"test_acc_diff": "diff", "test_acc_diff_ci95": "diff_ci95", "p_value": "p_value", "p_holm": "p_holm",
+               "p_better": "p_better", "p_equivalent": "p_equivalent", "p_worse": "p_worse", "n_pairs": "n_pairs",
+               "verdict": "verdict", "test": "test"}
+    table["reference"] = [refs[a] if refs[a] in chosen else None for a in table["arm"]]
+    for column, key in columns.items():
+        table[column] = [results.get(a, {}).get(key) for a in table["arm"]]
     table.loc[table["arm"] == table["reference"], "verdict"] = "reference"
     table.attrs["chosen"] = chosen_ids  # arm → the config_id its row reports
+    tests = sorted({r["test"] for r in results.values() if not str(r.get("verdict", "")).startswith("n/a")})
+    table.attrs["verdict_note"] = "; ".join(TEST_NOTES[t].format(rope=rope, level=LEVEL) for t in tests)
     return table
+
+
+def compare_arms(mine: pd.DataFrame, ref: pd.DataFrame, predictions: pd.DataFrame | None, rope: float) -> dict:
+    """One arm's chosen configuration against its reference's: over the folds both ran (seeds
+    averaged within each fold), or, on one split, over the test items of their first common seed."""
+    from .verdicts import corrected_test, fold_means, item_test, train_test_ratio
+
+    a, b = fold_means(mine, ["test_acc"]), fold_means(ref, ["test_acc"])
+    common = a.index.intersection(b.index)
+    if len(common) >= 2 or (len(common) == 1 and mine["fold"].notna().any()):
+        ratio = train_test_ratio(pd.concat([mine, ref]), len(common))
+        return corrected_test(a.loc[common, "test_acc"], b.loc[common, "test_acc"], ratio, rope)
+    seeds = [s for s in mine["seed"] if s in set(ref["seed"])]
+    if predictions is None or predictions.empty or not seeds:
+        return {"diff": float(mine["test_acc"].mean() - ref["test_acc"].mean()), "n_pairs": 0, "test": "mcnemar",
+                "p_value": math.nan, "verdict": "n/a: one split and no per-item predictions"}
+    test = predictions[predictions["split"] == "test"]
+    trial_a = mine[mine["seed"] == seeds[0]]["trial"].iloc[0]
+    trial_b = ref[ref["seed"] == seeds[0]]["trial"].iloc[0]
+    pa, pb = test[test["trial"] == trial_a], test[test["trial"] == trial_b]
+    both = pa.merge(pb, on="uid", suffixes=("", "_ref"))
+    if both.empty:
+        return {"diff": float(mine["test_acc"].mean() - ref["test_acc"].mean()), "n_pairs": 0, "test": "mcnemar",
+                "p_value": math.nan, "verdict": "n/a: one split and no per-item predictions of both arms"}
+    return item_test(both["pred"] == both["label"], both["pred_ref"] == both["label_ref"], int(seeds[0]), rope)
 
 
 def _pm(mean, half, digits: int = 3) -> str:
@@ -193,6 +234,14 @@ def _pm(mean, half, digits: int = 3) -> str:
     if half is None or pd.isna(half):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def _probs(row) -> str:
+    """The Bayesian test's P(better) / P(equivalent) / P(worse), as the terminal shows them."""
+    ps = [row.get(k) for k in ("p_better", "p_equivalent", "p_worse")]
+    if any(p is None or pd.isna(p) for p in ps):
+        return ""
+    return "/".join(f"{p:.2f}" for p in ps)
 
 
 TERMINAL_WIDTH = 120
@@ -235,15 +284,21 @@ def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDT
         (3.5, "macro F1", [_pm(m, None) for m in table.get("test_macro_f1_mean", none)]),
         (7, "Δ acc vs ref", [("" if pd.isna(d) else f"{d:+.3f}" + ("" if pd.isna(h) else f" ± {h:.3f}"))
                              for d, h in zip(table["test_acc_diff"], table["test_acc_diff_ci95"])]),
-        (5, "p", ["" if pd.isna(p) else f"{p:.2g}" for p in table["p_value"]]),
+        (5, "p (Holm)", ["" if pd.isna(p) else f"{p:.2g}" for p in table.get("p_holm", table["p_value"])]),
+        (6.5, "P(better/equiv/worse)", [_probs(row) for _, row in table.iterrows()]),
         (5, "verdict", [str(v) for v in table["verdict"].fillna("")]),
     ]
     cols = [c for c in cols if any(cell for cell in c[2]) or c[1] in ("arm", "test acc (95% CI)")]
     if all(v in ("", "reference") or v.startswith("n/a") for v in table["verdict"].fillna("")):
-        cols = [c for c in cols if c[1] not in ("p", "verdict")]  # no pairs to test: nothing to say
+        cols = [c for c in cols if c[1] not in ("p (Holm)", "P(better/equiv/worse)", "verdict")]  # no pairs to test: nothing to say
+    note = table.attrs.get("verdict_note")
     while True:
         text = markdown(pd.DataFrame({h: cells for _, h, cells in cols}), disable_numparse=True)
         if max(len(line) for line in text.splitlines()) <= width or len(cols) <= 2:
+            if note and any(c[1] == "verdict" for c in cols):
+                import textwrap
+
+                text += "\n" + textwrap.fill(note, width)
             return text
         drop = min((c for c in cols if c[1] not in ("arm", "test acc (95% CI)")), key=lambda c: c[0])
         cols.remove(drop)

@@ -109,6 +109,7 @@ def run_study(study: Study, opts) -> pd.DataFrame:
                 tracking, state = open_sweep(study, opts, name, arms, base, uri, gpus, server)
             tuner = build_tuner(study, opts, state, tracking, storage, name, arms, gpus, timings)
             state["mlflow_port"] = server.port if server else state.get("mlflow_port")
+            state["rope"] = opts.rope  # how the verdicts are read: a resumed sweep may ask anew
             storage.write_text(f"{name}/{STATE_FILE}", json.dumps(state, indent=2, default=str))
         with timed(timings, "tune_fit_s"):
             result_grid = fit_tuner(tuner, tracking)
@@ -209,7 +210,7 @@ def sweep_params(study: Study, opts, arms: dict, base: dict, gpus: float, schedu
         "mode": study.mode, "scheduler": scheduler, "seed": opts.seed, "cpus_per_trial": opts.cpus_per_trial,
         "gpus_per_trial": gpus, "max_failures": opts.max_failures, "smoke": opts.smoke,
         "folds": base["folds"], "n_folds": base["n_folds"], "seeds": base["seeds"],
-        "split_by": base["split_by"], "split_seed": base["split_seed"], "allow_leak": opts.allow_leak,
+        "split_by": base["split_by"], "split_seed": base["split_seed"], "allow_leak": opts.allow_leak, "rope": opts.rope,
         "replicate_seeds": ",".join(str(s) for s in dict.fromkeys(r["seed"] for r in replicates)),
         **{f"optuna_seed.{a}": derive_seed(opts.seed, "optuna", a) for a in arms},
         **{f"base.{k}": v for k, v in base.items()},
@@ -246,7 +247,7 @@ def open_sweep(study: Study, opts, name: str, arms: dict, base: dict, uri: str, 
              "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
              "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
              "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": opts.num_samples,
-             "replicates": replicates, "reference": opts.reference}
+             "replicates": replicates, "reference": opts.reference, "rope": opts.rope}
     state["n_trials"] = trial_count(study, arms, state)
     return tracking, state
 
@@ -321,7 +322,7 @@ def report_sweep(study: Study, opts, state: dict, name: str, arms: dict, result_
     """The tables (in the sweep's folder when local, else under EMOSWEEP_HOME/results, and on
     the parent run), the arm runs in MLflow, and the terminal's summary."""
     from sweeps.report import finish
-    from sweeps.results import results_table
+    from sweeps.results import gather_predictions, results_table
 
     table = results_table(study, result_grid, arms)
     expected = state.get("n_trials") or trial_count(study, arms, state)
@@ -331,7 +332,8 @@ def report_sweep(study: Study, opts, state: dict, name: str, arms: dict, result_
         print(f"[emosweep] sweep interrupted: {done} of {expected} trials done. Continue with: --resume {name}",
               file=sys.stderr)
     local_dir = Path(storage.path(name)) if storage.local else home / "results" / name
-    arms_tab, files = finish(study, name, table, arms, state, local_dir, opts.results_out, tracking, timings)
+    arms_tab, files = finish(study, name, table, arms, state, local_dir, opts.results_out, tracking, timings,
+                             predictions=gather_predictions(result_grid))
     uri, run_id = tracking.uri, tracking.parent_run_id
     print(f"MLflow: {mask_uri(uri)}  (experiment '{state['experiment']}', parent run {run_id})")
     if state.get("mlflow_view"):

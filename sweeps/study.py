@@ -144,6 +144,9 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="ARM",
                    help="the arm every arm is compared with, paired over folds and seeds (default: the floor, "
                         "else the report's arm)")
+    p.add_argument("--rope", type=float, default=0.01, metavar="ACC",
+                   help="region of practical equivalence of the Bayesian verdicts, in accuracy: a difference "
+                        "within ±ACC of the reference's is 'equivalent' (default 0.01)")
     p.add_argument("--allow-leak", action="store_true",
                    help="run even when a split shares speakers or identical audio between train, val and test "
                         "(recorded as a tag)")
@@ -398,6 +401,8 @@ def check_fold_flags(study: Study, opts) -> None:
         raise UserError(f"--split-by speaker: {study.name}'s labels are the speakers; its folds split items")
     if opts.seeds < 1:
         raise UserError(f"--seeds {opts.seeds}: at least 1")
+    if not 0 <= opts.rope < 1:
+        raise UserError(f"--rope {opts.rope}: an accuracy difference, from 0 up to 1")
     if opts.reference and opts.reference not in study.arms:
         raise UserError(f"--reference {opts.reference}: not an arm of {study.name} ({', '.join(study.arms)})")
 
@@ -472,4 +477,4 @@ def selection_note(base: dict, samples: int, metric: str) -> str:
     chosen = ("one configuration per arm (the study's defaults)" if samples == 1 else
               f"each arm's configuration chosen among {samples} by its mean {metric} (validation) over the runs; "
               f"test metrics are reported, never used to choose")
-    return f"Over {over}: {chosen}. ± is the 95% CI of the mean; Δ is paired with the reference arm."
+    return f"Over {over}: {chosen}. ± is the 95% CI of the mean over the folds; Δ is paired with the reference arm."

@@ -243,13 +243,16 @@ def pooled_vectors(config: dict, pooling) -> dict:
     return make() if key is None else _memo(key, lambda: kept_on_disk(config, ("pooled", *what), make, pack, unpack))
 
 
-def pooled_splits(config: dict, pooling) -> dict:
-    """split → (pooled vectors, labels, -, -) for this trial's fold and arm, in the cache's order."""
+def pooled_splits(config: dict, pooling, ids: dict | None = None) -> dict:
+    """split → (pooled vectors, labels, -, -) for this trial's fold and arm, in the cache's order
+    (`ids`: filled with split → the items' uids, in that order)."""
     items, splits, y = arm_view(config)
     out = {s: ([], [], [], []) for s in ("train", "val", "test")}
     for uid, vector in pooled_vectors(config, pooling).items():
         if uid not in splits:
             continue
+        if ids is not None:
+            ids.setdefault(splits[uid], []).append(uid)
         xs, ys, lengths, norms = out[splits[uid]]
         xs.append(vector)
         ys.append(y[uid])
@@ -258,7 +261,7 @@ def pooled_splits(config: dict, pooling) -> dict:
     return out
 
 
-def load_cached(config: dict, layer: int | None = None) -> dict:
+def load_cached(config: dict, layer: int | None = None, ids: dict | None = None) -> dict:
     """split → (per-clip state tensors, labels, real-frame counts, per-clip speaker statistics
     or None) from the cache. With `speaker_norm`, each clip is standardized by its speaker's
     statistics in the collate (computed over every clip of that speaker, no labels). With
@@ -273,6 +276,8 @@ def load_cached(config: dict, layer: int | None = None) -> dict:
     norms = [None if n is None else (n[0][one], n[1][one]) for n in norms]
     out = {s: ([], [], [], []) for s in ("train", "val", "test")}
     for i, norm in zip(keep, norms):
+        if ids is not None:
+            ids.setdefault(splits[uids[i]], []).append(uids[i])
         states, labels, lengths, clip_norms = out[splits[uids[i]]]
         states.append(tensors[i][one])
         labels.append(y[uids[i]])
@@ -460,25 +465,28 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     if config["pooling"] == "probe":  # the floor: a standardized logistic regression, no training loop
         from .core.sklearn_trial import fit_floor
 
-        data = pooled_splits(config, build_pooling("layers_mean", dim, n_states))
+        ids = {}
+        data = pooled_splits(config, build_pooling("layers_mean", dim, n_states), ids)
         features = {s: (torch.stack(xs).numpy(), np.asarray(ys)) for s, (xs, ys, *_) in data.items()}
         return fit_floor(config, features, classes, tracking, run_name(config), probe_tags(config),
-                         {"pooling": "probe", "hidden_states": n_states, "train_clips": len(data["train"][1])})
+                         {"pooling": "probe", "hidden_states": n_states, "train_clips": len(data["train"][1])},
+                         item_ids=ids)
     model = build_model(config, n_states, dim, n_classes, encoder)
     # A pooling with nothing to learn gives every clip the same vector each epoch: pool once (per
     # process: every fold and configuration of an actor shares it), then train the head on the
     # vectors (the same model and batches; about 20× faster).
     prepooled = encoder is None and not any(True for _ in model.pooling.parameters())
+    ids = {}  # split → its items' uids, in the loaders' order: the per-item predictions
     if live:
-        data = _decode_splits(config)
+        data = _decode_splits(config, ids)
     elif prepooled:
-        data = standardize_vectors(pooled_splits(config, model.pooling))
+        data = standardize_vectors(pooled_splits(config, model.pooling, ids))
         model.pooling = Prepooled(model.pooling.out_dim)
     elif reads_one_layer(config):  # the same model (same seed, same parameters), fed its layer alone
         model = build_model(config, n_states, dim, n_classes, encoder, one_layer=True)
-        data = load_cached(config, layer=layer_used(config, n_states))
+        data = load_cached(config, layer=layer_used(config, n_states), ids=ids)
     else:
-        data = load_cached(config)
+        data = load_cached(config, ids=ids)
     require_splits(data)
     train_labels = data["train"][1]
     weights = class_weights(train_labels, n_classes) if config["imbalance"] == "class_weights" else None
@@ -508,7 +516,8 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
         tags={"workload": WORKLOAD, "arm": config["arm"], "pooling": config["pooling"],
               "model_id": config["model_id"], "random_init": str(bool(config.get("random_init"))).lower(),
               "dataset_fingerprint": config["dataset_fingerprint"], "imbalance": config["imbalance"],
-              "speaker_norm": str(bool(config.get("speaker_norm")))})
+              "speaker_norm": str(bool(config.get("speaker_norm")))},
+        item_ids=ids)
     if live:  # the padding study's figures, logged with every epoch
         setup.epoch_metrics = lambda: live_padding_metrics(loaders)
     fit(config, setup, tracking, run_name(config))
@@ -527,7 +536,7 @@ def live_padding_metrics(loaders: dict) -> dict:
     return {"padded_share": 1 - real / max(padded, 1), "encoder_clips_per_s": clips / max(seconds, 1e-9)}
 
 
-def _decode_splits(config: dict) -> dict:
+def _decode_splits(config: dict, ids: dict | None = None) -> dict:
     from .data.audio import decode_audio
 
     items, splits, y = arm_view(config)
@@ -536,6 +545,8 @@ def _decode_splits(config: dict) -> dict:
     for uid, split in splits.items():
         row = items[uid]
         waves, labels, lengths = out[split]
+        if ids is not None:
+            ids.setdefault(split, []).append(uid)
         start = row.get("start")
         segment = (float(start), float(row["end"])) if start is not None and start == start and start != "" else None
         wave = decode_audio(row["path"], sr=16000, segment=segment)[:clip]

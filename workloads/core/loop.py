@@ -30,6 +30,7 @@ import torch
 
 from .session import LocalSession
 from .metrics import classification_metrics, plot_confusion, plot_learning_curves
+from .predictions import frame as predictions_frame, read as read_predictions, write as write_predictions
 from .seeding import derive_seed, seed_everything
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class TrainSetup:
     # A whole training step in one call, batch → (loss, logits, labels), replacing step,
     # backward, clipping and the optimizer step in training: a CUDA-graphed step (core/graphs.py)
     train_step: Callable[[object], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"] | None = None
+    # split → the ids of its items in the evaluation loader's order: the per-item predictions'
+    # uids (without them an item is named by its split and position)
+    item_ids: dict | None = None
 
 
 class EpochShardSampler(torch.utils.data.Sampler):
@@ -190,7 +194,7 @@ def run_epoch(setup: TrainSetup, model: torch.nn.Module, loader: Iterable, devic
             break
     # Loss and predictions stay on the device until the epoch ends: no step waits for the GPU
     total, n = None, 0
-    preds, labels = [], []
+    preds, labels, probs = [], [], []
     with torch.set_grad_enabled(train):
         for i, batch in enumerate(loader):
             if train and config is not None:
@@ -214,22 +218,31 @@ def run_epoch(setup: TrainSetup, model: torch.nn.Module, loader: Iterable, devic
             n += len(y)
             preds.append(logits.detach().argmax(-1))
             labels.append(y.detach())
+            if not train:  # the per-item predictions keep each class's probability
+                probs.append(logits.detach().float().softmax(-1))
     total_loss = float(total) if total is not None else 0.0
     preds = torch.cat(preds).cpu().tolist() if preds else []
     labels = torch.cat(labels).cpu().tolist() if labels else []
-    shards = session.gather((total_loss, n, labels, preds))
+    probs = torch.cat(probs).cpu().numpy() if probs else None
+    shards = session.gather((total_loss, n, labels, preds, probs))
     total_loss, n = sum(s[0] for s in shards), sum(s[1] for s in shards)
     y_true = [v for s in shards for v in s[2]]
     y_pred = [v for s in shards for v in s[3]]
+    y_prob = [row for s in shards if s[4] is not None for row in s[4]] or None
+    if not train and len(shards) > 1:  # rank r held items r, r + world, …: back to the loader's order
+        position = [r + j * len(shards) for r, s in enumerate(shards) for j in range(len(s[2]))]
+        order = sorted(range(len(position)), key=position.__getitem__)
+        y_true, y_pred = [y_true[i] for i in order], [y_pred[i] for i in order]
+        y_prob = [y_prob[i] for i in order] if y_prob is not None else None
     acc = sum(int(a == b) for a, b in zip(y_true, y_pred)) / max(n, 1)
-    return {"loss": total_loss / max(n, 1), "acc": acc, "n": n, "y_true": y_true, "y_pred": y_pred}
+    return {"loss": total_loss / max(n, 1), "acc": acc, "n": n, "y_true": y_true, "y_pred": y_pred, "y_prob": y_prob}
 
 
 WEIGHTS = "weights.pt"  # a checkpoint's tensors; progress.json holds the rest
 
 
 def _save_checkpoint(setup: TrainSetup, state: dict, directory: str, best_weights: dict | None = None,
-                     final: bool = False) -> None:
+                     final: bool = False, predictions=None) -> None:
     """A trial's checkpoint. `final` (its last epoch, or stopped early by its patience): the
     progress alone, marked finished, and the best epoch's weights where the trial exports them;
     no model or optimizer state, which a finished trial never resumes from. A sweep of many
@@ -245,6 +258,8 @@ def _save_checkpoint(setup: TrainSetup, state: dict, directory: str, best_weight
             "optimizer": setup.optimizer.state_dict(),
             "scheduler": setup.scheduler.state_dict() if setup.scheduler is not None else None,
         }, os.path.join(directory, WEIGHTS))
+    if predictions is not None:  # the best epoch's per-item predictions
+        write_predictions(predictions, directory)
     with open(os.path.join(directory, "progress.json"), "w") as f:
         json.dump({**state, "finished": final}, f)
 
@@ -294,7 +309,8 @@ def _save_unlogged(run, history: list) -> None:
 
 
 
-def _close_run(run, state: dict, setup: TrainSetup, run_name: str, art_dir: str, patience_s: float) -> bool:
+def _close_run(run, state: dict, setup: TrainSetup, run_name: str, art_dir: str, patience_s: float,
+               predictions=None) -> bool:
     """The end of a trial's MLflow run: the learning curves and the best epoch's confusion
     matrix, report and test metrics are drawn once, here (the UI plots every epoch's metrics
     itself), then everything MLflow lacks is logged, retrying for up to patience_s. Returns
@@ -310,6 +326,8 @@ def _close_run(run, state: dict, setup: TrainSetup, run_name: str, art_dir: str,
         run.add_artifact(_write(art_dir, "test_metrics.json", json.dumps(
             {"best": best, "confusion": test["confusion"],
              "class_names": list(setup.class_names)}, indent=2)))
+    if predictions is not None:
+        run.add_artifact(write_predictions(predictions, art_dir))
     synced = run.sync_until(state["history"], patience_s)
     if not synced:
         _save_unlogged(run, state["history"])
@@ -334,10 +352,12 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
 
     state = {"epoch": 0, "history": [], "best": None}
     best_weights = None  # the best epoch's weights, kept for setup.export
+    predictions = None  # the best epoch's per-item validation and test predictions
     checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state, best_weights = _load_checkpoint(setup, d, device)
+            predictions = read_predictions(d)
     resumed_from = state["epoch"]  # 0 for a fresh start; > 0 when a retry or --resume continued
 
     art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
@@ -369,11 +389,19 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 state["best"] = {
                     "epoch": epoch, "val_acc": val["acc"], "val_macro_f1": val["macro_f1"],
                     "test_loss": te["loss"], "test_acc": test["acc"], "test_macro_f1": test["macro_f1"],
-                    "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
+                    "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"], "n_test": te["n"],
                     **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
                 }
                 # what the trial's closing artifacts show (kept in the checkpoint: a resumed trial has them)
                 state["best_test"] = {"confusion": test["confusion"], "report": test["report"]}
+                if session.rank == 0:
+                    import pandas as pd
+
+                    ids = setup.item_ids or {}
+                    predictions = pd.concat([
+                        predictions_frame(split, r["y_true"], r["y_pred"], r["y_prob"], setup.class_names,
+                                          ids.get(split)) for split, r in (("val", va), ("test", te))],
+                        ignore_index=True)
                 if setup.best_metrics is not None:
                     state["best"]["extra"] = setup.best_metrics(model, lambda split: classification_metrics(
                         *_pair(run_epoch(setup, model, setup.loaders[split], device, False, session)),
@@ -391,6 +419,8 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             }
             best = state["best"]
             metrics = {**row, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+                       # the item counts: the verdicts' variance correction (n_test / n_train)
+                       "n_train": tr["n"], "n_val": va["n"], "n_test": best.get("n_test"),
                        **{k: v for k, v in best.items() if k.startswith("test_")}, **best.get("extra", {}),
                        "trainable_params": trainable, "total_params": total, "resumed_from_epoch": resumed_from,
                        # what the arm actually did (layers frozen/kept, heads left), for the results table
@@ -412,7 +442,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 if epoch == setup.epochs or bool(metrics.get("early_stopped")):
                     # the last epoch: its report carries what MLflow has, so the run is closed first
                     closed = True
-                    synced = _close_run(run, state, setup, run_name, art_dir, patience_s)
+                    synced = _close_run(run, state, setup, run_name, art_dir, patience_s, predictions)
                     if not synced:  # never silent: the loss is in Tune's result and beside the trial
                         metrics["mlflow_unlogged_epochs"] = len(run.unlogged(state["history"]))
                 else:  # in the background: the trial never waits for the server
@@ -437,7 +467,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 last_checkpoint = time.monotonic()
                 with tempfile.TemporaryDirectory() as ckpt_dir:
                     if session.rank == 0:
-                        _save_checkpoint(setup, state, ckpt_dir, best_weights, final=last)
+                        _save_checkpoint(setup, state, ckpt_dir, best_weights, final=last, predictions=predictions)
                     timings["time_checkpoint_s"] = time.perf_counter() - t
                     session.report({**metrics, **timings, **placed}, ckpt_dir if session.rank == 0 else None)
             if metrics.get("early_stopped"):
@@ -449,7 +479,7 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
         # its run was closed before that last checkpoint.
         if run is not None and not closed and trained:
             try:
-                _close_run(run, state, setup, run_name, art_dir, min(patience_s, 10.0))
+                _close_run(run, state, setup, run_name, art_dir, min(patience_s, 10.0), predictions)
             except Exception as e:  # never hides why the trial ended
                 print(f"[emosweep] could not close the MLflow run of trial {run.trial_id}: {e}", file=sys.stderr)
         # on every way out (a scheduler's stop and a crash included), kept only while it holds

@@ -23,21 +23,35 @@ if TYPE_CHECKING:
 
 
 def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracking: TrackingContext | None,
-                  run_name: str, tags: dict, info: dict | None = None, session: LocalSession | None = None
-                  ) -> dict | None:
-    """`data`: split → (X, y) for train, val and test. Returns what a trainable returns, like
-    the epoch loop's callers: {"best": the reported metrics} in a plain process (a session
-    handed in), None under Tune (a dict returned to Tune would be read as a result)."""
+                  run_name: str, tags: dict, info: dict | None = None, session: LocalSession | None = None,
+                  item_ids: dict | None = None) -> dict | None:
+    """`data`: split → (X, y) for train, val and test; `item_ids`: split → its items' ids, in
+    order, for the per-item predictions. Returns what a trainable returns, like the epoch
+    loop's callers: {"best": the reported metrics} in a plain process (a session handed in),
+    None under Tune (a dict returned to Tune would be read as a result)."""
+    import numpy as np
+    import pandas as pd
+
+    from .predictions import frame as predictions_frame, write as write_predictions
+
     plain = session is not None
     session = current_session(session)
     t = time.perf_counter()
     estimator.fit(*data["train"])
     train_s = time.perf_counter() - t
-    scores = {}
+    scores, frames = {}, []
     for split, (X, y) in data.items():
-        scores[split] = classification_metrics(list(y), list(estimator.predict(X)), class_names)
+        predicted = estimator.predict(X)
+        scores[split] = classification_metrics(list(y), list(predicted), class_names)
+        if split in ("val", "test"):
+            probs = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
+            if probs is not None and len(getattr(estimator, "classes_", [])) != len(class_names):
+                full = np.zeros((len(y), len(class_names)), dtype=np.float32)  # a class absent from training
+                full[:, np.asarray(estimator.classes_, dtype=int)] = probs
+                probs = full
+            frames.append(predictions_frame(split, y, predicted, probs, class_names, (item_ids or {}).get(split)))
+    predictions = pd.concat(frames, ignore_index=True)
     test, val = scores["test"], scores["val"]
-    import numpy as np
 
     steps = getattr(estimator, "named_steps", {"model": estimator}).values()
     n_params = int(sum(np.size(step.coef_) + np.size(getattr(step, "intercept_", 0)) for step in steps
@@ -54,12 +68,14 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
                "test_weighted_f1": test["weighted_f1"], "test_uar": test["uar"],
                **{f"test_f1_{c}": v for c, v in test["per_class_f1"].items()},
                "trainable_params": n_params, "total_params": n_params, "time_train_s": train_s,
+               **{f"n_{split}": len(y) for split, (_, y) in data.items()},
                **{k: v for k, v in (info or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     if tracking is not None:
         from .tracking import RUN_ID_KEY, TrialRun
 
         art_dir = tempfile.mkdtemp(prefix="emosweep-artifacts-")
         run = TrialRun(tracking, session.trial_id, run_name, {**config, **(info or {})}, tags, art_dir)
+        run.add_artifact(write_predictions(predictions, art_dir))
         title = f"{run_name}: test, acc {test['acc']:.3f}"
         run.add_artifact(plot_confusion(test["confusion"], class_names, title,
                                         os.path.join(art_dir, "confusion_matrix.png")))
@@ -75,12 +91,15 @@ def fit_estimator(config: dict, estimator, data: dict, class_names: list, tracki
             shutil.rmtree(art_dir, ignore_errors=True)
         if run.run_id:
             metrics[RUN_ID_KEY] = run.run_id  # the driver closes the run by it, without a search
-    session.report(metrics, None)
+    with tempfile.TemporaryDirectory() as ckpt_dir:  # the checkpoint holds the predictions alone
+        write_predictions(predictions, ckpt_dir)
+        session.report(metrics, ckpt_dir)
     return {"best": metrics} if plain else None
 
 
 def fit_floor(config: dict, data: dict, class_names: list, tracking: TrackingContext | None, run_name: str,
-              tags: dict, info: dict | None = None, session: LocalSession | None = None) -> dict | None:
+              tags: dict, info: dict | None = None, session: LocalSession | None = None,
+              item_ids: dict | None = None) -> dict | None:
     """The hand-made-feature studies' floor: a standardized logistic regression (C =
     config["floor_c"]) on `data` (split → (X, y); each clip's mean and standard deviation of
     the study's frame features), the simplest fair baseline on the same split."""
@@ -90,7 +109,7 @@ def fit_floor(config: dict, data: dict, class_names: list, tracking: TrackingCon
 
     estimator = make_pipeline(StandardScaler(), LogisticRegression(C=float(config.get("floor_c", 1.0)), max_iter=2000,
                                                                    random_state=int(config["seed"])))
-    return fit_estimator(config, estimator, data, class_names, tracking, run_name, tags, info, session)
+    return fit_estimator(config, estimator, data, class_names, tracking, run_name, tags, info, session, item_ids)
 
 
 def mean_and_std(frames):
