@@ -10,6 +10,9 @@
     emosweep tracking [--stop]       where this machine's shared MLflow server listens; stop it
     emosweep ray [--stop]            the local Ray the sweeps share (kept while in use); stop it
     emosweep ui [SWEEP]              open a sweep's arms in the MLflow UI (the latest sweep by default)
+    emosweep compare SWEEP SWEEP …   rank arms across corpora: Friedman, Nemenyi, CD diagram, Bayesian signed-rank
+    emosweep export emobox SWEEP --out DIR
+                                     a sweep's per-item test predictions in EmoBox's layout
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from workloads.core.paths import mask_uri
 
 
 # the engine's own modules; every other module of sweeps/ is a study file
-ENGINE_MODULES = {"runner", "study", "space", "search", "callbacks", "storage", "results", "report", "local", "cli"}
+ENGINE_MODULES = {"runner", "study", "space", "search", "callbacks", "storage", "results", "report", "local", "cli",
+                  "verdicts", "compare", "export"}
 
 
 def discover_studies() -> dict:
@@ -60,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                                                 "(default: $EMOSWEEP_HOME/cache)")
     from workloads import demo, predict
 
+    from sweeps import compare, export
+
     demo.add_parser(sub)
     predict.add_parser(sub)
+    compare.add_parser(sub)
+    export.add_parser(sub)
     tracking = sub.add_parser("tracking", help="the MLflow server the sweeps of $EMOSWEEP_HOME share")
     tracking.add_argument("--stop", action="store_true", help="stop it now")
     ray_cmd = sub.add_parser("ray", help="the local Ray the sweeps of $EMOSWEEP_HOME share")
@@ -81,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         return ui_command(args)
     if args.command == "data":
         return data_verify(args) if args.data_command == "verify" else data_prepare(args)
+    if args.command in ("compare", "export"):
+        from workloads.core.errors import UserError
+
+        try:
+            return compare.compare_command(args) if args.command == "compare" else export.export_command(args)
+        except UserError as e:
+            print(f"emosweep {args.command}: {e}", file=sys.stderr)
+            return 2
     if args.command in ("demo", "predict"):
         return (demo if args.command == "demo" else predict).main(args)
 

@@ -166,7 +166,8 @@ def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mo
         n_failed = int(((trials["arm"] == arm) & (trials["config_id"].fillna("c0") == best)
                         & (trials["status"] == "ERROR")).sum())
         stats = config_stats(picked, metric)
-        row = {"arm": arm, **{k: first.get(k) for k in (knobs or []) if k in picked}, "model": first.get("model"),
+        row = {"arm": arm, "config_id": best, **{k: first.get(k) for k in (knobs or []) if k in picked},
+               "model": first.get("model"),
                "n_runs": stats.pop("n_runs"), "n_failed": n_failed, "n_configs": len(by_config),
                "selected_by": ("one configuration" if len(by_config) == 1 else
                                f"best mean {metric} of {len(by_config)} configurations"),

@@ -211,6 +211,7 @@ def sweep_params(study: Study, opts, arms: dict, base: dict, gpus: float, schedu
         "gpus_per_trial": gpus, "max_failures": opts.max_failures, "smoke": opts.smoke,
         "folds": base["folds"], "n_folds": base["n_folds"], "seeds": base["seeds"],
         "split_by": base["split_by"], "split_seed": base["split_seed"], "allow_leak": opts.allow_leak, "rope": opts.rope,
+        "drop_duplicates": opts.drop_duplicates,
         "replicate_seeds": ",".join(str(s) for s in dict.fromkeys(r["seed"] for r in replicates)),
         **{f"optuna_seed.{a}": derive_seed(opts.seed, "optuna", a) for a in arms},
         **{f"base.{k}": v for k, v in base.items()},

@@ -147,6 +147,9 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--rope", type=float, default=0.01, metavar="ACC",
                    help="region of practical equivalence of the Bayesian verdicts, in accuracy: a difference "
                         "within ±ACC of the reference's is 'equivalent' (default 0.01)")
+    p.add_argument("--drop-duplicates", action="store_true",
+                   help="keep one item of each group of identical decoded audio (the first by name) and drop the "
+                        "others before splitting; says which")
     p.add_argument("--allow-leak", action="store_true",
                    help="run even when a split shares speakers or identical audio between train, val and test "
                         "(recorded as a tag)")
@@ -362,7 +365,7 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
                  "media_root": opts.media_root,
                  **{f.replace("-", "_"): getattr(opts, f.replace("-", "_"), None) for f in study.extra_flags}}
         base = study.prepare(base, **{k: v for k, v in flags.items() if k in takes})
-    base = plan_folds(study, base, opts)
+    base = plan_folds(study, base, opts, arms)
     if study.unavailable is not None:
         for arm in list(arms):
             why = study.unavailable({**base, **arms[arm]})
@@ -391,6 +394,9 @@ def check_fold_flags(study: Study, opts) -> None:
     if folds and study.official_splits:
         raise UserError(f"--folds: {study.name} uses {study.official_splits}; its splits are fixed. "
                         f"Use --seeds N to repeat every configuration with other seeds")
+    if getattr(opts, "drop_duplicates", False) and study.official_splits:
+        raise UserError(f"--drop-duplicates: {study.name} uses {study.official_splits}; the split gate does not run "
+                        f"on them")
     if opts.allow_leak and study.official_splits:
         raise UserError(f"--allow-leak: {study.name} uses {study.official_splits}; the split gate does not run on them")
     if opts.split_by and study.official_splits:
@@ -407,10 +413,11 @@ def check_fold_flags(study: Study, opts) -> None:
         raise UserError(f"--reference {opts.reference}: not an arm of {study.name} ({', '.join(study.arms)})")
 
 
-def plan_folds(study: Study, base: dict, opts) -> dict:
+def plan_folds(study: Study, base: dict, opts, arms: dict | None = None) -> dict:
     """After the study's prepare: how many folds, split how, and the split-integrity gate over
-    every fold (or the one split) before any trial starts. A leak is refused by name unless
-    --allow-leak. Sets n_folds, split_by, split_seed and the gate's report on base."""
+    every fold (or the one split) before any trial starts, over the parts the arms use. A leak
+    is refused by name unless --allow-leak; --drop-duplicates first keeps one item of each
+    group of identical audio. Sets n_folds, split_by, split_seed and the gate's report on base."""
     from workloads.data.folds import assignments, count_folds, gate, parse_folds, resolve_split_by, split_sizes
 
     base = dict(base)
@@ -418,9 +425,20 @@ def plan_folds(study: Study, base: dict, opts) -> dict:
     base.update(folds=str(folds or 0), n_folds=0, split_seed=opts.seed, seeds=opts.seeds,
                 split_by=study.split_by if not study.official_splits else "official")
     if study.official_splits or ("items_file" not in base and "items" not in base):
+        if getattr(opts, "drop_duplicates", False):
+            raise UserError(f"--drop-duplicates: {study.name} keeps no table of its items to drop them from")
         return base  # the corpus's own splits
-    from workloads.data.study_items import study_items
+    from workloads.data.study_items import drop_duplicates, study_items
 
+    if getattr(opts, "drop_duplicates", False):
+        base, dropped = drop_duplicates(base)
+        shown = "; ".join(f"kept {kept}, dropped {', '.join(gone)}" for kept, gone in dropped[:5])
+        print(f"[emosweep] --drop-duplicates: {sum(len(g) for _, g in dropped)} item(s) of identical audio dropped"
+              + (f" ({shown}" + (f"; … {len(dropped) - 5} more groups" if len(dropped) > 5 else "") + ")"
+                 if dropped else ""))
+        base["dropped_duplicates"] = sum(len(g) for _, g in dropped)
+    else:
+        dropped = []
     items = study_items(base)
     if folds:
         base["split_by"], why = resolve_split_by(items, opts.split_by, study.speaker_folds, folds)
@@ -429,7 +447,9 @@ def plan_folds(study: Study, base: dict, opts) -> dict:
     elif study.split_by == "speaker" and not all(str(r.get("speaker") or "") for r in items.values()):
         base["split_by"] = "item"
     checks = assignments(items, base["n_folds"], base["split_by"], opts.seed)
-    per, leaks = gate(items, checks, base["split_by"])
+    uses = {(arm.get("train_corpus", base.get("train_corpus")), arm.get("test_corpus", base.get("test_corpus")))
+            for arm in (arms or {None: {}}).values()}
+    per, leaks = gate(items, checks, base["split_by"], uses)
     hashed = any(r.get("content_hash") for r in items.values())
     checked = (["no speaker in two parts"] if base["split_by"] == "speaker" else []) + \
               (["no identical decoded audio in two parts"] if hashed else [])
@@ -443,6 +463,9 @@ def plan_folds(study: Study, base: dict, opts) -> dict:
             sizes = split_sizes(items, splits)
             lines.append(f"| {name.split()[-1]} | " + " | ".join(f"{n} ({s})" for n, s in sizes.values()) + " |")
         base["_gate"] += "\n\n" + "\n".join(lines)
+    if dropped:  # the data report names every group
+        base["_gate"] += "\n\n--drop-duplicates:\n" + "\n".join(f"- kept {kept}, dropped {', '.join(gone)}"
+                                                              for kept, gone in dropped)
     print(f"[emosweep] {base['_gate'].splitlines()[0]}")
     if leaks and not opts.allow_leak:
         shown = "\n  ".join(leaks[:10]) + (f"\n  … and {len(leaks) - 10} more" if len(leaks) > 10 else "")

@@ -194,6 +194,54 @@ def test_emobox_jsonl_with_its_folds(synth, tmp_path):
     assert list(m.items["label"]) == [canonical(lab) for lab in clips["label"]]
 
 
+def test_the_emobox_export_round_trips_through_emoboxs_own_keys(synth, tmp_path):
+    """Per-item predictions of a `--folds given` sweep, exported per fold as EmoBox's
+    {key, prediction} records: each file's keys are exactly its test_fold_K file's, the
+    predictions use EmoBox's own label names, and scoring them as EmoEval does (prediction
+    against the label of the same key) gives the accuracy of the predictions exported."""
+    from sweeps.export import export_emobox
+    from workloads.data.layouts import read_any
+    from workloads.data.labels import canonical
+
+    clips = _clips(synth, 8)
+    media = synth("ravdess", 24, seed=5, faults=False)
+    box = tmp_path / "emobox" / "ravdess"
+    records = [{"key": f"Ses{i:02d}_k", "dataset": "ravdess", "wav": str(Path(p).relative_to(media)),
+                "emo": {"fearful": "Fearful", "surprised": "Surprised"}.get(lab, lab.capitalize()), "channel": 1}
+               for i, (p, lab) in enumerate(zip(clips["path"], clips["label"]))]
+    (box / "fold_1").mkdir(parents=True)
+    (box / "fold_2").mkdir()
+    (box / "ravdess.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    for k, test in ((1, records[:4]), (2, records[4:])):
+        (box / f"fold_{k}" / f"ravdess_test_fold_{k}.jsonl").write_text("\n".join(json.dumps(r) for r in test))
+        (box / f"fold_{k}" / f"ravdess_train_fold_{k}.jsonl").write_text(
+            "\n".join(json.dumps(r) for r in records if r not in test))
+    items = read_any(box, media_root=media).items  # as a study reads it: uid corpus/<path>, label canonical
+    rng = np.random.default_rng(0)
+    classes = sorted(items["label"].unique())
+    rows = []
+    for k in (1, 2):
+        for _, item in items[items[f"fold_{k}"] == "test"].iterrows():
+            pred = item["label"] if rng.random() < 0.5 else classes[int(rng.integers(len(classes)))]
+            rows.append({"trial": f"t{k}", "arm": "probe", "config_id": "probe/c0", "fold": k - 1, "seed": 42,
+                         "split": "test", "uid": f"ravdess/{item['uid']}", "label": item["label"], "pred": pred})
+    predictions = pd.DataFrame(rows)
+    files = export_emobox(predictions, pd.DataFrame({"arm": ["probe"], "config_id": ["probe/c0"]}), box, tmp_path / "out",
+                          str(media))
+    assert sorted(f.relative_to(tmp_path / "out").as_posix() for f in files) == [
+        "probe/ravdess/fold_1/ravdess_test_fold_1.jsonl", "probe/ravdess/fold_2/ravdess_test_fold_2.jsonl"]
+    labels = {r["key"]: r["emo"] for r in records}
+    right = 0
+    for k, path in zip((1, 2), sorted(files)):
+        exported = [json.loads(line) for line in path.read_text().splitlines()]
+        official = [json.loads(line) for line in (box / f"fold_{k}" / f"ravdess_test_fold_{k}.jsonl").read_text().splitlines()]
+        assert sorted(r["key"] for r in exported) == sorted(r["key"] for r in official)
+        assert {r["prediction"] for r in exported} <= set(labels.values())  # EmoBox's names, not ours
+        right += sum(r["prediction"] == labels[r["key"]] for r in exported)
+    assert right / len(predictions) == pytest.approx((predictions["pred"] == predictions["label"]).mean())
+    assert all(canonical(labels[r]) for r in labels)
+
+
 def test_corpus_flags_name_the_corpora(tmp_path):
     x, y = tmp_path / "x", tmp_path / "y.csv"
     x.mkdir()
@@ -255,8 +303,8 @@ def test_blstm_arms_follow_the_corpora_named(synth):
 
 def test_given_folds_are_the_corpus_own():
     """--folds given: fold k's test part is the corpus's test_fold_k, a seeded tenth of its
-    train part validates, items in neither sit the fold out; no speaker check (the protocol
-    is the corpus's)."""
+    train part's speakers validates (speaker-disjoint, as EmoBox's folds are; by item where
+    speakers are unknown), items in neither sit the fold out."""
     from workloads.data.folds import FoldError, count_folds, fold_splits, parse_folds, resolve_split_by
 
     items = {f"u{i}": {"label": "anger" if i % 2 else "sadness", "speaker": f"s{i % 3}",
@@ -267,7 +315,12 @@ def test_given_folds_are_the_corpus_own():
     assert count_folds(items, "given", "given") == 2
     first = fold_splits(items, 2, 0, "given", seed=7)
     assert {u for u, s in first.items() if s == "test"} == {f"u{i}" for i in range(10)}
-    assert sum(s == "val" for s in first.values()) == 4 and sum(s == "train" for s in first.values()) == 26  # 2 per class
+    val_speakers = {items[u]["speaker"] for u, s in first.items() if s == "val"}
+    train_speakers = {items[u]["speaker"] for u, s in first.items() if s == "train"}
+    assert len(val_speakers) == 1 and not val_speakers & train_speakers  # one of the 3 speakers
+    anonymous = {u: {**row, "speaker": ""} for u, row in items.items()}  # by item: 2 per class
+    by_item = fold_splits(anonymous, 2, 0, "given", seed=7)
+    assert sum(s == "val" for s in by_item.values()) == 4 and sum(s == "train" for s in by_item.values()) == 26
     assert fold_splits(items, 2, 0, "given", seed=7) == first  # seeded
     second = fold_splits(items, 2, 1, "given", seed=7)
     assert second["u39"] == "none" and sum(s == "test" for s in second.values()) == 29
@@ -318,21 +371,33 @@ def test_s2_arms_with_several_corpora(synth):
 
 
 @pytest.mark.slow
-def test_s2_cross_corpus_runs_on_the_frozen_encoders_cache(synth, tmp_path):
-    """Two corpora's states in the cache; a cross arm trains on one and tests on the other's
-    test part, on the classes they share; its probe is its reference."""
+def test_s2_cross_corpus_runs_on_the_frozen_encoders_cache(synth, tmp_path, capsys):
+    """Two corpora's states in the cache; a cross arm trains on one and tests on all of the
+    other (nothing of it is trained on), on the classes they share; its probe is its reference.
+    TESS has two speakers, so its own split is by item: the gate checks only what the arms use
+    (RAVDESS's train and val, all of TESS as test) and lets it run without --allow-leak."""
     from sweeps.hubert_pooling import STUDY
     from sweeps.runner import main
+    from workloads.data.corpora import read_corpus
 
-    ravdess, cremad = synth("ravdess", 24, seed=5, faults=False), synth("cremad", 56, seed=1, faults=False)
-    table = main(STUDY, ["--local", "--smoke", "--corpus", f"ravdess={ravdess}", "--corpus", f"cremad={cremad}",
-                         "--arms", "cremad_to_ravdess,cremad_to_ravdess_probe", "--tracking-uri",
+    ravdess, tess = synth("ravdess", 24, seed=5, faults=False), synth("tess", 28, seed=1, faults=False)
+    table = main(STUDY, ["--local", "--smoke", "--corpus", f"ravdess={ravdess}", "--corpus", f"tess={tess}",
+                         "--arms", "ravdess_to_tess,ravdess_to_tess_probe", "--tracking-uri",
                          f"sqlite:///{tmp_path / 'm.db'}", "--results-out", str(tmp_path / "r.csv")])
+    assert "split gate" in capsys.readouterr().out
     rows = table.set_index("arm")
-    assert set(rows.index) == {"cremad_to_ravdess", "cremad_to_ravdess_probe"}
-    assert rows.loc["cremad_to_ravdess", "train_corpus"] == "cremad" and rows.loc["cremad_to_ravdess", "test_corpus"] == "ravdess"
-    assert set(rows.loc["cremad_to_ravdess", "arm_classes"].split(",")) == {"anger", "disgust", "fear", "happiness",
-                                                                            "neutral", "sadness"}
+    assert set(rows.index) == {"ravdess_to_tess", "ravdess_to_tess_probe"}
+    assert rows.loc["ravdess_to_tess", "train_corpus"] == "ravdess" and rows.loc["ravdess_to_tess", "test_corpus"] == "tess"
+    shared = set(rows.loc["ravdess_to_tess", "arm_classes"].split(","))
+    from workloads.data.labels import spelled
+
+    tess_items = read_corpus("tess", tess).items
+    every = int(tess_items["label"].map(spelled).isin(shared).sum())
+    assert rows.loc["ravdess_to_tess", "n_test"] == every  # all of TESS, not its test part
     arms = pd.read_csv(tmp_path / "r.arms.csv").set_index("arm")
-    assert arms.loc["cremad_to_ravdess", "reference"] == "cremad_to_ravdess_probe"
-    assert 0 <= rows.loc["cremad_to_ravdess", "test_acc"] <= 1
+    assert arms.loc["ravdess_to_tess", "reference"] == "ravdess_to_tess_probe"
+    assert 0 <= rows.loc["ravdess_to_tess", "test_acc"] <= 1
+    # the per-item predictions: every TESS item once per arm, each named by its corpus and uid
+    per_item = pd.read_parquet(tmp_path / "r.predictions.parquet")
+    test = per_item[per_item["split"] == "test"]
+    assert (test["corpus"] == "tess").all() and test.groupby("arm")["uid"].nunique().eq(every).all()

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # bench → what its README row promises, as it prints it
 FIGURES = {
+    "calibration.py": ["Bayesian correlated t (default): worst false-verdict rate", "power at the planted difference"],
     "data_throughput.py": ["(c) vs (a):", "(d) vs (c):"],
     "encoder_pass.py": ["share of ceiling", "parity by layer"],
     "fer_throughput.py": ["Ray Data cold / pandas:"],

@@ -146,3 +146,64 @@ def test_fold_flags_a_study_cannot_use_are_refused(study_module, argv, message, 
         main(study, [*argv, "--storage-path", str(tmp_path)])
     err = capsys.readouterr().err
     assert refused.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_identical_audio_never_straddles_a_split_and_validation_of_given_folds_is_speaker_disjoint():
+    """The planted pair of RAVDESS Actor_07 (two takes that decode to the same audio): item
+    folds and the validation carved from given folds keep the pair together, so the gate
+    passes; a given fold that itself puts the pair across train and test is refused by name,
+    and --drop-duplicates keeps one of them."""
+    from workloads.data.study_items import drop_duplicates
+
+    items = corpus(n_speakers=8, per_speaker=12)
+    a, b = "s03-00", "s03-03"  # same speaker, same class (i % 3 == 0)
+    items[b]["content_hash"] = items[a]["content_hash"]
+    for k in range(1, 5):  # EmoBox-like given folds: two speakers' items test each fold
+        for uid, row in items.items():
+            row[f"fold_{k}"] = "test" if int(row["speaker"][3:]) // 2 == k - 1 else "train"
+    for split_by, n in (("item", 4), ("given", 4), ("speaker", 4)):
+        for fold in range(n):
+            splits = fold_splits(items, n, fold, split_by, seed=3)
+            assert splits[a] == splits[b], (split_by, fold)
+        per, leaks = gate(items, assignments(items, n, split_by, 3), split_by)
+        assert not leaks, leaks
+    # by item without speakers too: validation of a given fold deals the pair as one
+    anonymous = {u: {**row, "speaker": ""} for u, row in items.items()}
+    for fold in range(4):
+        splits = fold_splits(anonymous, 4, fold, "given", seed=5)
+        assert splits[a] == splits[b]
+    # the corpus's own fold puts the pair across train and test: refused, naming both files
+    items[b]["fold_1"] = "test" if items[a]["fold_1"] == "train" else "train"
+    per, leaks = gate(items, assignments(items, 4, "given", 3), "given")
+    assert per["fold 0"] == 1 and items[a]["path"] in leaks[0] and items[b]["path"] in leaks[0]
+    config, dropped = drop_duplicates({"items": items})
+    assert dropped == [(a, [b])] and b not in config["items"] and a in config["items"]
+    assert not gate(config["items"], assignments(config["items"], 4, "given", 3), "given")[1]
+
+
+def test_the_gate_checks_only_the_parts_the_arms_use():
+    """Two corpora: B has two speakers, so its own split is by item and shares speakers across
+    its parts. A within-B arm would leak; a cross arm A → B tests on all of B and trains on
+    none of it, so its use is clean."""
+    from workloads.data.folds import arm_parts
+
+    items = {**corpus(6, 6, corpus_name="a"), **{f"b/{u}": {**row, "corpus": "b", "speaker": f"b{int(u[1:3]) % 2}"}
+                                               for u, row in corpus(4, 6).items()}}
+    rng = np.random.default_rng(0)
+    for uid, row in items.items():
+        if row["corpus"] == "a":
+            row["split"] = {0: "test", 1: "val"}.get(int(row["speaker"][3:]), "train")
+        else:
+            row["split"] = ["train", "val", "test"][int(rng.integers(3))]
+    checks = assignments(items, 0, "speaker", 0)
+    assert gate(items, checks, "speaker", {("b", "b")})[1]  # B's item split leaks its speakers
+    assert not gate(items, checks, "speaker", {("a", "b"), ("a", "a")})[1]
+    parts = arm_parts(items, checks[0][1], "a", "b")
+    assert {u for u, s in parts.items() if s == "test"} == {u for u in items if items[u]["corpus"] == "b"}
+    assert all(items[u]["corpus"] == "a" for u, s in parts.items() if s != "test")
+    # where B names its own test set, that is what a cross arm tests on
+    for row in items.values():
+        row["split_given"] = row["corpus"] == "b"
+    parts = arm_parts(items, checks[0][1], "a", "b")
+    assert {u for u, s in parts.items() if s == "test" and items[u]["corpus"] == "b"} == \
+        {u for u in items if items[u]["corpus"] == "b" and items[u]["split"] == "test"}

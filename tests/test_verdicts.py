@@ -137,3 +137,41 @@ def test_the_table_names_the_bayesian_test_and_shows_its_probabilities():
     text = format_arm_table(table)
     assert "P(better/equiv/worse)" in text and "rope ±0.02" in text and "Holm" in text
     assert max(len(line) for line in text.splitlines()) <= 120
+
+
+def test_nemenyis_critical_difference_is_demsars():
+    """Demšar (2006), section 3.2.2: k = 4 classifiers on N = 14 data sets, CD = 1.25 at α = 0.05;
+    his Table 5's q_0.05 for k = 2 … 6: 1.960, 2.343, 2.569, 2.728, 2.850."""
+    from sweeps.compare import critical_difference
+
+    assert critical_difference(4, 14) == pytest.approx(1.25, abs=0.005)
+    for k, q in zip(range(2, 7), (1.960, 2.343, 2.569, 2.728, 2.850)):
+        assert critical_difference(k, 6) / math.sqrt(k * (k + 1) / 36) == pytest.approx(q, abs=0.001)
+
+
+def test_compare_ranks_arms_across_three_corpora_and_draws_the_cd_diagram(tmp_path, capsys):
+    """Three sweeps' arm tables (one per corpus, as `emosweep compare` finds them): the corpus ×
+    arm table, average ranks, Friedman's p (scipy's), the CD diagram, the Bayesian signed-rank
+    line; a sweep that is not there is one line and exit 2."""
+    from sweeps.cli import main
+
+    means = {"ravdess": [0.62, 0.55, 0.40, 0.50], "manifest": [0.60, 0.57, 0.42, 0.49], "lookalike": [0.91, 0.88, 0.70, 0.80]}
+    arms = ["layers_mean", "mean_std", "first_frame", "probe"]
+    sweeps = []
+    for corpus, values in means.items():
+        folder = tmp_path / corpus  # no per-item predictions: the corpus is named by the folder
+        folder.mkdir()
+        pd.DataFrame({"arm": arms, "test_acc_mean": values, "reference": "probe"}).to_csv(folder / "results.arms.csv",
+                                                                                           index=False)
+        sweeps.append(str(folder))
+    out = tmp_path / "cmp"
+    assert main(["compare", *sweeps, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    friedman = stats.friedmanchisquare(*[[means[c][i] for c in means] for i in range(4)]).pvalue
+    assert f"p = {friedman:.3g}" in text and "critical difference" in text
+    assert "layers_mean against probe" in text and "P(better/equivalent/worse)" in text
+    table = pd.read_csv(out / "compare.csv", index_col="corpus")
+    assert table.shape == (3, 4) and table.loc["lookalike", "probe"] == 0.80
+    assert (out / "cd.png").stat().st_size > 5000
+    assert main(["compare", sweeps[0], str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err

@@ -112,24 +112,21 @@ def arm_classes(config: dict) -> list[str]:
 
 def arm_view(config: dict) -> tuple[dict, dict, dict]:
     """(items, uid → split, uid → class index) for this trial: its fold's (or the study's)
-    split, restricted to the arm's corpus and classes. A cross-corpus arm (train_corpus ≠
-    test_corpus) trains and validates on the first corpus and tests on the second's test part.
-    Items handed in without labels (tests) carry their class index as `y`."""
+    split, restricted to the parts the arm uses (folds.arm_parts: a cross-corpus arm trains and
+    validates on the first corpus and tests on all of the second, or on its given test set)
+    and to its classes. Items handed in without labels (tests) carry their class index as `y`."""
+    from .data.folds import arm_parts
+
     items = study_items(config)
     named = config.get("arm_classes") or "classes" in config
     index = {c: i for i, c in enumerate(arm_classes(config))} if named else None
-    train, test = config.get("train_corpus"), config.get("test_corpus")
+    parts = arm_parts(items, trial_splits(items, config), config.get("train_corpus"), config.get("test_corpus"))
     out, y = {}, {}
-    for uid, split in trial_splits(items, config).items():
+    for uid, split in parts.items():
         row = items[uid]
-        if split not in ("train", "val", "test") or (index is not None and row["label"] not in index):
+        if index is not None and row["label"] not in index:
             continue
         y[uid] = index[row["label"]] if index is not None else int(row["y"])
-        if train is not None:
-            corpus = row.get("corpus")
-            if (corpus == train and (split != "test" or train == test)) or (corpus == test and split == "test"):
-                out[uid] = split
-            continue
         out[uid] = split
     return items, out, y
 
@@ -715,7 +712,8 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
                           content_hash=usable["uid"].map(hashes).fillna(""))[
         ["uid", "y", "label", "split", "speaker", "path", "content_hash",
          *fold_columns(usable.columns),  # a corpus's own folds
-         *(c for c in ("start", "end") if c in usable.columns)]]  # segments, for the live mode
+         *(c for c in ("start", "end") if c in usable.columns),  # segments, for the live mode
+         *(c for c in ("split_given",) if c in usable.columns)]]  # a test set the corpus names itself
     return table, states_dir
 
 

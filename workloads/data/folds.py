@@ -139,10 +139,20 @@ def fold_splits(items: dict, n_folds: int, fold: int, split_by: str, seed: int) 
             key = f"fold_{fold + 1}"
             train = [u for u in uids if items[u].get(key) == "train"]
             val = set()
-            for label in sorted({str(items[u]["label"]) for u in train}):
-                members = [u for u in train if str(items[u]["label"]) == label]
-                order = [members[i] for i in _rng(seed, corpus, "given-val", label, fold).permutation(len(members))]
-                val |= set(order[:int(round(len(order) * VAL_SHARE))])
+            if all(str(items[u].get("speaker") or "") for u in train) and len({items[u]["speaker"] for u in train}) > 2:
+                # speaker-disjoint, as the corpus's folds are: a tenth of the training speakers
+                speakers = sorted({str(items[u]["speaker"]) for u in train})
+                order = [speakers[i] for i in _rng(seed, corpus, "given-val", fold).permutation(len(speakers))]
+                chosen = set(order[:max(1, int(round(len(order) * VAL_SHARE)))])
+                val = {u for u in train if str(items[u]["speaker"]) in chosen}
+            else:  # by item, stratified; identical audio stays together
+                group = _audio_groups(items, train)
+                heads = [u for u in train if group[u] == u]
+                for label in sorted({str(items[u]["label"]) for u in heads}):
+                    members = [u for u in heads if str(items[u]["label"]) == label]
+                    order = [members[i] for i in _rng(seed, corpus, "given-val", label, fold).permutation(len(members))]
+                    val |= set(order[:int(round(len(order) * VAL_SHARE))])
+                val = {u for u in train if group[u] in val}
             for u in uids:
                 side = items[u].get(key)
                 out[u] = "test" if side == "test" else "val" if u in val else "train" if side == "train" else "none"
@@ -160,9 +170,12 @@ def fold_splits(items: dict, n_folds: int, fold: int, split_by: str, seed: int) 
             continue
         # items: stratified per class. Each class's items are dealt into the folds in a seeded
         # order (so every fold keeps the class proportions), then a tenth of the rest is validation.
+        # Items of identical audio are one unit: dealt as their first, never in two parts.
+        group = _audio_groups(items, uids)
         by_label = defaultdict(list)
         for u in uids:
-            by_label[str(items[u]["label"])].append(u)
+            if group[u] == u:
+                by_label[str(items[u]["label"])].append(u)
         offset = 0
         for label in sorted(by_label):
             members = by_label[label]
@@ -175,6 +188,44 @@ def fold_splits(items: dict, n_folds: int, fold: int, split_by: str, seed: int) 
             val = set(rest[:int(round(len(rest) * VAL_SHARE))])
             for u in members:
                 out[u] = "test" if u in test else "val" if u in val else "train"
+        for u in uids:
+            out[u] = out[group[u]]
+    return out
+
+
+def arm_parts(items: dict, splits: dict, train_corpus: str | None = None, test_corpus: str | None = None) -> dict:
+    """uid → train/val/test of what one arm uses of an assignment: all of it for an arm of no
+    named corpus; its corpus's parts for a within-corpus arm; for a cross-corpus arm (A → B),
+    A's train and val parts and, as its test, all of B (nothing of B is trained on), or B's
+    own test set where the corpus names one (its items' `split_given`)."""
+    if train_corpus is None:
+        return {u: s for u, s in splits.items() if s in SPLITS}
+    if train_corpus == test_corpus:
+        return {u: s for u, s in splits.items() if s in SPLITS and _corpus(items[u]) == train_corpus}
+    given = any(_given(items[u]) for u in splits if _corpus(items[u]) == test_corpus)
+    out = {}
+    for u, s in splits.items():
+        corpus = _corpus(items[u])
+        if corpus == train_corpus and s in ("train", "val"):
+            out[u] = s
+        elif corpus == test_corpus and (s == "test" or (not given and s in SPLITS)):
+            out[u] = "test"
+    return out
+
+
+def _given(row: dict) -> bool:
+    value = row.get("split_given")
+    return bool(value) and str(value).lower() not in ("false", "0", "nan", "none")
+
+
+def _audio_groups(items: dict, uids: list) -> dict:
+    """uid → the first (sorted) uid of its identical-audio group (items' content_hash; itself
+    where the hash is unknown or unique): splits treat a group as one item."""
+    first: dict = {}
+    out = {}
+    for u in sorted(uids):
+        h = items[u].get("content_hash") or ""
+        out[u] = first.setdefault(h, u) if h else u
     return out
 
 
@@ -227,12 +278,18 @@ def assignments(items: dict, n_folds: int, split_by: str, seed: int) -> list[tup
     return [(f"fold {k}", fold_splits(items, n_folds, k, split_by, seed)) for k in range(n_folds)]
 
 
-def gate(items: dict, checks: list[tuple[str, dict]], split_by: str) -> tuple[dict, list[str]]:
-    """Check every assignment (see `assignments`). Returns ({its name: number of leaks}, the
-    leaks, each prefixed with its name)."""
+def gate(items: dict, checks: list[tuple[str, dict]], split_by: str, uses=None) -> tuple[dict, list[str]]:
+    """Check every assignment (see `assignments`), as the arms use it: `uses`, the arms'
+    (train corpus, test corpus) pairs (see arm_parts; default: all of every assignment).
+    Returns ({its name: number of leaks}, the leaks, each prefixed with its name)."""
     per, leaks = {}, []
+    uses = sorted(set(uses or [(None, None)]), key=str)
     for name, splits in checks:
-        found = check_splits(items, splits, check_speakers=split_by == "speaker")
+        found = []
+        for train, test in uses:
+            for line in check_splits(items, arm_parts(items, splits, train, test), check_speakers=split_by == "speaker"):
+                if line not in found:
+                    found.append(line)
         per[name] = len(found)
         leaks += [f"{name}: {line}" for line in found]
     return per, leaks

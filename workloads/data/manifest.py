@@ -106,6 +106,7 @@ def split_items(items: pd.DataFrame, seed: int, name: str, fractions=(0.8, 0.1, 
                 by_speaker: bool = True) -> pd.DataFrame:
     """assign_splits by speaker where asked and the corpus allows it (every item names a
     speaker, at least three of them), else stratified by item, saying so in one line."""
+    items = items.assign(split_given=items["split"].fillna("").astype(str) != "")  # the corpus's own split
     speakers = items["speaker"].fillna("").astype(str)
     if by_speaker and ((speakers == "").any() or speakers.nunique() < 3):
         why = "some items name no speaker" if (speakers == "").any() else f"it has {speakers.nunique()} speakers"

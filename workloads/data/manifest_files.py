@@ -133,6 +133,8 @@ def items_from_rows(name: str, rows, base: Path, root: Path, source: Path, probl
                 "manifest_line": line}
         if start is not None:
             item.update(start=start, end=end)
+        if row.get("key") not in (None, ""):  # the corpus's own id (EmoBox's): an export writes it back
+            item["key"] = str(row["key"])
         items.append({**item, **{k: row[k] for k in fold_columns(row)}})
     return items
 

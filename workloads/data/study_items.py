@@ -40,6 +40,40 @@ def study_items(config: dict) -> dict:
     return _read_items(config["items_fs"], config["items_file"])
 
 
+def drop_duplicates(config: dict) -> tuple[dict, list]:
+    """Keep the first item (by uid) of each group of identical decoded audio (content_hash,
+    within a corpus) and drop the others from the items the trials read. Returns (config, the
+    groups: [(kept uid, [dropped uids])])."""
+    items = study_items(config)
+    groups: dict = {}
+    for uid in sorted(items):
+        h = items[uid].get("content_hash") or ""
+        if h:
+            groups.setdefault((str(items[uid].get("corpus") or ""), h), []).append(uid)
+    dropped = [(uids[0], uids[1:]) for uids in groups.values() if len(uids) > 1]
+    gone = {u for _, rest in dropped for u in rest}
+    if not gone:
+        return config, []
+    config = dict(config)
+    if "items" in config:
+        config["items"] = {u: row for u, row in items.items() if u not in gone}
+        return config, dropped
+    import pyarrow as pa
+
+    from ..core.storage import filesystem
+    from .pipeline import _write_atomic
+
+    fs = filesystem(config["items_fs"])[0]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(config["items_file"], filesystem=fs).to_pandas()
+    table = table[~table["uid"].isin(gone)].reset_index(drop=True)
+    digest = hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:12]
+    config["items_file"] = config["items_file"].rsplit("/", 1)[0] + f"/study-items-{digest}.parquet"
+    _write_atomic(fs, config["items_file"], pa.Table.from_pandas(table, preserve_index=False))
+    return config, dropped
+
+
 @lru_cache(maxsize=2)
 def _read_items(fs_uri: str, path: str) -> dict:
     import pyarrow.parquet as pq
