@@ -299,7 +299,7 @@ def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDT
             if note and any(c[1] == "verdict" for c in cols):
                 import textwrap
 
-                text += "\n" + textwrap.fill(note, width)
+                text += "\n" + textwrap.fill(note, width, initial_indent="> ", subsequent_indent="> ")
             return text
         drop = min((c for c in cols if c[1] not in ("arm", "test acc (95% CI)")), key=lambda c: c[0])
         cols.remove(drop)

@@ -104,11 +104,16 @@ import importlib
 from sweeps.runner import main
 
 out = {}
+import pandas as pd
 for name, arms in json.loads(sys.argv[1]).items():
     study = importlib.import_module("sweeps." + name).STUDY
-    table = main(study, ["--smoke", "--local", "--arms", arms, "--tracking-uri", sys.argv[2]])
+    table = main(study, ["--smoke", "--local", "--arms", arms, "--tracking-uri", sys.argv[2],
+                         "--results-out", f"{sys.argv[3]}/{name}.csv"])
+    per_item = pd.read_parquet(f"{sys.argv[3]}/{name}.predictions.parquet").query("split == 'test'")
+    recomputed = per_item.assign(right=per_item["label"] == per_item["pred"]).groupby("trial")["right"].mean()
     out[name] = {"arms": sorted(table["arm"]), "test_acc": [float(v) for v in table["test_acc"]],
-                 "status": sorted(set(table["status"]))}
+                 "status": sorted(set(table["status"])),
+                 "per_item_acc": [float(recomputed[t]) for t in table["trial"]]}
 out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN)
 print(json.dumps(out))
 ''')
@@ -124,7 +129,8 @@ LOCAL_ARMS = {"bert_freezing": "full,freeze_first_9", "bert_head_pruning": "prun
 def test_local_runs_every_study_without_ray_and_sqlite_writes_nothing_here(tmp_path):
     """Each study's smoke through --local, in one process where Ray and Optuna cannot be
     imported; MLflow is a sqlite file, whose artifacts land beside it, never in the folder the
-    command ran from."""
+    command ran from. Every study writes results.predictions.parquet, whose test items give
+    each trial's test accuracy exactly."""
     import json
 
     from mlflow.tracking import MlflowClient
@@ -137,7 +143,8 @@ def test_local_runs_every_study_without_ray_and_sqlite_writes_nothing_here(tmp_p
     db = tmp_path / "db" / "mlflow.db"
     db.parent.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EMOSWEEP_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-c", HIDE, json.dumps(LOCAL_ARMS), f"sqlite:///{db}"], cwd=here, env=env,
+    out = subprocess.run([sys.executable, "-c", HIDE, json.dumps(LOCAL_ARMS), f"sqlite:///{db}", str(tmp_path)],
+                         cwd=here, env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -146,6 +153,8 @@ def test_local_runs_every_study_without_ray_and_sqlite_writes_nothing_here(tmp_p
         got = result[study]
         assert got["arms"] == sorted(arms.split(",")) and got["status"] != ["ERROR"], (study, got)
         assert all(0 <= v <= 1 for v in got["test_acc"]), (study, got)
+        # results.predictions.parquet: each trial's test items recompute its test accuracy exactly
+        assert got["per_item_acc"] == got["test_acc"], (study, got)
     assert list(here.iterdir()) == []  # no ./mlruns, nothing at all
     client = MlflowClient(f"sqlite:///{db}")
     experiment = client.get_experiment_by_name("fer_architectures")
@@ -157,7 +166,7 @@ def test_local_runs_every_study_without_ray_and_sqlite_writes_nothing_here(tmp_p
 
 # ----------------------------------------------------------------------------- the quiet terminal
 
-OURS = re.compile(r"^(\[emosweep\] |\||# |fer2013 \(|  fer_image|0 malformed|Over the |model: |results: |MLflow: |"
+OURS = re.compile(r"^(\[emosweep\] |\||# |> |fer2013 \(|  fer_image|0 malformed|Over the |model: |results: |MLflow: |"
                   r"  the arms|  the server|driver timings: |fer_architectures — |$)")
 
 
