@@ -148,7 +148,10 @@ def test_two_fold_sweep_writes_the_arm_table_and_nests_its_runs_in_mlflow(blstm_
     floor = blstm_sweep[blstm_sweep["arm"] == "ravdess_floor"].sort_values("fold")["test_acc"].to_numpy()
     mine = blstm_sweep[blstm_sweep["arm"] == "ravdess"].sort_values("fold")["test_acc"].to_numpy()
     assert arms.loc["ravdess", "test_acc_diff"] == pytest.approx((mine - floor).mean())
-    assert arms.loc["ravdess", "verdict"] in ("better", "worse", "no difference")
+    assert arms.loc["ravdess", "verdict"] in ("better", "worse", "equivalent", "undecided")
+    assert arms.loc["ravdess", "test"] == "bayes"  # over 2 folds: the Bayesian correlated t-test
+    probs = arms.loc["ravdess", ["p_better", "p_equivalent", "p_worse"]]
+    assert probs.sum() == pytest.approx(1.0)
     assert pd.isna(arms.loc["emodb_to_ravdess", "reference"])
     assert Path(blstm_sweep.attrs["arms_csv"]).with_suffix(".png").exists()
 
@@ -166,7 +169,7 @@ def test_two_fold_sweep_writes_the_arm_table_and_nests_its_runs_in_mlflow(blstm_
     row = next(r for r in rows if r.data.tags["arm"] == "ravdess")
     assert row.data.tags["selected"] == "true" and row.data.metrics["n_runs"] == 2
     assert row.data.metrics["test_acc_mean"] == pytest.approx(arms.loc["ravdess", "test_acc_mean"])
-    assert "test_acc_ci95" in row.data.metrics and "p_value" in row.data.metrics
+    assert "test_acc_ci95" in row.data.metrics and "p_value" in row.data.metrics and "p_better" in row.data.metrics
     assert "clean" in parent.data.tags["split_gate"]
 
 
