@@ -286,12 +286,12 @@ def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDT
         (7, "Δ acc vs ref", [("" if pd.isna(d) else f"{d:+.3f}" + ("" if pd.isna(h) else f" ± {h:.3f}"))
                              for d, h in zip(table["test_acc_diff"], table["test_acc_diff_ci95"])]),
         (5, "p (Holm)", ["" if pd.isna(p) else f"{p:.2g}" for p in table.get("p_holm", table["p_value"])]),
-        (6.5, "P(better/equiv/worse)", [_probs(row) for _, row in table.iterrows()]),
+        (6.5, "P(b/e/w)", [_probs(row) for _, row in table.iterrows()]),
         (5, "verdict", [str(v) for v in table["verdict"].fillna("")]),
     ]
     cols = [c for c in cols if any(cell for cell in c[2]) or c[1] in ("arm", "test acc (95% CI)")]
     if all(v in ("", "reference") or v.startswith("n/a") for v in table["verdict"].fillna("")):
-        cols = [c for c in cols if c[1] not in ("p (Holm)", "P(better/equiv/worse)", "verdict")]  # no pairs to test: nothing to say
+        cols = [c for c in cols if c[1] not in ("p (Holm)", "P(b/e/w)", "verdict")]  # no pairs to test: nothing to say
     note = table.attrs.get("verdict_note")
     while True:
         text = markdown(pd.DataFrame({h: cells for _, h, cells in cols}), disable_numparse=True)

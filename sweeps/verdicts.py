@@ -30,8 +30,9 @@ ALPHA = 1 - LEVEL
 # the line under the table that names the test behind each verdict
 TEST_NOTES = {
     "bayes": ("verdicts: Bayesian correlated t-test over the folds' means (seeds averaged within a fold; "
-              "Benavoli et al. 2017, baycomp), rope ±{rope:g}, at P ≥ {level:g}; p: corrected resampled "
-              "t-test (Nadeau & Bengio 2003), Holm-adjusted over the arms"),
+              "Benavoli et al. 2017, baycomp): P(b/e/w) = P(better / equivalent within ±{rope:g} / worse), "
+              "a verdict at P ≥ {level:g}; p: corrected resampled t-test (Nadeau & Bengio 2003), Holm-adjusted "
+              "over the arms"),
     "mcnemar": ("verdicts: McNemar's exact test on the per-item test predictions of one split, Holm-adjusted "
                 "over the arms; Δ's interval: bootstrap over items; equivalent when it lies within ±{rope:g}"),
 }

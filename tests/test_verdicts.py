@@ -135,7 +135,7 @@ def test_the_table_names_the_bayesian_test_and_shows_its_probabilities():
     table = arm_table(_trials(5, 1, 0.0, np.random.default_rng(1)), {"x": {}, "floor": {}}, reference="floor",
                       rope=0.02)
     text = format_arm_table(table)
-    assert "P(better/equiv/worse)" in text and "rope ±0.02" in text and "Holm" in text
+    assert "P(b/e/w)" in text and "within ±0.02" in text and "Holm" in text and "p (Holm)" in text
     assert max(len(line) for line in text.splitlines()) <= 120
 
 
