@@ -9,8 +9,8 @@ table. Across the corpora (Demšar 2006):
 - the critical-difference diagram (scikit-posthocs), as a PNG;
 - a Bayesian signed-rank test across the corpora between the best arm and the reference
   (Benavoli et al. 2017, baycomp): P(better), P(equivalent), P(worse) with the rope.
-Written to --out (compare.md, compare.csv, cd.png) and, with a tracking server, logged as an
-MLflow run of its own in the first sweep's experiment.
+Written to --out (compare.md, compare.csv, cd.png) and logged as an MLflow run of its own in
+the experiment `emosweep-compare` of the tracking server the sweeps use.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from workloads.core.errors import UserError
+from workloads.core.paths import mask_uri
 
 from .verdicts import ALPHA, ROPE, bayes_verdict
 
@@ -158,8 +159,16 @@ def compare_command(args) -> int:
         files.append(draw_cd(result, out / "cd.png"))
     print(text)
     print(f"written: {', '.join(str(f) for f in files)}")
-    if args.tracking_uri:
-        log_comparison(args.tracking_uri, args.sweeps, files)
+    if not args.no_tracking:
+        from workloads.core.tracking import fail_fast_requests, tracking_server
+
+        fail_fast_requests()
+        try:
+            with tracking_server(args.tracking_uri) as uri:
+                log_comparison(uri, args.sweeps, files)
+        except Exception as e:  # the files are written either way
+            print(f"[emosweep] could not log the comparison to MLflow ({type(e).__name__}: {str(e)[:200]})",
+                  file=sys.stderr)
     return 0
 
 
@@ -175,7 +184,7 @@ def log_comparison(uri: str, sweeps: list[str], files: list[Path]) -> None:
     for path in files:
         client.log_artifact(run.info.run_id, str(path))
     client.set_terminated(run.info.run_id, "FINISHED")
-    print(f"MLflow: experiment 'emosweep-compare', run {run.info.run_id}")
+    print(f"MLflow: {mask_uri(uri)}, experiment 'emosweep-compare', run {run.info.run_id}")
 
 
 def add_parser(sub) -> None:
@@ -187,4 +196,6 @@ def add_parser(sub) -> None:
     p.add_argument("--reference", metavar="ARM", help="the arm the best is tested against (default: the sweeps' own)")
     p.add_argument("--rope", type=float, default=ROPE, help=f"the Bayesian test's rope, in accuracy (default {ROPE})")
     p.add_argument("--out", help="folder for compare.md, compare.csv and cd.png (default $EMOSWEEP_HOME/compare/…)")
-    p.add_argument("--tracking-uri", help="also log them to this MLflow server, as a run of 'emosweep-compare'")
+    p.add_argument("--tracking-uri", help="the MLflow server to log them to, as a run of the experiment "
+                                          "'emosweep-compare' (default: $EMOSWEEP_TRACKING_URI, else the shared one)")
+    p.add_argument("--no-tracking", action="store_true", help="write the files only")

@@ -149,7 +149,7 @@ def test_nemenyis_critical_difference_is_demsars():
         assert critical_difference(k, 6) / math.sqrt(k * (k + 1) / 36) == pytest.approx(q, abs=0.001)
 
 
-def test_compare_ranks_arms_across_three_corpora_and_draws_the_cd_diagram(tmp_path, capsys):
+def test_compare_ranks_arms_across_three_corpora_and_draws_the_cd_diagram(tmp_path, capsys, mlflow_server):
     """Three sweeps' arm tables (one per corpus, as `emosweep compare` finds them): the corpus ×
     arm table, average ranks, Friedman's p (scipy's), the CD diagram, the Bayesian signed-rank
     line; a sweep that is not there is one line and exit 2."""
@@ -165,7 +165,7 @@ def test_compare_ranks_arms_across_three_corpora_and_draws_the_cd_diagram(tmp_pa
                                                                                            index=False)
         sweeps.append(str(folder))
     out = tmp_path / "cmp"
-    assert main(["compare", *sweeps, "--out", str(out)]) == 0
+    assert main(["compare", *sweeps, "--out", str(out), "--tracking-uri", mlflow_server.uri]) == 0
     text = capsys.readouterr().out
     friedman = stats.friedmanchisquare(*[[means[c][i] for c in means] for i in range(4)]).pvalue
     assert f"p = {friedman:.3g}" in text and "critical difference" in text
@@ -173,5 +173,10 @@ def test_compare_ranks_arms_across_three_corpora_and_draws_the_cd_diagram(tmp_pa
     table = pd.read_csv(out / "compare.csv", index_col="corpus")
     assert table.shape == (3, 4) and table.loc["lookalike", "probe"] == 0.80
     assert (out / "cd.png").stat().st_size > 5000
-    assert main(["compare", sweeps[0], str(tmp_path / "nope")]) == 2
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server.uri)
+    run = client.search_runs([client.get_experiment_by_name("emosweep-compare").experiment_id])[0]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"compare.md", "compare.csv", "cd.png"}
+    assert main(["compare", sweeps[0], str(tmp_path / "nope"), "--no-tracking"]) == 2
     assert "nope" in capsys.readouterr().err
