@@ -15,6 +15,7 @@ the experiment `emosweep-compare` of the tracking server the sweeps use.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -52,17 +53,18 @@ def corpus_of(arms_csv: Path) -> str:
 
 def corpus_table(sweeps: list[str], home: Path, metric: str = "test_acc") -> tuple[pd.DataFrame, str | None]:
     """(corpus × arm table of each arm's mean `metric`, the reference arm the sweeps share)."""
-    rows, references = {}, set()
+    found, references = [], set()
     for sweep in sweeps:
         path = find_sweep(sweep, home)
         table = pd.read_csv(path)
         if f"{metric}_mean" not in table:
             raise UserError(f"{path}: no {metric}_mean column")
-        name = corpus_of(path)
-        while name in rows:  # two sweeps of one corpus: keep both, told apart
-            name += "'"
-        rows[name] = table.set_index("arm")[f"{metric}_mean"]
+        found.append((corpus_of(path), path.parent.name, table.set_index("arm")[f"{metric}_mean"]))
         references |= set(table.get("reference", pd.Series(dtype=object)).dropna())
+    names = [corpus for corpus, _, _ in found]
+    rows = {}
+    for corpus, folder, means in found:  # two sweeps of one corpus: told apart by their sweep's name
+        rows[corpus if names.count(corpus) == 1 else f"{corpus} ({folder})"] = means
     frame = pd.DataFrame(rows).T
     return frame, (next(iter(references)) if len(references) == 1 else None)
 
@@ -160,8 +162,11 @@ def compare_command(args) -> int:
     print(text)
     print(f"written: {', '.join(str(f) for f in files)}")
     if not args.no_tracking:
+        from workloads.core.console import QUIET_ENV
         from workloads.core.tracking import fail_fast_requests, tracking_server
 
+        for key, value in QUIET_ENV.items():  # MLflow's own "View run" lines: the one below says it
+            os.environ.setdefault(key, value)
         fail_fast_requests()
         try:
             with tracking_server(args.tracking_uri) as uri:

@@ -74,7 +74,7 @@ def gather_predictions(result_grid) -> pd.DataFrame:
         if found is None:
             continue
         corpus = cfg.get("corpus") if isinstance(cfg.get("corpus"), str) else None
-        frames.append(with_corpus(found, corpus).assign(
+        frames.append(with_corpus(found, corpus, _items_of(cfg)).assign(
             trial=Path(result.path).name, arm=cfg.get("arm"), config_id=cfg.get("config_id"),
             fold=cfg.get("fold"), seed=cfg.get("seed")))
     if not frames:
@@ -82,6 +82,18 @@ def gather_predictions(result_grid) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     first = ["trial", "arm", "config_id", "fold", "seed", "corpus", "split", "uid", "label", "pred"]
     return out[first + [c for c in out.columns if c not in first]]
+
+
+def _items_of(config: dict) -> dict | None:
+    """The study's items table a trial read (uid → row), where it names one and it can be read."""
+    if "items" not in config and "items_file" not in config:
+        return None
+    from workloads.data.study_items import study_items
+
+    try:
+        return study_items(config)
+    except (OSError, ValueError):  # moved or removed since the sweep ran: the corpus falls back to the study's
+        return None
 
 
 def markdown(df: pd.DataFrame, **options) -> str:

@@ -48,7 +48,8 @@ def read(directory: str) -> pd.DataFrame | None:
     return pd.read_parquet(path) if os.path.exists(path) else None
 
 
-def with_corpus(predictions: pd.DataFrame, default: str | None = None) -> pd.DataFrame:
-    """The corpus of each item: the prefix of a study's `corpus/uid` ids, else `default`."""
-    prefix = predictions["uid"].str.extract(r"^([^/:]+)/", expand=False)
-    return predictions.assign(corpus=prefix.fillna(default if default is not None else ""))
+def with_corpus(predictions: pd.DataFrame, default: str | None = None, items: dict | None = None) -> pd.DataFrame:
+    """The corpus of each item: the study's items table's (`items`: uid → row, where a row
+    names its corpus), else `default` (the study's one corpus)."""
+    named = predictions["uid"].map(lambda u: (items.get(u) or {}).get("corpus") if items else None)
+    return predictions.assign(corpus=named.where(named.notna() & (named != ""), default or ""))
