@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=480, help="clips of the generated look-alike")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--model", default="whisper-base")
-    args = parse(p, n=48, epochs=1)
+    args = parse(p, n=48, epochs=1, model="whisper-tiny.en")  # the cheapest real encoder
     common = ["--epochs", str(args.epochs), "--model", args.model, "--verbose", "0", "--max-concurrent", "2",
               "--set", "speaker_norm=false"]  # the live mode has no cached states to normalize
     with tempfile.TemporaryDirectory(prefix="emosweep-bench-pool-") as work:

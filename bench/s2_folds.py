@@ -33,13 +33,13 @@ def main() -> None:
     p.add_argument("--warm", action="store_true", help="keep $EMOSWEEP_HOME (its cache may hold the states)")
     p.add_argument("extra", nargs="*", help="more flags for the study, after --")
     opts = parse(p, folds="2", arms="masked_mean,probe")
-    if opts.quick and opts.data_dir == DEFAULT_DATA:  # the smallest: a generated look-alike, one epoch
+    if opts.quick and opts.data_dir == DEFAULT_DATA:  # the smallest: a generated look-alike, one epoch, whisper-tiny.en
         sys.path.insert(0, str(ROOT))
         from workloads.data.synth import ensure_generated
 
         opts.data_dir = str(ensure_generated(Path(tempfile.mkdtemp(prefix="emosweep-bench-s2-data-")), "ravdess",
                                              96, 42, difficulty=0.5))
-        opts.extra = [*opts.extra, "--epochs", "1"]
+        opts.extra = [*opts.extra, "--epochs", "1", "--model", "whisper-tiny.en"]  # the cheapest real encoder
     if not Path(opts.data_dir).is_dir():
         raise SystemExit(f"{opts.data_dir}: no such folder (real RAVDESS, e.g. ../shared/data/ravdess)")
     home = None

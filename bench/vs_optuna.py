@@ -48,6 +48,7 @@ def study_args(opts) -> list[str]:
     return ["--arms", opts.arms, "--num-samples", str(opts.samples), "--folds", str(opts.folds),
             "--scheduler", "fifo", "--seed", str(opts.seed),
             *(["--data-dir", opts.data_dir] if opts.data_dir else []),
+            *(["--model", opts.model] if opts.model else []),
             *(["--epochs", str(opts.epochs)] if opts.epochs else [])]
 
 
@@ -224,6 +225,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the study's, 20)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data-dir", help="a RAVDESS folder (default: the study's generated look-alike)")
+    p.add_argument("--model", help="the encoder (default: the study's, whisper-base from the shelf)")
     p.add_argument("--home", help="EMOSWEEP_HOME to use (default: a fresh one; its cache is filled first, untimed)")
     p.add_argument("--tolerance", type=float, default=0.02,
                    help="largest allowed difference of the two sides' mean validation accuracy")
@@ -234,7 +236,7 @@ def main() -> None:
     p.add_argument("--_ceiling", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--_shard", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--_shards", type=int, default=1, help=argparse.SUPPRESS)
-    opts = parse(p, samples=1, folds=2, epochs=1)
+    opts = parse(p, samples=1, folds=2, epochs=1, model="whisper-tiny.en", arms="layers_mean")  # the cheapest real encoder
     if opts._peer:
         return peer(opts)
     if opts._ceiling:
@@ -259,7 +261,8 @@ def main() -> None:
     t = time.perf_counter()
     run([sys.executable, str(STUDY_FILE), "--arms", opts.arms.split(",")[0], "--folds", str(opts.folds),
          "--seed", str(opts.seed), "--epochs", "1", "--name", f"vs-optuna-warmup-{time.strftime('%Y%m%d-%H%M%S')}",
-         *(["--data-dir", opts.data_dir] if opts.data_dir else [])], env, log)
+         *(["--data-dir", opts.data_dir] if opts.data_dir else []),
+         *(["--model", opts.model] if opts.model else [])], env, log)
     stop_warm(env, log)
     print(f"  cache filled ({time.perf_counter() - t:.0f} s, untimed)", flush=True)
 
@@ -303,6 +306,7 @@ def config_number(rows: list[dict]) -> int:
 def passthrough(opts) -> list[str]:
     return ["--arms", opts.arms, "--samples", str(opts.samples), "--folds", str(opts.folds), "--seed", str(opts.seed),
             *(["--data-dir", opts.data_dir] if opts.data_dir else []),
+            *(["--model", opts.model] if opts.model else []),
             *(["--epochs", str(opts.epochs)] if opts.epochs else [])]
 
 

@@ -45,18 +45,53 @@ def test_every_bench_is_run_here():
     assert benches == set(FIGURES), "a bench without a smoke run here, or a listed bench that is gone"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("bench", sorted(FIGURES))
-def test_a_bench_runs_at_its_smallest_size_and_prints_its_figure(bench, tmp_path):
-    env = {**os.environ, "EMOSWEEP_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1",
+# The smoke runs mostly wait (Ray and MLflow start and stop, several sweeps each, in fresh
+# processes): they run three at a time, started together when the first is asked for. Each
+# bench's own test then reports its result. Their figures are not read here, so sharing the
+# cores costs nothing but wall time: about half of running them one after another.
+CONCURRENT = 3
+
+
+def _smoke(bench: str, home: Path) -> tuple[str, subprocess.CompletedProcess | None]:
+    env = {**os.environ, "EMOSWEEP_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "EMOSWEEP_MLFLOW_IDLE_S": "60", "EMOSWEEP_RAY_IDLE_S": "60"}
     command = [sys.executable, str(ROOT / "bench" / bench), "--quick", *ARGS.get(bench, [])]
     if bench in OWN_PIDS:
         if not shutil.which("unshare") or os.geteuid() != 0:
-            pytest.skip(f"{bench} stops every Ray on the machine; it runs here in a PID namespace of its own, "
-                        f"which needs root and unshare")
+            return (f"{bench} stops every Ray on the machine; it runs here in a PID namespace of its own, "
+                    f"which needs root and unshare"), None
         command = ["unshare", "--pid", "--fork", "--mount-proc", *command]
-    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    return "", subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=560)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory):
+    """bench → the future of its smoke run, for the benches this session selected."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = sorted({item.callspec.params["bench"] for item in request.session.items
+                     if getattr(item, "callspec", None) and "bench" in item.callspec.params
+                     and item.originalname == "test_a_bench_runs_at_its_smallest_size_and_prints_its_figure"})
+    # the longest first, so the pool's tail is short
+    wanted.sort(key=lambda b: -SMOKE_S.get(b, 10))
+    pool = ThreadPoolExecutor(CONCURRENT, thread_name_prefix="bench-smoke")
+    futures = {b: pool.submit(_smoke, b, tmp_path_factory.mktemp(f"bench-{b[:-3]}") / "home") for b in wanted}
+    yield futures
+    pool.shutdown(wait=True)
+
+
+# seconds each smoke run took alone (2 cores, 2026-12-04): the order they start in
+SMOKE_S = {"vs_optuna.py": 104, "trial_overhead.py": 112, "pooling_cache.py": 71, "s2_folds.py": 43,
+           "fer_throughput.py": 31, "data_throughput.py": 19, "tracking_throughput.py": 13, "encoder_pass.py": 12}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("bench", sorted(FIGURES))
+def test_a_bench_runs_at_its_smallest_size_and_prints_its_figure(bench, smoke_runs):
+    skipped, out = smoke_runs[bench].result()
+    if out is None:
+        pytest.skip(skipped)
     assert out.returncode == 0, f"{bench} --quick failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     for figure in FIGURES[bench]:
         assert figure in out.stdout, f"{bench} --quick did not print {figure!r}:\n{out.stdout[-2000:]}"
