@@ -1,6 +1,8 @@
 """`emosweep compare SWEEP [SWEEP …]`: which arm wins across corpora.
 
-Each sweep is one corpus (the corpus its per-item predictions name, else the sweep's name).
+Each sweep is one corpus (the corpus its per-item predictions name, else the sweep's name);
+or one sweep run on several corpora (S2 with several --corpus), whose within-corpus arms are
+read per corpus (the sweep's own end writes the same ranking beside its tables).
 From each sweep's arm table it takes every arm's mean test accuracy and prints a corpus × arm
 table. Across the corpora (Demšar 2006):
 - each arm's average rank, and Friedman's test that the ranks differ (scipy);
@@ -67,6 +69,44 @@ def corpus_table(sweeps: list[str], home: Path, metric: str = "test_acc") -> tup
         rows[corpus if names.count(corpus) == 1 else f"{corpus} ({folder})"] = means
     frame = pd.DataFrame(rows).T
     return frame, (next(iter(references)) if len(references) == 1 else None)
+
+
+def corpus_arm_table(arms: pd.DataFrame, metric: str = "test_acc") -> tuple[pd.DataFrame, str | None] | None:
+    """One sweep run on several corpora (S2 with several --corpus): its within-corpus arms
+    (`ARM` on the first corpus, `ARM@CORPUS` on the others) as a corpus × arm table of the
+    mean `metric`, with the reference they share; None when the sweep ran on one corpus."""
+    if not {"train_corpus", "test_corpus", f"{metric}_mean"} <= set(arms):
+        return None
+    within = arms[arms["train_corpus"].notna() & (arms["train_corpus"] == arms["test_corpus"])]
+    if within["test_corpus"].nunique() < 2:
+        return None
+    method = within["arm"].str.split("@").str[0]
+    frame = within.assign(method=method).pivot_table(index="test_corpus", columns="method", values=f"{metric}_mean")
+    frame.index.name = None
+    references = set(within["reference"].dropna().str.split("@").str[0]) if "reference" in within else set()
+    return frame, (next(iter(references)) if len(references) == 1 else None)
+
+
+def across_corpora(arms: pd.DataFrame, out_stem: Path, rope: float | None = None) -> tuple[str, list[Path]] | None:
+    """At a sweep's end, where it ran its arms on several corpora: the ranking across them
+    (rank_arms) as `<stem>.corpora.md` and the CD diagram `<stem>.cd.png`. Returns (the
+    report's text, the files), or None."""
+    rope = ROPE if rope is None else float(rope)
+    found = corpus_arm_table(arms)
+    if found is None:
+        return None
+    table, reference = found
+    full = table.dropna(axis=1)
+    if full.shape[1] < 2:
+        return None
+    result = rank_arms(full, reference, rope)
+    text = report(full, result, rope)
+    md = out_stem.with_name(out_stem.name + ".corpora.md")
+    md.write_text(text)
+    files = [md]
+    if "nemenyi" in result:
+        files.append(draw_cd(result, out_stem.with_name(out_stem.name + ".cd.png")))
+    return text, files
 
 
 def critical_difference(k: int, n: int, alpha: float = ALPHA) -> float:
@@ -141,9 +181,10 @@ def compare_command(args) -> int:
     from workloads.core.paths import emosweep_home
 
     home = emosweep_home()
-    if len(args.sweeps) < 2:
-        raise UserError("compare: give two sweeps or more (one per corpus)")
-    table, reference = corpus_table(args.sweeps, home, args.metric)
+    one = corpus_arm_table(pd.read_csv(find_sweep(args.sweeps[0], home))) if len(args.sweeps) == 1 else None
+    if len(args.sweeps) < 2 and one is None:
+        raise UserError("compare: give two sweeps or more (one per corpus), or one sweep run on several corpora")
+    table, reference = one if one is not None else corpus_table(args.sweeps, home, args.metric)
     full = table.dropna(axis=1)
     if len(full.columns) < table.shape[1]:
         print(f"[emosweep] left out, not run on every corpus: {', '.join(sorted(set(table) - set(full)))}",
@@ -196,7 +237,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="rank the arms of sweeps run on different corpora (Friedman, Nemenyi, "
                                        "critical-difference diagram, Bayesian signed-rank)")
     p.add_argument("sweeps", nargs="+", metavar="SWEEP",
-                   help="a sweep's name, folder or results.arms.csv; one per corpus")
+                   help="a sweep's name, folder or results.arms.csv; one per corpus, or one run on several corpora")
     p.add_argument("--metric", default="test_acc", help="the arm table's metric to rank by (default test_acc)")
     p.add_argument("--reference", metavar="ARM", help="the arm the best is tested against (default: the sweeps' own)")
     p.add_argument("--rope", type=float, default=ROPE, help=f"the Bayesian test's rope, in accuracy (default {ROPE})")

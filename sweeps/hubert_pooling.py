@@ -34,8 +34,10 @@ CROSS_POOLING = "layers_mean"  # what a cross-corpus arm pools with: the best ar
 
 
 def arms_for(opts) -> dict | None:
-    """With two or more named corpora: the pooling arms on the first, and per ordered pair a
-    cross-corpus arm and its probe, each with its class map; else the declared arms."""
+    """With two or more named corpora: the pooling arms on each, on its own folds (named as
+    declared on the first corpus, `ARM@CORPUS` on the others), and per ordered pair a
+    cross-corpus arm and its probe, each with its class map; else the declared arms. The
+    sweep's end ranks the pooling arms across the corpora (compare.py)."""
     from workloads.data.layouts import corpus_classes, cross_pairs, named_corpora
 
     if not opts.corpus:
@@ -45,8 +47,11 @@ def arms_for(opts) -> dict | None:
         return None
     classes = {name: corpus_classes(name, path, opts.media_root) for name, path in given.items()}
     first = next(iter(given))
-    arms = {name: {**arm, "train_corpus": first, "test_corpus": first, "arm_classes": ",".join(classes[first])}
-            for name, arm in ARMS.items()}
+    arms = {}
+    for corpus in given:
+        for name, arm in ARMS.items():
+            arms[name if corpus == first else f"{name}@{corpus}"] = {
+                **arm, "train_corpus": corpus, "test_corpus": corpus, "arm_classes": ",".join(classes[corpus])}
     for a, b, shared in cross_pairs(classes):
         pair = {"train_corpus": a, "test_corpus": b, "arm_classes": ",".join(shared)}
         arms[f"{a}_to_{b}"] = {"pooling": CROSS_POOLING, **pair}
@@ -61,6 +66,8 @@ def reference_of(arm: str, arms: dict) -> str | None:
     config = arms.get(arm, {})
     if config.get("train_corpus") != config.get("test_corpus"):
         return f"{arm}_probe" if f"{arm}_probe" in arms else None
+    if "@" in arm:  # a pooling arm on another corpus: that corpus's probe
+        return f"probe@{arm.split('@', 1)[1]}" if f"probe@{arm.split('@', 1)[1]}" in arms else None
     if "probe" in arms:
         return "probe"
     from sweeps.results import default_reference

@@ -78,21 +78,30 @@ def finish(study: Study, name: str, table: pd.DataFrame, arms: dict, state: dict
     if predictions is not None and not predictions.empty:
         per_item = out.with_name(out.stem + ".predictions.parquet")
         predictions.to_parquet(per_item, index=False)
+    ranked = None
+    if len(arms_tab) > 2:  # a sweep over several corpora: its arms ranked across them
+        from sweeps.compare import across_corpora
+
+        ranked = across_corpora(arms_tab, out.with_suffix(""), state.get("rope"))
     plot = None
     if len(arms_tab) > 1 and arms_tab["test_acc_mean"].notna().any() and importlib.util.find_spec("matplotlib"):
         plot = plot_arms(arms_tab, out.with_name(out.stem + ".arms.png"))
     if tracking is not None:
         _log_results(tracking, table, arms_tab, study.metric, [out, arms_csv, md, arms_csv.with_suffix(".md"), plot,
-                                                               per_item],
+                                                               per_item, *(ranked[1] if ranked else [])],
                      timings or {}, finished=state.get("finished", True))
     models = ", ".join(str(m) for m in arms_tab.get("model", pd.Series(dtype=object)).dropna().unique())
     print(f"\n{study.name} — {name}\n{how}\n{format_arm_table(arms_tab, study.terminal_columns)}\n"
           + (f"model: {models}\n" if models else ""))
+    if ranked:
+        print(ranked[0])
     if run_note:
         print(f"note: {run_note}")
     print(f"results: {arms_csv} (per arm), {out} (per trial), {md}" + (f", {plot}" if plot else "")
-          + (f", {per_item} (per item)" if per_item else ""))
-    return arms_tab, {"csv": out, "arms_csv": arms_csv, "md": md, "plot": plot, "predictions": per_item}
+          + (f", {per_item} (per item)" if per_item else "")
+          + (f", {', '.join(str(f) for f in ranked[1])} (across corpora)" if ranked else ""))
+    return arms_tab, {"csv": out, "arms_csv": arms_csv, "md": md, "plot": plot, "predictions": per_item,
+                      "corpora": ranked[1] if ranked else []}
 
 
 def _log_results(tracking, table: pd.DataFrame, arms_tab: pd.DataFrame, metric: str, files: list,

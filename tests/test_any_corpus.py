@@ -362,6 +362,10 @@ def test_s2_arms_with_several_corpora(synth):
     arms = with_corpus_arms(STUDY, opts).arms
     assert set(ARMS) < set(arms) and {"ravdess_to_cremad", "cremad_to_ravdess", "ravdess_to_cremad_probe"} <= set(arms)
     assert arms["masked_mean"]["train_corpus"] == arms["masked_mean"]["test_corpus"] == "ravdess"  # the first named
+    # every pooling arm on each corpus, on that corpus's own folds, against that corpus's probe
+    assert {f"{a}@cremad" for a in ARMS} < set(arms)
+    assert arms["masked_mean@cremad"]["train_corpus"] == arms["masked_mean@cremad"]["test_corpus"] == "cremad"
+    assert reference_of("masked_mean@cremad", arms) == "probe@cremad"
     assert set(arms["cremad_to_ravdess"]["arm_classes"].split(",")) == {"anger", "disgust", "fear", "happiness",
                                                                         "neutral", "sadness"}
     assert reference_of("cremad_to_ravdess", arms) == "cremad_to_ravdess_probe"

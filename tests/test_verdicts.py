@@ -180,3 +180,32 @@ def test_compare_ranks_arms_across_three_corpora_and_draws_the_cd_diagram(tmp_pa
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"compare.md", "compare.csv", "cd.png"}
     assert main(["compare", sweeps[0], str(tmp_path / "nope"), "--no-tracking"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_one_sweep_over_three_corpora_is_ranked_at_its_end_and_by_compare(tmp_path, capsys):
+    """S2 with three --corpus: its within-corpus arms (ARM on the first, ARM@CORPUS on the
+    others) make the corpus × arm table; cross arms stay out of it."""
+    from sweeps.cli import main
+    from sweeps.compare import across_corpora, corpus_arm_table
+
+    rows = []
+    for corpus, values in {"ravdess": [0.62, 0.55, 0.50], "manifest": [0.60, 0.57, 0.49],
+                           "lookalike": [0.91, 0.88, 0.80]}.items():
+        for arm, value in zip(["layers_mean", "mean_std", "probe"], values):
+            name = arm if corpus == "ravdess" else f"{arm}@{corpus}"
+            rows.append({"arm": name, "train_corpus": corpus, "test_corpus": corpus, "test_acc_mean": value,
+                         "reference": "probe" if corpus == "ravdess" else f"probe@{corpus}"})
+    rows.append({"arm": "ravdess_to_lookalike", "train_corpus": "ravdess", "test_corpus": "lookalike",
+                 "test_acc_mean": 0.3, "reference": "ravdess_to_lookalike_probe"})
+    arms = pd.DataFrame(rows)
+    table, reference = corpus_arm_table(arms)
+    assert table.shape == (3, 3) and reference == "probe" and table.loc["lookalike", "mean_std"] == 0.88
+    text, files = across_corpora(arms, tmp_path / "results")
+    assert "3 arms across 3 corpora" in text and "layers_mean against probe" in text
+    assert [f.name for f in files] == ["results.corpora.md", "results.cd.png"]
+    assert corpus_arm_table(arms[arms["test_corpus"] == "ravdess"]) is None  # one corpus: nothing to rank
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    arms.to_csv(folder / "results.arms.csv", index=False)
+    assert main(["compare", str(folder), "--out", str(tmp_path / "cmp"), "--no-tracking"]) == 0
+    assert "Friedman" in capsys.readouterr().out and (tmp_path / "cmp" / "cd.png").exists()
