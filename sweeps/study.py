@@ -500,4 +500,6 @@ def selection_note(base: dict, samples: int, metric: str) -> str:
     chosen = ("one configuration per arm (the study's defaults)" if samples == 1 else
               f"each arm's configuration chosen among {samples} by its mean {metric} (validation) over the runs; "
               f"test metrics are reported, never used to choose")
-    return f"Over {over}: {chosen}. ± is the 95% CI of the mean over the folds; Δ is paired with the reference arm."
+    spread = ("the 95% CI of the mean over the folds (seeds averaged within each)" if n_folds else
+              "the test accuracy's 95% Wilson interval over its items (the other metrics': over the seeds)")
+    return f"Over {over}: {chosen}. ± is {spread}; Δ is paired with the reference arm."
