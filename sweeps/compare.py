@@ -73,17 +73,19 @@ def corpus_table(sweeps: list[str], home: Path, metric: str = "test_acc") -> tup
 
 def corpus_arm_table(arms: pd.DataFrame, metric: str = "test_acc") -> tuple[pd.DataFrame, str | None] | None:
     """One sweep run on several corpora (S2 with several --corpus): its within-corpus arms
-    (`ARM` on the first corpus, `ARM@CORPUS` on the others) as a corpus × arm table of the
+    (`ARM` on the first corpus, `ARM_on_CORPUS` on the others) as a corpus × arm table of the
     mean `metric`, with the reference they share; None when the sweep ran on one corpus."""
     if not {"train_corpus", "test_corpus", f"{metric}_mean"} <= set(arms):
         return None
     within = arms[arms["train_corpus"].notna() & (arms["train_corpus"] == arms["test_corpus"])]
     if within["test_corpus"].nunique() < 2:
         return None
-    method = within["arm"].str.split("@").str[0]
+    method = [a[:-len(f"_on_{c}")] if a.endswith(f"_on_{c}") else a for a, c in zip(within["arm"], within["test_corpus"])]
     frame = within.assign(method=method).pivot_table(index="test_corpus", columns="method", values=f"{metric}_mean")
     frame.index.name = None
-    references = set(within["reference"].dropna().str.split("@").str[0]) if "reference" in within else set()
+    references = {r[:-len(f"_on_{c}")] if r.endswith(f"_on_{c}") else r
+                  for r, c in zip(within.get("reference", pd.Series(index=within.index, dtype=object)), within["test_corpus"])
+                  if isinstance(r, str)}
     return frame, (next(iter(references)) if len(references) == 1 else None)
 
 

@@ -35,7 +35,7 @@ CROSS_POOLING = "layers_mean"  # what a cross-corpus arm pools with: the best ar
 
 def arms_for(opts) -> dict | None:
     """With two or more named corpora: the pooling arms on each, on its own folds (named as
-    declared on the first corpus, `ARM@CORPUS` on the others), and per ordered pair a
+    declared on the first corpus, `ARM_on_CORPUS` on the others: MLflow keys take no `@`), and per ordered pair a
     cross-corpus arm and its probe, each with its class map; else the declared arms. The
     sweep's end ranks the pooling arms across the corpora (compare.py)."""
     from workloads.data.layouts import corpus_classes, cross_pairs, named_corpora
@@ -50,7 +50,7 @@ def arms_for(opts) -> dict | None:
     arms = {}
     for corpus in given:
         for name, arm in ARMS.items():
-            arms[name if corpus == first else f"{name}@{corpus}"] = {
+            arms[name if corpus == first else f"{name}_on_{corpus}"] = {
                 **arm, "train_corpus": corpus, "test_corpus": corpus, "arm_classes": ",".join(classes[corpus])}
     for a, b, shared in cross_pairs(classes):
         pair = {"train_corpus": a, "test_corpus": b, "arm_classes": ",".join(shared)}
@@ -66,8 +66,9 @@ def reference_of(arm: str, arms: dict) -> str | None:
     config = arms.get(arm, {})
     if config.get("train_corpus") != config.get("test_corpus"):
         return f"{arm}_probe" if f"{arm}_probe" in arms else None
-    if "@" in arm:  # a pooling arm on another corpus: that corpus's probe
-        return f"probe@{arm.split('@', 1)[1]}" if f"probe@{arm.split('@', 1)[1]}" in arms else None
+    corpus = config.get("test_corpus")
+    if corpus and arm.endswith(f"_on_{corpus}"):  # a pooling arm on another corpus: that corpus's probe
+        return f"probe_on_{corpus}" if f"probe_on_{corpus}" in arms else None
     if "probe" in arms:
         return "probe"
     from sweeps.results import default_reference

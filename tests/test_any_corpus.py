@@ -363,9 +363,14 @@ def test_s2_arms_with_several_corpora(synth):
     assert set(ARMS) < set(arms) and {"ravdess_to_cremad", "cremad_to_ravdess", "ravdess_to_cremad_probe"} <= set(arms)
     assert arms["masked_mean"]["train_corpus"] == arms["masked_mean"]["test_corpus"] == "ravdess"  # the first named
     # every pooling arm on each corpus, on that corpus's own folds, against that corpus's probe
-    assert {f"{a}@cremad" for a in ARMS} < set(arms)
-    assert arms["masked_mean@cremad"]["train_corpus"] == arms["masked_mean@cremad"]["test_corpus"] == "cremad"
-    assert reference_of("masked_mean@cremad", arms) == "probe@cremad"
+    assert {f"{a}_on_cremad" for a in ARMS} < set(arms)
+    assert arms["masked_mean_on_cremad"]["train_corpus"] == arms["masked_mean_on_cremad"]["test_corpus"] == "cremad"
+    assert reference_of("masked_mean_on_cremad", arms) == "probe_on_cremad"
+    assert reference_of("probe_on_cremad", arms) == "probe_on_cremad"  # the reference itself
+    from mlflow.utils.validation import _validate_param_name
+
+    for arm in arms:  # arm names become MLflow keys (the sweep's optuna_seed.<arm> params): `@` was refused
+        _validate_param_name(f"optuna_seed.{arm}")
     assert set(arms["cremad_to_ravdess"]["arm_classes"].split(",")) == {"anger", "disgust", "fear", "happiness",
                                                                         "neutral", "sadness"}
     assert reference_of("cremad_to_ravdess", arms) == "cremad_to_ravdess_probe"

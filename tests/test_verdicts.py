@@ -183,7 +183,7 @@ def test_compare_ranks_arms_across_three_corpora_and_draws_the_cd_diagram(tmp_pa
 
 
 def test_one_sweep_over_three_corpora_is_ranked_at_its_end_and_by_compare(tmp_path, capsys):
-    """S2 with three --corpus: its within-corpus arms (ARM on the first, ARM@CORPUS on the
+    """S2 with three --corpus: its within-corpus arms (ARM on the first, ARM_on_CORPUS on the
     others) make the corpus × arm table; cross arms stay out of it."""
     from sweeps.cli import main
     from sweeps.compare import across_corpora, corpus_arm_table
@@ -192,9 +192,9 @@ def test_one_sweep_over_three_corpora_is_ranked_at_its_end_and_by_compare(tmp_pa
     for corpus, values in {"ravdess": [0.62, 0.55, 0.50], "manifest": [0.60, 0.57, 0.49],
                            "lookalike": [0.91, 0.88, 0.80]}.items():
         for arm, value in zip(["layers_mean", "mean_std", "probe"], values):
-            name = arm if corpus == "ravdess" else f"{arm}@{corpus}"
+            name = arm if corpus == "ravdess" else f"{arm}_on_{corpus}"
             rows.append({"arm": name, "train_corpus": corpus, "test_corpus": corpus, "test_acc_mean": value,
-                         "reference": "probe" if corpus == "ravdess" else f"probe@{corpus}"})
+                         "reference": "probe" if corpus == "ravdess" else f"probe_on_{corpus}"})
     rows.append({"arm": "ravdess_to_lookalike", "train_corpus": "ravdess", "test_corpus": "lookalike",
                  "test_acc_mean": 0.3, "reference": "ravdess_to_lookalike_probe"})
     arms = pd.DataFrame(rows)
