@@ -87,10 +87,19 @@ def _cached_states(fs_uri: str, states_dir: str) -> tuple[list, list, list]:
 
 def cached_states(config: dict) -> tuple[list, list, list]:
     """(uids, states, real-frame counts) of the sweep's frozen-encoder cache: one corpus's, or
-    (cross-corpus sweeps) every named corpus's, with uids prefixed by the corpus's name."""
+    (sweeps over several corpora) the corpora this trial's arm trains or tests on, with uids
+    prefixed by the corpus's name. Only those: a trial of one corpus that mapped and pooled
+    all three of a three-corpus sweep held 10 GB, and two of them ran a 24-GB machine out."""
     if "states_dirs" not in config:
         return _cached_states(config["cache_fs"], config["states_dir"])
-    return _several_caches(config["cache_fs"], tuple(sorted(config["states_dirs"].items())))
+    return _several_caches(config["cache_fs"], _arm_states_dirs(config))
+
+
+def _arm_states_dirs(config: dict) -> tuple:
+    """((corpus, states folder), …) of the corpora this trial's arm trains or tests on (all,
+    for an arm that names none)."""
+    used = {config.get("train_corpus"), config.get("test_corpus")} - {None}
+    return tuple(sorted((c, d) for c, d in config["states_dirs"].items() if not used or c in used))
 
 
 @lru_cache(maxsize=1)
@@ -157,8 +166,7 @@ def _memo_key(config: dict, *more) -> tuple | None:
     """Items handed in directly (tests, plain processes) are not memoized."""
     if "items" in config:
         return None
-    return (config["cache_fs"], config.get("states_dir") or tuple(sorted(config["states_dirs"].items())),
-            config["items_file"], *more)
+    return (config["cache_fs"], config.get("states_dir") or _arm_states_dirs(config), config["items_file"], *more)
 
 
 def kept_on_disk(config: dict, key: tuple, make, pack, unpack):
