@@ -133,8 +133,8 @@ def rank_arms(table: pd.DataFrame, reference: str | None, rope: float = ROPE) ->
     if k >= 3 and n >= 2:
         out["friedman_p"] = float(friedmanchisquare(*[table[c] for c in table]).pvalue)
         out["nemenyi"] = sp.posthoc_nemenyi_friedman(table.reset_index(drop=True))
-    best = ranks.index[0]
-    if reference in table and best != reference and n >= 2:
+    best = next((arm for arm in ranks.index if arm != reference), None)  # the best arm that is not the reference
+    if reference in table and best is not None and n >= 2:
         probs = two_on_multiple(table[best].to_numpy(), table[reference].to_numpy(), rope=rope)
         better, equivalent, worse = probs if len(probs) == 3 else (probs[0], 0.0, probs[1])
         out["signed_rank"] = {"arm": best, "reference": reference, "p_better": float(better),
