@@ -47,6 +47,21 @@ def test_tess_takes_the_emotion_from_the_name_whatever_the_folder(synth):
     assert len(decode_audio(aiff)) > 8000
 
 
+def test_tess_keeps_the_real_sets_misspelled_speaker_by_its_folder(synth, tmp_path):
+    """The real TESS ships OAF_neutral/OA_bite_neutral.wav: kept, as OAF (it was dropped: 2,799
+    of 2,800); a name that fits no speaker, in no speaker's folder, is still reported."""
+    source = next(p for p in Path(synth("tess", 56, seed=1)).rglob("OAF_*.wav"))
+    (tmp_path / "OAF_neutral").mkdir()
+    (tmp_path / "misc").mkdir()
+    shutil.copy(source, tmp_path / "OAF_neutral" / "OA_bite_neutral.wav")
+    shutil.copy(source, tmp_path / "OAF_neutral" / "OAF_back_neutral.wav")
+    shutil.copy(source, tmp_path / "misc" / "XX_bite_neutral.wav")
+    manifest = read_corpus("tess", tmp_path)
+    kept = manifest.items.set_index(manifest.items["path"].map(lambda p: Path(p).name))
+    assert kept.loc["OA_bite_neutral.wav", "speaker"] == "OAF" and kept.loc["OA_bite_neutral.wav", "label"] == "neutral"
+    assert len(kept) == 2 and manifest.problems["path"].str.endswith("XX_bite_neutral.wav").tolist() == [True]
+
+
 def test_savee_reads_both_layouts(synth):
     items = read_corpus("savee", synth("savee", 56, seed=1)).items
     assert {Path(p).parent.name for p in items["path"]} >= {"ALL", "DC"}

@@ -323,16 +323,22 @@ SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
 def read_tess(root) -> Manifest:
     """TESS (Toronto emotional speech set): `{OAF|YAF}_{word}_{emotion}.wav`, emotions angry,
     disgust, fear, happy, neutral, ps (pleasant surprise), sad; two speakers. Folder names
-    vary in case and spelling between copies, so the emotion comes from the file name alone.
+    vary in case and spelling between copies, so the emotion comes from the file name alone;
+    the speaker too, unless the name misspells it (the real set ships OA_bite_neutral.wav in
+    OAF_neutral): then the folder's.
     A file whose extension lies about its container still decodes (FFmpeg probes the bytes)."""
     def parse(path, root):
         fields = media_key(path.name).split("_")
-        if len(fields) < 3 or fields[0].upper() not in ("OAF", "YAF"):
+        speaker = fields[0].upper()
+        if speaker not in ("OAF", "YAF"):  # the real set's one typo, OAF_neutral/OA_bite_neutral.wav: its folder says
+            folder = path.parent.name.upper().split("_")[0]
+            speaker = folder if folder in ("OAF", "YAF") and len(fields) >= 3 else None
+        if len(fields) < 3 or speaker is None:
             raise ValueError("file name is not {OAF|YAF}_{word}_{emotion}")
         emotion = fields[-1].lower()
         if emotion not in TESS_EMOTIONS:
             raise ValueError(f"unknown label {fields[-1]!r} (expected one of {', '.join(TESS_EMOTIONS)})")
-        return {"label": TESS_EMOTIONS[emotion], "speaker": fields[0].upper(), "word": "_".join(fields[1:-1])}
+        return {"label": TESS_EMOTIONS[emotion], "speaker": speaker, "word": "_".join(fields[1:-1])}
     return _read_named("tess", root, "files like OAF_back_angry.wav", list(dict.fromkeys(TESS_EMOTIONS.values())),
                        parse)
 
