@@ -80,13 +80,17 @@ def corpus_arm_table(arms: pd.DataFrame, metric: str = "test_acc") -> tuple[pd.D
     within = arms[arms["train_corpus"].notna() & (arms["train_corpus"] == arms["test_corpus"])]
     if within["test_corpus"].nunique() < 2:
         return None
-    method = [a[:-len(f"_on_{c}")] if a.endswith(f"_on_{c}") else a for a, c in zip(within["arm"], within["test_corpus"])]
+    method = [_method(a, c) for a, c in zip(within["arm"], within["test_corpus"])]
     frame = within.assign(method=method).pivot_table(index="test_corpus", columns="method", values=f"{metric}_mean")
     frame.index.name = None
-    references = {r[:-len(f"_on_{c}")] if r.endswith(f"_on_{c}") else r
-                  for r, c in zip(within.get("reference", pd.Series(index=within.index, dtype=object)), within["test_corpus"])
+    references = {_method(r, c) for r, c in zip(within.get("reference", [None] * len(within)), within["test_corpus"])
                   if isinstance(r, str)}
     return frame, (next(iter(references)) if len(references) == 1 else None)
+
+
+def _method(arm: str, corpus: str) -> str:
+    """The arm's name without its corpus: `layers_mean_on_cremad` → `layers_mean`."""
+    return arm.removesuffix(f"_on_{corpus}")
 
 
 def across_corpora(arms: pd.DataFrame, out_stem: Path, rope: float | None = None) -> tuple[str, list[Path]] | None:

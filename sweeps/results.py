@@ -157,7 +157,7 @@ def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mo
     of one split, which needs `predictions`, the sweep's per-item predictions). `reference`:
     an arm name, a callable arm → reference arm (or None), or None (no comparison). `rope`:
     the region of practical equivalence, in accuracy (default verdicts.ROPE)."""
-    from .verdicts import ROPE, TEST_NOTES, holm
+    from .verdicts import ROPE, TEST_NOTES, holm, item_verdict
 
     rope = ROPE if rope is None else float(rope)
     if trials.empty:
@@ -200,8 +200,6 @@ def arm_table(trials: pd.DataFrame, arms: dict, metric: str = "best_val_acc", mo
         for arm, adjusted in zip(group, holm([results[a]["p_value"] for a in group])):
             results[arm]["p_holm"] = adjusted
             if results[arm]["test"] == "mcnemar" and "diff_low" in results[arm]:
-                from .verdicts import item_verdict
-
                 results[arm]["verdict"] = item_verdict(results[arm], adjusted, rope)
     columns = {"test_acc_diff": "diff", "test_acc_diff_ci95": "diff_ci95", "p_value": "p_value", "p_holm": "p_holm",
                "p_better": "p_better", "p_equivalent": "p_equivalent", "p_worse": "p_worse", "n_pairs": "n_pairs",
@@ -227,14 +225,12 @@ def compare_arms(mine: pd.DataFrame, ref: pd.DataFrame, predictions: pd.DataFram
         ratio = train_test_ratio(pd.concat([mine, ref]), len(common))
         return corrected_test(a.loc[common, "test_acc"], b.loc[common, "test_acc"], ratio, rope)
     seeds = [s for s in mine["seed"] if s in set(ref["seed"])]
-    if predictions is None or predictions.empty or not seeds:
-        return {"diff": float(mine["test_acc"].mean() - ref["test_acc"].mean()), "n_pairs": 0, "test": "mcnemar",
-                "p_value": math.nan, "verdict": "n/a: one split and no per-item predictions"}
-    test = predictions[predictions["split"] == "test"]
-    trial_a = mine[mine["seed"] == seeds[0]]["trial"].iloc[0]
-    trial_b = ref[ref["seed"] == seeds[0]]["trial"].iloc[0]
-    pa, pb = test[test["trial"] == trial_a], test[test["trial"] == trial_b]
-    both = pa.merge(pb, on="uid", suffixes=("", "_ref"))
+    both = pd.DataFrame()
+    if predictions is not None and not predictions.empty and seeds:
+        test = predictions[predictions["split"] == "test"]
+        trial_a = mine[mine["seed"] == seeds[0]]["trial"].iloc[0]
+        trial_b = ref[ref["seed"] == seeds[0]]["trial"].iloc[0]
+        both = test[test["trial"] == trial_a].merge(test[test["trial"] == trial_b], on="uid", suffixes=("", "_ref"))
     if both.empty:
         return {"diff": float(mine["test_acc"].mean() - ref["test_acc"].mean()), "n_pairs": 0, "test": "mcnemar",
                 "p_value": math.nan, "verdict": "n/a: one split and no per-item predictions of both arms"}

@@ -207,3 +207,14 @@ def test_the_gate_checks_only_the_parts_the_arms_use():
     parts = arm_parts(items, checks[0][1], "a", "b")
     assert {u for u, s in parts.items() if s == "test" and items[u]["corpus"] == "b"} == \
         {u for u in items if items[u]["corpus"] == "b" and items[u]["split"] == "test"}
+
+
+def test_drop_duplicates_rewrites_the_items_file_the_trials_read(tmp_path):
+    from workloads.data.study_items import drop_duplicates, study_items, write_items
+
+    table = pd.DataFrame({"uid": ["a", "b", "c"], "label": ["x", "x", "y"], "speaker": ["s", "s", "t"],
+                          "content_hash": ["h1", "h1", "h2"], "split": ["train", "test", "val"]})
+    config = write_items({"cache_fs": str(tmp_path)}, table, "corpus")
+    dropped_config, dropped = drop_duplicates(config)
+    assert dropped == [("a", ["b"])] and dropped_config["items_file"] != config["items_file"]
+    assert sorted(study_items(dropped_config)) == ["a", "c"] and sorted(study_items(config)) == ["a", "b", "c"]

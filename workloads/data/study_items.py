@@ -17,19 +17,27 @@ from ..core.errors import BadInput
 def write_items(config: dict, table: pd.DataFrame, corpus_dir_name: str) -> dict:
     """Write `table` (a uid column and whatever the trials read) under the cache and set
     config["items_fs"] / config["items_file"] to find it. Returns config."""
-    import pyarrow as pa
-
     from ..core.storage import filesystem
-    from .pipeline import _write_atomic, default_cache_dir
+    from .pipeline import default_cache_dir
 
     fs_uri = config.get("cache_fs") or default_cache_dir()
     fs, base = filesystem(fs_uri)
-    digest = hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:12]
     config["items_fs"] = fs_uri if "://" in fs_uri else base
-    config["items_file"] = f"{base}/{corpus_dir_name}/study-items-{digest}.parquet"
-    fs.create_dir(config["items_file"].rsplit("/", 1)[0], recursive=True)
-    _write_atomic(fs, config["items_file"], pa.Table.from_pandas(table, preserve_index=False))
+    config["items_file"] = _store(fs, f"{base}/{corpus_dir_name}", table)
     return config
+
+
+def _store(fs, folder: str, table: pd.DataFrame) -> str:
+    """`table` as `folder/study-items-<digest of its content>.parquet`; returns the path."""
+    import pyarrow as pa
+
+    from .pipeline import _write_atomic
+
+    digest = hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:12]
+    path = f"{folder}/study-items-{digest}.parquet"
+    fs.create_dir(folder, recursive=True)
+    _write_atomic(fs, path, pa.Table.from_pandas(table, preserve_index=False))
+    return path
 
 
 def study_items(config: dict) -> dict:
@@ -58,19 +66,14 @@ def drop_duplicates(config: dict) -> tuple[dict, list]:
     if "items" in config:
         config["items"] = {u: row for u, row in items.items() if u not in gone}
         return config, dropped
-    import pyarrow as pa
-
-    from ..core.storage import filesystem
-    from .pipeline import _write_atomic
-
-    fs = filesystem(config["items_fs"])[0]
     import pyarrow.parquet as pq
 
+    from ..core.storage import filesystem
+
+    fs = filesystem(config["items_fs"])[0]
     table = pq.read_table(config["items_file"], filesystem=fs).to_pandas()
-    table = table[~table["uid"].isin(gone)].reset_index(drop=True)
-    digest = hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:12]
-    config["items_file"] = config["items_file"].rsplit("/", 1)[0] + f"/study-items-{digest}.parquet"
-    _write_atomic(fs, config["items_file"], pa.Table.from_pandas(table, preserve_index=False))
+    config["items_file"] = _store(fs, config["items_file"].rsplit("/", 1)[0],
+                                  table[~table["uid"].isin(gone)].reset_index(drop=True))
     return config, dropped
 
 
