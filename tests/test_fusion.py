@@ -300,9 +300,12 @@ def test_emosweep_ui_opens_one_row_per_arm_and_the_trials_compare(fusion_sweep, 
     driver = chromium()
     try:
         driver.get(url)
+        # the rows first, then their metric columns: what the user sees at first sight, unscrolled
         body = wait_for(lambda: all(rows[a].info.run_name in driver.find_element(By.TAG_NAME, "body").text
                                     for a in rows) and driver.find_element(By.TAG_NAME, "body").text,
                         timeout=60, what="the arm rows")
+        body = wait_for(lambda: "test_acc_mean" in (text := driver.find_element(By.TAG_NAME, "body").text) and text,
+                        timeout=20, what="the test_acc_mean column in view")
         screenshot(driver, "mlflow-arms")
         assert "test_acc_mean" in body and "val_acc_mean" in body and "test_acc_diff" in body
         # the interval's column is chosen too (this sweep's arms ran once each, so none has one to show)
