@@ -13,6 +13,7 @@
     emosweep compare SWEEP SWEEP …   rank arms across corpora: Friedman, Nemenyi, CD diagram, Bayesian signed-rank
     emosweep export emobox SWEEP --out DIR
                                      a sweep's per-item test predictions in EmoBox's layout
+    emosweep secrets [DIR]           a cluster's Ray token and MLflow password (before `ray up`), masked
 """
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("sweep", nargs="?", help="the sweep's name or parent run id (default: the latest sweep)")
     ui.add_argument("--tracking-uri", help="MLflow server (default: $EMOSWEEP_TRACKING_URI, else the shared one)")
     ui.add_argument("--print-only", action="store_true", help="print the address; open no browser")
+    secrets_cmd = sub.add_parser("secrets", help="make a cluster's Ray token and MLflow password (0600 files, "
+                                 "never committed) before `ray up cluster.yaml`; show them masked")
+    secrets_cmd.add_argument("folder", nargs="?", default=".emosweep-secrets",
+                             help="where (default: .emosweep-secrets, which cluster.yaml copies to every node)")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "run":  # only `run` passes its flags on, to the study
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return ray_command(args)
     if args.command == "ui":
         return ui_command(args)
+    if args.command == "secrets":
+        return secrets_command(args)
     if args.command == "data":
         return data_verify(args) if args.data_command == "verify" else data_prepare(args)
     if args.command in ("compare", "export"):
@@ -206,6 +213,22 @@ def sweep_view(client, sweep: str | None) -> tuple[str, str]:
             if f"mlflow.sharedViewState.{key}" in experiment.tags
             else f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     return run.info.run_name, view
+
+
+def secrets_command(args) -> int:
+    from workloads.core import secrets
+    from workloads.core.errors import UserError
+
+    try:
+        made = secrets.make(args.folder)
+        for name, path in made.items():
+            value = secrets.read(path)
+            print(f"{path}  {value if name == secrets.MLFLOW_USER else secrets.masked(value)}")
+    except (UserError, OSError) as e:
+        print(f"emosweep secrets: {e}", file=sys.stderr)
+        return 2
+    print("kept out of git (.gitignore); `ray up cluster.yaml` copies the folder to every node")
+    return 0
 
 
 def ui_command(args) -> int:

@@ -85,3 +85,20 @@ def test_tracking_and_storage_reach_every_node_and_nothing_is_public(cluster):
     assert "mlflow server" in head_start and "--artifacts-destination" in head_start
     assert "--dashboard-host=127.0.0.1" in head_start
     assert "0.0.0.0" not in all_cmds
+
+
+def test_the_cluster_needs_its_secrets_and_logs_to_postgresql(cluster):
+    """Ray's token auth on every node, MLflow's basic-auth app on the head with PostgreSQL
+    behind it, the secrets copied from a folder git ignores, and no secret in the file."""
+    every_node = " ".join(cluster["setup_commands"])
+    assert "RAY_AUTH_MODE=token" in every_node and "RAY_AUTH_TOKEN_PATH=$HOME/.emosweep-secrets/ray_token" in every_node
+    assert "MLFLOW_TRACKING_PASSWORD=$(cat ~/.emosweep-secrets/mlflow_password)" in every_node
+    assert "chmod 600 ~/.emosweep-secrets/*" in every_node
+    assert cluster["file_mounts"]["~/.emosweep-secrets"] == ".emosweep-secrets"
+    assert "/.emosweep-secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+    head_start = " ".join(cluster["head_start_ray_commands"])
+    assert "--app-name basic-auth" in head_start and "MLFLOW_AUTH_CONFIG_PATH=" in head_start
+    assert "--backend-store-uri postgresql:///mlflow" in head_start
+    assert "createdb -O $USER mlflow" in " ".join(cluster["head_setup_commands"])
+    text = (ROOT / "cluster.yaml").read_text()
+    assert not re.search(r"(?i)(password|token)\s*[=:]\s*[A-Za-z0-9_-]{16,}", text), "a secret in cluster.yaml"

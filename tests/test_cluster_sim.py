@@ -1,4 +1,5 @@
-"""A real sweep on a simulated multi-node cluster (`ray.cluster_utils.Cluster`): three worker
+"""A real sweep on a simulated multi-node cluster (`ray.cluster_utils.Cluster`) with Ray's token
+authentication on and MLflow's basic-auth app in front of the tracking server: three worker
 nodes that declare one GPU each, a head that runs no trials, and shared storage given as a
 URI. Trials take half a GPU each. Two faults are injected while it runs:
   - one trial's worker process is SIGKILLed mid-epoch;
@@ -27,7 +28,42 @@ KILLED_ARM = "full"  # its worker is SIGKILLed; another arm's node is removed
 
 
 @pytest.fixture(scope="module")
-def sim_cluster():
+def cluster_secrets(tmp_path_factory):
+    """The secrets `emosweep secrets` makes before `ray up`, in every process's environment as
+    cluster.yaml's setup_commands put them on every node: Ray's token auth on, MLflow's
+    credentials for the trials."""
+    import os
+
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    from workloads.core import secrets
+
+    folder = tmp_path_factory.mktemp("secrets") / ".emosweep-secrets"
+    secrets.make(folder)
+    env = secrets.client_env(folder)
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    reset_auth_token_state()
+    yield folder
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_auth_token_state()
+
+
+@pytest.fixture(scope="module")
+def auth_tracking(cluster_secrets, tmp_path_factory):
+    """The head's tracking server as cluster.yaml runs it: MLflow's basic-auth app."""
+    from workloads.core.mlflow_server import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-auth"), secrets=cluster_secrets) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sim_cluster(cluster_secrets):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -42,6 +78,58 @@ def sim_cluster():
         yield cluster, workers
         ray.shutdown()
         cluster.shutdown()
+
+
+JOIN = """
+import sys
+import ray
+from workloads.core.ray_start import start_ray
+start_ray(sys.argv[1])
+print("joined, nodes:", len(ray.nodes()))
+"""
+
+
+def test_a_client_without_the_token_is_refused_and_mlflow_asks_for_a_password(sim_cluster, auth_tracking,
+                                                                                cluster_secrets, tmp_path):
+    import base64
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from workloads.core import secrets
+
+    cluster, _ = sim_cluster
+    root = Path(__file__).resolve().parents[1]
+    stranger = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "MLFLOW_TRACKING_"))}
+    stranger.update(HOME=str(tmp_path), PYTHONPATH=str(root))  # no ~/.ray/auth_token of ours either
+
+    def join(env):
+        return subprocess.run([sys.executable, "-c", JOIN, cluster.address], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    for name, env in {"no token": stranger, "a wrong token": {**stranger, "RAY_AUTH_MODE": "token",
+                                                             "RAY_AUTH_TOKEN": "0" * 64}}.items():
+        out = join(env)
+        assert out.returncode != 0 and "joined" not in out.stdout, f"a client with {name} joined:\n{out.stdout}"
+        assert "auth" in (out.stdout + out.stderr).lower(), out.stderr[-2000:]
+    ok = join({**stranger, **secrets.client_env(cluster_secrets)})  # the control: the token is what it lacked
+    assert ok.returncode == 0 and "joined, nodes: 4" in ok.stdout, ok.stderr[-2000:]
+
+    def status(user: str | None, password: str | None) -> int:
+        request = urllib.request.Request(f"{auth_tracking.uri}/api/2.0/mlflow/experiments/search?max_results=1")
+        if user is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    user = secrets.read(cluster_secrets / secrets.MLFLOW_USER)
+    assert status(None, None) == 401 and status(user, "not-the-password") == 401
+    assert status(user, secrets.read(cluster_secrets / secrets.MLFLOW_PASSWORD)) == 200
 
 
 def _results(exp_dir: Path) -> dict:
@@ -70,7 +158,10 @@ def _remove_node_mid_trial(cluster, workers, exp_dir: Path, removed: dict, stop:
         time.sleep(0.1)
 
 
-def test_sweep_on_simulated_cluster_survives_killed_worker_and_lost_node(sim_cluster, mlflow_server, tmp_path):
+def test_sweep_on_simulated_cluster_survives_killed_worker_and_lost_node(sim_cluster, auth_tracking, tmp_path):
+    """With the cluster's token auth on and the tracking server behind basic-auth, as
+    cluster.yaml runs them: the trials join with the token and log with the credentials."""
+    mlflow_server = auth_tracking
     cluster, workers = sim_cluster
     storage = tmp_path / "shared"
     storage.mkdir()

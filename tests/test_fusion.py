@@ -4,7 +4,9 @@ logs every arm with its ablation and a servable MLflow model."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -226,7 +228,7 @@ def test_demo_page_in_a_real_browser(fusion_sweep, mlflow_server, tmp_path):
     model, run = demo.load(mlflow_server.uri, EXPERIMENT, runs["late_concat"].info.run_id)
     app = demo.build_app(model, run)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(app, "127.0.0.1", port, max_file_mb=1, prevent_thread_lock=True, quiet=True)
     driver = None
     try:
         driver = chromium()
@@ -258,6 +260,21 @@ def test_demo_page_in_a_real_browser(fusion_sweep, mlflow_server, tmp_path):
                            and driver.find_element(By.CSS_SELECTOR, "body").text, what="the bad-audio message")
         screenshot(driver, "demo-bad-audio")
         assert "Traceback" not in message
+
+        # over the cap (1 MB here; `emosweep demo --max-file-mb`): refused with a reason, not stored
+        big = _wav(tmp_path / "long.wav", seconds=40)  # 1.3 MB
+        assert Path(big).stat().st_size > 1e6
+        driver.find_element(By.CSS_SELECTOR, "#audio button[aria-label*='Clear' i]").click()
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"), what="an empty upload")
+        driver.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(big)
+        refusal = wait_for(lambda: next((line for line in driver.find_element(By.CSS_SELECTOR, "body").text.splitlines()
+                                         if "size" in line.lower() or "large" in line.lower()), None),
+                           what="the upload-size refusal")
+        screenshot(driver, "demo-too-large")
+        assert "1" in refusal and "Traceback" not in refusal, refusal
+        uploads = [p for p in Path(tempfile.gettempdir(), "gradio").rglob("long.wav")] if Path(
+            tempfile.gettempdir(), "gradio").exists() else []
+        assert not uploads, f"the refused file was stored: {uploads}"
     finally:
         if driver is not None:
             driver.quit()

@@ -3,6 +3,8 @@ logged when the server is back, once; and if it never comes back, the loss is re
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 
@@ -22,15 +24,18 @@ pytestmark = pytest.mark.slow  # whole sweeps: the full suite, not the fast tier
 EPOCHS = 12  # about a second each: training goes on through the 8-s outage
 
 
-def _outage(server: MlflowServer, down_s: float, log: dict) -> None:
-    """Once the first epoch is logged, stop the server for down_s seconds, then restart it
-    on the same port and database."""
+def _outage(server: MlflowServer, down_s: float, log: dict, kill: bool = False) -> None:
+    """Once the first epoch is logged, stop the server (SIGKILL with `kill`: mid-request, no
+    goodbye) for down_s seconds, then restart it on the same port and database."""
     client = MlflowClient(server.uri)
     while True:
         runs = child_runs(client, "test-outage")
         if runs and client.get_metric_history(runs[0].info.run_id, "val_loss"):
             break
         time.sleep(0.2)
+    if kill:
+        os.killpg(server._proc.pid, signal.SIGKILL)
+        server._proc.wait()
     server.stop()
     log["down"] = time.time()
     time.sleep(down_s)
@@ -38,10 +43,27 @@ def _outage(server: MlflowServer, down_s: float, log: dict) -> None:
     log["up"] = time.time()
 
 
-def test_trials_train_through_an_outage_and_nothing_is_lost(ray_cluster, tmp_path):
-    server = MlflowServer(tmp_path / "mlflow").start().wait_ready()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request):
+    """The tracking server's database: a laptop's SQLite, or a cluster head's PostgreSQL (a real
+    server, Debian's package, which .ci/run installs)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from workloads.core.postgres import PostgresServer, find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL server here: `apt-get install postgresql` (.ci/run does it)")
+    with PostgresServer() as pg:
+        yield pg.uri
+
+
+def test_trials_train_through_an_outage_and_nothing_is_lost(ray_cluster, backend, tmp_path):
+    """SQLite: the server is stopped; PostgreSQL: it is SIGKILLed mid-sweep. Either way it comes
+    back on the same database and every epoch is logged once."""
+    server = MlflowServer(tmp_path / "mlflow", backend_store_uri=backend).start().wait_ready()
     log: dict = {}
-    outage = threading.Thread(target=_outage, args=(server, 8.0, log), daemon=True)
+    outage = threading.Thread(target=_outage, args=(server, 8.0, log, backend is not None), daemon=True)
     outage.start()
     try:
         table = main(STUDY, [

@@ -57,7 +57,6 @@ def probabilities_table(classes, probs):
 
 def build_app(model, run, title: str | None = None):
     """The Gradio page for a loaded ServedModel `model` (from `run`)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
     import pandas as pd
 
@@ -140,6 +139,13 @@ def add_parser(sub) -> None:
                    help=f"the largest upload the page accepts (default {MAX_UPLOAD_MB:g} MB)")
 
 
+def launch(app, host: str, port: int, max_file_mb: float, **kwargs):
+    """Serve the page: never shared through Gradio's tunnel, no browser opened, and an upload
+    over `max_file_mb` refused by the server before it is stored (the page says why)."""
+    return app.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                      max_file_size=f"{max_file_mb:g}mb", **kwargs)
+
+
 def main(args) -> int:
     from .core.tracking import fail_fast_requests, tracking_server
     from .serving import RefusedModel
@@ -150,8 +156,7 @@ def main(args) -> int:
             model, run = load(uri, args.experiment, args.run_id)
             print(f"[emosweep] serving run {run.info.run_id} ({run.info.run_name}) on http://{args.host}:{args.port}",
                   flush=True)
-            build_app(model, run).launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
-                                         max_file_size=f"{args.max_file_mb:g}mb")
+            launch(build_app(model, run), args.host, args.port, args.max_file_mb)
     except (DemoError, RefusedModel) as e:
         print(f"emosweep demo: {e}", file=sys.stderr)
         return 2

@@ -54,24 +54,38 @@ class MlflowServer:
     until its /health endpoint answers. Nothing listens beyond 127.0.0.1.
     """
 
-    def __init__(self, root: str | os.PathLike, port: int | None = None):
+    def __init__(self, root: str | os.PathLike, port: int | None = None, backend_store_uri: str | None = None,
+                 workers: int = 1, secrets: str | os.PathLike | None = None):
+        """`backend_store_uri`: default SQLite in `root`; a postgresql:// URI for a cluster's
+        load. `secrets`: a folder made by `emosweep secrets`; the server then runs MLflow's
+        basic-auth app, whose only user is the sweeps' (its users database sits in `root`)."""
         self.root = Path(root).resolve()
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+        self.workers, self.secrets = workers, secrets
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--backend-store-uri", self.backend_store_uri,
             "--artifacts-destination", str(self.root / "mlartifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]
         # MLflow 3's job runner (four huey consumers, for GenAI jobs emosweep never submits) costs
         # two seconds of boot and four processes; it is off unless the environment asks for it
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION":
                os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+        if self.secrets is not None:
+            from .secrets import FLASK_KEY, basic_auth_config, read
+
+            config = basic_auth_config(self.secrets, f"sqlite:///{self.root / 'basic_auth.db'}",
+                                       self.root / "basic_auth.ini")
+            cmd += ["--app-name", "basic-auth"]
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read(Path(self.secrets) / FLASK_KEY)
         with open(self.root / "mlflow-server.log", "ab") as log:  # the child keeps its own copy
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         return self

@@ -36,11 +36,23 @@ def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
             ray.init(address=address, log_to_driver=not quiet, **kwargs)
         return
     os.environ.setdefault("RAY_enable_metrics_collection", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with_ray_site(os.environ)
     # "local": a Ray of its own. Ray's default (no address) joins the latest cluster it finds in
     # its temp folder, or $RAY_ADDRESS: a laptop sweep would run its trials on a stranger's Ray.
     with one_machine():
         ray.init(address="local", include_dashboard=False, log_to_driver=not quiet, **kwargs)
+
+
+RAY_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_site")
+
+
+def with_ray_site(env) -> None:
+    """Put ray_site/ first on PYTHONPATH in `env`, which the Ray started next (raylet, workers,
+    dashboard) inherits: its sitecustomize stops Ray's cloud probe when usage stats are off
+    (see ray_site/sitecustomize.py)."""
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if RAY_SITE not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([RAY_SITE, *parts])
 
 
 def on_loopback(address: str) -> bool:
