@@ -7,6 +7,27 @@ import os
 import pytest
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The benches' tests go last: they collect smoke runs started in the background at the
+    start of the session (tests/test_benches.py)."""
+    last = [i for i in items if i.fspath.basename == "test_benches.py"]
+    items[:] = [i for i in items if i.fspath.basename != "test_benches.py"] + last
+
+
+def pytest_collection_finish(session):
+    if any(i.fspath.basename == "test_benches.py" for i in session.items):
+        import test_benches
+
+        test_benches.start_smokes(session.items)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import sys
+
+    if "test_benches" in sys.modules:
+        sys.modules["test_benches"].stop_smokes()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def emosweep_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("emosweep_home")

@@ -45,39 +45,56 @@ def test_every_bench_is_run_here():
     assert benches == set(FIGURES), "a bench without a smoke run here, or a listed bench that is gone"
 
 
-# The smoke runs mostly wait (Ray and MLflow start and stop, several sweeps each, in fresh
-# processes): they run three at a time, started together when the first is asked for. Each
-# bench's own test then reports its result. Their figures are not read here, so sharing the
-# cores costs nothing but wall time: about half of running them one after another.
-CONCURRENT = 3
+# The smoke runs start in the background when the session starts (tests/conftest.py), two at a
+# time at the lowest CPU priority (nice 19), so they take the cores the other tests leave idle
+# (waiting on servers, subprocesses and browsers) instead of a block of the suite's wall time
+# of their own; their tests run last and collect them. Their figures are not read here, so
+# sharing the cores costs them nothing but their own wall time.
+CONCURRENT = 2
+_POOL: dict = {}
 
 
 def _smoke(bench: str, home: Path) -> tuple[str, subprocess.CompletedProcess | None]:
     env = {**os.environ, "EMOSWEEP_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "EMOSWEEP_MLFLOW_IDLE_S": "60", "EMOSWEEP_RAY_IDLE_S": "60"}
-    command = [sys.executable, str(ROOT / "bench" / bench), "--quick", *ARGS.get(bench, [])]
+    command = ["nice", "-n", "19", sys.executable, str(ROOT / "bench" / bench), "--quick", *ARGS.get(bench, [])]
     if bench in OWN_PIDS:
         if not shutil.which("unshare") or os.geteuid() != 0:
             return (f"{bench} stops every Ray on the machine; it runs here in a PID namespace of its own, "
                     f"which needs root and unshare"), None
         command = ["unshare", "--pid", "--fork", "--mount-proc", *command]
-    return "", subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=560)
+    return "", subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+
+
+def start_smokes(items) -> None:
+    """Start the smoke runs of the benches among the session's `items` (none in the fast tier),
+    the longest first, so the pool's tail is short."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = sorted({item.callspec.params["bench"] for item in items
+                     if getattr(item, "callspec", None) and "bench" in item.callspec.params
+                     and item.originalname == "test_a_bench_runs_at_its_smallest_size_and_prints_its_figure"})
+    if not wanted:
+        return
+    wanted.sort(key=lambda b: -SMOKE_S.get(b, 10))
+    root = Path(tempfile.mkdtemp(prefix="emosweep-bench-smokes-"))
+    pool = ThreadPoolExecutor(CONCURRENT, thread_name_prefix="bench-smoke")
+    _POOL.update(pool=pool, root=root, futures={b: pool.submit(_smoke, b, root / b[:-3] / "home") for b in wanted})
+
+
+def stop_smokes() -> None:
+    if _POOL:
+        _POOL["pool"].shutdown(wait=True)
+        shutil.rmtree(_POOL["root"], ignore_errors=True)
+        _POOL.clear()
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(request, tmp_path_factory):
+def smoke_runs():
     """bench → the future of its smoke run, for the benches this session selected."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    wanted = sorted({item.callspec.params["bench"] for item in request.session.items
-                     if getattr(item, "callspec", None) and "bench" in item.callspec.params
-                     and item.originalname == "test_a_bench_runs_at_its_smallest_size_and_prints_its_figure"})
-    # the longest first, so the pool's tail is short
-    wanted.sort(key=lambda b: -SMOKE_S.get(b, 10))
-    pool = ThreadPoolExecutor(CONCURRENT, thread_name_prefix="bench-smoke")
-    futures = {b: pool.submit(_smoke, b, tmp_path_factory.mktemp(f"bench-{b[:-3]}") / "home") for b in wanted}
-    yield futures
-    pool.shutdown(wait=True)
+    assert _POOL, "the bench smokes were not started (tests/conftest.py's pytest_collection_finish)"
+    return _POOL["futures"]
 
 
 # seconds each smoke run took alone (2 cores, 2026-12-04): the order they start in
@@ -86,7 +103,7 @@ SMOKE_S = {"vs_optuna.py": 104, "trial_overhead.py": 112, "pooling_cache.py": 71
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("bench", sorted(FIGURES))
 def test_a_bench_runs_at_its_smallest_size_and_prints_its_figure(bench, smoke_runs):
     skipped, out = smoke_runs[bench].result()
