@@ -145,35 +145,9 @@ def _wait_http(url: str, timeout: float) -> bool:
     return False
 
 
-def _watched(argv: list, env: dict, timeout: float) -> tuple[int, str, list]:
-    """Run to the end; meanwhile, every 2 s, note each socket its processes listen on (read from
-    /proc: Ray's GCS, raylet, workers and agents, the driver). Returns (exit code, stdout then
-    stderr, the listeners seen)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from sockets import descendants, listeners
-
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen: dict = {}
-    deadline = time.monotonic() + timeout
-    with ThreadPoolExecutor(1) as pool:
-        output = pool.submit(proc.communicate)
-        while proc.poll() is None and time.monotonic() < deadline:
-            ours = descendants(proc.pid)
-            for sock in listeners():
-                if sock["pid"] in ours:
-                    seen[(sock["ip"], sock["port"])] = sock
-            time.sleep(2.0)  # Ray's listeners live for the whole sweep; a scan of /proc costs CPU the sweep needs
-        if proc.poll() is None:
-            proc.kill()
-        stdout, stderr = output.result()
-    return proc.returncode, stdout + stderr, list(seen.values())
-
-
 def run_scenario(scenario: dict) -> dict:
     """Run each step (in order; a background step runs until its page answers, then is
-    stopped) and return the steps' exit codes and output tails (a `watch`ed step's whole
-    output and listening sockets), and the names asked."""
+    stopped) and return the steps' exit codes and output tails, and the names asked."""
     in_namespace = scenario.get("namespace", False)
     resolver = None
     if in_namespace:
@@ -198,9 +172,10 @@ def run_scenario(scenario: dict) -> dict:
                 out, _ = proc.communicate()
             rc = 0 if answered else 1
         else:
-            rc, out, seen = _watched(step["argv"], {**env, **step.get("env", {})}, step.get("timeout", 600))
-        steps.append({"name": step["name"], "rc": rc, "tail": out[-3000:], "seconds": round(time.monotonic() - t0, 1),
-                      **({"stdout": out, "listeners": seen} if step.get("watch") else {})})
+            done = subprocess.run(step["argv"], env={**env, **step.get("env", {})}, capture_output=True, text=True,
+                                  timeout=step.get("timeout", 600))
+            rc, out = done.returncode, done.stdout + done.stderr
+        steps.append({"name": step["name"], "rc": rc, "tail": out[-3000:], "seconds": round(time.monotonic() - t0, 1)})
     time.sleep(1)  # late lookups of background threads
     return {"steps": steps, "names": list(resolver.names) if resolver else None}
 

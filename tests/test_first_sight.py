@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -163,10 +165,48 @@ def test_local_runs_every_study_without_ray_and_sqlite_writes_nothing_here(tmp_p
 
 
 # ----------------------------------------------------------------------------- the quiet terminal
-# The lines a study's terminal may hold: checked on tests/test_no_egress.py's smoke sweep.
 
 OURS = re.compile(r"^(\[emosweep\] |\||# |> |fer2013 \(|  fer_image|0 malformed|Over the |model: |results: |MLflow: |"
                   r"  the arms|  the server|driver timings: |fer_architectures — |$)")
+
+
+@pytest.mark.slow
+def test_a_quiet_smoke_sweep_prints_only_emosweeps_lines_and_listens_on_loopback_only(mlflow_server, tmp_path):
+    """The terminal of `python sweeps/fer_architectures.py --smoke`: no Ray, Ray Data, Tune,
+    Optuna or MLflow log line, no Python warning, no object repr; the table fits 120 columns.
+    While it runs, every socket its processes listen on (Ray's GCS, raylet, workers, agents and
+    the driver; read from /proc) is on loopback."""
+    from sockets import descendants, listeners
+
+    env = {**os.environ, "COLUMNS": "120", "EMOSWEEP_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "fer_architectures.py"), "--smoke",
+                             "--arms", "basic_cnn,enhanced", "--tracking-uri", mlflow_server.uri,
+                             "--storage-path", str(tmp_path / "ray"), "--experiment", "test-quiet"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = {}, time.time() + 600
+    with ThreadPoolExecutor(1) as pool:
+        output = pool.submit(proc.communicate)
+        while proc.poll() is None and time.time() < deadline:
+            ours = descendants(proc.pid)
+            for sock in listeners():
+                if sock["pid"] in ours:
+                    seen[(sock["ip"], sock["port"])] = sock
+            time.sleep(2.0)  # Ray's listeners live for the whole sweep; a scan of /proc costs CPU the sweep needs
+        stdout, stderr = output.result(timeout=max(1, deadline - time.time()))
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert len(seen) >= 4, seen  # GCS, raylet (two), the driver, workers: the check saw them
+    exposed = [f"{s['ip']}:{s['port']} {s['command'][:80]}" for s in seen.values() if not s["loopback"]]
+    assert exposed == [], "listening beyond loopback:\n" + "\n".join(exposed)
+    strangers = [line for line in text.splitlines() if not OURS.match(line)]
+    assert strangers == [], "\n".join(strangers)
+    assert " object at 0x" not in text and "choice of [64, 128, 256]" in text
+    lines = out.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| arm "))
+    table = [line for line in lines[start:] if line.startswith("|")]
+    assert "test acc (95% CI)" in table[0] and len(table) == 4  # header, rule, two arms
+    assert max(len(line) for line in table) <= 120 and any(line.startswith("| basic_cnn") for line in table)
 
 
 def test_the_checker_would_catch_library_lines():

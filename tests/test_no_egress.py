@@ -1,11 +1,7 @@
 """Nothing leaves the machine: a smoke sweep on Ray with its MLflow server, `data prepare`,
 `predict`, the demo and `emosweep ui`, run as a user runs them (no telemetry switch of ours in
 their environment, no HF_HUB_OFFLINE), ask no name of any resolver and open no connection
-beyond loopback. See tests/egress.py for how each attempt is recorded.
-
-The same smoke sweep shows the quiet terminal (only emosweep's own lines: no Ray, Ray Data,
-Tune, Optuna or MLflow log line, no Python warning, no object repr; its table fits 120 columns)
-and listens on loopback only (every socket its processes listen on, read from /proc)."""
+beyond loopback. See tests/egress.py for how each attempt is recorded."""
 import json
 import os
 import subprocess
@@ -15,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from egress import LOG_ENV, hook_dir, namespace_available
-from test_first_sight import OURS
 from workloads.core.privacy import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,8 +49,8 @@ def scenario(work: Path, corpus: Path, clip: Path, namespace: bool) -> dict:
         "env": {"EMOSWEEP_HOME": str(work / "home"), LOG_ENV: str(work / "egress.log"),
                 "PYTHONPATH": os.pathsep.join([str(hook_dir(work / "hook")), str(ROOT)])},
         "steps": [
-            {"name": "smoke sweep", "argv": [py, "sweeps/meld_fusion.py", "--smoke", "--arms", "late_concat,text_only"],
-             "env": {"COLUMNS": "120"}, "timeout": 600, "watch": True},
+            {"name": "smoke sweep", "argv": [py, "sweeps/meld_fusion.py", "--smoke", "--arms", "late_concat",
+                                             "--verbose", "0"], "timeout": 600},
             {"name": "data prepare", "argv": ["emosweep", "data", "prepare", "speakers", "--root", str(corpus),
                                               "--features", "mfcc_mean", "--no-progress"], "timeout": 300},
             {"name": "predict", "argv": [py, "-c", PREDICT, str(clip)], "timeout": 300},
@@ -84,17 +79,6 @@ def test_a_sweep_prepare_predict_the_demo_and_the_ui_reach_nothing_beyond_loopba
     for step in out["steps"]:
         assert step["rc"] == 0, f"{step['name']} failed:\n{step['tail']}"
     assert (tmp_path / "opened.txt").read_text().startswith("http://127.0.0.1:")  # `emosweep ui` opened a view
-
-    sweep = out["steps"][0]
-    assert len(sweep["listeners"]) >= 4, sweep["listeners"]  # GCS, raylet (two), the driver, workers: the check saw them
-    exposed = [f"{s['ip']}:{s['port']} {s['command'][:80]}" for s in sweep["listeners"] if not s["loopback"]]
-    assert exposed == [], "listening beyond loopback:\n" + "\n".join(exposed)
-    strangers = [line for line in sweep["stdout"].splitlines() if not OURS.match(line)]
-    assert strangers == [], "\n".join(strangers)
-    assert " object at 0x" not in sweep["stdout"]
-    table = [line for line in sweep["stdout"].splitlines() if line.startswith("|")]
-    assert "test acc (95% CI)" in table[0] and len(table) == 4  # header, rule, two arms
-    assert max(len(line) for line in table) <= 120 and any(line.startswith("| late_concat") for line in table)
 
     log = [json.loads(line) for line in (tmp_path / "egress.log").read_text().splitlines()]
     # the hook reached every kind of process (else its silence would prove nothing)
