@@ -195,3 +195,48 @@ def test_a_file_that_kills_its_worker_is_retried_a_few_times_then_reported(ray_c
     assert result.usable == len(manifest.items) - 1 and len(result.errors) == 1  # every other item computed
     again = run()  # the report is kept: the file is never retried for ever
     assert again.decoded == 0 and list(again.errors["reason"]) == ["worker died"]
+
+
+@pytest.mark.slow
+def test_a_file_that_kills_its_encoder_actor_is_reported_and_the_rest_encoded(ray_cluster, synth, tmp_path, capsys):
+    """As above, for a worker that is a class on a pool of Ray Data actors (the encoders'
+    cache): after the actor's restarts are spent, the items left go one call each to a fresh
+    actor; the one that kills it is reported, every other one computed."""
+    from workloads.data.corpora import read_corpus
+    from workloads.data.features import get_stage
+    from workloads.data.pipeline import run_cached
+
+    class DiesOnPlanted:  # defined here: Ray ships it by value to its actors
+        """An encoder-like actor worker (built once per actor) whose process exits, as an
+        FFmpeg crash or the OOM killer would end it, on the planted file."""
+
+        def __init__(self, marker: str):
+            self.marker = marker
+
+        def __call__(self, batch, **kwargs):
+            import os
+
+            from workloads.data.pipeline import featurize_batch
+
+            if any(str(p).endswith(self.marker) for p in batch["path"]):
+                os._exit(1)
+            return featurize_batch(batch, **kwargs)
+
+    root = tmp_path / "ravdess" / "Actor_01"
+    root.mkdir(parents=True)
+    for wav in sorted(synth("ravdess", 24, seed=5, faults=False).rglob("*.wav"))[:7]:
+        shutil.copy(wav, root / wav.name)
+    planted = root / "03-01-08-01-01-01-01.wav"
+    shutil.copy(wav, planted)
+    manifest = read_corpus("ravdess", tmp_path / "ravdess")
+    run = lambda: run_cached("ravdess", manifest.fingerprint(), manifest.items, manifest.problems,  # noqa: E731
+                             {"mfcc_mean": (get_stage("mfcc_mean"), {})}, DiesOnPlanted, {"sr": 16000},
+                             cache_dir=str(tmp_path / "cache"), shard_size=4, progress=False,
+                             actors={"init": {"marker": planted.name}, "concurrency": 1})
+    result = run()
+    assert "one per call of a fresh actor" in capsys.readouterr().err
+    rows = result.errors[result.errors["reason"] == "worker died"]
+    assert [Path(p).name for p in rows["path"]] == [planted.name]
+    assert result.usable == len(manifest.items) - 1 and len(result.errors) == 1
+    assert run().decoded == 0  # reported once, never retried for ever
+

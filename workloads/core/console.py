@@ -15,7 +15,11 @@ from pathlib import Path
 NOISY = ("ray", "ray.data", "optuna", "mlflow", "alembic", "urllib3", "py.warnings", "filelock", "numba")
 # what prints without logging: MLflow's run links (inherited by the trials' workers), and Tune's
 # new output engine, which draws its boxes at every verbosity (the older reporter is silent at 0)
-QUIET_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "RAY_AIR_NEW_OUTPUT": "0"}
+QUIET_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "RAY_AIR_NEW_OUTPUT": "0",
+             # transformers' and the Hub's bars ("Writing model shards" as a smoke run saves its tiny
+             # random encoders), read when transformers is imported; quiet_logs also switches off
+             # an already imported one
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 _QUIET: dict = {}
 
 
@@ -45,6 +49,11 @@ def quiet_logs(folder: Path, name: str, lazy: bool = False) -> Path | None:
     env = {**QUIET_ENV, "RAY_DATA_LOGGING_CONFIG": str(_ray_data_config(folder))}
     _QUIET["env"] = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        _QUIET["hf_bars"] = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
     _QUIET.update(path=path, handler=handler)
     return path
 
@@ -102,6 +111,10 @@ def restore_logs() -> None:
         logger.propagate = propagate
     logging.captureWarnings(False)
     _QUIET["handler"].close()
+    if _QUIET.get("hf_bars"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.enable_progress_bar()
     for key, value in _QUIET["env"].items():
         if value is None:
             os.environ.pop(key, None)

@@ -388,7 +388,7 @@ def _worker_died(error: BaseException) -> BaseException | None:
     """The worker-death error (crash, OOM kill, lost node) inside a Ray Data failure, if any."""
     from ray import exceptions as rex
 
-    deaths = (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError, rex.ObjectLostError)
+    deaths = (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError, rex.ObjectLostError, rex.RayActorError)
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -414,19 +414,58 @@ def _one_per_task(name: str, left: pd.DataFrame, worker, fn_kwargs: dict):
             death = _worker_died(e)
             if death is None:
                 raise
-            writer = ShardWriter(fn_kwargs["stages"], fn_kwargs["fs_uri"])
-            writer.failed(row["uid"], str(row.get("path", row["uid"])), str(row["need"]).split(","), "decode",
-                          "worker died", f"the process working on it died {MAX_TASK_RETRIES + 1} times "
-                                         f"({type(death).__name__})", int(row.get("line", 0) or 0))
-            yield writer.close()
+            yield _report_death(row, fn_kwargs, death)
+
+
+def _report_death(row, fn_kwargs: dict, death) -> pd.DataFrame:
+    """The summary of an item whose worker died on it every time: written to the stage's failed
+    files (so no later run tries it again) as `worker died`."""
+    writer = ShardWriter(fn_kwargs["stages"], fn_kwargs["fs_uri"])
+    writer.failed(row["uid"], str(row.get("path", row["uid"])), str(row["need"]).split(","), "decode",
+                  "worker died", f"the process working on it died {MAX_TASK_RETRIES + 1} times "
+                                 f"({type(death).__name__})", int(row.get("line", 0) or 0))
+    return writer.close()
+
+
+def _one_per_actor_call(name: str, left: pd.DataFrame, worker, fn_kwargs: dict, actors: dict):
+    """_one_per_task for a worker that is a class (an encoder actor): one actor, restarted as
+    often as a task is retried, takes the items left one call each, so the model is built once
+    per actor, not once per item. The item on which it died every time is reported and a new
+    actor takes the rest. A `pre` stage (decoding ahead of GPU actors) runs as a one-item task
+    first, and an item that kills it is reported the same way."""
+    import ray
+
+    options = {"num_cpus": actors.get("num_cpus", 1), "max_restarts": MAX_TASK_RETRIES,
+               "max_task_retries": MAX_TASK_RETRIES}
+    if actors.get("num_gpus"):
+        options["num_gpus"] = actors["num_gpus"]
+    cls = ray.remote(**options)(worker)
+    pre = None
+    if actors.get("pre"):
+        fn, pre_kwargs = actors["pre"]
+        pre = ray.remote(num_cpus=1, max_retries=MAX_TASK_RETRIES)(lambda batch: fn(batch, **pre_kwargs))
+    actor = None
+    for i in range(len(left)):
+        row, batch = left.iloc[i], left.iloc[[i]]
+        try:
+            if pre is not None:
+                batch = ray.get(pre.remote(batch))
+            actor = actor or cls.remote(**actors.get("init", {}))
+            yield ray.get(actor.__call__.remote(batch, **fn_kwargs))
+        except Exception as e:
+            death = _worker_died(e)
+            if death is None:
+                raise
+            actor = None  # a dead actor's restarts are spent: a fresh one for the next item
+            yield _report_death(row, fn_kwargs, death)
 
 
 def _on_ray_data(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, actors: dict | None, shard_size: int,
                  progress: bool):
     """The worker's summary of each shard, computed by Ray Data tasks (or a pool of actors).
     A task whose worker dies is retried MAX_TASK_RETRIES times (Ray Data's default is for
-    ever); then the shard's items not yet done are run one per task, and the one that kills
-    its worker is reported."""
+    ever), an actor restarted as often; then the items not yet done are run one per task (one
+    per call of an actor), and the one that kills its worker is reported."""
     import ray
 
     from ..core.console import when_ray_starts
@@ -458,13 +497,16 @@ def _on_ray_data(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, acto
             done.update(batch["uid"])
             yield batch
     except Exception as e:
-        if actors is not None or _worker_died(e) is None:
+        if _worker_died(e) is None:
             raise
         left = pending[~pending["uid"].isin(done)]
         print(f"[emosweep] {name}: a worker died {MAX_TASK_RETRIES + 1} times on one shard "
-              f"({type(_worker_died(e)).__name__}); running the {len(left)} items left one per task to find the "
-              f"file", file=sys.stderr, flush=True)
-        yield from _one_per_task(name, left, worker, fn_kwargs)
+              f"({type(_worker_died(e)).__name__}); running the {len(left)} items left one per "
+              f"{'task' if actors is None else 'call of a fresh actor'} to find the file", file=sys.stderr, flush=True)
+        if actors is None:
+            yield from _one_per_task(name, left, worker, fn_kwargs)
+        else:
+            yield from _one_per_actor_call(name, left, worker, fn_kwargs, actors)
 
 
 def without_ray() -> bool:
