@@ -108,6 +108,12 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    help="a corpus under a name, in any layout --data-dir reads (repeatable where a study takes several)")
     p.add_argument("--media-root", help="where a manifest's or EmoBox's relative audio paths lie (default: beside it)")
     p.add_argument("--model", help="hub id, local model folder, shelf name, or 'offline' for the packaged model")
+    p.add_argument("--max-seconds", type=float, metavar="S",
+                   help="refuse (and report) a clip longer than this, before decoding it where the container says "
+                        "(default 600; studies that decode media)")
+    p.add_argument("--max-file-mb", type=float, metavar="MB",
+                   help="refuse (and report) a media file larger than this, unread (default 200; studies that "
+                        "decode media)")
     for flag, text in study.extra_flags.items():
         p.add_argument(f"--{flag}", help=text)
     p.add_argument("--arms", help=f"comma-separated subset of: {', '.join(study.arms)}")
@@ -172,8 +178,8 @@ def check_flags(study: Study, opts) -> None:
     """What can be checked before anything starts: flags the study cannot use (refused, never
     ignored), paths that are not there, the arms, --set, the fold flags."""
     takes = prepare_flags(study)
-    for flag in ["model", "corpus", "media-root", *study.extra_flags]:
-        if getattr(opts, flag.replace("-", "_"), None) and flag.replace("-", "_") not in takes:
+    for flag in ["model", "corpus", "media-root", "max-seconds", "max-file-mb", *study.extra_flags]:
+        if getattr(opts, flag.replace("-", "_"), None) is not None and flag.replace("-", "_") not in takes:
             raise UserError(f"--{flag}: {study.name} does not use it ({_flags_it_takes(study, takes)})")
     if opts.data_dir and study.no_data_dir:
         raise UserError(f"--data-dir: {study.no_data_dir}")
@@ -362,7 +368,7 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
     if study.prepare is not None:
         takes = prepare_flags(study)
         flags = {"smoke": opts.smoke, "arms": arms, "model": opts.model, "corpus": opts.corpus,
-                 "media_root": opts.media_root,
+                 "media_root": opts.media_root, "max_seconds": opts.max_seconds, "max_file_mb": opts.max_file_mb,
                  **{f.replace("-", "_"): getattr(opts, f.replace("-", "_"), None) for f in study.extra_flags}}
         base = study.prepare(base, **{k: v for k, v in flags.items() if k in takes})
     base = plan_folds(study, base, opts, arms)

@@ -6,6 +6,7 @@ is opened blocks for ever)."""
 from __future__ import annotations
 
 import csv
+import re
 import os
 import shutil
 import subprocess
@@ -240,3 +241,25 @@ def test_a_file_that_kills_its_encoder_actor_is_reported_and_the_rest_encoded(ra
     assert result.usable == len(manifest.items) - 1 and len(result.errors) == 1
     assert run().decoded == 0  # reported once, never retried for ever
 
+
+
+@pytest.mark.slow
+def test_a_studys_media_limits_refuse_what_is_over_them_and_its_data_report_says_so(synth, tmp_path):
+    """`--max-seconds` on a study (not only `data prepare`): a CREMA-D look-alike of 1.2-2.5 s
+    clips at a 1.8-s limit; the longer clips are refused and reported, the others train, and
+    the data report states the limits and counts the refusals."""
+    from sweeps.audiomnist_mlp import STUDY
+    from sweeps.runner import main
+
+    from workloads.data.corpora import read_corpus
+
+    items = read_corpus("cremad", synth("cremad", 56, seed=1, faults=False)).items  # as a manifest: S5 reads any
+    items[["path", "label", "speaker"]].to_csv(tmp_path / "clips.csv", index=False)
+    table = main(STUDY, ["--local", "--smoke", "--data-dir", str(tmp_path / "clips.csv"), "--max-seconds", "1.8",
+                         "--arms", "h1_relu_mean", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                         "--results-out", str(tmp_path / "r.csv")])
+    assert (table["status"].str.startswith("OK")).all()
+    (report,) = [p.read_text() for p in tmp_path.rglob("dataset_report.md")]
+    assert "a clip over 1.8 s or a file over 200 MB is refused" in report
+    refused = int(re.search(r"too long ×(\d+)", report).group(1))
+    assert 0 < refused < 56, report

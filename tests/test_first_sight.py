@@ -82,6 +82,8 @@ def test_set_takes_declared_engine_knobs_and_arm_knobs():
     ("bert_freezing", ["--local", "--num-samples", "2"], "searching needs the Ray engine"),
     ("bert_freezing", ["--local", "--gpus-per-trial", "0.5"], "--gpus-per-trial: --local trains on this process"),
     ("bert_freezing", ["--local", "--max-failures", "0"], "--max-failures: --local runs each trial once"),
+    ("bert_freezing", ["--max-seconds", "30"], "--max-seconds: bert_freezing does not use it"),  # decodes no media
+    ("fer_architectures", ["--max-file-mb", "1"], "--max-file-mb: fer_architectures does not use it"),
 ])
 def test_flags_a_study_cannot_use_are_refused(study_name, argv, expected, capsys, tmp_path):
     assert expected in _refused(study_name, argv, capsys, tmp_path)

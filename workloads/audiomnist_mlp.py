@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import classic_audio
+from .data.audio import with_media_caps
 from .core.seeding import seed_everything
 from .models.classic import LAYOUTS, MLP, hidden_sizes
 
@@ -89,7 +90,9 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     classic_audio.network_trial(config, model, data, classes, tracking, run_name(config), tags, info)
 
 
-def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None) -> dict:
+def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None,
+            max_seconds: float | None = None, max_file_mb: float | None = None) -> dict:
+    config = with_media_caps(config, max_seconds, max_file_mb)
     return classic_audio.prepare_single(config, "audiomnist", {STAGE: {}}, WORKLOAD, corpus, media_root)
 
 

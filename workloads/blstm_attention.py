@@ -25,6 +25,7 @@ from .core.loop import class_weights
 from .core.sklearn_trial import fit_floor, mean_and_std
 from .core.seeding import seed_everything
 from .data.labels import CANONICAL as LABEL_MAP, shared_classes as labels_shared, spelled
+from .data.audio import caps_line, media_caps, with_media_caps
 from .data.study_items import prepare_corpus, stage_splits, study_items, write_items
 from .data.synth import corpus_source
 from .models.blstm import AttentionBLSTM
@@ -166,7 +167,8 @@ def corpora_needed(arms: dict) -> list[str]:
 
 
 def prepare(config: dict, *, arms: dict, ravdess: str | None = None, shemo: str | None = None,
-            emodb: str | None = None, corpus: list | None = None, media_root: str | None = None) -> dict:
+            emodb: str | None = None, corpus: list | None = None, media_root: str | None = None,
+            max_seconds: float | None = None, max_file_mb: float | None = None) -> dict:
     """Driver-side, once per sweep: each corpus the chosen arms (--arms) need, split by speaker,
     with its frame46 features in the cache. A corpus the command line names is read in
     whatever layout it has; the study's own three default to generated look-alikes."""
@@ -174,7 +176,7 @@ def prepare(config: dict, *, arms: dict, ravdess: str | None = None, shemo: str 
 
     from .data.features import STAGES
 
-    config = dict(config)
+    config = with_media_caps(config, max_seconds, max_file_mb)
     given = given_corpora(config, ravdess, shemo, emodb, corpus)
     config["stage_params"] = STAGES["frame46"].params({})
     tables, dirs, sources, prints = [], {}, {}, []
@@ -185,7 +187,7 @@ def prepare(config: dict, *, arms: dict, ravdess: str | None = None, shemo: str 
                                                    or config.get(f"{corpus_name}_dir"))
         table, dirs[corpus_name], config["cache_fs"], fingerprint = prepare_corpus(
             corpus_name, root, {"frame46": {}}, int(config["seed"]), by_speaker=True, media_root=media_root,
-            report=config.setdefault("_corpus_report", {}))
+            report=config.setdefault("_corpus_report", {}), caps=media_caps(config))
         table["label"] = table["label"].map(spelled)
         tables.append(table)
         prints.append(f"{corpus_name}-{fingerprint}")
@@ -207,7 +209,8 @@ def describe(config: dict) -> dict:
     profiles = config.get("_corpus_report", {})
     sources = "\n".join(f"- {c}: {s}" + (f"\n  {profiles[c]}" if c in profiles else "")
                         for c, s in config["data_sources"].items())
-    text = (f"# Corpora as used\n\n{sources}\n\nSplits keep every speaker in one split.\n\n{counts.to_markdown()}\n\n"
+    text = (f"# Corpora as used\n\n{sources}\n\nSplits keep every speaker in one split.\n\n{caps_line(config)}\n"
+            f"{counts.to_markdown()}\n\n"
             f"## Class map (cross-corpus arms train and test on the shared classes)\n\n| train → test | classes |\n"
             f"|---|---|\n{pairs}\n")
     return {"dataset_report.md": text}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .core.errors import UserError
+from .data.audio import caps_line, media_caps
 from .data.study_items import prepare_corpus, stage_splits, study_items, write_items
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ def prepare_single(config: dict, corpus: str, stages: dict, study: str, given: l
     table, dirs, config["cache_fs"], fingerprint = prepare_corpus(corpus, root, stages, int(config["seed"]),
                                                                   by_speaker=False, fractions=SPLIT,
                                                                   media_root=media_root, emotions=False,
-                                                                  report=config.setdefault("_corpus_report", {}))
+                                                                  report=config.setdefault("_corpus_report", {}),
+                                                                  caps=media_caps(config))
     table["label"] = table["label"].astype(str)
     config.update(stage_dirs={corpus: dirs}, classes=sorted(table["label"].unique()), corpus=corpus,
                   dataset_fingerprint=fingerprint)
@@ -109,4 +111,5 @@ def describe(config: dict) -> dict:
     return {"dataset_report.md": f"# Corpus as used\n\n- {config['corpus']}: {config['data_source']}\n"
                                  + (f"  {profile}\n" if profile else "") + "\n"
                                  f"Random split per class, seed {config['seed']}: {SPLIT[0]:.0%} train, "
-                                 f"{SPLIT[1]:.0%} validation, {SPLIT[2]:.0%} test.\n\n{counts.to_markdown()}\n"}
+                                 f"{SPLIT[1]:.0%} validation, {SPLIT[2]:.0%} test.\n\n{caps_line(config)}\n"
+                                 f"{counts.to_markdown()}\n"}

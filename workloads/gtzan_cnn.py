@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import classic_audio
+from .data.audio import with_media_caps
 from .core.seeding import seed_everything
 from .models.classic import GenreCNN, keras_parameter_count
 
@@ -52,7 +53,9 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     classic_audio.network_trial(config, model, data, classes, tracking, run_name(config), tags, info)
 
 
-def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None) -> dict:
+def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None,
+            max_seconds: float | None = None, max_file_mb: float | None = None) -> dict:
+    config = with_media_caps(config, max_seconds, max_file_mb)
     # the look-alike carries the real archive's one corrupt file
     return classic_audio.prepare_single(config, "gtzan", {STAGE: {}}, WORKLOAD, corpus, media_root, corrupt_file=True)
 

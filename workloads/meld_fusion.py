@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from .core.graphs import GraphedTrainStep, capturable, rate, round_up, wants_graphs
 from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit, pick_device, require_splits
 from .core.seeding import seed_everything
+from .data.audio import caps_line, media_caps, with_media_caps
 from .data.study_items import study_items, write_items
 from .models.fusion import FusionModel, build_model, load_encoders, uses
 from .core.errors import UserError
@@ -283,7 +284,7 @@ def read_manifest(config: dict):
 
 
 def prepare(config: dict, *, smoke: bool = False, text_model: str | None = None,
-            audio_model: str | None = None) -> dict:
+            audio_model: str | None = None, max_seconds: float | None = None, max_file_mb: float | None = None) -> dict:
     """Driver-side, once per sweep: the corpus (or its look-alike), both encoders, and the
     states entering their top layers in the cache."""
     from .data.encoder_cache import actor_plan, encode_corpus, encode_texts
@@ -292,7 +293,7 @@ def prepare(config: dict, *, smoke: bool = False, text_model: str | None = None,
 
     import pandas as pd
 
-    config = dict(config)
+    config = with_media_caps(config, max_seconds, max_file_mb)
     uses(config["fusion"])
     study_corpus(config, "meld", "utterances")
     manifest = read_manifest(config)
@@ -332,7 +333,7 @@ def prepare(config: dict, *, smoke: bool = False, text_model: str | None = None,
                               prefix_layer=facts["n_layers"] - k, dtype=config.get("cache_dtype", "float16"),
                               batch_size=int(config.get("encode_batch") or 0),
                                precision=config.get("encode_precision", "auto"), actors=actors, num_gpus=gpus,
-                              progress=False)
+                              progress=False, caps=media_caps(config))
         print(f"[emosweep] audio encoder states: {audio.summary()}")
         config["audio_dir"] = audio.stages["encoder_states"].dir
         dropped = pd.concat([dropped, audio.errors[audio.errors["stage"] != "read"]], ignore_index=True)
@@ -367,5 +368,5 @@ def describe(config: dict) -> dict:
     text = (f"# MELD as used: {config['data_source']}\n\n{config['model_id']}\n\n"
             f"{len(items)} utterances; {config['reader_problems']} CSV rows the reader could not use and "
             f"{config['dropped_items']} utterances whose media or transcript could not be encoded were dropped "
-            f"(listed in the cache's errors.csv).\n\n{counts.to_markdown()}\n")
+            f"(listed in the cache's errors.csv).\n\n{caps_line(config)}\n{counts.to_markdown()}\n")
     return {"dataset_report.md": text}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import classic_audio
+from .data.audio import with_media_caps
 from .core.seeding import seed_everything
 from .core.errors import UserError
 
@@ -65,7 +66,9 @@ def train(config: dict, tracking: TrackingContext | None = None) -> None:
     fit_estimator(config, estimator_of(config), data, classes, tracking, run_name(config), tags, info)
 
 
-def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None) -> dict:
+def prepare(config: dict, *, corpus: list | None = None, media_root: str | None = None,
+            max_seconds: float | None = None, max_file_mb: float | None = None) -> dict:
+    config = with_media_caps(config, max_seconds, max_file_mb)
     if config.get("speaker_norm"):  # it would standardize away the very thing the labels name
         raise UserError("speaker_norm: speaker identification's labels are the speakers; it cannot normalize by them")
     return classic_audio.prepare_single(config, "speakers", STAGES, WORKLOAD, corpus, media_root)

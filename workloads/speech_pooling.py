@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from .core.loop import EpochShardSampler, TrainSetup, class_weights, fit, require_splits
 from .core.seeding import derive_seed, seed_everything
+from .data.audio import caps_line, media_caps, with_media_caps
 from .data.folds import trial_splits
 from .data.study_items import study_items, write_items
 from .models.pooling import POOLINGS, PooledClassifier, build_pooling
@@ -554,7 +555,7 @@ def _decode_splits(config: dict, ids: dict | None = None) -> dict:
             ids.setdefault(split, []).append(uid)
         start = row.get("start")
         segment = (float(start), float(row["end"])) if start is not None and start == start and start != "" else None
-        wave = decode_audio(row["path"], sr=16000, segment=segment)[:clip]
+        wave = decode_audio(row["path"], sr=16000, segment=segment, max_seconds=media_caps(config)["max_seconds"])[:clip]
         waves.append(wave)
         labels.append(y[uid])
         lengths.append(len(wave))
@@ -584,7 +585,7 @@ def read_manifest(config: dict):
 
 
 def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corpus: list | None = None,
-            media_root: str | None = None) -> dict:
+            media_root: str | None = None, max_seconds: float | None = None, max_file_mb: float | None = None) -> dict:
     """Driver-side, once per sweep: the corpus (or its look-alike; --data-dir or one --corpus
     NAME=PATH, in any layout), the encoder, and, when the encoder is frozen, its states in the
     cache."""
@@ -597,7 +598,7 @@ def prepare(config: dict, *, smoke: bool = False, model: str | None = None, corp
     from .models.encoders import resolve_model
     from .models.speech import check_precision, make_tiny_hubert, speech_encoder_facts
 
-    config = dict(config)
+    config = with_media_caps(config, max_seconds, max_file_mb)
     if config.get("speaker_norm") and config.get("encoder_mode", "cached") == "live":
         if "speaker_norm" in config.get("_pinned", ()):
             raise UserError("speaker_norm standardizes cached states; the live encoder mode has none")
@@ -695,7 +696,7 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
     from .data.pipeline import prepare as prepare_media
 
     if config.get("encoder_mode", "cached") != "cached":  # the live mode: the hash's own decode
-        hashed = prepare_media(manifest, {"content_hash": {}}, progress=False)
+        hashed = prepare_media(manifest, {"content_hash": {}}, progress=False, **media_caps(config))
         hashes = content_hashes(hashed.fs_uri, hashed.stages["content_hash"].dir)
     else:
         actors, gpus = actor_plan(config.get("encode_actors"))
@@ -705,7 +706,8 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
                                dtype=config.get("cache_dtype", "float16"), progress=False,
                                batch_size=int(config.get("encode_batch") or 0),
                                precision=config.get("encode_precision", "auto"), actors=actors,
-                               num_gpus=gpus, with_hash=True)  # one decode: the states and the gate's hash
+                               num_gpus=gpus, with_hash=True,  # one decode: the states and the gate's hash
+                               caps=media_caps(config))
         hashes = content_hashes(result.fs_uri, result.stages["content_hash"].dir)
         print(f"[emosweep] encoder states: {result.summary()}")
         config["encode_precision"] = result.stages["encoder_states"].params["precision"]  # auto, resolved
@@ -737,5 +739,6 @@ def describe(config: dict) -> dict:
     counts = rows.groupby([*by, "split"]).size().unstack(fill_value=0).reindex(columns=["train", "val", "test"])
     speakers = rows.groupby("split")["speaker"].nunique().reindex(["train", "val", "test"])
     text = (f"# {config['corpus']} as used: {config['data_source']}\n\nencoder: {config['model_id']}\n\n"
-            f"speakers per split (no speaker in two): {speakers.to_dict()}\n\n{counts.to_markdown()}\n")
+            f"speakers per split (no speaker in two): {speakers.to_dict()}\n\n{caps_line(config)}\n"
+            f"{counts.to_markdown()}\n")
     return {"dataset_report.md": text}

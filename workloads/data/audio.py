@@ -23,6 +23,26 @@ class MediaError(ValueError):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+def with_media_caps(config: dict, max_seconds: float | None, max_file_mb: float | None) -> dict:
+    """The study's config with its media limits (a study's --max-seconds / --max-file-mb, else
+    the defaults), which its decoding uses and its data report states."""
+    return {**config, "max_seconds": float(MAX_SECONDS if max_seconds is None else max_seconds),
+            "max_file_mb": float(MAX_FILE_MB if max_file_mb is None else max_file_mb)}
+
+
+def media_caps(config: dict) -> dict:
+    """read_and_decode's limits from a study's config."""
+    return {"max_seconds": float(config.get("max_seconds", MAX_SECONDS)),
+            "max_file_mb": float(config.get("max_file_mb", MAX_FILE_MB))}
+
+
+def caps_line(config: dict) -> str:
+    """The data report's line on the limits."""
+    caps = media_caps(config)
+    return (f"Media limits: a clip over {caps['max_seconds']:g} s or a file over {caps['max_file_mb']:g} MB is "
+            f"refused and reported, not decoded (--max-seconds, --max-file-mb).\n")
+
+
 def too_long(name: str, seconds: float, max_seconds: float, how: str) -> MediaError:
     return MediaError(name, "too long", f"{seconds:.0f} s ({how}), over the {max_seconds:g} s limit (--max-seconds)")
 

@@ -257,7 +257,8 @@ def _timed_summary(frames: list, busy_s: float, wall_s: float) -> pd.DataFrame:
 HASH = "content_hash"  # the audio stage the cache computes from the same decode, when asked (the split gate's)
 
 
-def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int = 1, digest: bool = False) -> list:
+def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int = 1, digest: bool = False,
+                caps: dict | None = None) -> list:
     """(uid, path, wave cut to the clip or None, reason, detail, extra) for each row of a shard,
     decoded on `threads` threads (FFmpeg releases the GIL). With `digest`, extra holds the
     content_hash stage's output for the whole decoded clip and its length and source rate (what
@@ -272,7 +273,7 @@ def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int 
         uid, path, segment = row
         info: dict = {}
         try:
-            wave = read_and_decode(path, sr, segment=segment, info=info, recording=recording)
+            wave = read_and_decode(path, sr, **(caps or {}), segment=segment, info=info, recording=recording)
         except MediaError as e:
             return uid, path, None, e.reason, e.detail, {}
         extra = {"hash": content_hash(wave, sr)["content_hash"], "seconds": float(info.get("seconds", 0.0)),
@@ -293,12 +294,13 @@ def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int 
     return [done[r[0]] for r in rows]
 
 
-def decode_clips(batch: pd.DataFrame, sr: int, clip_seconds: float, digest: bool = False) -> pd.DataFrame:
+def decode_clips(batch: pd.DataFrame, sr: int, clip_seconds: float, digest: bool = False,
+                 caps: dict | None = None) -> pd.DataFrame:
     """The decode stage that runs on CPUs ahead of GPU encoder actors (Ray Data streams it, so
     the actors encode one shard while CPUs decode the next): uid, path, the stages each row
     needs, the clip's float32 samples as bytes (null where it did not decode), the reason, and
     with `digest` the content hash, length and source rate (decode_rows)."""
-    rows = decode_rows(batch, sr, clip_seconds, digest=digest)
+    rows = decode_rows(batch, sr, clip_seconds, digest=digest, caps=caps)
     out = pd.DataFrame({"uid": [r[0] for r in rows], "path": [r[1] for r in rows],
                         "wave": [None if r[2] is None else np.ascontiguousarray(r[2], np.float32).tobytes()
                                  for r in rows],
@@ -336,7 +338,8 @@ class EncoderStatesWorker:
         self.steps = DeviceBatches(self.encoder.device)
         self.threads, self.batch_size = max(1, threads), int(batch_size or 0)
 
-    def __call__(self, batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, batch_size: int = 0) -> pd.DataFrame:
+    def __call__(self, batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, batch_size: int = 0,
+                 caps: dict | None = None) -> pd.DataFrame:
         t0 = time.perf_counter()
         busy0 = self.steps.busy_s
         params = stages[STAGE.name]["params"]
@@ -345,7 +348,7 @@ class EncoderStatesWorker:
         if "wave" in batch:  # decoded ahead by the CPU stage (decode_clips); a clip that did not decode: null
             rows = _predecoded(batch)
         else:
-            rows = decode_rows(batch, sr, float(params["clip_seconds"]), self.threads, digest=hashing)
+            rows = decode_rows(batch, sr, float(params["clip_seconds"]), self.threads, digest=hashing, caps=caps)
         needs = [n.split(",") for n in batch["need"]] if "need" in batch else [[STAGE.name]] * len(batch)
         hashes = ShardWriter({HASH: stages[HASH]}, fs_uri) if hashing else None
         decoded, hash_only = [], set()
@@ -414,7 +417,8 @@ def encode_corpus(manifest: Manifest, model_path: str, *, window_seconds: float 
                   precision: str = "auto", fingerprint: str | None = None,
                   cache_dir: str | None = None, batch_size: int = 0, actors: int = 1, num_gpus: float = 0,
                   cpus_per_actor: int = 1, shard_size: int | None = None, progress: bool = True,
-                  strict: bool = False, decode_stage: bool | None = None, with_hash: bool = False) -> PrepareResult:
+                  strict: bool = False, decode_stage: bool | None = None, with_hash: bool = False,
+                  caps: dict | None = None) -> PrepareResult:
     """Encode every clip of the manifest once (what the cache holds already is reused).
     `fingerprint`: the manifest's, when the caller has computed it already. `precision`: the
     forward's (fp32, bf16, fp16; auto: AUTO_PRECISION for where it runs), part of the key.
@@ -423,7 +427,8 @@ def encode_corpus(manifest: Manifest, model_path: str, *, window_seconds: float 
     tasks streamed into the actors, so the device encodes one shard while the CPUs decode the
     next, instead of in the actor between its shards. `with_hash`: the content_hash stage (the
     split gate's digest of the decoded samples) is computed from the same decode and cached as
-    `data prepare` caches it, so a cold cache decodes each clip once."""
+    `data prepare` caches it, so a cold cache decodes each clip once. `caps`: the decode's limits
+    (audio.media_caps: a study's --max-seconds and --max-file-mb)."""
     from ..models.speech import encoder_content_hash
 
     gpus = _where(num_gpus)
@@ -435,13 +440,13 @@ def encode_corpus(manifest: Manifest, model_path: str, *, window_seconds: float 
     stages = {STAGE.name: (STAGE, params), **({HASH: (get_stage(HASH), {})} if with_hash else {})}
     return run_cached(
         manifest.name, fingerprint or manifest.fingerprint(), manifest.items, manifest.problems, stages,
-        EncoderStatesWorker, {"sr": TARGET_SR, "batch_size": int(batch_size or 0)}, cache_dir=cache_dir,
+        EncoderStatesWorker, {"sr": TARGET_SR, "batch_size": int(batch_size or 0), "caps": caps}, cache_dir=cache_dir,
         strict=strict, shard_size=shard_size or (GPU_SHARD if gpus else 32), progress=progress,
         key_context={"sr": TARGET_SR},
         actors={"init": {"model_path": model_path, "window_seconds": window_seconds, "threads": cpus_per_actor,
                          "precision": precision},
                 "concurrency": actors, "num_gpus": num_gpus, "num_cpus": cpus_per_actor,
-                "pre": (decode_clips, {"sr": TARGET_SR, "clip_seconds": clip_seconds, "digest": with_hash})
+                "pre": (decode_clips, {"sr": TARGET_SR, "clip_seconds": clip_seconds, "digest": with_hash, "caps": caps})
                 if (num_gpus if decode_stage is None else decode_stage) else None})
 
 

@@ -91,7 +91,8 @@ def _read_items(fs_uri: str, path: str) -> dict:
 
 def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: bool,
                    fractions=(0.8, 0.1, 0.1), media_root: str | None = None,
-                   emotions: bool = True, report: dict | None = None) -> tuple[pd.DataFrame, dict, str, str]:
+                   emotions: bool = True, report: dict | None = None,
+                   caps: dict | None = None) -> tuple[pd.DataFrame, dict, str, str]:
     """Driver side, for the hand-made-feature studies: read `corpus` in whatever layout `root`
     has (its reader when `corpus` names one and root is a folder; else a manifest, an EmoBox
     folder or the layout told from the files; `emotions`: a manifest's labels are emotions),
@@ -108,7 +109,8 @@ def prepare_corpus(corpus: str, root: str, stages: dict, seed: int, by_speaker: 
     if manifest.items.empty:
         raise BadInput(f"{root}: no usable {corpus} clips; the reader said:\n{manifest.problems.head(10)}")
     manifest.items = split_items(manifest.items, seed, corpus, fractions=fractions, by_speaker=by_speaker)
-    result = prepare_media(manifest, {**stages, "content_hash": {}}, progress=False)  # the hash: for the split gate
+    # the hash: for the split gate; caps: the study's media limits (audio.media_caps)
+    result = prepare_media(manifest, {**stages, "content_hash": {}}, progress=False, **(caps or {}))
     print(f"[emosweep] {corpus}: {result.summary()}", flush=True)
     if report is not None:  # the corpus's profile and problems, for the sweep's data report
         problems = result.errors.groupby("reason").size().sort_values(ascending=False)
