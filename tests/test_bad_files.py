@@ -102,9 +102,12 @@ def test_an_hour_long_file_is_refused_before_decoding_and_a_huge_one_unread(tmp_
         f.truncate(60_000_000)
     old = os.environ.get("EMOSWEEP_LOCAL")
     os.environ["EMOSWEEP_LOCAL"] = "1"
+    run = lambda **limits: prepare(read_corpus("ravdess", root.parent), ["mfcc_mean"],  # noqa: E731
+                                   cache_dir=str(tmp_path / "cache"), progress=False, **limits)
     try:
-        result = prepare(read_corpus("ravdess", root.parent), ["mfcc_mean"], cache_dir=str(tmp_path / "cache"),
-                         progress=False, max_file_mb=50)
+        result = run(max_file_mb=50)
+        again = run(max_file_mb=50)  # the refusals are kept: nothing is read again
+        raised = run(max_file_mb=100)  # a raised limit tries what it refused, and only that
     finally:
         if old is None:
             os.environ.pop("EMOSWEEP_LOCAL")
@@ -114,6 +117,10 @@ def test_an_hour_long_file_is_refused_before_decoding_and_a_huge_one_unread(tmp_
     assert "3600 s (the container's metadata; nothing decoded)" in reasons["03-01-02-01-01-01-01.wav"][1]
     assert reasons["03-01-03-01-01-01-01.wav"][0] == "file too large" and "not read" in reasons["03-01-03-01-01-01-01.wav"][1]
     assert result.usable == 1 and len(result.errors) == 2  # the good clip has its features
+    assert again.decoded == 0 and len(again.errors) == 2
+    assert raised.decoded == 1  # the 60-MB file, read now (60 MB of nothing: unreadable), not the hour-long one
+    reasons = dict(zip([Path(p).name for p in raised.errors["path"]], raised.errors["reason"]))
+    assert reasons["03-01-02-01-01-01-01.wav"] == "too long" and reasons["03-01-03-01-01-01-01.wav"] != "file too large"
 
 
 def test_decoding_stops_at_the_limit_when_the_container_does_not_say():

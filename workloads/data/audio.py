@@ -18,8 +18,10 @@ MAX_FILE_MB = 200.0  # a file larger than this is refused before it is read (`--
 class MediaError(ValueError):
     """A file that cannot be used; `reason` is short and stable so errors group by it."""
 
-    def __init__(self, path: str, reason: str, detail: str = ""):
-        self.path, self.reason, self.detail = path, reason, detail
+    def __init__(self, path: str, reason: str, detail: str = "", limit: tuple | None = None):
+        """`limit`: (which limit, its value) for a file refused by --max-seconds or
+        --max-file-mb, so the cache can retry it once that limit is raised."""
+        self.path, self.reason, self.detail, self.limit = path, reason, detail, limit
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
@@ -44,7 +46,8 @@ def caps_line(config: dict) -> str:
 
 
 def too_long(name: str, seconds: float, max_seconds: float, how: str) -> MediaError:
-    return MediaError(name, "too long", f"{seconds:.0f} s ({how}), over the {max_seconds:g} s limit (--max-seconds)")
+    return MediaError(name, "too long", f"{seconds:.0f} s ({how}), over the {max_seconds:g} s limit (--max-seconds)",
+                      limit=("max_seconds", float(max_seconds)))
 
 
 def declared_seconds(container, stream) -> float | None:

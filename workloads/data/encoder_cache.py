@@ -275,7 +275,7 @@ def decode_rows(batch: pd.DataFrame, sr: int, clip_seconds: float, threads: int 
         try:
             wave = read_and_decode(path, sr, **(caps or {}), segment=segment, info=info, recording=recording)
         except MediaError as e:
-            return uid, path, None, e.reason, e.detail, {}
+            return uid, path, None, e.reason, e.detail, {"limit": e.limit} if e.limit else {}
         extra = {"hash": content_hash(wave, sr)["content_hash"], "seconds": float(info.get("seconds", 0.0)),
                  "source_sr": int(info.get("source_sr", 0))} if digest else {}
         return uid, path, wave[:clip], "", "", extra
@@ -304,11 +304,14 @@ def decode_clips(batch: pd.DataFrame, sr: int, clip_seconds: float, digest: bool
     out = pd.DataFrame({"uid": [r[0] for r in rows], "path": [r[1] for r in rows],
                         "wave": [None if r[2] is None else np.ascontiguousarray(r[2], np.float32).tobytes()
                                  for r in rows],
-                        "reason": [r[3] for r in rows], "detail": [r[4] for r in rows]})
+                        "reason": [r[3] for r in rows], "detail": [r[4] for r in rows],
+                        # the media limit that refused a clip (MediaError.limit), for the failed file
+                        "limit_kind": [r[5]["limit"][0] if "limit" in r[5] else "" for r in rows],
+                        "limit": [r[5]["limit"][1] if "limit" in r[5] else 0.0 for r in rows]})
     if "need" in batch:
         out["need"] = list(batch["need"])
     if digest:
-        out["digest"] = [r[5]["hash"].tobytes() if r[5] else None for r in rows]
+        out["digest"] = [r[5]["hash"].tobytes() if "hash" in r[5] else None for r in rows]
         out["seconds"] = [r[5].get("seconds", 0.0) for r in rows]
         out["source_sr"] = [r[5].get("source_sr", 0) for r in rows]
     return out
@@ -321,6 +324,8 @@ def _predecoded(batch: pd.DataFrame) -> list:
         ok = isinstance(wave, (bytes, bytearray, memoryview))
         extra = {"hash": np.frombuffer(batch["digest"].iloc[i], np.uint8), "seconds": float(batch["seconds"].iloc[i]),
                  "source_sr": int(batch["source_sr"].iloc[i])} if ok and "digest" in batch else {}
+        if not ok and "limit_kind" in batch and batch["limit_kind"].iloc[i]:
+            extra = {"limit": (batch["limit_kind"].iloc[i], float(batch["limit"].iloc[i]))}
         rows.append((uid, path, np.frombuffer(wave, np.float32) if ok else None, batch["reason"].iloc[i],
                      batch["detail"].iloc[i], extra))
     return rows
@@ -354,7 +359,7 @@ class EncoderStatesWorker:
         decoded, hash_only = [], set()
         for (uid, path, wave, reason, detail, extra), need in zip(rows, needs):
             if wave is None:
-                failed.failed(uid, path, need, "decode", reason, detail)
+                failed.failed(uid, path, need, "decode", reason, detail, limit=extra.get("limit"))
                 continue
             if HASH in need:
                 hashes.ok(uid, path, {HASH: {"content_hash": extra["hash"]}},

@@ -85,11 +85,15 @@ class ShardWriter:
         self.summary.append({"uid": uid, "path": path, "line": line, "ok": True, "stage": "", "reason": "",
                              "detail": "", "node": self.node})
 
-    def failed(self, uid: str, path: str, stages, stage: str, reason: str, detail: str = "", line: int = 0) -> None:
-        row = {"uid": uid, "path": path, "line": line, "stage": stage, "reason": reason, "detail": detail}
+    def failed(self, uid: str, path: str, stages, stage: str, reason: str, detail: str = "", line: int = 0,
+               limit: tuple | None = None) -> None:
+        """`limit`: (kind, value) of the media limit that refused it (MediaError.limit): kept in
+        the failed file, so a run with that limit raised tries the item again."""
+        row = {"uid": uid, "path": path, "line": line, "stage": stage, "reason": reason, "detail": detail,
+               "limit_kind": limit[0] if limit else "", "limit": float(limit[1]) if limit else 0.0}
         for name in stages:
             self.failures[name].append(row)
-        self.summary.append({**row, "ok": False, "node": self.node})
+        self.summary.append({**{k: row[k] for k in SUMMARY_COLUMNS if k in row}, "ok": False, "node": self.node})
 
     def close(self) -> pd.DataFrame:
         for name, rows in self.results.items():
@@ -129,7 +133,8 @@ def read_and_decode(path: str, sr: int, max_seconds: float | None = MAX_SECONDS,
         size = file_size(path)
         if max_file_mb is not None and size is not None and size > max_file_mb * 1e6:
             raise MediaError(path, "file too large", f"{size / 1e6:.0f} MB, over the {max_file_mb:g} MB limit "
-                                                     f"(--max-file-mb); not read")
+                                                     f"(--max-file-mb); not read",
+                             limit=("max_file_mb", float(max_file_mb)))
         data = read_bytes(path)
     except OSError as e:
         raise MediaError(path, "unreadable", f"cannot read file: {e}") from None
@@ -164,7 +169,7 @@ def featurize_batch(batch: pd.DataFrame, stages: dict, fs_uri: str, sr: int, max
             writer.ok(uid, path, outputs, {"seconds": float(info.get("seconds", 0.0)),
                                            "source_sr": int(info.get("source_sr", 0))})
         except MediaError as e:
-            writer.failed(uid, path, need, stage, e.reason, e.detail)
+            writer.failed(uid, path, need, stage, e.reason, e.detail, limit=e.limit)
     recording.close()
     return writer.close()
 
@@ -279,15 +284,25 @@ def default_cache_dir() -> str:
     return str(emosweep_home() / "cache")
 
 
-def _done_uids(fs, folder: str) -> tuple[set, list]:
+def _done_uids(fs, folder: str, limits: dict | None = None) -> tuple[set, list]:
     """The items the stage holds (computed or failed), after any damaged file was moved aside
-    (its items are then not done: this run recomputes them)."""
-    done, failed_rows = set(), []
+    (its items are then not done: this run recomputes them). An item a media limit refused
+    is not done when this run's `limits` ({kind: value}, MediaError.limit's kinds) raise that
+    limit above the one that refused it: it is tried again."""
+    ok, failed_rows = set(), []
     for name, table in check_stage(fs, folder).items():  # each file read once, its pages checked
         if name.startswith("failed-"):
             failed_rows.extend(table.to_pylist())
-        done.update(table.column("uid").to_pylist())
-    return done, failed_rows
+        else:
+            ok.update(table.column("uid").to_pylist())
+
+    def lifted(row) -> bool:
+        kind = row.get("limit_kind") or ""
+        return bool(kind) and limits is not None and kind in limits and (
+            limits[kind] is None or float(limits[kind]) > float(row.get("limit") or 0.0))
+
+    failed_rows = [r for r in failed_rows if r["uid"] not in ok and not lifted(r)]
+    return ok | {r["uid"] for r in failed_rows}, failed_rows
 
 
 def _strict_message(row) -> str:
@@ -329,8 +344,12 @@ def run_cached(name: str, fingerprint: str, items: pd.DataFrame, problems: pd.Da
 
     need, failed_rows = {}, []
     uids = items["uid"].tolist()
+    # the media limits this run decodes with (featurize_batch's keywords, or the encoders' caps)
+    limits = {"max_seconds": MAX_SECONDS, "max_file_mb": MAX_FILE_MB,
+              **{k: v for k, v in {**worker_kwargs, **(worker_kwargs.get("caps") or {})}.items()
+                 if k in ("max_seconds", "max_file_mb")}}
     for s in result.stages.values():
-        done, rows = _done_uids(fs, s.dir)
+        done, rows = _done_uids(fs, s.dir, limits)
         failed_rows += rows
         todo = [u for u in uids if u not in done]
         s.cached = len(uids) - len(todo)
