@@ -78,9 +78,13 @@ def basic_auth_config(folder: str | os.PathLike, database_uri: str, out: str | o
     user, password = read(folder / MLFLOW_USER), read(folder / MLFLOW_PASSWORD)
     if out.exists():
         out.unlink()
+    # auth_cache_ttl_seconds: each request's password check is a PBKDF2 hash, which on 2 cores
+    # doubled a sweep's time on the simulated cluster; a minute's cache of a good check (MLflow's
+    # own setting) is stale for at most that long after the one user's password changes
     _write_private(out, "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                         f"database_uri = {database_uri}\nadmin_username = {user}\nadmin_password = {password}\n"
-                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                        "auth_cache_ttl_seconds = 60\n")
     return out
 
 
