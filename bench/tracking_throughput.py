@@ -53,7 +53,14 @@ def cpu_seconds(roots: list[int]) -> float:
 
 def client_loop(uri: str, exp_id: str, stop: float, latencies: list, acked: dict, errors: list) -> None:
     client = MlflowClient(uri)
-    run_id = client.create_run(exp_id).info.run_id
+    run_id = None
+    while run_id is None and time.monotonic() < stop:  # a trial retries its run's creation, too
+        try:
+            run_id = client.create_run(exp_id).info.run_id
+        except Exception as e:
+            errors.append(type(e).__name__)
+    if run_id is None:
+        return
     step, acked[run_id] = 0, 0
     while time.monotonic() < stop:
         now = int(time.time() * 1000)
