@@ -74,22 +74,20 @@ if _log:
 
 # the sitecustomize this one shadows (emosweep's own for Ray's processes) still runs
 import importlib.util as _util
-_done = _sys.__dict__.setdefault("_sitecustomize_run", set())
-_done.add(_os.path.abspath(__file__))
-for _entry in _sys.path:
-    _path = _os.path.abspath(_os.path.join(_entry or ".", "sitecustomize.py"))
-    if _entry and _path not in _done and _os.path.isfile(_path):
-        _done.add(_path)
-        _spec = _util.spec_from_file_location("_shadowed_sitecustomize", _path)
-        _spec.loader.exec_module(_util.module_from_spec(_spec))
-        break
+_spec = _util.spec_from_file_location("_emosweep_sitechain", CHAIN)
+_chain = _util.module_from_spec(_spec)
+_spec.loader.exec_module(_chain)
+_chain.run_shadowed(__file__)
 '''
+
+
+CHAIN = Path(__file__).resolve().parent.parent / "workloads" / "core" / "ray_site" / "_emosweep_sitechain.py"
 
 
 def hook_dir(where: Path) -> Path:
     """A folder holding the audit hook as `sitecustomize.py`, to put first on PYTHONPATH."""
     where.mkdir(parents=True, exist_ok=True)
-    (where / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (where / "sitecustomize.py").write_text(SITECUSTOMIZE.replace("CHAIN", repr(str(CHAIN))))
     return where
 
 

@@ -168,11 +168,31 @@ def test_decoding_stops_at_the_limit_when_the_container_does_not_say():
     assert len(decode_audio(data, max_seconds=60)) == 16000 * 8
 
 
-@pytest.mark.slow
-def test_a_file_that_kills_its_worker_is_retried_a_few_times_then_reported(ray_cluster, synth, tmp_path, capsys):
+PLANTED = "03-01-08-01-01-01-01.wav"
+
+
+def _planted_run(synth, tmp_path, worker, **actors):
+    """Seven good RAVDESS look-alike clips and a planted eighth; → a function that runs the
+    mfcc_mean cache over them with `worker` (on actors when `actors` are given)."""
     from workloads.data.corpora import read_corpus
     from workloads.data.features import get_stage
-    from workloads.data.pipeline import MAX_TASK_RETRIES, run_cached
+    from workloads.data.pipeline import run_cached
+
+    root = tmp_path / "ravdess" / "Actor_01"
+    root.mkdir(parents=True)
+    for wav in sorted(synth("ravdess", 24, seed=5, faults=False).rglob("*.wav"))[:7]:  # seven good clips
+        shutil.copy(wav, root / wav.name)
+    shutil.copy(wav, root / PLANTED)
+    manifest = read_corpus("ravdess", tmp_path / "ravdess")
+    return manifest, lambda: run_cached("ravdess", manifest.fingerprint(), manifest.items, manifest.problems,
+                                        {"mfcc_mean": (get_stage("mfcc_mean"), {})}, worker, {"sr": 16000},
+                                        cache_dir=str(tmp_path / "cache"), shard_size=4, progress=False,
+                                        actors=actors or None)
+
+
+@pytest.mark.slow
+def test_a_file_that_kills_its_worker_is_retried_a_few_times_then_reported(ray_cluster, synth, tmp_path, capsys):
+    from workloads.data.pipeline import MAX_TASK_RETRIES
 
     def dies_on_planted(batch, **kwargs):  # defined here: Ray ships it by value to its workers
         """featurize_batch, except that the process exits (as an FFmpeg crash or the OOM killer
@@ -181,25 +201,16 @@ def test_a_file_that_kills_its_worker_is_retried_a_few_times_then_reported(ray_c
 
         from workloads.data.pipeline import featurize_batch
 
-        if any(str(p).endswith("-01-08-01-01-01-01.wav") for p in batch["path"]):
+        if any(str(p).endswith(PLANTED) for p in batch["path"]):
             os._exit(1)
         return featurize_batch(batch, **kwargs)
 
-    root = tmp_path / "ravdess" / "Actor_01"
-    root.mkdir(parents=True)
-    for wav in sorted(synth("ravdess", 24, seed=5, faults=False).rglob("*.wav"))[:7]:  # seven good clips
-        shutil.copy(wav, root / wav.name)
-    planted = root / "03-01-08-01-01-01-01.wav"
-    shutil.copy(wav, planted)
-    manifest = read_corpus("ravdess", tmp_path / "ravdess")
-    run = lambda: run_cached("ravdess", manifest.fingerprint(), manifest.items, manifest.problems,  # noqa: E731
-                             {"mfcc_mean": (get_stage("mfcc_mean"), {})}, dies_on_planted, {"sr": 16000},
-                             cache_dir=str(tmp_path / "cache"), shard_size=4, progress=False)
+    manifest, run = _planted_run(synth, tmp_path, dies_on_planted)
     result = run()
     err = capsys.readouterr().err
     assert f"died {MAX_TASK_RETRIES + 1} times on one shard" in err
     rows = result.errors[result.errors["reason"] == "worker died"]
-    assert [Path(p).name for p in rows["path"]] == [planted.name]
+    assert [Path(p).name for p in rows["path"]] == [PLANTED]
     assert result.usable == len(manifest.items) - 1 and len(result.errors) == 1  # every other item computed
     again = run()  # the report is kept: the file is never retried for ever
     assert again.decoded == 0 and list(again.errors["reason"]) == ["worker died"]
@@ -210,10 +221,6 @@ def test_a_file_that_kills_its_encoder_actor_is_reported_and_the_rest_encoded(ra
     """As above, for a worker that is a class on a pool of Ray Data actors (the encoders'
     cache): after the actor's restarts are spent, the items left go one call each to a fresh
     actor; the one that kills it is reported, every other one computed."""
-    from workloads.data.corpora import read_corpus
-    from workloads.data.features import get_stage
-    from workloads.data.pipeline import run_cached
-
     class DiesOnPlanted:  # defined here: Ray ships it by value to its actors
         """An encoder-like actor worker (built once per actor) whose process exits, as an
         FFmpeg crash or the OOM killer would end it, on the planted file."""
@@ -230,21 +237,11 @@ def test_a_file_that_kills_its_encoder_actor_is_reported_and_the_rest_encoded(ra
                 os._exit(1)
             return featurize_batch(batch, **kwargs)
 
-    root = tmp_path / "ravdess" / "Actor_01"
-    root.mkdir(parents=True)
-    for wav in sorted(synth("ravdess", 24, seed=5, faults=False).rglob("*.wav"))[:7]:
-        shutil.copy(wav, root / wav.name)
-    planted = root / "03-01-08-01-01-01-01.wav"
-    shutil.copy(wav, planted)
-    manifest = read_corpus("ravdess", tmp_path / "ravdess")
-    run = lambda: run_cached("ravdess", manifest.fingerprint(), manifest.items, manifest.problems,  # noqa: E731
-                             {"mfcc_mean": (get_stage("mfcc_mean"), {})}, DiesOnPlanted, {"sr": 16000},
-                             cache_dir=str(tmp_path / "cache"), shard_size=4, progress=False,
-                             actors={"init": {"marker": planted.name}, "concurrency": 1})
+    manifest, run = _planted_run(synth, tmp_path, DiesOnPlanted, init={"marker": PLANTED}, concurrency=1)
     result = run()
     assert "one per call of a fresh actor" in capsys.readouterr().err
     rows = result.errors[result.errors["reason"] == "worker died"]
-    assert [Path(p).name for p in rows["path"]] == [planted.name]
+    assert [Path(p).name for p in rows["path"]] == [PLANTED]
     assert result.usable == len(manifest.items) - 1 and len(result.errors) == 1
     assert run().decoded == 0  # reported once, never retried for ever
 

@@ -9,7 +9,7 @@ to 169.254.169.254. With RAY_USAGE_STATS_ENABLED=0, the answer is "unknown" with
 tests/test_no_egress.py fails if this stops working (a renamed function, say).
 
 Python imports only the first `sitecustomize` on its path: the one this shadows, if any, is
-run after it.
+run after it (_emosweep_sitechain.py).
 """
 import os as _os
 import sys as _sys
@@ -40,22 +40,8 @@ def _install() -> None:
     _sys.meta_path.insert(0, _Finder())
 
 
-def _run_shadowed() -> None:
-    """Run the next sitecustomize.py on the path that has not run yet (each one that chains
-    marks itself in the same set, so two that chain never loop)."""
-    import importlib.util
-
-    done = _sys.__dict__.setdefault("_sitecustomize_run", set())
-    done.add(_os.path.abspath(__file__))
-    for entry in _sys.path:
-        path = _os.path.abspath(_os.path.join(entry or ".", "sitecustomize.py"))
-        if entry and path not in done and _os.path.isfile(path):
-            done.add(path)
-            spec = importlib.util.spec_from_file_location("_shadowed_sitecustomize", path)
-            spec.loader.exec_module(importlib.util.module_from_spec(spec))
-            return
-
-
 if _os.environ.get("RAY_USAGE_STATS_ENABLED") == "0":
     _install()
-_run_shadowed()
+import _emosweep_sitechain  # noqa: E402  (beside this file, so on the same path entry)
+
+_emosweep_sitechain.run_shadowed(__file__)
