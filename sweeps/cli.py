@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 "(default: $EMOSWEEP_HOME/cache)")
     from workloads import demo, predict
 
-    from sweeps import compare, export
+    from sweeps import compare, export, page
 
     demo.add_parser(sub)
+    page.add_parser(sub)
     predict.add_parser(sub)
     compare.add_parser(sub)
     export.add_parser(sub)
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("sweep", nargs="?", help="the sweep's name or parent run id (default: the latest sweep)")
     ui.add_argument("--tracking-uri", help="MLflow server (default: $EMOSWEEP_TRACKING_URI, else the shared one)")
     ui.add_argument("--print-only", action="store_true", help="print the address; open no browser")
+    ui.add_argument("--optuna", action="store_true",
+                    help="open the sweep's Optuna studies in optuna-dashboard instead (search history, parallel "
+                         "coordinates, importances), served on loopback")
+    ui.add_argument("--port", type=int, default=0, help="with --optuna: the dashboard's loopback port (default: a free one)")
     secrets_cmd = sub.add_parser("secrets", help="make a cluster's Ray token and MLflow password (0600 files, "
                                  "never committed) before `ray up cluster.yaml`; show them masked")
     secrets_cmd.add_argument("folder", nargs="?", default=".emosweep-secrets",
@@ -91,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ray":
         return ray_command(args)
     if args.command == "ui":
-        return ui_command(args)
+        return optuna_command(args) if args.optuna else ui_command(args)
+    if args.command == "report":
+        return page.report_command(args)
     if args.command == "secrets":
         return secrets_command(args)
     if args.command == "data":
@@ -253,6 +260,62 @@ def ui_command(args) -> int:
     opened = not args.print_only and webbrowser.open(url)
     print(f"{name}: {mask_uri(url)}" + ("" if opened else "  (open it in a browser)"))
     return 0
+
+
+def optuna_command(args) -> int:
+    """optuna-dashboard on a sweep's Optuna storage (its emosweep.json names it), on loopback,
+    until Ctrl-C."""
+    import json
+    import shutil
+    import subprocess
+    import webbrowser
+
+    from sweeps.page import find_folder
+    from sweeps.storage import STATE_FILE
+    from workloads.core.errors import UserError
+    from workloads.core.paths import emosweep_home, mask_uri
+    from workloads.core.mlflow_server import free_port
+
+    if args.tracking_uri:
+        print("emosweep ui --optuna: --tracking-uri names an MLflow server; the Optuna studies are the sweep's own "
+              "(its --optuna-storage)", file=sys.stderr)
+        return 2
+    try:
+        folder = find_folder(args.sweep, emosweep_home(), has=STATE_FILE)
+        storage = json.loads((folder / STATE_FILE).read_text()).get("optuna_storage")
+        if not storage:
+            raise UserError(f"{folder.name} kept no Optuna studies (a sweep from before they were kept)")
+        exe = shutil.which("optuna-dashboard")
+        if exe is None:
+            raise UserError("optuna-dashboard is not installed: pip install optuna-dashboard")
+    except UserError as e:
+        print(f"emosweep ui --optuna: {e}", file=sys.stderr)
+        return 2
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc = subprocess.Popen([exe, storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"])
+    import socket
+    import time
+
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:  # the address is given once it answers
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    if proc.poll() is not None:
+        print(f"emosweep ui --optuna: optuna-dashboard exited ({proc.returncode}) on {mask_uri(storage)}", file=sys.stderr)
+        return 2
+    opened = not args.print_only and webbrowser.open(url)
+    print(f"{folder.name}: Optuna's dashboard at {url}" + ("" if opened else "  (open it in a browser)")
+          + f"\n  storage {mask_uri(storage)}; Ctrl-C stops it", flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
+        return 0
 
 
 def _param(text: str):

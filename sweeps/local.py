@@ -33,6 +33,7 @@ REFUSED = {  # flag → why --local cannot honour it (the Ray engine's flags)
     "scheduler": "--local runs every trial to its end",
     "storage_path": "--local keeps no Tune state; its results go under $EMOSWEEP_HOME/local (--results-out moves the table)",
     "gpus_per_trial": "--local trains on this process's device (a visible GPU, else the CPU)",
+    "optuna_storage": "--local searches nothing; each arm runs its first configuration",
 }
 
 
@@ -44,6 +45,11 @@ class LocalResult:
     metrics: dict = field(default_factory=dict)
     error: str | None = None
     path: str | None = None
+    history: list = field(default_factory=list)  # every epoch's report, as Tune's result.json holds them
+
+    @property
+    def metrics_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history)
 
     @property
     def checkpoint(self):
@@ -72,7 +78,7 @@ def refuse_flags(opts) -> None:
 def run_local(study: Study, opts) -> pd.DataFrame:
     """Run each chosen arm's first configuration here; returns the per-trial results table."""
     from sweeps.report import finish, log_data_report
-    from sweeps.results import gather_predictions, results_table
+    from sweeps.results import gather_curves, gather_predictions, results_table
     from workloads.core.session import LocalSession
     from workloads.core.paths import emosweep_home
 
@@ -97,12 +103,12 @@ def run_local(study: Study, opts) -> pd.DataFrame:
         if tracking is not None:
             from mlflow.tracking import MlflowClient
 
-            log_data_report(study, base, MlflowClient(tracking.uri), tracking.parent_run_id)
+            shown = log_data_report(study, base, MlflowClient(tracking.uri), tracking.parent_run_id)
         else:
-            log_data_report(study, base)
+            shown = log_data_report(study, base)
         replicates = replicates_of(base)
         state = {"base": base, "samples_per_arm": 1, "reference": opts.reference, "rope": opts.rope,
-                 "experiment": study.name}
+                 "experiment": study.name, "seed": opts.seed, **shown}
         print(f"[emosweep] --local: {len(arms)} arm(s) × {len(replicates)} run(s) in this process, no Ray; "
               f"results in {folder}")
         results = []
@@ -118,7 +124,7 @@ def run_local(study: Study, opts) -> pd.DataFrame:
         table = results_table(study, results, arms)
         state["finished"] = True
         finish(study, name, table, arms, state, folder, opts.results_out, tracking,
-               predictions=gather_predictions(results))
+               predictions=gather_predictions(results), curves=gather_curves(results))
         if tracking is not None:
             print(f"MLflow: {mask_uri(tracking.uri)}  (experiment '{study.name}', parent run {tracking.parent_run_id}; "
                   f"`emosweep ui` opens it)")
@@ -153,7 +159,7 @@ def run_trial(study: Study, config: dict, tracking, session, folder: Path) -> Lo
         from workloads.core.tracking import close_trial_run
 
         close_trial_run(tracking, session.trial_id, "FAILED" if error else "FINISHED")
-    return LocalResult(config, metrics, error, str(folder))
+    return LocalResult(config, metrics, error, str(folder), list(session.reports))
 
 
 def open_tracking(study: Study, opts, name: str, base: dict, stack: ExitStack):

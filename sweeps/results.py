@@ -36,6 +36,8 @@ def results_table(study, result_grid, arms: dict) -> pd.DataFrame:
         unused = set(study.space) - set(arm_space(study.space, arms.get(cfg.get("arm"), {})))
         # what was used, else asked; blank for a searched knob this arm does not use
         row.update({k: None if k in unused else m.get(k, cfg.get(k)) for k in study.table_columns})
+        # every searched knob too (the importances and the arm runs' params read them)
+        row.update({k: None if k in unused else cfg.get(k) for k in study.space if k not in row})
         row.update({
             "epochs_done": m.get("epoch", 0), "best_epoch": m.get("best_epoch"),
             "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"), "test_uar": m.get("test_uar"),
@@ -81,6 +83,32 @@ def gather_predictions(result_grid) -> pd.DataFrame:
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
     first = ["trial", "arm", "config_id", "fold", "seed", "corpus", "split", "uid", "label", "pred"]
+    return out[first + [c for c in out.columns if c not in first]]
+
+
+CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_uar")  # what the learning curves draw
+
+
+def gather_curves(result_grid) -> pd.DataFrame:
+    """Every trial's per-epoch metrics (Tune's result.json, or --local's reports): trial, arm,
+    config_id, fold, seed, epoch and CURVE_KEYS where reported. Empty when no trial reported."""
+    frames = []
+    for result in result_grid:
+        try:
+            history = result.metrics_dataframe
+        except Exception:  # a trial whose result.json is gone (moved storage): no curve, nothing else lost
+            history = None
+        if history is None or history.empty or "epoch" not in history:
+            continue
+        cfg = result.config or {}
+        keep = ["epoch", *(k for k in CURVE_KEYS if k in history)]
+        frames.append(history[keep].assign(trial=Path(result.path or "").name, arm=cfg.get("arm"),
+                                           config_id=cfg.get("config_id"), fold=cfg.get("fold"),
+                                           seed=cfg.get("seed")))
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    first = ["trial", "arm", "config_id", "fold", "seed", "epoch"]
     return out[first + [c for c in out.columns if c not in first]]
 
 
@@ -271,16 +299,13 @@ def _short(value) -> str:
     return str(value)
 
 
-def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDTH) -> str:
-    """The terminal's view: what answers the study's question (the arm, its own knobs, the
-    main test metrics with their 95% interval, the paired difference with the reference),
-    within `width` columns. Lower-priority columns go first when it is too wide; every column
-    stays in results.arms.csv/.md."""
-    if table.empty:
-        return "(no arm finished a trial)"
+def arm_columns(table: pd.DataFrame, columns=()) -> list:
+    """The arm table's columns as people read them (the terminal and the report page): a list of
+    (priority: higher stays longer, header, cells), rounded as the terminal rounds; columns
+    nobody filled are left out, and the verdict's columns where there were no pairs to test."""
     n = len(table)
     none = [None] * n
-    cols = [  # (priority: higher stays longer, header, cells)
+    cols = [
         (9, "arm", list(table["arm"])),
         (2, "n", [str(int(v)) for v in table["n_runs"]]),
     ]
@@ -300,6 +325,17 @@ def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDT
     cols = [c for c in cols if any(cell for cell in c[2]) or c[1] in ("arm", "test acc (95% CI)")]
     if all(v in ("", "reference") or v.startswith("n/a") for v in table["verdict"].fillna("")):
         cols = [c for c in cols if c[1] not in ("p (Holm)", "P(b/e/w)", "verdict")]  # no pairs to test: nothing to say
+    return cols
+
+
+def format_arm_table(table: pd.DataFrame, columns=(), width: int = TERMINAL_WIDTH) -> str:
+    """The terminal's view: what answers the study's question (the arm, its own knobs, the
+    main test metrics with their 95% interval, the paired difference with the reference),
+    within `width` columns. Lower-priority columns go first when it is too wide; every column
+    stays in results.arms.csv/.md."""
+    if table.empty:
+        return "(no arm finished a trial)"
+    cols = arm_columns(table, columns)
     note = table.attrs.get("verdict_note")
     while True:
         text = markdown(pd.DataFrame({h: cells for _, h, cells in cols}), disable_numparse=True)

@@ -107,6 +107,8 @@ def run_study(study: Study, opts) -> pd.DataFrame:
             else:
                 name = opts.name or f"{study.name}-{datetime.now():%Y%m%d-%H%M%S}"
                 tracking, state = open_sweep(study, opts, name, arms, base, uri, gpus, server)
+                state["folder"] = str(sweep_folder(storage, home, name))
+                state["optuna_storage"] = opts.optuna_storage or sqlite_url(Path(state["folder"]) / "optuna.db")
             tuner = build_tuner(study, opts, state, tracking, storage, name, arms, gpus, timings)
             state["mlflow_port"] = server.port if server else state.get("mlflow_port")
             state["rope"] = opts.rope  # how the verdicts are read: a resumed sweep may ask anew
@@ -124,6 +126,18 @@ def run_study(study: Study, opts) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- the steps
+
+def sweep_folder(storage, home: Path, name: str) -> Path:
+    """Where a sweep's tables, page and Optuna studies go: its Tune folder when that is local,
+    else $EMOSWEEP_HOME/results/NAME (Tune's folder is in object storage)."""
+    folder = Path(storage.path(name)) if storage.local else home / "results" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
 
 def start_tracking_server(home: Path, opts, state: dict):
     """This machine's shared MLflow server, started if none runs (a resumed sweep asks for its
@@ -243,8 +257,8 @@ def open_sweep(study: Study, opts, name: str, arms: dict, base: dict, uri: str, 
         view = uri
         print(f"[emosweep] could not save the MLflow view of this sweep: {e}", file=sys.stderr)
     print(f"[emosweep] trials in the MLflow UI: {mask_uri(view)}")
-    log_data_report(study, base, client, tracking.parent_run_id)
-    state = {"study": study.name, "experiment": experiment, "mlflow_view": view,
+    shown = log_data_report(study, base, client, tracking.parent_run_id)
+    state = {**shown, "seed": opts.seed, "study": study.name, "experiment": experiment, "mlflow_view": view,
              "workers_per_trial": opts.workers_per_trial, "parent_run_id": tracking.parent_run_id,
              "tracking_uri": opts.tracking_uri, "mlflow_port": server.port if server else None,
              "arms": arms, "base": base, "scheduler": scheduler, "samples_per_arm": opts.num_samples,
@@ -283,7 +297,7 @@ def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, a
     base = state["base"]
     space = searched_space(study, base)
     searcher = ArmGridSearch(arms, space, base, state["samples_per_arm"], study.metric, study.mode, opts.seed,
-                             state["replicates"])
+                             state["replicates"], storage=state.get("optuna_storage"), sweep=name)
     sched = None
     if state["scheduler"] == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -323,7 +337,7 @@ def report_sweep(study: Study, opts, state: dict, name: str, arms: dict, result_
     """The tables (in the sweep's folder when local, else under EMOSWEEP_HOME/results, and on
     the parent run), the arm runs in MLflow, and the terminal's summary."""
     from sweeps.report import finish
-    from sweeps.results import gather_predictions, results_table
+    from sweeps.results import gather_curves, gather_predictions, results_table
 
     table = results_table(study, result_grid, arms)
     expected = state.get("n_trials") or trial_count(study, arms, state)
@@ -332,9 +346,9 @@ def report_sweep(study: Study, opts, state: dict, name: str, arms: dict, result_
     if not state["finished"]:
         print(f"[emosweep] sweep interrupted: {done} of {expected} trials done. Continue with: --resume {name}",
               file=sys.stderr)
-    local_dir = Path(storage.path(name)) if storage.local else home / "results" / name
+    local_dir = Path(state["folder"]) if state.get("folder") else sweep_folder(storage, home, name)
     arms_tab, files = finish(study, name, table, arms, state, local_dir, opts.results_out, tracking, timings,
-                             predictions=gather_predictions(result_grid))
+                             predictions=gather_predictions(result_grid), curves=gather_curves(result_grid))
     uri, run_id = tracking.uri, tracking.parent_run_id
     print(f"MLflow: {mask_uri(uri)}  (experiment '{state['experiment']}', parent run {run_id})")
     if state.get("mlflow_view"):

@@ -11,6 +11,19 @@ from sweeps.study import arm_config, arm_space
 from workloads.core.seeding import derive_seed
 
 
+def study_name(sweep: str, arm: str) -> str:
+    """The Optuna study of one arm of one sweep, as optuna-dashboard lists it."""
+    return f"{sweep}/{arm}"
+
+
+def optuna_storage(url: str):
+    """Optuna's RDB storage at `url` (sqlite:///PATH, postgresql://...), its tables made if new;
+    each arm's study is made by OptunaSearch (load_if_exists), so a resumed sweep reopens it."""
+    import optuna
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
+
+
 class ArmGridSearch(Searcher):
     """Every arm × `samples_per_arm` configurations × `replicates` (folds × seeds). Each arm
     has its own Optuna TPE sampler (seeded from the sweep seed and the arm name), because the
@@ -20,7 +33,7 @@ class ArmGridSearch(Searcher):
     is told the configuration's mean validation metric once all its replicates are done."""
 
     def __init__(self, arms: dict, space: dict, base: dict, samples_per_arm: int, metric: str, mode: str,
-                 seed: int, replicates: list | None = None):
+                 seed: int, replicates: list | None = None, storage: str | None = None, sweep: str = "sweep"):
         super().__init__(metric=metric, mode=mode)
         self.arms, self.base, self.samples_per_arm = arms, base, samples_per_arm
         self.replicates = list(replicates or [{}])  # [{"fold": k, "seed": s, "replicate": r}, ...]
@@ -31,6 +44,10 @@ class ArmGridSearch(Searcher):
         self.queue: list = []  # the remaining replicates of the configuration being handed out
         self.seeds = {arm: derive_seed(seed, "optuna", arm) for arm in arms}
         self.searchers = {}
+        # Each arm's Optuna study lives in an RDB storage when one is given (optuna_storage), so
+        # optuna-dashboard shows the search and it outlives the sweep; else in memory.
+        rdb = optuna_storage(storage) if storage else None
+        have = {s.study_name for s in rdb.get_all_studies()} if rdb else set()
         for arm in arms:
             own = arm_space(space, arms[arm])  # an arm may search only the knobs it uses
             if not own:
@@ -38,9 +55,13 @@ class ArmGridSearch(Searcher):
             # the reproduction point: the arm's own values (e.g. its dropout) over the defaults
             config = self.arm_config(arm)
             first = {k: config[k] for k in own if k in config}
-            self.searchers[arm] = OptunaSearch(space=OptunaSearch.convert_search_space({k: to_tune(v) for k, v in own.items()}), metric=metric,
-                                               mode=mode, points_to_evaluate=[first] if first else None,
-                                               seed=self.seeds[arm])
+            name = study_name(sweep, arm)
+            # a study already in the storage is this sweep's, resumed: Tune restores the searcher
+            # over it, and enqueuing the reproduction point again would add a trial to it
+            self.searchers[arm] = OptunaSearch(
+                space=OptunaSearch.convert_search_space({k: to_tune(v) for k, v in own.items()}), metric=metric,
+                mode=mode, points_to_evaluate=[first] if first and name not in have else None,
+                seed=self.seeds[arm], study_name=name, storage=rdb)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space is ours; Tune's param_space is empty

@@ -134,6 +134,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    "(default: $EMOSWEEP_STORAGE_PATH, else $EMOSWEEP_HOME/ray)")
     p.add_argument("--tracking-uri", help="MLflow server to log to (default: $EMOSWEEP_TRACKING_URI, else start "
                    "one on loopback); a sqlite:///FILE keeps its artifacts beside FILE")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="where each arm's Optuna study is kept, for optuna-dashboard and `emosweep ui --optuna` "
+                        "(an SQLAlchemy URL: postgresql://... for the tracking server's database; default: "
+                        "sqlite:///<the sweep's folder>/optuna.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the study name)")
     p.add_argument("--name", help="name of this sweep (default: study name + timestamp)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="NAME",

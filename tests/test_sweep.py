@@ -151,3 +151,97 @@ def test_tunes_saved_state_keeps_running_statistics_for_the_sweeps_metric_alone(
         runtime = json.loads(runtime)
         assert set(runtime["metric_analysis"]) == set(runtime["metric_n_steps"]) == {STUDY.metric}
         assert "test_acc" in runtime["last_result"]  # what the results table reads is all there
+
+
+def test_each_arm_run_holds_its_configurations_params_and_summed_confusion_matrix(sweep, mlflow_server):
+    """The MLflow arms view shows which knobs an arm was chosen with: every (arm, configuration)
+    run logs them, the selected ones' confusion matrix summed over its runs, and the view lists
+    the knobs that differ as columns."""
+    from mlflow_runs import arm_runs
+
+    client = sweep["client"]
+    runs = arm_runs(client, "test-sweep")
+    assert len(runs) == 6  # 3 arms × 2 configurations
+    table = sweep["table"]
+    for run in runs:
+        mine = table[table["config_id"] == run.data.tags["config_id"]]
+        assert float(run.data.params["lr"]) == pytest.approx(float(mine["lr"].iloc[0]), rel=1e-2)  # as the terminal rounds
+        assert run.data.params["strategy"] == mine["strategy"].iloc[0]
+        matrix = json.loads(open(client.download_artifacts(run.info.run_id, "confusion_matrix.json",
+                                                           str(sweep["tmp"]))).read())
+        assert matrix["classes"] == ["entailment", "contradiction", "neutral"]  # the model's class order
+        assert sum(map(sum, matrix["matrix"])) == 48 * len(mine)  # every test item of every run, once
+        if run.data.tags["selected"] == "true":
+            assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    experiment = client.get_experiment_by_name("test-sweep")
+    (view,) = [json.loads(v) for k, v in experiment.tags.items() if k.startswith("mlflow.sharedViewState.")
+               and "selected" in v]
+    assert "params.`lr`" in view["selectedColumns"]  # the knob the arms were chosen by differs between them
+
+
+def test_each_arms_optuna_study_is_kept_and_optuna_dashboard_lists_them(sweep):
+    """Each arm's Optuna study lives in the sweep's folder (sqlite), told each configuration's
+    mean validation metric; `emosweep ui --optuna` serves optuna-dashboard on it and a real
+    browser finds the studies."""
+    import subprocess
+    import sys
+
+    import optuna
+    from browser import chromium, screenshot, wait_for
+
+    folder = sweep["tmp"] / "ray" / "smoke-sweep"
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(f"sqlite:///{folder / 'optuna.db'}")}
+    assert set(summaries) == {f"smoke-sweep/{arm}" for arm in ARMS}
+    table = sweep["table"]
+    for arm in ARMS:
+        study = optuna.load_study(study_name=f"smoke-sweep/{arm}", storage=f"sqlite:///{folder / 'optuna.db'}")
+        values = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+        assert values == pytest.approx(sorted(table.loc[table["arm"] == arm, "best_val_acc"]))
+        assert study.trials[0].params["lr"] == pytest.approx(STUDY.smoke["lr"])  # the reproduction point first
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "ui", "--optuna", str(folder), "--print-only"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "Optuna's dashboard at http://127.0.0.1:" in line, line
+        url = line.split(" at ", 1)[1].split()[0]
+        driver = chromium()
+        try:
+            driver.get(url)
+            wait_for(lambda: all(f"smoke-sweep/{arm}" in driver.page_source for arm in ARMS), timeout=60,
+                     what="the dashboard's study list")
+            screenshot(driver, "optuna-dashboard")
+        finally:
+            driver.quit()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_report_page_in_a_real_browser(sweep, mlflow_server):
+    """results.html beside the tables: one row per arm, pictures embedded (it works offline and
+    when mailed), links into MLflow; and the terminal's 'too few configurations' instead of
+    importances from two points."""
+    from browser import chromium, screenshot, wait_for
+
+    page = sweep["tmp"] / "table.html"
+    html = page.read_text()
+    assert "too few configurations to rank its knobs (2 of the 8" in html
+    assert 'src="http' not in html and "<script" not in html  # nothing to fetch: every picture is in the page
+    driver = chromium(1300, 2400)
+    try:
+        driver.get(page.as_uri())
+        rows = wait_for(lambda: driver.find_elements("css selector", "#arm-table tbody tr"), what="the arm table")
+        assert [r.get_attribute("data-arm") for r in rows] == ARMS
+        assert rows[0].text.startswith("full")
+        plot = driver.find_element("id", "arms-plot")
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", plot) > 100
+        matrices = driver.find_elements("css selector", "#arm-details img")
+        assert len(matrices) >= len(ARMS) and all(
+            driver.execute_script("return arguments[0].naturalWidth", m) > 50 for m in matrices)
+        links = [a.get_attribute("href") for a in driver.find_elements("css selector", "a.mlflow")]
+        assert any(h.startswith(f"{mlflow_server.uri}/#/experiments/") and "/runs/" in h for h in links)
+        screenshot(driver, "results-page")
+    finally:
+        driver.quit()
+    parent = sweep["parent"][0]
+    assert "table.html" in {a.path for a in sweep["client"].list_artifacts(parent.info.run_id)}
