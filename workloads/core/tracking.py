@@ -154,16 +154,17 @@ def start_parent_run(uri: str, experiment: str, run_name: str, params: dict, tag
 
 
 def share_sweep_view(client: MlflowClient, uri: str, experiment_id: str, parent_run_id: str,
-                     metrics: list[str], sort_by: str, extra_filter: str = "") -> str:
+                     metrics: list[str], sort_by: str, extra_filter: str = "", params=()) -> str:
     """A shared view of the MLflow UI (an experiment tag the UI reads) that lists this sweep's
-    trials, not the collapsed parent row, with their metrics as columns, best first. Returns
+    trials, not the collapsed parent row, with their metrics (and `params`) as columns, best first. Returns
     its address: without it the UI opens on GenAI traces and the default columns show no
     score at all."""
     key = f"sweep-{parent_run_id[:12]}"
     state = {"searchFilter": f"tags.`{TAG_PARENT}` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else ""),
              "orderByKey": f"metrics.`{sort_by}`",
              "orderByAsc": False,
-             "selectedColumns": ["tags.`arm`", *(f"metrics.`{m}`" for m in dict.fromkeys([sort_by, *metrics]))]}
+             "selectedColumns": ["tags.`arm`", *(f"metrics.`{m}`" for m in dict.fromkeys([sort_by, *metrics])),
+                                 *(f"params.`{p}`" for p in params)]}
     client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
     return f"{uri}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={key}"
 
