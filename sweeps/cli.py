@@ -256,6 +256,11 @@ def ui_command(args) -> int:
     except UserError as e:
         print(f"emosweep ui: {e}", file=sys.stderr)
         return 2
+    if not uri.startswith(("http://", "https://")):  # a store, not a server: no address to open
+        print(f"{name}: {mask_uri(uri)} is a store with no server to browse. Open it with\n"
+              f"  mlflow ui --backend-store-uri {mask_uri(uri)} --host 127.0.0.1\n"
+              f"then, in the address it prints: {view}")
+        return 0
     url = f"{uri.rstrip('/')}/{view}"
     opened = not args.print_only and webbrowser.open(url)
     print(f"{name}: {mask_uri(url)}" + ("" if opened else "  (open it in a browser)"))

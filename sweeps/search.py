@@ -119,4 +119,21 @@ class ArmGridSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        for searcher in self.searchers.values():
+            close_orphans(searcher)
+
+
+def close_orphans(searcher) -> None:
+    """A driver killed after Optuna handed out a configuration but before Tune saved its state
+    left that Optuna trial RUNNING in an RDB storage, and the resumed sweep never tells it: it is
+    marked FAIL, so the study's history holds only what ran (in memory, nothing outlives the kill)."""
+    from optuna.trial import TrialState
+
+    study = getattr(searcher, "_ot_study", None)
+    if study is None:
+        return
+    mine = {t._trial_id for t in getattr(searcher, "_ot_trials", {}).values()}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial._trial_id not in mine:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 

@@ -66,3 +66,32 @@ def test_a_configuration_runs_once_per_fold_and_seed_and_optuna_hears_their_mean
     second = [search.suggest(f"t{i}") for i in range(4, 16)]
     assert [c["config_id"] for c in second[::4]] == ["b/c0", "a/c1", "b/c1"]
     assert search.suggest("t16") == "FINISHED"
+
+
+def test_a_resumed_searcher_reopens_its_optuna_studies_and_fails_what_the_kill_orphaned(tmp_path):
+    """The studies live in the sweep's sqlite file: a searcher built again over it (a resume)
+    does not queue the reproduction point a second time, and a configuration Optuna handed out
+    after the last saved state (the driver killed in between) is marked FAIL, not left RUNNING."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    base = {"lr": 1e-3, "dropout": 0.25, "_over_arms": []}
+
+    def searcher():
+        return ArmGridSearch({"a": {}}, SPACE, base, samples_per_arm=3, metric="best_val_acc", mode="max", seed=0,
+                             storage=url, sweep="s")
+
+    first = searcher()
+    assert first.suggest("t0")["lr"] == 1e-3
+    first.on_trial_complete("t0", {"best_val_acc": 0.5})
+    first.save(str(tmp_path / "searcher.pkl"))
+    first.suggest("t1")  # handed out, then the driver is killed before Tune saves again
+    again = searcher()
+    again.restore(str(tmp_path / "searcher.pkl"))
+    study = optuna.load_study(study_name="s/a", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+    resumed = again.suggest("t1")  # Tune asks again for the configuration it never saved
+    assert resumed["config_id"] == "a/c1" and resumed["lr"] != 1e-3
+    again.on_trial_complete("t1", {"best_val_acc": 0.6})
+    states = [t.state.name for t in optuna.load_study(study_name="s/a", storage=url).trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]  # no second reproduction point queued

@@ -40,7 +40,7 @@ def test_unknown_arm_is_rejected_before_anything_starts(tmp_path, capsys):
     assert refused.value.code == 2 and "unknown arm(s) ['bogus']" in capsys.readouterr().err
 
 
-def test_emosweep_ui_finds_a_sweep_among_more_runs_than_one_page(tmp_path):
+def test_emosweep_ui_finds_a_sweep_among_more_runs_than_one_page(tmp_path, capsys):
     """A sweep of 1,024 trials: `emosweep ui` looked for its parent among the latest 500 runs
     with a study tag, all of them trials, and said there was no such sweep. The parent is now
     found by its own tag or name, and an older, untagged sweep by following the latest run's
@@ -67,3 +67,43 @@ def test_emosweep_ui_finds_a_sweep_among_more_runs_than_one_page(tmp_path):
     assert sweep_view(client, None)[0] == "old-sweep"
     with pytest.raises(Exception, match="no sweep named 'nothing'"):
         sweep_view(client, "nothing")
+    # a store is not a server: `emosweep ui` says how to open its UI, not an address built on a file
+    from sweeps.cli import main as cli
+
+    assert cli(["ui", "old-sweep", "--tracking-uri", uri, "--print-only"]) == 0
+    said = capsys.readouterr().out
+    assert f"mlflow ui --backend-store-uri {uri}" in said and "#/experiments/" in said and "sqlite:///" not in \
+        said.split("then, in the address it prints: ")[1]
+
+
+def test_emosweep_report_finds_the_latest_page_and_serves_it_on_loopback(tmp_path):
+    """`emosweep report` opens the latest sweep's results.html (or one named), served on
+    127.0.0.1 until Ctrl-C; --file prints its path; an unknown sweep is one line and exit 2."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    env = {**os.environ, "EMOSWEEP_HOME": str(tmp_path)}
+    for i, name in enumerate(("older", "newer")):
+        folder = tmp_path / ("ray" if i else "local") / name
+        folder.mkdir(parents=True)
+        (folder / "results.html").write_text(f"<html><body>{name}</body></html>")
+        os.utime(folder / "results.html", (time.time() - 100 + 50 * i,) * 2)
+    run = [sys.executable, "-m", "sweeps.cli", "report"]
+    said = subprocess.run(run + ["--file"], env=env, capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0 and said.stdout.strip() == str(tmp_path / "ray" / "newer" / "results.html")
+    said = subprocess.run(run + ["older", "--file"], env=env, capture_output=True, text=True, timeout=60)
+    assert said.stdout.strip() == str(tmp_path / "local" / "older" / "results.html")
+    said = subprocess.run(run + ["nothing"], env=env, capture_output=True, text=True, timeout=60)
+    assert said.returncode == 2 and said.stderr.count("\n") == 1 and "nothing: no results.html" in said.stderr
+    server = subprocess.Popen(run + ["--print-only"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().split(": ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/results.html")
+        assert b"newer" in urllib.request.urlopen(url, timeout=10).read()
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(10) == 0

@@ -115,7 +115,8 @@ for name, arms in json.loads(sys.argv[1]).items():
     recomputed = per_item.assign(right=per_item["label"] == per_item["pred"]).groupby("trial")["right"].mean()
     out[name] = {"arms": sorted(table["arm"]), "test_acc": [float(v) for v in table["test_acc"]],
                  "status": sorted(set(table["status"])),
-                 "per_item_acc": [float(recomputed[t]) for t in table["trial"]]}
+                 "per_item_acc": [float(recomputed[t]) for t in table["trial"]],
+                 "page": open(f"{sys.argv[3]}/{name}.html").read().count('<tr data-arm="')}
 out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN)
 print(json.dumps(out))
 ''')
@@ -157,6 +158,7 @@ def test_local_runs_every_study_without_ray_and_sqlite_writes_nothing_here(tmp_p
         assert all(0 <= v <= 1 for v in got["test_acc"]), (study, got)
         # results.predictions.parquet: each trial's test items recompute its test accuracy exactly
         assert got["per_item_acc"] == got["test_acc"], (study, got)
+        assert got["page"] == len(arms.split(",")), (study, got)  # its report page, a row per arm
     assert list(here.iterdir()) == []  # no ./mlruns, nothing at all
     client = MlflowClient(f"sqlite:///{db}")
     experiment = client.get_experiment_by_name("fer_architectures")

@@ -74,6 +74,13 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_cluster,
     assert len(table) == 3  # header + 2 trials
     state = json.loads((exp_dir / "emosweep.json").read_text())
     assert state["parent_run_id"] == parents[0].info.run_id
+    import optuna  # each arm's Optuna study is intact: its one configuration told once, nothing queued again
+
+    TS = optuna.trial.TrialState
+    for arm in ARMS.split(","):
+        study = optuna.load_study(study_name=f"resume-me/{arm}", storage=state["optuna_storage"])
+        states = [t.state for t in study.trials]
+        assert states.count(TS.COMPLETE) == 1 and not {TS.RUNNING, TS.WAITING} & set(states), (arm, states)
 
 
 def test_a_trial_that_tune_forgot_takes_over_its_places_run(mlflow_server):
