@@ -46,8 +46,8 @@ def discover_studies() -> dict:
     return dict(sorted(found.items()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The `emosweep` command line (a study's own flags, after `run STUDY`, are its parser's)."""
     parser = argparse.ArgumentParser(prog="emosweep", description="Ray-distributed emotion-research sweeps")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("studies", help="list the runnable studies")
@@ -88,7 +88,16 @@ def main(argv: list[str] | None = None) -> int:
                                  "never committed) before `ray up cluster.yaml`; show them masked")
     secrets_cmd.add_argument("folder", nargs="?", default=".emosweep-secrets",
                              help="where (default: .emosweep-secrets, which cluster.yaml copies to every node)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    from workloads import demo, predict
+
+    from sweeps import compare, export
     if rest and args.command != "run":  # only `run` passes its flags on, to the study
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "tracking":
@@ -98,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         return optuna_command(args) if args.optuna else ui_command(args)
     if args.command == "report":
+        from sweeps import page
+
         return page.report_command(args)
     if args.command == "secrets":
         return secrets_command(args)
