@@ -25,9 +25,10 @@ from sweeps.runner import Study, main
 from sweeps.space import choice, loguniform, uniform
 from workloads import speech_pooling
 
-ARMS = {**{name: {"pooling": name} for name in
-           ("masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers", "layer_mean",
-            "layers_mean", "layers_mean_std")},
+HEAD_KNOBS = ("lr", "head_width", "dropout", "weight_decay", "imbalance")  # what every learned pooling searches
+ARMS = {**{name: {"pooling": name, "searched": HEAD_KNOBS + (("layer_frac",) if name == "layer_mean" else ())}
+           for name in ("masked_mean", "masked_max", "mean_std", "attention", "first_frame", "weighted_layers",
+                        "layer_mean", "layers_mean", "layers_mean_std")},
         # the floor: a standardized logistic regression on every layer's mean (a frozen probe)
         "probe": {"pooling": "probe", "searched": ()}}
 CROSS_POOLING = "layers_mean"  # what a cross-corpus arm pools with: the best arm on real RAVDESS (docs/real-data.md)
@@ -54,7 +55,7 @@ def arms_for(opts) -> dict | None:
                 **arm, "train_corpus": corpus, "test_corpus": corpus, "arm_classes": ",".join(classes[corpus])}
     for a, b, shared in cross_pairs(classes):
         pair = {"train_corpus": a, "test_corpus": b, "arm_classes": ",".join(shared)}
-        arms[f"{a}_to_{b}"] = {"pooling": CROSS_POOLING, **pair}
+        arms[f"{a}_to_{b}"] = {"pooling": CROSS_POOLING, "searched": HEAD_KNOBS, **pair}
         arms[f"{a}_to_{b}_probe"] = {"pooling": "probe", "searched": (), **pair}
     return arms
 
@@ -90,7 +91,7 @@ STUDY = Study(
         "dropout": uniform(0.0, 0.4),
         "weight_decay": choice([0.0, 0.01, 0.1]),
         "imbalance": choice(["class_weights", "resample", "none"]),
-        "layer_frac": uniform(0.0, 1.0),  # read by the layer_mean arm only
+        "layer_frac": uniform(0.0, 1.0),  # read by the layer_mean arm only (the others search HEAD_KNOBS)
     },
     defaults={
         "model": "facebook/hubert-base-ls960",  # offline: the shelf's whisper-base encoder

@@ -3,10 +3,10 @@
 Each configuration (an arm's config_id) is one observation: its searched values and its mean
 selection metric over its folds and seeds, the value its arm's Optuna sampler was told. Per
 arm, the knobs its sampler searched are ranked by fANOVA (Hutter et al. 2014, Optuna's
-`FanovaImportanceEvaluator`, seeded). Across the arms, the study-level switches that differ
-between the sweep's configurations (an arm's pooling, speaker_norm set by one arm and not
-another, ...) are ranked the same way. With fewer than MIN_CONFIGS configurations the ranking
-is noise, and the line says so instead.
+`FanovaImportanceEvaluator`, seeded), study switches searched with --search (speaker_norm,
+...) among them. A switch that only tells the arms apart is the arm table's question, with
+its verdicts, not a knob's. With fewer than MIN_CONFIGS configurations the ranking is noise,
+and the line says so instead.
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import math
 
 import pandas as pd
 
-MIN_CONFIGS = 8  # fANOVA's forest over fewer points ranks noise
-ALL_ARMS = "(across arms)"
+MIN_CONFIGS = 16  # a knob with no effect took up to 0.33 at 8 configurations, 0.06 at 16 (tests/test_importance.py)
 
 
 def distribution(domain):
@@ -51,6 +50,15 @@ def configurations(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     return first.assign(value=grouped[metric].mean(), n_runs=grouped.size()).reset_index()
 
 
+def _values(column: pd.Series) -> list:
+    """A column's cells as Optuna takes them (pandas would turn None back into NaN)."""
+    return [_plain(v) for v in column]
+
+
+def _varies(column: pd.Series) -> bool:
+    return len(set(map(repr, _values(column)))) > 1
+
+
 def rank(configs: pd.DataFrame, distributions: dict, mode: str, seed: int) -> dict:
     """{knob: importance} by fANOVA over `configs` (one row per configuration, `value` its
     score), for the knobs in `distributions` whose values vary; importances sum to 1."""
@@ -58,7 +66,7 @@ def rank(configs: pd.DataFrame, distributions: dict, mode: str, seed: int) -> di
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     from optuna.trial import create_trial
 
-    varied = {k: d for k, d in distributions.items() if k in configs and configs[k].map(_plain).nunique(dropna=False) > 1}
+    varied = {k: d for k, d in distributions.items() if k in configs and _varies(configs[k])}
     if not varied:
         return {}
     if len(varied) < 2:
@@ -81,12 +89,9 @@ def rank(configs: pd.DataFrame, distributions: dict, mode: str, seed: int) -> di
 
 
 def importances(trials: pd.DataFrame, arms: dict, space: dict, metric: str, mode: str, seed: int,
-                switches=()) -> dict:
+                extra=()) -> dict:
     """{arm: (n_configs, {knob: importance}) or (n_configs, reason)}: each searched arm over its
-    own knobs, and ALL_ARMS over the study-level `switches` (table columns) that differ between
-    the sweep's configurations."""
-    from optuna.distributions import CategoricalDistribution
-
+    own knobs (`space`, the sweep's searched space; `extra`, the switches --search added)."""
     from sweeps.study import arm_space
 
     configs = configurations(trials, metric) if not trials.empty else pd.DataFrame()
@@ -94,7 +99,7 @@ def importances(trials: pd.DataFrame, arms: dict, space: dict, metric: str, mode
     if configs.empty:
         return out
     for arm in arms:
-        own = arm_space(space, arms[arm])
+        own = arm_space(space, arms[arm], extra)
         mine = configs[configs["arm"] == arm]
         if not own or mine.empty:
             continue
@@ -104,18 +109,6 @@ def importances(trials: pd.DataFrame, arms: dict, space: dict, metric: str, mode
             continue
         ranked = rank(mine, {k: distribution(d) for k, d in own.items()}, mode, seed)
         out[arm] = (len(mine), ranked or "fewer than two searched knobs varied: nothing to rank")
-    # across the arms: the switches that set them apart, beside the searched knobs every arm used
-    varying = [c for c in switches if c in configs and c not in space and c != "arm"
-               and configs[c].map(_plain).nunique(dropna=False) > 1]
-    if varying:
-        dists = {c: CategoricalDistribution(tuple(dict.fromkeys(configs[c].map(_plain)))) for c in varying}
-        dists.update({k: distribution(d) for k, d in space.items() if k in configs and configs[k].notna().all()})
-        if len(configs) < MIN_CONFIGS:
-            out[ALL_ARMS] = (len(configs), f"too few configurations to rank the switches the arms set "
-                                           f"({len(configs)} of {MIN_CONFIGS})")
-        else:
-            out[ALL_ARMS] = (len(configs), rank(configs, dists, mode, seed)
-                             or f"only {varying[0]} varies across the arms: the arm table ranks it")
     return out
 
 

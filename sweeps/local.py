@@ -34,6 +34,7 @@ REFUSED = {  # flag → why --local cannot honour it (the Ray engine's flags)
     "storage_path": "--local keeps no Tune state; its results go under $EMOSWEEP_HOME/local (--results-out moves the table)",
     "gpus_per_trial": "--local trains on this process's device (a visible GPU, else the CPU)",
     "optuna_storage": "--local searches nothing; each arm runs its first configuration",
+    "search": "--local searches nothing; each arm runs its first configuration (--set picks a value)",
 }
 
 

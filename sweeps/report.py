@@ -140,8 +140,12 @@ def knob_importances(study: Study, table: pd.DataFrame, arms: dict, state: dict,
     from sweeps import importance
 
     space = searched_space(study, swept, quiet=True)
-    found = importance.importances(table, arms, space, study.metric, study.mode, int(state.get("seed") or 0),
-                                   switches=study.table_columns)
+    try:
+        found = importance.importances(table, arms, space, study.metric, study.mode, int(state.get("seed") or 0),
+                                       extra=swept.get("_search") or ())
+    except Exception as e:  # the sweep's tables and page go on without the ranking; say why
+        print(f"[emosweep] could not rank the knobs ({type(e).__name__}: {str(e)[:200]})", file=sys.stderr)
+        return {}, []
     if not found:
         return {}, []
     csv = out.with_name(out.stem + ".importances.csv")

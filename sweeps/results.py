@@ -38,6 +38,7 @@ def results_table(study, result_grid, arms: dict) -> pd.DataFrame:
         row.update({k: None if k in unused else m.get(k, cfg.get(k)) for k in study.table_columns})
         # every searched knob too (the importances and the arm runs' params read them)
         row.update({k: None if k in unused else cfg.get(k) for k in study.space if k not in row})
+        row.update({k: cfg.get(k) for k in (cfg.get("_search") or {}) if k not in row})  # --search's switches
         row.update({
             "epochs_done": m.get("epoch", 0), "best_epoch": m.get("best_epoch"),
             "best_val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"), "test_uar": m.get("test_uar"),

@@ -6,7 +6,7 @@ import pickle
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.space import to_tune
+from sweeps.space import contains, to_tune
 from sweeps.study import arm_config, arm_space
 from workloads.core.seeding import derive_seed
 
@@ -49,12 +49,12 @@ class ArmGridSearch(Searcher):
         rdb = optuna_storage(storage) if storage else None
         have = {s.study_name for s in rdb.get_all_studies()} if rdb else set()
         for arm in arms:
-            own = arm_space(space, arms[arm])  # an arm may search only the knobs it uses
+            own = arm_space(space, arms[arm], base.get("_search") or ())  # an arm may search only the knobs it uses
             if not own:
                 continue
             # the reproduction point: the arm's own values (e.g. its dropout) over the defaults
             config = self.arm_config(arm)
-            first = {k: config[k] for k in own if k in config}
+            first = {k: config[k] for k in own if k in config and contains(own[k], config[k])}
             name = study_name(sweep, arm)
             # a study already in the storage is this sweep's, resumed: Tune restores the searcher
             # over it, and enqueuing the reproduction point again would add a trial to it

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sweeps.space import contains, values_of
+from sweeps.space import choice, contains, values_of
 from workloads.core.config import BOOL_SPELLINGS, parse_value
 from workloads.core.errors import InputNotFound, UserError
 from workloads.core.seeding import derive_seed
@@ -84,12 +84,13 @@ ENGINE_KNOBS = {
 }
 
 
-def arm_space(space: dict, arm: dict) -> dict:
+def arm_space(space: dict, arm: dict, extra=()) -> dict:
     """The part of the study's searched space an arm searches: all of it, or the keys its
-    `searched` entry lists (a solver's own knobs: SGD's alpha, not the sag solver's C)."""
+    `searched` entry lists (a solver's own knobs: SGD's alpha, not the sag solver's C), plus the
+    switches --search added (`extra`) for every arm that searches at all (a floor searches nothing)."""
     if "searched" not in arm:
         return space
-    return {k: v for k, v in space.items() if k in arm["searched"]}
+    return {k: v for k, v in space.items() if k in arm["searched"] or (arm["searched"] and k in extra)}
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -121,6 +122,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the number of epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (JSON values: --set max_length=64); --set help lists the keys")
+    p.add_argument("--search", action="append", default=[], metavar="KEY=V1,V2",
+                   help="search a study switch too: each arm's sampler picks among these values, the first "
+                        "configuration keeps the default (--search speaker_norm=true,false); the importances rank "
+                        "it beside the arm's knobs. Takes the keys --set takes; needs --num-samples 2 or more")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
     p.add_argument("--cpus-per-trial", type=float, default=1)
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU (default: 1 if the cluster has GPUs, else 0)")
@@ -200,6 +205,7 @@ def check_flags(study: Study, opts) -> None:
             raise InputNotFound(f"{flag} {value}: no such file or folder")
     select_arms(study, opts)
     parse_sets(study, opts.set)
+    parse_searches(study, opts)
     check_fold_flags(study, opts)
 
 
@@ -319,6 +325,29 @@ def parse_sets(study: Study, items: list[str]) -> dict:
     return out
 
 
+def parse_searches(study: Study, opts) -> dict:
+    """--search KEY=V1,V2,...: {key: [values]}, each value checked as --set checks it. A key also
+    pinned by --set, one value, or a sweep of one configuration per arm (which never varies it)
+    is refused."""
+    out = {}
+    pinned = {item.partition("=")[0].strip() for item in opts.set}
+    for item in getattr(opts, "search", None) or []:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not text.strip():
+            raise UserError(f"--search {item}: expected KEY=V1,V2")
+        if key in pinned:
+            raise UserError(f"--search {key}: --set {key} pins it for every trial; give one or the other")
+        values = [parse_sets(study, [f"{key}={v.strip()}"])[key] for v in text.split(",")]
+        if len(set(map(repr, values))) < 2:
+            raise UserError(f"--search {item}: give two values or more (one is --set {key}=...)")
+        out[key] = values
+    if out and opts.num_samples < 2:
+        raise UserError(f"--search {', '.join(out)}: one configuration per arm (--num-samples 1) never varies it; "
+                        f"give --num-samples 2 or more")
+    return out
+
+
 def _show(value) -> str:
     return repr(value) if hasattr(value, "to_tune") else f"{value!r}"
 
@@ -338,6 +367,8 @@ def searched_space(study: Study, base: dict, quiet: bool = False) -> dict:
                       f"every trial uses {base[key]!r}", file=sys.stderr)
             continue
         space[key] = domain
+    for key, values in (base.get("_search") or {}).items():  # --search: a switch searched for this run
+        space[key] = choice(values)
     return space
 
 
@@ -362,6 +393,7 @@ def study_config(study: Study, opts, has_gpu: bool) -> tuple[dict, dict]:
         base["epochs"] = opts.epochs
         pinned.add("epochs")
     base["_pinned"] = sorted(pinned)
+    base["_search"] = parse_searches(study, opts)  # switches searched for this run (--search)
     base["_over_arms"] = sorted(pinned | over_arms)
     base["seed"] = opts.seed
     if opts.workers_per_trial > 1:

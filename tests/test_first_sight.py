@@ -84,6 +84,14 @@ def test_set_takes_declared_engine_knobs_and_arm_knobs():
     ("bert_freezing", ["--local", "--max-failures", "0"], "--max-failures: --local runs each trial once"),
     ("bert_freezing", ["--max-seconds", "30"], "--max-seconds: bert_freezing does not use it"),  # decodes no media
     ("fer_architectures", ["--max-file-mb", "1"], "--max-file-mb: fer_architectures does not use it"),
+    ("hubert_pooling", ["--search", "speaker_norm=true,false"], "(--num-samples 1) never varies it"),
+    ("hubert_pooling", ["--search", "speaker_norm=true,false", "--set", "speaker_norm=false", "--num-samples", "2"],
+     "--set speaker_norm pins it"),
+    ("hubert_pooling", ["--search", "speaker_norm=true,maybe", "--num-samples", "2"], "expected a boolean"),
+    ("hubert_pooling", ["--search", "speaker_norm=true", "--num-samples", "2"], "give two values or more"),
+    ("hubert_pooling", ["--search", "speaker_nrom=true,false", "--num-samples", "2"], "did you mean speaker_norm?"),
+    ("bert_freezing", ["--local", "--search", "lr=1e-5,3e-5"], "--search: --local searches nothing"),
+    ("bert_freezing", ["--local", "--optuna-storage", "sqlite:///x.db"], "--optuna-storage: --local searches nothing"),
 ])
 def test_flags_a_study_cannot_use_are_refused(study_name, argv, expected, capsys, tmp_path):
     assert expected in _refused(study_name, argv, capsys, tmp_path)

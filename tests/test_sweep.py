@@ -225,7 +225,7 @@ def test_report_page_in_a_real_browser(sweep, mlflow_server):
 
     page = sweep["tmp"] / "table.html"
     html = page.read_text()
-    assert "too few configurations to rank its knobs (2 of the 8" in html
+    assert "too few configurations to rank its knobs (2 of the 16" in html
     assert 'src="http' not in html and "<script" not in html  # nothing to fetch: every picture is in the page
     driver = chromium(1300, 2400)
     try:
