@@ -334,7 +334,7 @@ def stage_trials(work: Path, counts: list, opts) -> list:
                           "h1_relu_deltas", "--num-samples", str(n), "--epochs", "1", "--name", f"scale-{n}",
                           "--seed", str(opts.seed)], env=env, log=log)
         text = log.read_text()
-        timings = dict((k, float(v)) for k, v in re.findall(r"(\w+_s)=([\d.]+)", text.split("driver timings:")[-1]))
+        timings = dict((k, float(v)) for k, v in re.findall(r"(\w+)=([\d.]+)", text.split("driver timings:")[-1]))
         uri = re.search(r"MLflow: (\S+)", text).group(1)
         state = max((home / "ray" / f"scale-{n}").glob("experiment_state-*.json"), key=os.path.getmtime)
         lookups = run_lookups(uri, n, env)
@@ -342,7 +342,10 @@ def stage_trials(work: Path, counts: list, opts) -> list:
         rows.append({"stage": "trials", "n": n, **m, **lookups, "ui_s": ui["wall_s"],
                      "tune_fit_s": timings.get("tune_fit_s", float("nan")),
                      "outside_fit_s": timings.get("total_s", 0) - timings.get("tune_fit_s", 0),
-                     "state_bytes": state.stat().st_size, "ray_bytes": du(home / "ray" / f"scale-{n}")})
+                     "state_bytes": state.stat().st_size, "ray_bytes": du(home / "ray" / f"scale-{n}"),
+                     # Tune's saves of its whole state, against the trial checkpoints (each forced one before)
+                     "state_saves": timings.get("state_saves", float("nan")),
+                     "trial_checkpoints": timings.get("trial_checkpoints", float("nan"))})
         subprocess.run([sys.executable, "-m", "sweeps.cli", "tracking", "--stop"], env={**os.environ, **env},
                        capture_output=True)
         subprocess.run([sys.executable, "-m", "sweeps.cli", "ray", "--stop"], env={**os.environ, **env},
@@ -465,12 +468,13 @@ def report(rows: list, png: str | None) -> None:
         rs = sorted(by["trials"], key=lambda r: r["n"])
         print("\ntrials: cheap one-epoch trials, a fresh Ray, MLflow server and experiment each")
         print("| trials | wall s | wall per trial s | driver CPU per trial ms | Tune's fit s | the rest s | "
-              "Tune state KB | Ray's folder MB | look-up by tag ms | by id ms | view s | `emosweep ui` s | "
-              "driver MB | largest other MB |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+              "Tune state KB | state saves / trial checkpoints | Ray's folder MB | look-up by tag ms | by id ms | "
+              "view s | `emosweep ui` s | driver MB | largest other MB |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in rs:
             print(f"| {r['n']} | {r['wall_s']:.1f} | {r['wall_s'] / r['n']:.3f} | {r['driver_cpu_s'] / r['n'] * 1e3:.0f} | "
                   f"{r['tune_fit_s']:.1f} | {r['outside_fit_s']:.1f} | {r['state_bytes'] / 1e3:.0f} | "
+                  f"{r.get('state_saves', float('nan')):.0f} / {r.get('trial_checkpoints', float('nan')):.0f} | "
                   f"{r['ray_bytes'] / 1e6:.0f} | {r['search_ms']:.1f} | {r['get_ms']:.1f} | {r['view_s']:.2f} | "
                   f"{r['ui_s']:.1f} | {r['driver_mb']:.0f} | {r['other_mb']:.0f} ({r['other']}) |")
         walls = [r["wall_s"] for r in rs]

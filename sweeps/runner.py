@@ -274,8 +274,8 @@ def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, a
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    from sweeps.callbacks import (ChildRunStatus, DropFinishedWeights, FirstEpochClock, LeanTrialState, TrialProgress,
-                                  trial_dirname, trial_name)
+    from sweeps.callbacks import (ChildRunStatus, DropFinishedWeights, FirstEpochClock, KeepLatestCheckpoint,
+                                  LeanTrialState, TrialProgress, trial_dirname, trial_name)
     from sweeps.search import ArmGridSearch
     from workloads.core.console import requiet
     from workloads.core.on_ray import closing_trainable
@@ -305,7 +305,7 @@ def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, a
         max_epochs = max([int(base.get("epochs", 1))] + [int(c) for c in getattr(space.get("epochs"), "values", [])])
         sched = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=1, reduction_factor=2)
     callbacks = [JsonLoggerCallback(), ChildRunStatus(tracking.experiment_id, tracking.parent_run_id),
-                 DropFinishedWeights(), LeanTrialState(study.metric),
+                 KeepLatestCheckpoint(timings), DropFinishedWeights(), LeanTrialState(study.metric),
                  *([TrialProgress(state["n_trials"], study.metric, study.mode)] if opts.verbose == 0 else []),
                  *([FirstEpochClock(timings)] if timings is not None else [])]
     return tune.Tuner(
@@ -318,7 +318,9 @@ def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, a
         run_config=tune.RunConfig(
             name=name, storage_path=storage.root, verbose=opts.verbose,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=callbacks),
+            # no num_to_keep: with it Tune saves its whole state at every trial checkpoint (quadratic in
+            # the trials); KeepLatestCheckpoint deletes what the saved state no longer names
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None), callbacks=callbacks),
     )
 
 

@@ -96,7 +96,7 @@ class ArmGridSearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         arm, group = self.trial_arm.get(trial_id), self.trial_group.get(trial_id)
         # intermediate values (Optuna's pruners) only mean something for a configuration run once
-        if arm in self.searchers and self.metric in result and len(self.replicates) == 1:
+        if arm in self.searchers and self.metric in result and len(self.replicates) == 1 and not self._told(arm, group):
             self.searchers[arm].on_trial_result(group, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -107,10 +107,20 @@ class ArmGridSearch(Searcher):
         state["left"] -= 1
         if result is not None and not error and self.metric in result:
             state["values"].append(float(result[self.metric]))
-        if state["left"] == 0 and arm in self.searchers:
+        if state["left"] == 0 and arm in self.searchers and not self._told(arm, group):
             values = state["values"]
             mean = {self.metric: sum(values) / len(values)} if values else None
             self.searchers[arm].on_trial_complete(group, mean, error=not values)
+
+    def _told(self, arm: str, group: str) -> bool:
+        """Whether the storage holds this configuration's Optuna trial finished already. An RDB
+        storage outlives the driver, and Tune saves its state on a period: a resumed sweep
+        re-announces a trial that finished after the last save (its last result, once), which
+        Optuna was told of before the interruption."""
+        trial = self.searchers[arm]._ot_trials.get(group)
+        if trial is None:
+            return False
+        return trial.study._storage.get_trial(trial._trial_id).state.is_finished()
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

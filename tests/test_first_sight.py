@@ -179,7 +179,7 @@ def test_local_runs_every_study_without_ray_and_sqlite_writes_nothing_here(tmp_p
 # ----------------------------------------------------------------------------- the quiet terminal
 
 OURS = re.compile(r"^(\[emosweep\] |\||# |> |fer2013 \(|  fer_image|0 malformed|Over the |model: |results: |MLflow: |"
-                  r"  the arms|  the server|driver timings: |fer_architectures — |$)")
+                  r"  the arms|  the server|driver timings: |fer_architectures — |report page: |$)")
 
 
 @pytest.mark.slow

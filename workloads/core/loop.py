@@ -454,10 +454,10 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
             # A checkpoint every checkpoint_every_s seconds of training, not every epoch: short
             # epochs would spend more on writing (and Tune on keeping) checkpoints than on
             # training. A crash or an interrupted sweep loses at most that much. The first and
-            # the last epoch always: Tune saves its experiment state when a trial checkpoints,
-            # so an interrupted sweep knows every trial that started (and resumes it, with its
-            # MLflow run, rather than start its configuration again as a new trial) and every
-            # trial that finished (never run again); a second --local run finds its trials done.
+            # the last epoch always: a trial restored from Tune's state (saved on Tune's own
+            # period) resumes from its first, and one that had finished takes its finished
+            # checkpoint over the one the state named (on_ray.finished_sibling) and trains
+            # nothing again; a second --local run finds its trials done.
             last = epoch == setup.epochs or bool(metrics.get("early_stopped"))
             due = last or time.monotonic() - last_checkpoint >= checkpoint_every_s
             if not due:
@@ -465,6 +465,8 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 session.report({**metrics, **timings, **placed}, None)
             else:
                 last_checkpoint = time.monotonic()
+                if run is not None and run.run_id:  # a trial restored at its end reports it again
+                    state["mlflow_run_id"] = run.run_id
                 with tempfile.TemporaryDirectory() as ckpt_dir:
                     if session.rank == 0:
                         _save_checkpoint(setup, state, ckpt_dir, best_weights, final=last, predictions=predictions)
@@ -486,6 +488,11 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
         # what MLflow still lacks
         if run is None or not (run.pending_artifacts or run.unlogged(state["history"])):
             shutil.rmtree(art_dir, ignore_errors=True)
+    if not trained and state.get("finished") and getattr(session, "restored_ahead", False) and state["history"]:
+        # restored from its finished checkpoint past the one Tune's state named: Tune's last
+        # result for it may be an earlier epoch's, so the final one is reported again (no checkpoint)
+        session.report({**state["history"][-1], "resumed_from_epoch": resumed_from,
+                        **({"mlflow_run_id": state["mlflow_run_id"]} if state.get("mlflow_run_id") else {})}, None)
     if run is not None and setup.export is not None and best_weights is not None:
         setup.export(best_weights, run)
     return state

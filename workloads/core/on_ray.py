@@ -33,15 +33,54 @@ class TuneSession(LocalSession):
     def __init__(self):
         super().__init__(trial=trial_id())
 
+    restored_ahead = False  # restored from a finished checkpoint newer than the one Tune named
+
     def get_checkpoint(self):
         from ray import tune
 
-        return tune.get_checkpoint()
+        given = tune.get_checkpoint()
+        newer = finished_sibling(given)
+        self.restored_ahead = newer is not None
+        return newer or given
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         from ray import tune
 
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def finished_sibling(checkpoint):
+    """The trial's newest checkpoint when it is newer than `checkpoint` (or Tune named none) and
+    marks the trial finished, else None. Tune saves its experiment state on its own period (sweeps/callbacks.py:
+    KeepLatestCheckpoint), so a sweep interrupted within that period restores a trial that had
+    finished from the checkpoint the state names, an earlier one: the finished one beside it is
+    what the trial ended with, and nothing is trained again."""
+    import json
+
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    if checkpoint is not None:
+        fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+        parent = path.rsplit("/", 1)[0]
+    else:  # Tune's state named none (saved before the first): the trial's own folder in the storage
+        try:
+            storage = tune.get_context().get_storage()
+            fs, parent = storage.storage_filesystem, storage.trial_fs_path.rstrip("/")
+        except Exception:  # not in a Tune trial, or another Tune
+            return None
+        path = f"{parent}/checkpoint_"
+    try:
+        found = [i.path for i in fs.get_file_info(pafs.FileSelector(parent))
+                 if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+        newest = max(found, key=lambda p: p.rsplit("/", 1)[-1]) if found else None
+        if newest is None or newest.rsplit("/", 1)[-1] <= path.rsplit("/", 1)[-1]:
+            return None
+        with fs.open_input_stream(f"{newest}/progress.json") as f:
+            finished = bool(json.loads(f.read().decode()).get("finished"))
+    except (OSError, ValueError):
+        return None
+    return tune.Checkpoint(newest, filesystem=fs) if finished else None
 
 
 class WaitsForItsThread:
