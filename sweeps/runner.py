@@ -358,7 +358,7 @@ def report_sweep(study: Study, opts, state: dict, name: str, arms: dict, result_
     if server is not None:
         print(f"  the server stays up {server.idle_s / 60:.0f} min after its last use (`emosweep tracking` "
               f"shows or stops it); it serves every sweep of {home}")
-    print("driver timings: " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
+    print("driver timings: " + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in timings.items()))
     table.attrs.update(timings=timings, experiment_dir=storage.path(name), tracking_uri=uri, parent_run_id=run_id,
                        arms=arms_tab, arms_csv=str(files["arms_csv"]))
     return table
