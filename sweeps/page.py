@@ -50,28 +50,15 @@ def confusion(predictions: pd.DataFrame, config_id: str) -> pd.DataFrame | None:
                        dropna=False).rename_axis(index="true", columns="predicted")
 
 
-def _confusion_png(matrix: pd.DataFrame, title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(matrix)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.42 * k, 1.3 + 0.38 * k))
+def confusion_cells(matrix: pd.DataFrame) -> dict:
+    """The matrix as the page's table draws it: each cell's count and its share of its true
+    class (the row), which shades it; the diagonal is each class's recall."""
     values = matrix.to_numpy()
-    ax.imshow(values, cmap="Blues")
-    ax.set_xticks(range(k), [str(c) for c in matrix.columns], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), [str(c) for c in matrix.index], fontsize=8)
-    top = values.max() if values.size else 0
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, str(values[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if values[i, j] > top / 2 else "black")
-    ax.set_xlabel("predicted", fontsize=8)
-    ax.set_ylabel("true", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _png(fig)
+    totals = values.sum(axis=1)
+    rows = [{"label": str(label), "cells": [{"n": int(n), "share": float(n / totals[i]) if totals[i] else 0.0}
+                                             for n in values[i]]}
+            for i, label in enumerate(matrix.index)]
+    return {"classes": [str(c) for c in matrix.columns], "rows": rows, "n": int(values.sum())}
 
 
 def _curves_png(curves: pd.DataFrame, title: str) -> str | None:
@@ -182,8 +169,7 @@ def write(path: Path, study, name: str, state: dict, trials: pd.DataFrame, arms_
         details.append({
             "arm": arm, "config_id": config_id, "knobs": knobs,
             "link": run_link(links, arm_runs.get(config_id)),
-            "confusion": _confusion_png(matrix, f"{arm}: test, {len(mine)} run(s)")
-            if matrix is not None else None,
+            "confusion": confusion_cells(matrix) if matrix is not None else None, "runs": len(mine),
             "curves": _curves_png(mine_curves, f"{arm}: {len(mine_curves['trial'].unique())} run(s)")
             if mine_curves is not None and not mine_curves.empty else None,
         })

@@ -217,7 +217,7 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
     """One MLflow run per (arm, configuration) under the sweep's parent, holding its fold and
     seed runs as children, its aggregate metrics (results.config_stats), the configuration's
     params (`knobs`: the study's table columns and searched keys) and its test confusion matrix
-    summed over its folds and seeds (confusion_matrix.json, and a PNG for the selected one). The
+    summed over its folds and seeds (confusion_matrix.json). The
     configuration each arm's row reports is tagged `selected`, and the sweep's shared view lists
     those, one row per arm, with their knobs as columns. Runs made by an earlier end of the same
     sweep (a resumed one) are reused. Returns {config_id: run id}."""
@@ -267,9 +267,6 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
             client.log_dict(run.info.run_id, {"classes": [str(c) for c in matrix.columns],
                                               "matrix": matrix.to_numpy().tolist(), "split": "test",
                                               "runs": int(len(runs))}, "confusion_matrix.json")
-            if selected:
-                client.log_figure(run.info.run_id, _confusion_figure(matrix, f"{arm} ({config_id})"),
-                                  "confusion_matrix.png")
         ids[config_id] = run.info.run_id
         for trial_id in group["trial"].dropna():  # its fold and seed runs become its children
             if trial_id in trial_runs:
@@ -289,21 +286,3 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
                      ["test_acc_mean", "test_acc_ci95", "test_acc_diff", "p_holm"], f"{metric.replace('best_', '')}_mean",
                      extra_filter="tags.selected = 'true'", params=varied)
     return ids
-
-
-def _confusion_figure(matrix: pd.DataFrame, title: str):
-    """The confusion matrix as a matplotlib figure (MLflow's log_figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    k = len(matrix)
-    fig, ax = plt.subplots(figsize=(1.8 + 0.45 * k, 1.5 + 0.4 * k))
-    ConfusionMatrixDisplay(matrix.to_numpy(), display_labels=[str(c) for c in matrix.columns]).plot(
-        ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig

@@ -142,7 +142,7 @@ def _results(exp_dir: Path) -> dict:
 
 
 def _remove_node_mid_trial(cluster, workers, exp_dir: Path, removed: dict, stop: threading.Event) -> None:
-    """Wait until a trial has reported epoch 1 (and has epochs left), then remove its node."""
+    """Wait until a trial has reported epoch 1 or 2 (and has epochs left), then remove its node."""
     by_id = {w.node_id: w for w in workers}
     while not stop.is_set():
         for trial, rows in _results(exp_dir).items():
@@ -151,7 +151,9 @@ def _remove_node_mid_trial(cluster, workers, exp_dir: Path, removed: dict, stop:
             last = rows[-1]
             if last["config"]["arm"] == KILLED_ARM:  # the other fault's target
                 continue
-            if last.get("epoch") == 1 and last.get("node_id") in by_id and not last.get("done"):
+            # after its first checkpointed epoch and before its last but one: a window of two epochs,
+            # which this thread's 0.1-s polls do not miss when epochs are short
+            if 1 <= last.get("epoch", 0) <= EPOCHS - 2 and last.get("node_id") in by_id and not last.get("done"):
                 node = by_id[last["node_id"]]
                 cluster.remove_node(node)
                 removed.update(trial=trial, node_id=last["node_id"], at=time.time())
