@@ -7,14 +7,21 @@ import os
 import pytest
 
 
+BACKGROUND = ("test_no_egress.py", "test_benches.py")  # started at the session's start, collected last
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The benches' tests go last: they collect smoke runs started in the background at the
-    start of the session (tests/test_benches.py)."""
-    last = [i for i in items if i.fspath.basename == "test_benches.py"]
-    items[:] = [i for i in items if i.fspath.basename != "test_benches.py"] + last
+    """The no-egress test and the benches' tests go last: they collect runs started in the
+    background at the start of the session (tests/test_no_egress.py, tests/test_benches.py)."""
+    last = [i for name in BACKGROUND for i in items if i.fspath.basename == name]
+    items[:] = [i for i in items if i.fspath.basename not in BACKGROUND] + last
 
 
 def pytest_collection_finish(session):
+    if any(i.fspath.basename == "test_no_egress.py" for i in session.items):
+        import test_no_egress
+
+        test_no_egress.start(session.items)
     if any(i.fspath.basename == "test_benches.py" for i in session.items):
         import test_benches
 
@@ -24,6 +31,8 @@ def pytest_collection_finish(session):
 def pytest_sessionfinish(session, exitstatus):
     import sys
 
+    if "test_no_egress" in sys.modules:
+        sys.modules["test_no_egress"].stop()
     if "test_benches" in sys.modules:
         sys.modules["test_benches"].stop_smokes()
 
