@@ -283,7 +283,9 @@ def optuna_command(args) -> int:
     until Ctrl-C."""
     import json
     import shutil
+    import socket
     import subprocess
+    import time
     import webbrowser
 
     from sweeps.page import find_folder
@@ -310,9 +312,6 @@ def optuna_command(args) -> int:
     port = args.port or free_port()
     url = f"http://127.0.0.1:{port}/"
     proc = subprocess.Popen([exe, storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"])
-    import socket
-    import time
-
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:  # the address is given once it answers
         try:

@@ -35,21 +35,6 @@ def embed(path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def confusion(predictions: pd.DataFrame, config_id: str) -> pd.DataFrame | None:
-    """The configuration's test confusion matrix, summed over its folds and seeds: rows the true
-    class, columns the predicted one, in the order of the probability columns (the classes)."""
-    if predictions is None or predictions.empty or "config_id" not in predictions:
-        return None
-    mine = predictions[(predictions["config_id"] == config_id) & (predictions["split"] == "test")]
-    if mine.empty:
-        return None
-    classes = [c[2:] for c in mine.columns if c.startswith("p_") and mine[c].notna().any()]
-    seen = list(dict.fromkeys([*mine["label"], *mine["pred"]]))
-    order = [c for c in classes if c in seen] + [c for c in seen if c not in classes]
-    return pd.crosstab(pd.Categorical(mine["label"], order), pd.Categorical(mine["pred"], order),
-                       dropna=False).rename_axis(index="true", columns="predicted")
-
-
 def confusion_cells(matrix: pd.DataFrame) -> dict:
     """The matrix as the page's table draws it: each cell's count and its share of its true
     class (the row), which shades it; the diagonal is each class's recall."""
@@ -130,19 +115,20 @@ def facts(study, state: dict, trials: pd.DataFrame, arms_tab: pd.DataFrame) -> l
 
 
 def write(path: Path, study, name: str, state: dict, trials: pd.DataFrame, arms_tab: pd.DataFrame, how: str,
-          predictions: pd.DataFrame | None = None, curves: pd.DataFrame | None = None, found: dict | None = None,
+          matrices: dict | None = None, curves: pd.DataFrame | None = None, found: dict | None = None,
           tracking=None, arm_runs: dict | None = None, pictures: dict | None = None, corpora_text: str | None = None,
           files: list | None = None) -> Path:
-    """Render results.html at `path`. `found`: sweeps/importance.py's importances; `arm_runs`:
+    """Render results.html at `path`. `matrices`: config_id → its summed test confusion matrix
+    (results.confusion_matrices); `found`: sweeps/importance.py's importances; `arm_runs`:
     config_id → its MLflow run id; `pictures`: name → PNG path (arms, cd, importances)."""
     import jinja2
 
     from sweeps import importance
-    from sweeps.results import arm_columns
+    from sweeps.results import _short, arm_columns
     from workloads.core.paths import mask_uri
     from workloads.core.tracking import git_commit
 
-    pictures, arm_runs, found = pictures or {}, arm_runs or {}, found or {}
+    pictures, arm_runs, found, matrices = pictures or {}, arm_runs or {}, found or {}, matrices or {}
     links = mlflow_links(tracking.uri if tracking else None, tracking.experiment_id if tracking else None,
                          state.get("mlflow_view"))
     columns = arm_columns(arms_tab, study.terminal_columns) if not arms_tab.empty else []
@@ -161,10 +147,8 @@ def write(path: Path, study, name: str, state: dict, trials: pd.DataFrame, arms_
         if not mine.empty:
             shown = [c for c in dict.fromkeys([*study.table_columns, *searched]) if c in mine and c != "arm"
                      and pd.notna(mine[c].iloc[0])]
-            from sweeps.results import _short
-
             knobs = ", ".join(f"{c} {_short(mine[c].iloc[0])}" for c in shown)
-        matrix = confusion(predictions, config_id)
+        matrix = matrices.get(config_id)
         mine_curves = curves[curves["config_id"] == config_id] if curves is not None and not curves.empty else None
         details.append({
             "arm": arm, "config_id": config_id, "knobs": knobs,
@@ -190,7 +174,7 @@ def write(path: Path, study, name: str, state: dict, trials: pd.DataFrame, arms_
         optuna={"url": mask_uri(storage)} if storage and state.get("samples_per_arm", 1) > 1 else None,
         arm_details=details, mlflow={**links, "parent": run_link(links, tracking.parent_run_id if tracking else None)},
         files=", ".join(Path(f).name for f in (files or []) if f), written=f"{datetime.now():%Y-%m-%d %H:%M}",
-        commit=git_commit()[:12] or "no git commit")
+        commit=((tracking.tags.get("git_commit") if tracking else None) or git_commit())[:12])
     path.write_text(html, encoding="utf-8")
     return path
 

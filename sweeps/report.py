@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeps.results import arm_table, config_stats, default_reference, format_arm_table, plot_arms, write_tables
+from sweeps.results import (arm_table, config_stats, confusion_matrices, default_reference, format_arm_table,
+                            plot_arms, write_tables)
 from sweeps.study import Study, selection_note
 
 
@@ -100,11 +101,12 @@ def finish(study: Study, name: str, table: pd.DataFrame, arms: dict, state: dict
         files.append(out.with_name(out.stem + ".curves.csv"))
         curves.to_csv(files[-1], index=False)
     client, arm_runs = None, {}
+    matrices = confusion_matrices(predictions)  # the arm runs' and the page's
     if tracking is not None:
         knobs = [k for k in dict.fromkeys([*study.table_columns, *study.space]) if k != "arm"]
-        client, arm_runs = _log_results(tracking, table, arms_tab, study.metric, files, timings or {}, predictions,
+        client, arm_runs = _log_results(tracking, table, arms_tab, study.metric, files, timings or {}, matrices,
                                         knobs)
-    page = _write_page(study, name, state, table, arms_tab, how, predictions, curves, found, tracking, arm_runs,
+    page = _write_page(study, name, state, table, arms_tab, how, matrices, curves, found, tracking, arm_runs,
                        plot, ranked, knob_files, files, out)
     if client is not None:
         _end_parent(client, tracking, page, state.get("finished", True), files[0])
@@ -157,7 +159,7 @@ def knob_importances(study: Study, table: pd.DataFrame, arms: dict, state: dict,
     return found, files
 
 
-def _write_page(study, name, state, table, arms_tab, how, predictions, curves, found, tracking, arm_runs, plot,
+def _write_page(study, name, state, table, arms_tab, how, matrices, curves, found, tracking, arm_runs, plot,
                 ranked, knob_files, files, out: Path) -> Path | None:
     """results.html beside the tables (sweeps/page.py); None, and a line, where it cannot be made."""
     if importlib.util.find_spec("jinja2") is None or importlib.util.find_spec("matplotlib") is None:
@@ -168,7 +170,7 @@ def _write_page(study, name, state, table, arms_tab, how, predictions, curves, f
     pictures = {"arms": plot, "importances": next((f for f in knob_files if str(f).endswith(".png")), None),
                 "cd": next((f for f in (ranked[1] if ranked else []) if str(f).endswith(".png")), None)}
     try:
-        return page.write(out.with_suffix(".html"), study, name, state, table, arms_tab, how, predictions, curves,
+        return page.write(out.with_suffix(".html"), study, name, state, table, arms_tab, how, matrices, curves,
                           found, tracking, arm_runs, pictures, ranked[0] if ranked else None, files)
     except Exception as e:  # the tables are written either way; say what is missing
         print(f"[emosweep] could not write the report page ({type(e).__name__}: {e})", file=sys.stderr)
@@ -176,7 +178,7 @@ def _write_page(study, name, state, table, arms_tab, how, predictions, curves, f
 
 
 def _log_results(tracking, table: pd.DataFrame, arms_tab: pd.DataFrame, metric: str, files: list,
-                 timings: dict, predictions: pd.DataFrame | None, knobs=()) -> tuple:
+                 timings: dict, matrices: dict, knobs=()) -> tuple:
     """The tables on the parent run and the arm runs beneath it. Returns (client or None when
     MLflow failed, {config_id: arm run id})."""
     from mlflow.tracking import MlflowClient
@@ -189,7 +191,7 @@ def _log_results(tracking, table: pd.DataFrame, arms_tab: pd.DataFrame, metric: 
                 client.log_artifact(run_id, str(path))
         if not table.empty and table["test_acc"].notna().any():
             client.log_metric(run_id, "best_test_acc", float(table["test_acc"].max()))
-        arm_runs = log_arm_runs(client, tracking, table, arms_tab, metric, predictions, knobs) if not arms_tab.empty else {}
+        arm_runs = log_arm_runs(client, tracking, table, arms_tab, metric, matrices, knobs) if not arms_tab.empty else {}
         for k, v in timings.items():
             client.log_metric(run_id, f"driver_{k}", v)
         return client, arm_runs
@@ -213,7 +215,7 @@ def _end_parent(client, tracking, page: Path | None, finished: bool, where) -> N
 
 
 def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
-                 metric: str, predictions: pd.DataFrame | None = None, knobs=()) -> dict:
+                 metric: str, matrices: dict | None = None, knobs=()) -> dict:
     """One MLflow run per (arm, configuration) under the sweep's parent, holding its fold and
     seed runs as children, its aggregate metrics (results.config_stats), the configuration's
     params (`knobs`: the study's table columns and searched keys) and its test confusion matrix
@@ -223,7 +225,6 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
     sweep (a resumed one) are reused. Returns {config_id: run id}."""
     from mlflow.entities import Metric, Param
 
-    from sweeps.page import confusion
     from sweeps.results import _short
 
     from workloads.core.tracking import ROW_TAG, TAG_PARENT, TAG_TRIAL_ID, share_sweep_view
@@ -262,7 +263,7 @@ def log_arm_runs(client, tracking, trials: pd.DataFrame, arms_tab: pd.DataFrame,
         client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
                                                    if v is not None and pd.notna(v)],
                          params=[Param(k, v) for k, v in params.items()])
-        matrix = confusion(predictions, config_id)
+        matrix = (matrices or {}).get(config_id)
         if matrix is not None:
             client.log_dict(run.info.run_id, {"classes": [str(c) for c in matrix.columns],
                                               "matrix": matrix.to_numpy().tolist(), "split": "test",

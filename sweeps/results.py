@@ -87,6 +87,23 @@ def gather_predictions(result_grid) -> pd.DataFrame:
     return out[first + [c for c in out.columns if c not in first]]
 
 
+def confusion_matrices(predictions: pd.DataFrame | None) -> dict:
+    """config_id → its test confusion matrix summed over its folds and seeds (rows the true
+    class, columns the predicted one, in the order of the probability columns), in one pass over
+    the per-item predictions (a 1,024-trial sweep holds a million rows)."""
+    if predictions is None or predictions.empty or "config_id" not in predictions:
+        return {}
+    test = predictions[predictions["split"] == "test"]
+    out = {}
+    for config_id, mine in test.groupby("config_id", sort=False):
+        classes = [c[2:] for c in mine.columns if c.startswith("p_") and mine[c].notna().any()]
+        seen = list(dict.fromkeys([*mine["label"], *mine["pred"]]))
+        order = [c for c in classes if c in seen] + [c for c in seen if c not in classes]
+        out[config_id] = pd.crosstab(pd.Categorical(mine["label"], order), pd.Categorical(mine["pred"], order),
+                                     dropna=False).rename_axis(index="true", columns="predicted")
+    return out
+
+
 CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_uar")  # what the learning curves draw
 
 
