@@ -161,9 +161,14 @@ def _remove_node_mid_trial(cluster, workers, exp_dir: Path, removed: dict, stop:
         time.sleep(0.1)
 
 
-def test_sweep_on_simulated_cluster_survives_killed_worker_and_lost_node(sim_cluster, auth_tracking, tmp_path):
+def test_sweep_on_simulated_cluster_survives_killed_worker_and_lost_node(sim_cluster, auth_tracking, tmp_path,
+                                                                        monkeypatch):
     """With the cluster's token auth on and the tracking server behind basic-auth, as
     cluster.yaml runs them: the trials join with the token and log with the credentials."""
+    # The node remover below watches the trials' result.json in the shared storage, which Tune
+    # syncs when it saves its state: on its own period (10 s or more) since saves are no longer
+    # forced at every checkpoint, longer than this sweep's epochs. Every half second here.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.5")
     mlflow_server = auth_tracking
     cluster, workers = sim_cluster
     storage = tmp_path / "shared"
