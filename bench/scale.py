@@ -8,7 +8,7 @@ Each stage runs as the user runs it, in a fresh process, at every size given, si
             3 s: the first 32 and the last 32 decoded as the pipeline decodes them (seeking),
             and, beside them, decoded from the file's start (how segments were read before);
   encoder   S2's prepare (`speech_pooling.prepare`: the encoder cache, one decode per clip for
-            the states and the split gate's hash, the flat copy the trials map) with the shelf's
+            the states and the split gate's hash, the index the trials map the shards by) with the shelf's
             whisper-tiny.en, the cheapest real encoder, on the same look-alikes;
   trials    a sweep of N cheap trials (`sweeps/audiomnist_mlp.py --smoke`, one epoch each) with
             MLflow and the report, on a fresh home (its own Ray, MLflow server and experiment):
@@ -446,7 +446,7 @@ def report(rows: list, png: str | None) -> None:
                   ("disk / arrays at the largest", ratio(last["disk"], last["arrays"]), GOALS["disk"])]
         if stage == "encoder":
             print(f"  of the encoder's disk at {last['n']}: parquet shards {last['shards'] / 1e6:.0f} MB, the "
-                  f"trials' flat copy {last['flat'] / 1e6:.0f} MB")
+                  f"trials' index of them {last['flat'] / 1e6:.1f} MB")
             checks.append(("shards / arrays at the largest", ratio(last["shards"], last["arrays"]), GOALS["disk"]))
         for what, value, goal in checks:
             print(f"  {what}: {value:.2f} (goal ≤ {goal}) {verdict(value, goal)}")

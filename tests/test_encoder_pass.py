@@ -220,7 +220,7 @@ def test_text_states_batched_shortest_first_equal_one_at_a_time(tmp_path):
 
 
 def test_shards_hold_arrays_as_raw_bytes_and_the_earlier_list_layout_still_reads(tmp_path):
-    """A stage with a shard in each layout: read_stage and the memory-mapped flat copy give
+    """A stage with a shard in each layout: read_stage gives
     every array back with its dtype and shape, whichever layout holds it."""
     import pyarrow as pa
     import pyarrow.fs as pafs

@@ -71,8 +71,8 @@ def pad_states(arrays: list[torch.Tensor]) -> torch.Tensor:
 def _cached_states(fs_uri: str, states_dir: str) -> tuple[list, list, list]:
     """(uids, per-clip state tensors (L, T, D), real-frame counts) of one frozen-encoder cache.
     Read once per process: Tune reuses a trial's actor for the next trial (and the folds of a
-    sweep read the same cache). The tensors are read-only views of the stage's memory-mapped
-    flat copy (data/flat.py; the driver makes it), so no process decodes the shards and every
+    sweep read the same cache). The tensors are read-only views of the stage's shards, memory-
+    mapped where they lie (data/flat.py; the driver indexes them), so no process decodes them and every
     process on the machine shares the same pages; nothing writes to them."""
     import warnings
 
@@ -171,10 +171,10 @@ def _memo_key(config: dict, *more) -> tuple | None:
 
 
 def kept_on_disk(config: dict, key: tuple, make, pack, unpack):
-    """make(), kept beside the states' mapped copy (`{states}/flat/derived-*.npz`, NumPy only,
+    """make(), kept beside the states' mapping index (`{states}/flat/derived-*.npz`, NumPy only,
     no pickle) for every later process and sweep: a fresh actor, or the next sweep, loads in
     milliseconds what took seconds. Derived from the states and the items file (named by its
-    content), so the copy goes when the states' copy is rebuilt. Where there is no such
+    content), so the copy goes when the states' index is rebuilt. Where there is no such
     folder (several corpora, object storage, items handed in), make() alone."""
     import hashlib
     import os
@@ -715,7 +715,7 @@ def _encoded_items(config: dict, manifest, n_layers: int, k: int):
         states_dir = result.stages["encoder_states"].dir
         from .data.flat import ensure_local
 
-        ensure_local(result.fs_uri, states_dir, "states")  # the flat copy the trials map, made once here
+        ensure_local(result.fs_uri, states_dir, "states")  # the index the trials map the shards by, made once here
         bad = set(result.errors["path"])
         usable = usable[~usable["path"].isin(bad)]
     table = usable.assign(y=[y[label] for label in usable["label"]], label=usable["label"],

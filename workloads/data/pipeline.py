@@ -582,8 +582,8 @@ def read_stage(fs_uri: str, stage_dir: str, feature: str | None = None,
     order. Needs no manifest, so a trial can load what the driver prepared. When every item
     has the same shape the arrays are one ndarray (N × shape, no copy of the column);
     otherwise a list. `mapped` (a stage on a local disk, a named feature): the arrays are
-    read-only views of the stage's memory-mapped flat copy (data/flat.py), made on first use
-    and shared by every process on the machine."""
+    read-only views of the stage's shards, memory-mapped where they lie (data/flat.py; a list),
+    indexed on first use and shared by every process on the machine."""
     fs, _ = filesystem(fs_uri)
     if mapped and feature and isinstance(fs, pafs.LocalFileSystem):
         from .flat import read_flat

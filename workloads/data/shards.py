@@ -225,5 +225,9 @@ def read_shard(fs: pafs.FileSystem, path: str, stage_dir: str, columns: list | N
     try:
         return pq.read_table(path, columns=columns, filesystem=fs, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as e:
-        raise DamagedShard(f"{path}: damaged cache shard ({str(e).splitlines()[0][:200]}); "
-                           f"{repair_hint(stage_dir)}") from None
+        raise damaged_shard(path, stage_dir, e) from None
+
+
+def damaged_shard(path: str, stage_dir: str, error: Exception) -> DamagedShard:
+    """The error a reader stops with: the shard, why, and the command that repairs it."""
+    return DamagedShard(f"{path}: damaged cache shard ({str(error).splitlines()[0][:200]}); {repair_hint(stage_dir)}")
