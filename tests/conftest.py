@@ -45,6 +45,12 @@ def emosweep_home(tmp_path_factory):
     os.environ["EMOSWEEP_MLFLOW_IDLE_S"] = "10"  # a shared server a test started does not outlive the session long
     # every sweep a Ray of its own (the shared local Ray has its own test, test_shared_ray.py)
     os.environ["EMOSWEEP_RAY_IDLE_S"] = "0"
+    # Ray lowers its workers' priority by 15 (nice); the bench smokes (nice 19, tests/test_benches.py)
+    # and the no-egress scenario (nice 10) run in the background, so their Ray workers, at 19,
+    # took about a third of a contested core from this session's trials at 15. The session's own Rays (started by
+    # the fixtures and by the sweeps tests run, which inherit this) keep their workers at the
+    # session's priority, and the background takes what the session leaves idle.
+    os.environ["RAY_worker_niceness"] = "0"
     yield home
     import ray
 

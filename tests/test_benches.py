@@ -55,8 +55,8 @@ _POOL: dict = {}
 
 
 def _smoke(bench: str, home: Path) -> tuple[str, subprocess.CompletedProcess | None]:
-    env = {**os.environ, "EMOSWEEP_HOME": str(home), "HF_HUB_OFFLINE": "1",
-           "EMOSWEEP_MLFLOW_IDLE_S": "60", "EMOSWEEP_RAY_IDLE_S": "60"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"},  # Ray's own (tests/conftest.py)
+           "EMOSWEEP_HOME": str(home), "HF_HUB_OFFLINE": "1", "EMOSWEEP_MLFLOW_IDLE_S": "60", "EMOSWEEP_RAY_IDLE_S": "60"}
     command = ["nice", "-n", "19", sys.executable, str(ROOT / "bench" / bench), "--quick", *ARGS.get(bench, [])]
     if bench in OWN_PIDS:
         if not shutil.which("unshare") or os.geteuid() != 0:

@@ -89,7 +89,7 @@ def start(items) -> None:
     if why_not is None:
         runner = ["unshare", "--net", "--mount", "--", *runner]
     # as the test session sets them for every other sweep (tests/conftest.py: emosweep_home)
-    env = {**{k: v for k, v in os.environ.items() if k not in SCRUB},
+    env = {**{k: v for k, v in os.environ.items() if k not in SCRUB and k != "RAY_worker_niceness"},
            "EMOSWEEP_MLFLOW_IDLE_S": "10", "EMOSWEEP_RAY_IDLE_S": "0"}
     log = open(work / "runner.log", "w")
     _RUN.update(work=work, why_not=why_not, log=log,
