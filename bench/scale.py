@@ -38,98 +38,24 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from smallest import parse  # noqa: E402  (bench/, beside this file)
+from procs import Processes  # noqa: E402  (bench/, beside this file)
+from smallest import parse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"per_item": 1.15, "memory": 1.25, "disk": 1.25, "segments": 1.5, "trial": 1.25}
 STAGES = ("data", "segments", "encoder", "trials")
 STUDY_ARMS = "probe,layers_mean,masked_mean,attention"
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-# ----------------------------------------------------------------------------- memory
-
-def _status(pid: int) -> dict | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    kb = {k: int(fields.get(k, "0 kB").split()[0]) for k in ("RssAnon", "RssFile", "RssShmem")}
-    return {**kb, "cmd": cmd or fields.get("Name", "?").strip()}
-
-
-def _role(cmd: str) -> str:
-    """A process's part: Ray's worker (by its title), GCS, raylet, the MLflow server, or the
-    command's own name."""
-    words = cmd.split()
-    exe = words[0].rsplit("/", 1)[-1] if words else "?"
-    if exe.startswith("ray::"):
-        return exe
-    if exe in ("raylet", "gcs_server"):
-        return exe
-    if "default_worker.py" in cmd:
-        return "ray worker"
-    if "mlflow" in cmd and ("server" in cmd or "uvicorn" in cmd or "gunicorn" in cmd or "huey" in cmd):
-        return "mlflow server"
-    if exe.startswith("python") and len(words) > 1:
-        script = next((w for w in words[1:] if not w.startswith("-")), "")
-        return f"python {script.rsplit('/', 1)[-1]}"[:40]
-    return exe[:40]
-
-
-class Memory:
-    """Peak memory of every process started while it runs (all of them, not only descendants:
-    a shared Ray or MLflow keeper detaches from the command that starts it)."""
-
-    def __init__(self, every: float = 0.5):
-        self.before = set(self._pids())
-        self.me = os.getpid()
-        self.peak: dict = {}  # pid → {"anon": MB, "file": MB, "cmd": …}
-        self.driver: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _pids():
-        return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-    def _run(self, every):
-        while not self._stop.is_set():
-            for pid in self._pids():
-                if pid in self.before or pid == self.me:
-                    continue
-                s = _status(pid)
-                if s is None:
-                    continue
-                p = self.peak.setdefault(pid, {"anon": 0.0, "file": 0.0, "cmd": s["cmd"]})
-                p["anon"] = max(p["anon"], s["RssAnon"] / 1024)
-                p["file"] = max(p["file"], (s["RssFile"] + s["RssShmem"]) / 1024)
-            self._stop.wait(every)
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join()
-        drv = self.peak.get(self.driver, {"anon": 0.0, "file": 0.0})
-        others = [(pid, p) for pid, p in self.peak.items() if pid != self.driver]
-        big = max(others, key=lambda x: x[1]["anon"], default=(None, {"anon": 0.0, "cmd": "-"}))[1]
-        return {"driver_mb": drv["anon"], "other_mb": big["anon"], "other": _role(big.get("cmd", "-")),
-                "file_mb": max([p["file"] for p in self.peak.values()] or [0.0]), "processes": len(self.peak)}
 
 
 def run_measured(cmd: list, env: dict | None = None, log: Path | None = None, cwd=ROOT) -> dict:
     """Run `cmd` to its end; its wall time, its own CPU seconds (sampled while it lives) and
     every new process's peak memory."""
-    mem = Memory()
+    mem = Processes()
     t = time.perf_counter()
     with open(log or os.devnull, "w") as out:
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)

@@ -37,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from smallest import parse  # noqa: E402  (bench/, beside this file)
+from procs import Processes  # noqa: E402  (bench/, beside this file)
+from smallest import parse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILE = ROOT / "sweeps" / "hubert_pooling.py"
@@ -139,9 +140,10 @@ def ceiling_share(opts) -> None:
     Path(opts.out).write_text(json.dumps({"trials": out}))
 
 
-def ceiling(opts, env: dict, log: Path, work: Path) -> tuple[float, list]:
+def ceiling(opts, env: dict, log: Path, work: Path) -> tuple[float, list, float]:
     """(c): os.cpu_count() plain processes side by side, timed from the first start to the last end."""
     shards = os.cpu_count() or 1
+    sampler = Processes()
     t = time.perf_counter()
     procs = []
     for k in range(shards):
@@ -157,8 +159,10 @@ def ceiling(opts, env: dict, log: Path, work: Path) -> tuple[float, list]:
             raise SystemExit(f"the ceiling's process failed ({proc.returncode}); the end of {log}:\n"
                              + log.read_text(errors="replace")[-3000:])
     wall = time.perf_counter() - t
+    sampler.stop()
+    cpu = sum(sampler.cpu_by_role().values())
     trials = [x for k in range(shards) for x in json.loads((work / f"ceiling-{k}.json").read_text())["trials"]]
-    return wall, trials
+    return wall, trials, cpu
 
 
 def suggest(trial, name: str, domain):
@@ -172,10 +176,19 @@ def suggest(trial, name: str, domain):
 
 # ----------------------------------------------------------------------------- the bench
 
-def run(cmd: list[str], env: dict, log: Path) -> float:
+def run(cmd: list[str], env: dict, log: Path, cpu: dict | None = None) -> float:
+    """Run cmd to its end; its wall time. `cpu`: filled with the CPU seconds of every process
+    that ran meanwhile (the command, and the Ray and MLflow it starts), by part."""
+    procs = Processes() if cpu is not None else None
     t = time.perf_counter()
     with open(log, "ab") as f:
-        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if procs is not None:
+            procs.driver = proc.pid
+        code = proc.wait()
+    if procs is not None:
+        procs.stop()
+        cpu.update(procs.cpu_by_role())
     if code != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} … failed ({code}); the end of {log}:\n"
                          + log.read_text(errors="replace")[-3000:])
@@ -268,7 +281,8 @@ def main() -> None:
 
     # (b) emosweep, then the same sweep again at once (its warm start is measured)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    wall_b = run([*emosweep, "--name", f"vs-optuna-{stamp}"], env, log)
+    cpu_b: dict = {}
+    wall_b = run([*emosweep, "--name", f"vs-optuna-{stamp}"], env, log, cpu_b)
     timings_b = driver_timings(log)
     print(f"  (b) emosweep: {wall_b:.1f} s", flush=True)
     wall_b2 = run([*emosweep, "--name", f"vs-optuna-{stamp}-again"], env, log)
@@ -293,10 +307,22 @@ def main() -> None:
     stop_warm(env, log)
 
     # (c) the ceiling: the same trials, one plain process per core, nothing else running
-    wall_c, ceiling_trials = ceiling(opts, env, log, work)
+    wall_c, ceiling_trials, cpu_c = ceiling(opts, env, log, work)
     print(f"  (c) ceiling, {os.cpu_count()} plain processes: {wall_c:.1f} s", flush=True)
 
-    report(opts, wall_a, wall_b, wall_b2, timings_b, timings_b2, rows, peer_out, wall_c, ceiling_trials)
+    report(opts, wall_a, wall_b, wall_b2, timings_b, timings_b2, rows, peer_out, wall_c, ceiling_trials, cpu_b, cpu_c)
+
+
+def print_cpu(cpu_b: dict, cpu_c: float, wall_b: float, wall_c: float) -> None:
+    """Where (b)'s CPU went, by process, against the ceiling's: on a machine its trials fill,
+    every CPU second beside the trials' own is wall time taken from them."""
+    cores = os.cpu_count() or 1
+    total = sum(cpu_b.values())
+    trials = sum(v for k, v in cpu_b.items() if k.startswith("ray::") and k != "ray::IDLE")  # Tune's trial actors
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in cpu_b.items() if v >= 0.5)
+    print(f"CPU seconds of (b): {total:.1f} of {wall_b * cores:.0f} available ({cores} cores × {wall_b:.1f} s): {parts}")
+    print(f"  its trials' processes {trials:.1f} against the ceiling's {cpu_c:.1f} for the same trials; "
+          f"the rest, {total - trials:.1f} s, is {(total - trials) / cores:.1f} s of wall on {cores} cores")
 
 
 def config_number(rows: list[dict]) -> int:
@@ -333,7 +359,7 @@ def phases(t: dict, wall: float) -> str:
         f", report and exit {wall - known:.1f}"
 
 
-def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out, wall_c, ceiling_trials) -> None:
+def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out, wall_c, ceiling_trials, cpu_b, cpu_c) -> None:
     # same configurations, same validation scores
     ours = {(r[0]["config"]["arm"], config_number(r), r[0]["config"]["fold"]): (r[-1]["best_val_acc"], r[0]["config"])
             for r in rows}
@@ -368,6 +394,7 @@ def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out, wall_c, ceili
           f"(on a fresh actor {inside['setup_fresh_s']:.2f} ×{inside['n_fresh']}, on a reused one "
           f"{inside['setup_reused_s']:.2f} ×{inside['n_reused']}); training {inside['train_s']:.2f}, evaluation "
           f"{inside['eval_s']:.2f}, logging (waited) {inside['tracking_s']:.2f}, checkpoints {inside['checkpoint_s']:.2f}")
+    print_cpu(cpu_b, cpu_c, wall_b, wall_c)
     f1, f2 = tb.get("first_epoch_s"), tb2.get("first_epoch_s")
     if f1 and f2:
         print(f"first epoch after the command: first sweep {f1:.1f} s, second sweep {f2:.1f} s "

@@ -151,4 +151,4 @@ def test_smoke_sweep_logged_to_mlflow(ray_cluster, mlflow_server, tmp_path):
             assert key in child.data.metrics
         assert int(child.data.params["upsampled_copies"]) > 0
         files = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"confusion_matrix.png", "learning_curves.png", "classification_report.txt"} <= files
+        assert {"confusion_matrix.png", "classification_report.txt"} <= files

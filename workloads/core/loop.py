@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 
 from .session import LocalSession
-from .metrics import classification_metrics, plot_confusion, plot_learning_curves
+from .metrics import classification_metrics, plot_confusion
 from .predictions import frame as predictions_frame, read as read_predictions, write as write_predictions
 from .seeding import derive_seed, seed_everything
 
@@ -311,12 +311,12 @@ def _save_unlogged(run, history: list) -> None:
 
 def _close_run(run, state: dict, setup: TrainSetup, run_name: str, art_dir: str, patience_s: float,
                predictions=None) -> bool:
-    """The end of a trial's MLflow run: the learning curves and the best epoch's confusion
-    matrix, report and test metrics are drawn once, here (the UI plots every epoch's metrics
-    itself), then everything MLflow lacks is logged, retrying for up to patience_s. Returns
-    whether the run is complete; what could not be logged is saved beside the trial."""
+    """The end of a trial's MLflow run: the best epoch's confusion matrix, report and test
+    metrics are drawn once, here (the learning curves are the UI's own charts of the epochs'
+    metrics, and the sweep's page draws them per arm), then everything MLflow lacks is logged,
+    retrying for up to patience_s. Returns whether the run is complete; what could not be
+    logged is saved beside the trial."""
     run.wait()  # the background sync of the last epochs
-    run.add_artifact(plot_learning_curves(state["history"], run_name, os.path.join(art_dir, "learning_curves.png")))
     best, test = state["best"], state.get("best_test")
     if best is not None and test is not None:
         title = f"{run_name}: test, best epoch {best['epoch']}, acc {best['test_acc']:.3f}"
@@ -435,6 +435,8 @@ def fit(config: dict, setup: TrainSetup, tracking: TrackingContext | None, run_n
                 metrics["early_stopped"] = int(epoch - state["val_loss_epoch"] >= setup.patience
                                                and epoch < setup.epochs)
             state["history"].append({**metrics, **timings})
+            if run is not None:  # the curves every epoch; the rest where it changes (TrialRun.on_change)
+                run.on_change.update(k for k in metrics if k not in row)
             state["epoch"] = epoch
             trained = True
             t = time.perf_counter()

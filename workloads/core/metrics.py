@@ -79,7 +79,8 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     cm = np.asarray(confusion, dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.8 * n), max(3.8, 1.2 + 0.7 * n)))
+    width, height = max(4.5, 1.0 + 0.8 * n), max(3.8, 1.2 + 0.7 * n)
+    fig, ax = plt.subplots(figsize=(width, height))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
@@ -89,34 +90,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(textwrap.fill(title, 48), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_learning_curves(history: Sequence[dict], title: str, path: str) -> str:
-    """Loss and accuracy per epoch, train against validation."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _pyplot()
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for split, style in (("train", "-o"), ("val", "-s")):
-        ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], style, label=split)
-        ax_acc.plot(epochs, [h[f"{split}_acc"] for h in history], style, label=split)
-    ax_loss.set_title("loss")
-    ax_acc.set_title("accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, fontsize=10)
-    # fixed margins (nothing here varies in size): tight_layout draws the figure once more to
-    # measure it, a third of the picture's cost, and every trial draws one
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.82, wspace=0.22)
+    title = textwrap.fill(title, 48)
+    ax.set_title(title, fontsize=9)
+    # margins from the labels' lengths (inches at the 10-pt tick font), not tight_layout, which
+    # draws the figure once more to measure it: a third of the picture's cost, in every trial
+    longest = max((len(str(c)) for c in class_names), default=1)
+    left, bottom = 0.55 + 0.085 * longest, 0.6 + 0.06 * longest  # the x labels at 45°
+    top = 0.15 + 0.17 * (title.count("\n") + 1)
+    fig.subplots_adjust(left=min(left / width, 0.45), bottom=min(bottom / height, 0.45),
+                        right=0.97, top=1 - top / height)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

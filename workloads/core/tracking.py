@@ -231,6 +231,11 @@ class TrialRun:
         self.logged_steps: set = set()
         self.artifact_dir = artifact_dir  # files waiting to be uploaded: the latest version of each
         self.pending_artifacts: set = set()
+        # keys whose value is logged only at the epochs it changes (counts, sizes, the best
+        # epoch's test scores): the UI's latest value and chart are the same, and a trial's
+        # run takes half the metric rows, the server's main cost per trial
+        self.on_change: set = set()
+        self._logged_value: dict = {}
         self.failures = 0
         self.last_error = ""
         self._lock = threading.Lock()
@@ -297,8 +302,9 @@ class TrialRun:
                 if row["epoch"] in self.logged_steps:
                     continue
                 now = int(time.time() * 1000)
-                metrics = [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items()
-                           if isinstance(v, (int, float)) and not isinstance(v, bool)]
+                values = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                values = {k: v for k, v in values.items() if k not in self.on_change or self._logged_value.get(k) != v}
+                metrics = [Metric(k, v, now, int(row["epoch"])) for k, v in values.items()]
                 if batch and len(batch) + len(metrics) > 900:
                     self._log_metrics(batch, epochs)
                     batch, epochs = [], []
@@ -321,6 +327,7 @@ class TrialRun:
         for i in range(0, len(batch), 900):
             self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
         self.logged_steps.update(epochs)
+        self._logged_value.update((m.key, m.value) for m in batch)  # in step order
 
     def sync_later(self, history: list[dict], every_s: float = 5.0) -> None:
         """`sync` in a background thread, at most once per `every_s` seconds: the trial goes on
