@@ -47,8 +47,8 @@ def role(cmd: str) -> str:
     command's own name."""
     words = cmd.split()
     exe = words[0].rsplit("/", 1)[-1] if words else "?"
-    if exe.startswith("ray::"):
-        return exe
+    if exe.startswith("ray::"):  # ray::ImplicitFunc.train → ray::ImplicitFunc (the method it runs now)
+        return exe.split(".")[0]
     if exe in ("raylet", "gcs_server"):
         return exe
     if "default_worker.py" in cmd:

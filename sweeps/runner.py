@@ -80,6 +80,11 @@ def run_study(study: Study, opts) -> pd.DataFrame:
     startup_s = process_age_s()  # Python's start and the imports, before this function
     if not opts.resume:
         check_flags(study, opts)  # typos, missing paths, refused flags: before Ray or MLflow start
+    from workloads.core.tracking import MLFLOW_MODULES, import_in_background
+
+    # what the parent run, the searcher and the report import (3 s on a laptop), beside Ray's
+    # start and the data checks rather than after them
+    import_in_background(*MLFLOW_MODULES, "optuna", "sweeps.report")
     home = emosweep_home()
     storage = Storage(opts.storage_path or os.environ.get("EMOSWEEP_STORAGE_PATH") or str(home / "ray"))
     opts.tracking_uri = opts.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")

@@ -204,11 +204,26 @@ def close_trial_run(ctx: TrackingContext, trial_id: str, status: str, tags: dict
         print(f"[emosweep] could not close the MLflow run of trial {trial_id}: {e}", file=sys.stderr)
 
 
-def _import_mlflow() -> None:
-    import mlflow.entities
-    import mlflow.tracking
+MLFLOW_MODULES = ("mlflow.entities", "mlflow.tracking")
 
-    del mlflow  # imported for the side effect: the modules are loaded
+
+def import_in_background(*modules: str) -> threading.Thread:
+    """Import `modules` in a daemon thread, beside what this process waits on meanwhile (Ray's
+    start, the first epoch): MLflow alone takes 2 s. The thread holds each module's import lock,
+    so a use that comes first waits for it rather than importing twice; a failure is left for
+    that use to raise and explain."""
+    import importlib
+
+    def run():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass
+
+    thread = threading.Thread(target=run, name="import-beside", daemon=True)
+    thread.start()
+    return thread
 
 
 class TrialRun:
@@ -243,7 +258,7 @@ class TrialRun:
         self._thread: threading.Thread | None = None
         self._last_pass = float("-inf")
         # MLflow takes seconds to import: done beside the first epoch, not before it
-        threading.Thread(target=_import_mlflow, name="mlflow-import", daemon=True).start()
+        import_in_background(*MLFLOW_MODULES)
 
     @property
     def client(self) -> "MlflowClient":
