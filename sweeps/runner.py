@@ -82,9 +82,10 @@ def run_study(study: Study, opts) -> pd.DataFrame:
         check_flags(study, opts)  # typos, missing paths, refused flags: before Ray or MLflow start
     from workloads.core.tracking import MLFLOW_MODULES, import_in_background
 
-    # what the parent run, the searcher and the report import (3 s on a laptop), beside Ray's
-    # start and the data checks rather than after them
-    import_in_background(*MLFLOW_MODULES, "optuna", "sweeps.report")
+    # what the parent run and the searcher import (3 s on a laptop), beside Ray's start and the
+    # data checks rather than after them: packages apart from what this thread imports meanwhile
+    # (Ray, the workload's readers), so no two threads import a circle of modules from both ends
+    import_in_background(*MLFLOW_MODULES, "optuna")
     home = emosweep_home()
     storage = Storage(opts.storage_path or os.environ.get("EMOSWEEP_STORAGE_PATH") or str(home / "ray"))
     opts.tracking_uri = opts.tracking_uri or os.environ.get("EMOSWEEP_TRACKING_URI")
