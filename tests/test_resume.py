@@ -116,3 +116,26 @@ def test_a_trial_that_tune_forgot_takes_over_its_places_run(mlflow_server):
     client.set_terminated(resumed.run_id, "FINISHED")
     again = TrialRun(ctx, "cccc0001", "full", place, {}, "/tmp")
     assert again.sync(history) and again.run_id not in (resumed.run_id, elsewhere.run_id)
+
+
+def test_a_value_in_on_change_is_logged_only_where_it_changes(mlflow_server):
+    """Counts and the best epoch's scores are logged at the epochs they change, within one
+    request as across requests, and the curves at every epoch."""
+    from workloads.core.tracking import TrackingContext, TrialRun, ensure_experiment
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = ensure_experiment(client, "test-on-change")
+    ctx = TrackingContext(mlflow_server.uri, exp, client.create_run(exp).info.run_id)
+    run = TrialRun(ctx, "dddd0001", "probe", {"lr": 1e-3}, {}, "/tmp")
+    run.on_change.update({"n_train", "best_val_acc"})
+    best = [0.5, 0.5, 0.7, 0.7, 0.7, 0.9]
+    history = [{"epoch": e + 1, "val_loss": 1.0 / (e + 1), "n_train": 96, "best_val_acc": b} for e, b in enumerate(best)]
+    assert run.sync(history[:2])  # a background pass, then the closing one with the rest
+    assert run.sync(history)
+
+    def steps(key):
+        return sorted(m.step for m in client.get_metric_history(run.run_id, key))
+    assert steps("val_loss") == [1, 2, 3, 4, 5, 6]
+    assert steps("n_train") == [1]
+    assert steps("best_val_acc") == [1, 3, 6]
+    assert client.get_run(run.run_id).data.metrics["best_val_acc"] == 0.9

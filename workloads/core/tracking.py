@@ -247,8 +247,8 @@ class TrialRun:
         self.artifact_dir = artifact_dir  # files waiting to be uploaded: the latest version of each
         self.pending_artifacts: set = set()
         # keys whose value is logged only at the epochs it changes (counts, sizes, the best
-        # epoch's test scores): the UI's latest value and chart are the same, and a trial's
-        # run takes half the metric rows, the server's main cost per trial
+        # epoch's test scores): the UI's latest value and chart are the same from fewer metric
+        # rows, the server's main cost per trial
         self.on_change: set = set()
         self._logged_value: dict = {}
         self.failures = 0
@@ -313,12 +313,14 @@ class TrialRun:
             # every missing epoch in as few requests as the server takes (at most 1000 metrics
             # each); an epoch counts as logged once its whole request succeeded
             batch, epochs = [], []
+            last = dict(self._logged_value)  # what MLflow will hold once this pass's rows are in
             for row in history:
                 if row["epoch"] in self.logged_steps:
                     continue
                 now = int(time.time() * 1000)
                 values = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                values = {k: v for k, v in values.items() if k not in self.on_change or self._logged_value.get(k) != v}
+                values = {k: v for k, v in values.items() if k not in self.on_change or last.get(k) != v}
+                last.update(values)
                 metrics = [Metric(k, v, now, int(row["epoch"])) for k, v in values.items()]
                 if batch and len(batch) + len(metrics) > 900:
                     self._log_metrics(batch, epochs)
