@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from procs import Processes  # noqa: E402  (bench/, beside this file)
+from procs import Processes, cpu_s  # noqa: E402  (bench/, beside this file)
 from smallest import parse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +62,7 @@ def run_measured(cmd: list, env: dict | None = None, log: Path | None = None, cw
         mem.driver = proc.pid
         cpu = 0.0
         while proc.poll() is None:
-            try:
-                with open(f"/proc/{proc.pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                pass
+            cpu = cpu_s(proc.pid) or cpu
             time.sleep(0.1)
     wall = time.perf_counter() - t
     out = {"wall_s": wall, "driver_cpu_s": cpu, **mem.stop()}
