@@ -144,13 +144,14 @@ def run_local(study: Study, opts) -> pd.DataFrame:
 def run_trial(study: Study, config: dict, tracking, session, folder: Path) -> LocalResult:
     """One trial through the study's trainable; a crash is reported with its traceback and the
     next trial runs."""
+    from workloads.core.heap import trimmed
     from workloads.core.session import local_session
 
     t = time.perf_counter()
     error = None
     with local_session(session):
         try:
-            study.trainable(config, tracking)
+            trimmed(study.trainable)(config, tracking)
         except Exception:
             error = traceback.format_exc()
             print(f"[emosweep] trial {session.trial_id} failed:\n{error}", file=sys.stderr)

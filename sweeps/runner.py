@@ -284,6 +284,7 @@ def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, a
                                   LeanTrialState, TrialProgress, trial_dirname, trial_name)
     from sweeps.search import ArmGridSearch
     from workloads.core.console import requiet
+    from workloads.core.heap import trimmed
     from workloads.core.on_ray import closing_trainable
 
     requiet()  # Optuna, imported just now, adds its own console handler
@@ -294,8 +295,9 @@ def build_tuner(study: Study, opts, state: dict, tracking, storage, name: str, a
     # little memory, which costs no CPU.)
     resources = ({"cpu": 0, "gpu": 0, "memory": 64 * 2**20} if workers > 1
                  else {"cpu": opts.cpus_per_trial, "gpu": gpus})
-    trainable = tune.with_resources(closing_trainable(tune.with_parameters(study.trainable, tracking=tracking)),
-                                    resources)
+    # each trial gives back what it freed: an actor runs trial after trial, each in a thread of its own
+    trainable = tune.with_resources(closing_trainable(tune.with_parameters(trimmed(study.trainable),
+                                                                           tracking=tracking)), resources)
     if opts.resume:
         print(f"[emosweep] resuming {storage.path(name)} (MLflow parent run {tracking.parent_run_id})")
         return tune.Tuner.restore(storage.path(name), trainable=trainable, resume_unfinished=True,
