@@ -6,8 +6,7 @@ that starts it, so every process that was not there before counts. Each is named
 script.
 
     procs = Processes()          # from now on
-    ... run the command ...
-    procs.driver = pid           # optional: the command's own process, reported apart
+    code = procs.wait(popen)     # the command's own process (reported apart), to its end
     summary = procs.stop()       # peak memory: the driver's, the largest other's, page cache
     procs.cpu_by_role()          # {"ray::ImplicitFunc": 118.2, "mlflow server": 9.1, ...}
 """
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -86,18 +86,31 @@ class Processes:
 
     def _sample(self):
         for pid in self._pids():
-            if pid in self.before or pid == self.me:
-                continue
-            s = _status(pid)
-            cpu = cpu_s(pid)
-            if s is None or cpu is None:
-                continue
-            p = self.peak.setdefault(pid, {"anon": 0.0, "file": 0.0, "cpu": 0.0, "cmd": s["cmd"]})
-            p["anon"] = max(p["anon"], s["RssAnon"] / 1024)
-            p["file"] = max(p["file"], (s["RssFile"] + s["RssShmem"]) / 1024)
-            p["cpu"] = max(p["cpu"], cpu)
-            if s["cmd"] and not s["cmd"].startswith("ray::IDLE"):
-                p["cmd"] = s["cmd"]  # a Ray worker's title names the actor or task it runs
+            if pid not in self.before and pid != self.me:
+                self._sample_one(pid)
+
+    def _sample_one(self, pid: int) -> None:
+        s = _status(pid)
+        cpu = cpu_s(pid)
+        if s is None or cpu is None:
+            return
+        p = self.peak.setdefault(pid, {"anon": 0.0, "file": 0.0, "cpu": 0.0, "cmd": s["cmd"]})
+        p["anon"] = max(p["anon"], s["RssAnon"] / 1024)
+        p["file"] = max(p["file"], (s["RssFile"] + s["RssShmem"]) / 1024)
+        p["cpu"] = max(p["cpu"], cpu)
+        if s["cmd"] and not s["cmd"].startswith("ray::IDLE"):
+            p["cmd"] = s["cmd"]  # a Ray worker's title names the actor or task it runs
+
+    def wait(self, proc, every: float = 0.1) -> int:
+        """Wait for `proc` (a Popen: the command, made self.driver) to end, sampling it every
+        `every` s (a command of under a second is seen too) and once more after it ended but
+        before it is reaped, so its CPU is whole. Its exit code."""
+        self.driver = proc.pid
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+            self._sample_one(proc.pid)
+            time.sleep(every)
+        self._sample_one(proc.pid)  # ended, still in /proc: its CPU to the end
+        return proc.wait()
 
     def stop(self) -> dict:
         self._stop.set()
@@ -106,7 +119,8 @@ class Processes:
         drv = self.peak.get(self.driver, {"anon": 0.0, "file": 0.0})
         others = [(pid, p) for pid, p in self.peak.items() if pid != self.driver]
         big = max(others, key=lambda x: x[1]["anon"], default=(None, {"anon": 0.0, "cmd": "-"}))[1]
-        return {"driver_mb": drv["anon"], "other_mb": big["anon"], "other": role(big.get("cmd", "-")),
+        return {"driver_mb": drv["anon"], "driver_cpu_s": drv.get("cpu", 0.0), "other_mb": big["anon"],
+                "other": role(big.get("cmd", "-")),
                 "file_mb": max([p["file"] for p in self.peak.values()] or [0.0]), "processes": len(self.peak)}
 
     def cpu_by_role(self) -> dict:

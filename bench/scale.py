@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from procs import Processes, cpu_s  # noqa: E402  (bench/, beside this file)
+from procs import Processes  # noqa: E402  (bench/, beside this file)
 from smallest import parse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,19 +54,14 @@ STUDY_ARMS = "probe,layers_mean,masked_mean,attention"
 
 
 def run_measured(cmd: list, env: dict | None = None, log: Path | None = None, cwd=ROOT) -> dict:
-    """Run `cmd` to its end; its wall time, its own CPU seconds (sampled while it lives) and
-    every new process's peak memory."""
+    """Run `cmd` to its end; its wall time, its own CPU seconds and every new process's peak
+    memory."""
     mem = Processes()
     t = time.perf_counter()
     with open(log or os.devnull, "w") as out:
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
-        mem.driver = proc.pid
-        cpu = 0.0
-        while proc.poll() is None:
-            cpu = cpu_s(proc.pid) or cpu
-            time.sleep(0.1)
-    wall = time.perf_counter() - t
-    out = {"wall_s": wall, "driver_cpu_s": cpu, **mem.stop()}
+        mem.wait(proc)
+    out = {"wall_s": time.perf_counter() - t, **mem.stop()}
     if proc.returncode != 0:
         tail = Path(log).read_text()[-3000:] if log else ""
         raise SystemExit(f"{' '.join(map(str, cmd[:4]))} … exited {proc.returncode}\n{tail}")

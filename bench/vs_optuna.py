@@ -183,9 +183,7 @@ def run(cmd: list[str], env: dict, log: Path, cpu: dict | None = None) -> float:
     t = time.perf_counter()
     with open(log, "ab") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        if procs is not None:
-            procs.driver = proc.pid
-        code = proc.wait()
+        code = procs.wait(proc) if procs is not None else proc.wait()
     if procs is not None:
         procs.stop()
         cpu.update(procs.cpu_by_role())

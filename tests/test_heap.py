@@ -10,17 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from workloads.core.heap import _malloc_trim, release_freed_memory, trimmed
+from workloads.core.heap import _malloc_trim, anonymous_bytes, release_freed_memory, trimmed
 
 MB = 2**20
 
 
 def anon_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
+    anon = anonymous_bytes()
+    assert anon is not None, "no RssAnon in /proc/self/status"
+    return anon / MB
 
 
 KEPT: list = []
