@@ -112,14 +112,29 @@ def warm_sweep(sweep_cmd: list[str], env: dict, work: Path, threads: int, floor_
     here, untimed), and the sweep joins them with --address and --tracking-uri."""
     from workloads.core.mlflow_server import MlflowServer, free_port
 
+    from ray._private.services import get_node_ip_address
+
+    from workloads.core import secrets
+
+    # as cluster.yaml's nodes run: Ray's token auth on, the token in a file of the head's, every
+    # process that joins told both (a join by address never turns token auth on by itself)
+    token = secrets.make(work / secrets.DEFAULT_DIR)[secrets.RAY_TOKEN]
+    env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
     port = free_port()
-    subprocess.run(["ray", "start", "--head", f"--port={port}", f"--num-cpus={threads}", "--include-dashboard=false"],
-                   check=True, capture_output=True, env=env)
+    started = subprocess.run(["ray", "start", "--head", f"--port={port}", f"--num-cpus={threads}",
+                              "--include-dashboard=false"], capture_output=True, text=True, env=env)
+    if started.returncode != 0:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+        sys.exit(f"`ray start --head --port={port}` failed (exit {started.returncode}):\n"
+                 f"{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
+    # this head's own address, as `ray start` made it (the node's IP and the port), not "auto":
+    # "auto" joins whichever Ray on the machine started last, another sweep's in the suite
+    address = f"{get_node_ip_address()}:{port}"
     try:
         with MlflowServer(work / "mlflow-warm") as server:
-            wall, _, _ = timed([*sweep_cmd, "--name", "overhead-warm", "--address", "auto",
+            wall, _, _ = timed([*sweep_cmd, "--name", "overhead-warm", "--address", address,
                                 "--tracking-uri", server.uri], env)
-        floor_wall, _, _ = timed([*floor_cmd, "--address", "auto"], env)
+        floor_wall, _, _ = timed([*floor_cmd, "--address", address], env)
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
     return wall, floor_wall

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from procs import Processes  # noqa: E402  (bench/, beside this file)
@@ -42,7 +43,7 @@ from smallest import parse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILE = ROOT / "sweeps" / "hubert_pooling.py"
-GOAL = 1.5
+SHARE_GOAL = 0.90  # emosweep's share of the ceiling, (c)/(b)
 
 
 def study_args(opts) -> list[str]:
@@ -295,11 +296,13 @@ def main() -> None:
         configs.setdefault(arm, []).append(config)
     (work / "configs.json").write_text(json.dumps(configs, default=str))
 
-    # (a) the peer, on the same MLflow server (left up by the sweeps), Ray stopped
-    stop_warm(env, log, mlflow=False)
-    uri = mlflow_uri(home)
-    wall_a = run([sys.executable, __file__, "--_peer", "--configs", str(work / "configs.json"),
-                  "--out", str(work / "peer.json"), "--tracking-uri", uri, *passthrough(opts)], env, log)
+    # (a) the peer, on the same MLflow server (left up by the sweeps), Ray stopped. The bench holds
+    #     the server meanwhile: left to its idle timer, it stopped before the peer's first request
+    #     in the suite, where this bench runs at nice 19 and its steps crawl
+    with held_server(home) as uri:
+        stop_warm(env, log, mlflow=False)
+        wall_a = run([sys.executable, __file__, "--_peer", "--configs", str(work / "configs.json"),
+                      "--out", str(work / "peer.json"), "--tracking-uri", uri, *passthrough(opts)], env, log)
     print(f"  (a) Optuna loop: {wall_a:.1f} s", flush=True)
     peer_out = json.loads((work / "peer.json").read_text())
     stop_warm(env, log)
@@ -334,8 +337,18 @@ def passthrough(opts) -> list[str]:
             *(["--epochs", str(opts.epochs)] if opts.epochs else [])]
 
 
-def mlflow_uri(home: Path) -> str:
-    return json.loads((home / "mlflow" / "server.json").read_text())["uri"]
+@contextmanager
+def held_server(home: Path):
+    """The home's shared MLflow server (the one the sweeps used, or a new one if it has gone),
+    held by this process while the block runs, so its idle timer cannot stop it: yields its URI."""
+    sys.path.insert(0, str(ROOT))
+    from workloads.core.mlflow_server import SharedServer
+
+    server = SharedServer(home / "mlflow").acquire().wait_ready()
+    try:
+        yield server.uri
+    finally:
+        server.release()
 
 
 def stop_warm(env: dict, log: Path, mlflow: bool = True) -> None:
@@ -380,9 +393,11 @@ def report(opts, wall_a, wall_b, wall_b2, tb, tb2, rows, peer_out, wall_c, ceili
     print(f"| (b) the same sweep again, Ray and MLflow warm | {wall_b2:.1f} | {n / wall_b2 * 60:.1f} |")
     print(f"| (c) ceiling: {os.cpu_count()} plain processes side by side, 1 torch thread each, no Ray, no MLflow, "
           f"no files | {wall_c:.1f} | {n / wall_c * 60:.1f} |")
-    print(f"\nratio (a)/(b): {ratio:.2f}  (goal ≥ {GOAL}: {'met' if ratio >= GOAL else 'NOT met'})")
+    # (a)/(b) ≥ 1.5 was retired as a goal (issue 30): on 2 cores the ceiling (a)/(c) itself is 1.2-1.4
+    print(f"\nratio (a)/(b): {ratio:.2f}")
+    share = wall_c / wall_b
     print(f"ceiling (a)/(c): {wall_a / wall_c:.2f}, the most any runner of parallel trials reaches on this machine; "
-          f"emosweep's share of it (c)/(b): {wall_c / wall_b:.2f}")
+          f"emosweep's share of it (c)/(b): {share:.2f} (goal ≥ {SHARE_GOAL}: {'met' if share >= SHARE_GOAL else 'NOT met'})")
     print(f"same configurations both ways: {'yes' if same_params else 'NO'}; validation accuracy: "
           f"{identical}/{n} trials identical, mean {mean_a:.4f} (a) against {mean_b:.4f} (b), largest trial "
           f"difference {max(abs(d) for d in diffs):.3f}")

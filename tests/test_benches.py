@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,15 +57,36 @@ _POOL: dict = {}
 
 
 def _smoke(bench: str, home: Path) -> tuple[str, subprocess.CompletedProcess | None]:
+    # At nice 19 beside tests that fill both cores, a smoke gets about 1.5% of a core, so Ray's start
+    # windows are stretched where Ray lets them be (a new GCS's port and first answer: 30 and 20 s)
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"},  # Ray's own (tests/conftest.py)
-           "EMOSWEEP_HOME": str(home), "HF_HUB_OFFLINE": "1", "EMOSWEEP_MLFLOW_IDLE_S": "60", "EMOSWEEP_RAY_IDLE_S": "60"}
-    command = ["nice", "-n", "19", sys.executable, str(ROOT / "bench" / bench), "--quick", *ARGS.get(bench, [])]
-    if bench in OWN_PIDS:
-        if not shutil.which("unshare") or os.geteuid() != 0:
-            return (f"{bench} stops every Ray on the machine; it runs here in a PID namespace of its own, "
-                    f"which needs root and unshare"), None
-        command = ["unshare", "--pid", "--fork", "--mount-proc", *command]
-    return "", subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+           "EMOSWEEP_HOME": str(home), "HF_HUB_OFFLINE": "1", "EMOSWEEP_MLFLOW_IDLE_S": "60", "EMOSWEEP_RAY_IDLE_S": "60",
+           "RAY_gcs_server_port_wait_time_s": "300"}
+    if bench in OWN_PIDS and (not shutil.which("unshare") or os.geteuid() != 0):
+        return (f"{bench} stops every Ray on the machine; it runs here in a PID namespace of its own, "
+                f"which needs root and unshare"), None
+
+    def run(niceness: int) -> subprocess.CompletedProcess:
+        command = ["nice", "-n", str(niceness), sys.executable, str(ROOT / "bench" / bench), "--quick",
+                   *ARGS.get(bench, [])]
+        if bench in OWN_PIDS:
+            command = ["unshare", "--pid", "--fork", "--mount-proc", *command]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+
+    out = run(19)
+    starved = next((s for s in STARVED if out.returncode != 0 and s in out.stdout + out.stderr), None)
+    if starved is None:
+        return "", out
+    # once more at the tests' own priority; the test says so (a warning), and fails if this fails too
+    return f"{bench} --quick missed a start window at nice 19 ({starved!r}) and was run again at nice 0", run(0)
+
+
+# What a start window that ran out prints: Ray gives a new node a fixed 30 s to register
+# (`raylet_start_wait_time_s` in ray/_private/node.py, no setting), and emosweep an MLflow server
+# 120 s to answer. At nice 19 beside tests that fill both cores a smoke can miss either (seen in
+# CI: trial_overhead's `ray start --head`; reproduced with two busy loops at nice 0: exit 1 after
+# 195 s). Any other failure fails at once.
+STARVED = ("The current node timed out during startup", "Failed to start GCS", "not ready after")
 
 
 def start_smokes(items) -> None:
@@ -107,9 +129,11 @@ SMOKE_S = {"vs_optuna.py": 104, "trial_overhead.py": 112, "pooling_cache.py": 71
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("bench", sorted(FIGURES))
 def test_a_bench_runs_at_its_smallest_size_and_prints_its_figure(bench, smoke_runs):
-    skipped, out = smoke_runs[bench].result()
+    why, out = smoke_runs[bench].result()
     if out is None:
-        pytest.skip(skipped)
+        pytest.skip(why)
+    if why:
+        warnings.warn(why)
     assert out.returncode == 0, f"{bench} --quick failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     for figure in FIGURES[bench]:
         assert figure in out.stdout, f"{bench} --quick did not print {figure!r}:\n{out.stdout[-2000:]}"
