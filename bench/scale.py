@@ -282,7 +282,8 @@ def stage_trials(work: Path, counts: list, opts) -> list:
 def stage_study(work: Path, n: int, opts) -> list:
     """S2 end to end on the n-clip look-alike: --folds 2, four arms, whisper-tiny.en, on the
     encoder stage's home when it ran (its cache is reused: the study's own prepare then only
-    checks it) or a fresh one."""
+    checks it) or a fresh one. Then, in a fresh process, what a trial process holds a clip of
+    what every later trial of its actor reuses (held_per_clip)."""
     from workloads.models.shelf import shelf_model_path
 
     root = corpus(work, n, n, opts.seed) if not (work / f"cremad-{n}-s{opts.seed}").exists() else \
@@ -303,8 +304,41 @@ def stage_study(work: Path, n: int, opts) -> list:
                    capture_output=True)
     subprocess.run([sys.executable, "-m", "sweeps.cli", "ray", "--stop"], env={**os.environ, **env},
                    capture_output=True)
+    held = {}
+    prepooled = [f for f in sorted((home / "ray" / f"scale-study-{n}").glob("*/params.json"))
+                 if json.loads(f.read_text()).get("pooling") == "layers_mean"]
+    if prepooled:  # what a trial process holds a clip, read as an actor reads it, in a fresh process
+        out = subprocess.run([sys.executable, __file__, "--_held", str(prepooled[0])], capture_output=True, text=True,
+                             env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+        held = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
+        if out.returncode != 0:
+            print(f"  (a trial's memory a clip not measured: {out.stderr.strip()[-500:]})", flush=True)
     return [{"stage": "study", "n": n, **m, "disk": du(home), "cache": du(home / "cache"),
-             "ray": du(home / "ray") if (home / "ray").exists() else 0}]
+             "ray": du(home / "ray") if (home / "ray").exists() else 0, "held": held}]
+
+
+def held_per_clip(params: str) -> None:
+    """In a fresh process, as a trial actor reads them for a trial of `params` (a prepooled
+    arm's): the anonymous memory a clip of the states' index (its mapped views) and of one
+    memoized pooling's vectors, read from their disk copy; printed as JSON."""
+    from workloads import speech_pooling
+    from workloads.core.heap import anonymous_bytes, release_freed_memory
+    from workloads.models.pooling import build_pooling
+
+    config = json.loads(Path(params).read_text())
+
+    def anon() -> int:
+        release_freed_memory(full=True)  # what is held, not what malloc kept of the temporaries
+        return anonymous_bytes() or 0
+
+    a0 = anon()
+    uids, _, _ = speech_pooling.cached_states(config)
+    a1 = anon()
+    vectors = speech_pooling.pooled_vectors(config, build_pooling("layers_mean", int(config["dim"]),
+                                                                  int(config["n_states"])))
+    a2 = anon()
+    print(json.dumps({"clips": len(uids), "states_kb": (a1 - a0) / len(uids) / 1024,
+                      "pooled_kb": (a2 - a1) / len(vectors) / 1024}))
 
 
 def run_lookups(uri: str, n: int, env: dict) -> dict:
@@ -430,6 +464,11 @@ def report(rows: list, png: str | None) -> None:
               f"peak memory: driver {r['driver_mb']:.0f} MB, largest other {r['other_mb']:.0f} MB ({r['other']}), "
               f"mapped/shared {r['file_mb']:.0f} MB; disk {r['disk'] / 1e9:.1f} GB (cache "
               f"{r['cache'] / 1e9:.1f} GB, Ray's trial folders {r['ray'] / 1e6:.1f} MB)")
+        if r.get("held"):
+            h = r["held"]
+            print(f"  a trial process holds a clip: the states' index {h['states_kb']:.2f} KB, one memoized "
+                  f"pooling's vectors {h['pooled_kb']:.2f} KB (read from their disk copy, as a fresh actor reads "
+                  f"them); × 100,000 clips: {(h['states_kb'] + h['pooled_kb']) * 100_000 / 2**20:.2f} GB")
     if png and curves:
         draw(curves, png)
         print(f"\ncurves: {png}")
@@ -470,7 +509,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--png", help="the curves (default: scale.png in --work)")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--_held", help=argparse.SUPPRESS)
     opts = parse(ap, argv, sizes="40,80", trials="3", recording_minutes=1.0, segments=16)
+    if opts._held:
+        sys.path.insert(0, str(ROOT))
+        return held_per_clip(opts._held) or 0
     stages = [s for s in opts.stages.split(",") if s]
     unknown = set(stages) - set(STAGES) - {"study"}
     if unknown:

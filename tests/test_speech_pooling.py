@@ -66,6 +66,41 @@ def test_unknown_pooling_and_layer_are_clear_errors():
         build_pooling("layer_mean", 8, 3, layer=5)
 
 
+def test_derived_arrays_kept_on_disk_are_read_back_memory_mapped(tmp_path):
+    """kept_on_disk's `mapped` arrays (the pooled vectors) come back from their own .npy as a
+    read-only memory map, the same values, with make() not run again (the process that made
+    them holds the map too); a missing .npy is made again rather than an error."""
+    import warnings
+
+    (tmp_path / "flat").mkdir()
+    config = {"states_dir": str(tmp_path), "items_file": "items-0123.parquet"}
+    made = []
+    vectors = np.random.default_rng(0).standard_normal((50, 7)).astype(np.float32)
+
+    def make():
+        made.append(1)
+        return {"uids": np.array([f"clip{i}" for i in range(50)]), "vectors": vectors.copy()}
+
+    def keep():
+        return speech_pooling.kept_on_disk(config, ("pooled", "t"), make, lambda v: dict(v), lambda f: f,
+                                           mapped=("vectors",))
+
+    first = keep()
+    assert made == [1] and isinstance(first["vectors"], np.memmap) and not first["vectors"].flags.writeable
+    assert sorted(f.name.split(".", 1)[1] for f in (tmp_path / "flat").iterdir()) == ["npz", "vectors.npy"]
+    again = keep()
+    assert made == [1], "read back, not made again"
+    assert isinstance(again["vectors"], np.memmap) and not again["vectors"].flags.writeable
+    np.testing.assert_array_equal(again["vectors"], vectors)
+    assert again["uids"].tolist() == [f"clip{i}" for i in range(50)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the pooled vectors' own unpack: torch views of the map, quietly
+        rows = dict(zip(again["uids"].tolist(), speech_pooling._mapped_rows(again["vectors"])))
+    assert torch.equal(rows["clip3"], torch.from_numpy(vectors[3]))
+    next((tmp_path / "flat").glob("*.vectors.npy")).unlink()
+    assert keep()["vectors"].shape == (50, 7) and made == [1, 1]
+
+
 @pytest.fixture(scope="module")
 def small_ravdess(synth):
     root = synth("ravdess", n=10, seed=3, faults=True)

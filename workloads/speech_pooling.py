@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -170,12 +171,17 @@ def _memo_key(config: dict, *more) -> tuple | None:
     return (config["cache_fs"], config.get("states_dir") or _arm_states_dirs(config), config["items_file"], *more)
 
 
-def kept_on_disk(config: dict, key: tuple, make, pack, unpack):
+def kept_on_disk(config: dict, key: tuple, make, pack, unpack, mapped: tuple[str, ...] = ()):
     """make(), kept beside the states' mapping index (`{states}/flat/derived-*.npz`, NumPy only,
     no pickle) for every later process and sweep: a fresh actor, or the next sweep, loads in
     milliseconds what took seconds. Derived from the states and the items file (named by its
     content), so the copy goes when the states' index is rebuilt. Where there is no such
-    folder (several corpora, object storage, items handed in), make() alone."""
+    folder (several corpora, object storage, items handed in), make() alone.
+
+    `mapped`: arrays of pack()'s that are stored as `.npy` files of their own and read back
+    memory-mapped, read-only, so that every actor on the machine shares one copy in the page
+    cache rather than holding its own (a clip's pooled vector is its largest per-process cost
+    at 100,000 clips). The `.npz`, written last, vouches for them."""
     import hashlib
     import os
 
@@ -184,21 +190,36 @@ def kept_on_disk(config: dict, key: tuple, make, pack, unpack):
         return make()
     name = hashlib.sha256(repr((config["items_file"], *key)).encode()).hexdigest()[:16]
     path = os.path.join(folder, f"derived-{name}.npz")
-    try:
+    arrays = {k: os.path.join(folder, f"derived-{name}.{k}.npy") for k in mapped}
+
+    def load():
         with np.load(path, allow_pickle=False) as f:
-            return unpack({k: f[k] for k in f.files})
+            loaded = {k: f[k] for k in f.files}
+        loaded.update({k: np.load(a, mmap_mode="r", allow_pickle=False) for k, a in arrays.items()})
+        return unpack(loaded)
+
+    try:
+        return load()
     except (OSError, ValueError, KeyError):
         pass
     value = make()
+    packed = pack(value)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
+    temps = {k: f"{a}.{os.getpid()}.tmp.npy" for k, a in arrays.items()}
     try:
-        np.savez(tmp, **pack(value))
+        for k, t in temps.items():
+            np.save(t, packed.pop(k), allow_pickle=False)
+            os.replace(t, arrays[k])
+        np.savez(tmp, **packed)
         os.replace(tmp, path)
-    except OSError:
+        if mapped:  # the process that made them holds the shared map too, not a copy of its own
+            return load()
+    except (OSError, ValueError, KeyError):
         pass  # a read-only cache: computed again next time
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for t in (tmp, *temps.values()):
+            if os.path.exists(t):
+                os.unlink(t)
     return value
 
 
@@ -242,11 +263,23 @@ def pooled_vectors(config: dict, pooling) -> dict:
         return {"uids": np.array(list(vectors), dtype=str), "vectors": torch.stack(list(vectors.values())).numpy()}
 
     def unpack(f):
-        return dict(zip(f["uids"].tolist(), torch.from_numpy(f["vectors"])))
+        return dict(zip(f["uids"].tolist(), _mapped_rows(f["vectors"])))
 
     what = (type(pooling).__name__, pooling.layer, pooling.n_layers, bool(config.get("speaker_norm")))
     key = _memo_key(config, *what)
-    return make() if key is None else _memo(key, lambda: kept_on_disk(config, ("pooled", *what), make, pack, unpack))
+    return make() if key is None else _memo(
+        key, lambda: kept_on_disk(config, ("pooled", *what), make, pack, unpack, mapped=("vectors",)))
+
+
+def _mapped_rows(vectors: np.ndarray) -> torch.Tensor:
+    """A tensor over `vectors` without a copy. A read-only memory map is wrapped as it is (torch
+    warns that it may not write to it; nothing does: every use stacks or standardizes into new
+    tensors)."""
+    if vectors.flags.writeable:
+        return torch.from_numpy(vectors)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(vectors)
 
 
 def pooled_splits(config: dict, pooling, ids: dict | None = None) -> dict:
