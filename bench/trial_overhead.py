@@ -110,11 +110,10 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str, str]:
 def warm_sweep(sweep_cmd: list[str], env: dict, work: Path, threads: int, floor_cmd: list[str]) -> tuple[float, float]:
     """(c): the cluster setting. A Ray head and an MLflow server are already running (started
     here, untimed), and the sweep joins them with --address and --tracking-uri."""
-    from workloads.core.mlflow_server import MlflowServer, free_port
-
     from ray._private.services import get_node_ip_address
 
     from workloads.core import secrets
+    from workloads.core.mlflow_server import MlflowServer, free_port
 
     # as cluster.yaml's nodes run: Ray's token auth on, the token in a file of the head's, every
     # process that joins told both (a join by address never turns token auth on by itself)

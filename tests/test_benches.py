@@ -83,9 +83,10 @@ def _smoke(bench: str, home: Path) -> tuple[str, subprocess.CompletedProcess | N
 
 # What a start window that ran out prints: Ray gives a new node a fixed 30 s to register
 # (`raylet_start_wait_time_s` in ray/_private/node.py, no setting), and emosweep an MLflow server
-# 120 s to answer. At nice 19 beside tests that fill both cores a smoke can miss either (seen in
-# CI: trial_overhead's `ray start --head`; reproduced with two busy loops at nice 0: exit 1 after
-# 195 s). Any other failure fails at once.
+# 120 s to answer. At nice 19 beside tests that fill both cores a smoke can miss either: `nice -n
+# 19 ray start --head` beside two busy loops at nice 0 exited 1 after 195 s with Ray's first
+# message (likely what trial_overhead's `ray start` hit in CI, whose output was not kept). Any
+# other failure fails at once.
 STARVED = ("The current node timed out during startup", "Failed to start GCS", "not ready after")
 
 
