@@ -310,8 +310,9 @@ def stage_study(work: Path, n: int, opts) -> list:
     if prepooled:  # what a trial process holds a clip, read as an actor reads it, in a fresh process
         out = subprocess.run([sys.executable, __file__, "--_held", str(prepooled[0])], capture_output=True, text=True,
                              env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
-        held = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
-        if out.returncode != 0:
+        if out.returncode == 0:
+            held = json.loads(out.stdout.strip().splitlines()[-1])
+        else:
             print(f"  (a trial's memory a clip not measured: {out.stderr.strip()[-500:]})", flush=True)
     return [{"stage": "study", "n": n, **m, "disk": du(home), "cache": du(home / "cache"),
              "ray": du(home / "ray") if (home / "ray").exists() else 0, "held": held}]

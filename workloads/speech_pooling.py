@@ -192,14 +192,13 @@ def kept_on_disk(config: dict, key: tuple, make, pack, unpack, mapped: tuple[str
     path = os.path.join(folder, f"derived-{name}.npz")
     arrays = {k: os.path.join(folder, f"derived-{name}.{k}.npy") for k in mapped}
 
-    def load():
-        with np.load(path, allow_pickle=False) as f:
-            loaded = {k: f[k] for k in f.files}
-        loaded.update({k: np.load(a, mmap_mode="r", allow_pickle=False) for k, a in arrays.items()})
-        return unpack(loaded)
+    def with_maps(rest: dict):
+        return unpack({**rest, **{k: np.load(a, mmap_mode="r", allow_pickle=False) for k, a in arrays.items()}})
 
     try:
-        return load()
+        with np.load(path, allow_pickle=False) as f:
+            rest = {k: f[k] for k in f.files}
+        return with_maps(rest)
     except (OSError, ValueError, KeyError):
         pass
     value = make()
@@ -213,7 +212,7 @@ def kept_on_disk(config: dict, key: tuple, make, pack, unpack, mapped: tuple[str
         np.savez(tmp, **packed)
         os.replace(tmp, path)
         if mapped:  # the process that made them holds the shared map too, not a copy of its own
-            return load()
+            return with_maps(packed)
     except (OSError, ValueError, KeyError):
         pass  # a read-only cache: computed again next time
     finally:
