@@ -176,6 +176,37 @@ def test_cache_key_follows_encoder_corpus_and_clip_policy(ray_cluster, small_rav
     assert len(dirs) == 3  # another clip policy or other weights never read a stale entry
 
 
+PLAN = """
+import json, sys
+from workloads.data.encoder_cache import actor_plan
+plan = actor_plan()
+ray = sys.modules.get("ray")
+print(json.dumps({"plan": plan, "ray": bool(ray and ray.is_initialized()),
+                  "cpus": int(ray.cluster_resources()["CPU"]) if ray and ray.is_initialized() else None}))
+"""
+
+
+@pytest.mark.slow
+def test_encoder_actors_are_planned_on_the_ray_that_will_run_them():
+    """A process that calls a workload's prepare before any Ray is up gets one encoder actor a
+    core of the Ray it starts, as the sweep's driver does (it got one CPU actor before); in
+    `--local` it gets one in-process worker and imports no Ray."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def plan(**env):
+        out = subprocess.run([sys.executable, "-c", PLAN], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    started = plan(EMOSWEEP_LOCAL="0")
+    assert started["ray"] and started["plan"] == [started["cpus"], 0] and started["cpus"] >= 2
+    assert plan(EMOSWEEP_LOCAL="1") == {"plan": [1, 0], "ray": False, "cpus": None}
+
+
 def test_cross_validation_folds_are_speaker_disjoint():
     items = {f"u{i}": {"y": i % 3, "split": "train", "speaker": f"actor{i % 24:02d}", "path": ""} for i in range(240)}
     seen_test = set()

@@ -75,12 +75,25 @@ def resolve_precision(precision: str, gpus: float) -> str:
 
 def actor_plan(requested: int | None = None) -> tuple[int, int]:
     """(encoder actors, GPUs per actor): one actor per GPU on a cluster; on a CPU machine one
-    single-threaded actor per core. `requested` overrides the count."""
-    from ..core.on_ray import _ray
+    single-threaded actor per core. `requested` overrides the count.
 
-    ray = _ray()
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray else 0
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray else 1
+    Counted on the Ray the cache will be computed on, started here if this process has none
+    yet, as Ray Data would start it. A caller that had not started Ray (a script calling a
+    workload's prepare) used to get one actor that asked for no GPU, at the CPU's precision:
+    half of a 2-core machine. In-process (`--local`), one worker, which finds the GPU itself."""
+    from .pipeline import without_ray
+
+    if without_ray():
+        return int(requested or 1), 0
+    import ray
+
+    from ..core.console import when_ray_starts
+    from ..core.ray_start import start_ray
+
+    when_ray_starts()
+    start_ray()
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     return int(requested or (gpus or cpus)), 1 if gpus else 0
 
 
