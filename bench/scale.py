@@ -320,26 +320,35 @@ def stage_study(work: Path, n: int, opts) -> list:
 
 def held_per_clip(params: str) -> None:
     """In a fresh process, as a trial actor reads them for a trial of `params` (a prepooled
-    arm's): the anonymous memory a clip of the states' index (its mapped views) and of one
-    memoized pooling's vectors, read from their disk copy; printed as JSON."""
+    arm's): the anonymous memory a clip of the study's items table, of the states' index (its
+    mapped views) and of one memoized pooling's vectors, read from their disk copy; printed as
+    JSON. The items file is read once first, so pyarrow's own start is not counted as the
+    table's."""
+    import pyarrow as pa
+
     from workloads import speech_pooling
     from workloads.core.heap import anonymous_bytes, release_freed_memory
+    from workloads.data import study_items
     from workloads.models.pooling import build_pooling
 
     config = json.loads(Path(params).read_text())
 
     def anon() -> int:
         release_freed_memory(full=True)  # what is held, not what malloc kept of the temporaries
+        pa.default_memory_pool().release_unused()
         return anonymous_bytes() or 0
 
+    study_items._read_items.__wrapped__(config["items_fs"], config["items_file"])  # pyarrow's start, dropped
     a0 = anon()
-    uids, _, _ = speech_pooling.cached_states(config)
+    items = study_items.study_items(config)
     a1 = anon()
+    uids, _, _ = speech_pooling.cached_states(config)
+    a2 = anon()
     vectors = speech_pooling.pooled_vectors(config, build_pooling("layers_mean", int(config["dim"]),
                                                                   int(config["n_states"])))
-    a2 = anon()
-    print(json.dumps({"clips": len(uids), "states_kb": (a1 - a0) / len(uids) / 1024,
-                      "pooled_kb": (a2 - a1) / len(vectors) / 1024}))
+    a3 = anon()
+    print(json.dumps({"clips": len(uids), "items_kb": (a1 - a0) / len(items) / 1024,
+                      "states_kb": (a2 - a1) / len(uids) / 1024, "pooled_kb": (a3 - a2) / len(vectors) / 1024}))
 
 
 def run_lookups(uri: str, n: int, env: dict) -> dict:
@@ -467,9 +476,11 @@ def report(rows: list, png: str | None) -> None:
               f"{r['cache'] / 1e9:.1f} GB, Ray's trial folders {r['ray'] / 1e6:.1f} MB)")
         if r.get("held"):
             h = r["held"]
-            print(f"  a trial process holds a clip: the states' index {h['states_kb']:.2f} KB, one memoized "
-                  f"pooling's vectors {h['pooled_kb']:.2f} KB (read from their disk copy, as a fresh actor reads "
-                  f"them); × 100,000 clips: {(h['states_kb'] + h['pooled_kb']) * 100_000 / 2**20:.2f} GB")
+            held = h.get("items_kb", 0.0) + h["states_kb"] + h["pooled_kb"]
+            print(f"  a trial process holds a clip: the items table {h.get('items_kb', float('nan')):.2f} KB, the "
+                  f"states' index {h['states_kb']:.2f} KB, one memoized pooling's vectors {h['pooled_kb']:.2f} KB "
+                  f"(read from their disk copy, as a fresh actor reads them); × 100,000 clips: "
+                  f"{held * 100_000 / 2**20:.2f} GB")
     if png and curves:
         draw(curves, png)
         print(f"\ncurves: {png}")
