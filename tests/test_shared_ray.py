@@ -73,6 +73,31 @@ def test_the_local_ray_is_shared_on_loopback_and_stopped_when_idle(tmp_path):
             os.kill(keeper, 15)
 
 
+def test_a_shared_ray_that_died_under_its_keeper_is_replaced(tmp_path):
+    """`ray stop`, a crash or the OOM killer can take the Ray and leave its keeper: the next sweep
+    starts a new keeper and Ray instead of waiting on the dead one's GCS for good."""
+    root = tmp_path / "ray-local"
+    first = _drive(root, "first")
+    keeper = int(json.loads((root / "ray.json").read_text())["keeper_pid"])
+    try:
+        for pid in descendants(keeper) - {keeper}:  # the Ray, not its keeper
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        assert _alive(keeper)
+        again = _drive(root, "again")
+        assert not again["reused"] and again["address"] != first["address"] and again["marker"] == "again"
+        assert not _alive(keeper)
+        assert json.loads((root / "ray.json").read_text())["keeper_pid"] != keeper
+    finally:
+        if _alive(keeper):
+            os.kill(keeper, 9)
+        info = json.loads((root / "ray.json").read_text()) if (root / "ray.json").exists() else {}
+        if info.get("keeper_pid") and _alive(int(info["keeper_pid"])):
+            os.kill(int(info["keeper_pid"]), 15)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +77,11 @@ class SharedRay:
         (self.root / "leases").mkdir(exist_ok=True)
         with _file_lock(self.root / ".ray.lock"):
             info = self.running()
+            if info is not None and "address" in info and not _listens(info["address"]):
+                # its Ray is gone (`ray stop`, a crash, the OOM killer) and the keeper lives on:
+                # a sweep that joined would wait on a dead GCS for good. A new keeper, a new Ray
+                self._retire(info)
+                info = None
             if info is None:
                 info = self._spawn_keeper()
             else:
@@ -116,6 +122,14 @@ class SharedRay:
         _write_json(self.info_file, info)
         return info
 
+    def _retire(self, info: dict) -> None:
+        """Kill a keeper whose Ray has died and drop its ray.json (under the lock)."""
+        if same_process(info.get("keeper_pid"), info.get("keeper_start")):
+            os.kill(int(info["keeper_pid"]), signal.SIGKILL)  # its Ray is dead: nothing to shut down
+        self.info_file.unlink(missing_ok=True)
+        print(f"[emosweep] the shared Ray at {info['address']} had stopped under its keeper; starting a new one",
+              file=sys.stderr, flush=True)
+
     def release(self) -> None:
         (self.root / "leases" / str(os.getpid())).unlink(missing_ok=True)
 
@@ -136,6 +150,16 @@ class SharedRay:
                                                or same_process(info["keeper_pid"], info.get("keeper_start"))):
             time.sleep(0.2)
         return True
+
+
+def _listens(address: str, timeout: float = 2.0) -> bool:
+    """Whether something accepts connections at host:port (the GCS of a live Ray)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def keep(root: str, idle_s: float) -> None:
