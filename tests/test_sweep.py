@@ -249,3 +249,35 @@ def test_report_page_in_a_real_browser(sweep, mlflow_server):
         driver.quit()
     parent = sweep["parent"][0]
     assert "table.html" in {a.path for a in sweep["client"].list_artifacts(parent.info.run_id)}
+
+
+def test_tune_keeps_as_many_trials_ready_as_the_cluster_runs_at_once(ray_cluster, monkeypatch):
+    """With a searcher of its own Tune keeps one trial pending, so trials shorter than a start
+    ran one at a time (a 2-core sweep of 0.4-s trials used one actor). While a sweep runs, Tune
+    keeps as many ready as the cluster runs at once; a limit the user set is left to Tune."""
+    import os
+    from types import SimpleNamespace
+
+    import ray
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import SearchGenerator, Searcher
+
+    from sweeps.runner import trials_kept_ready
+
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    search = SearchGenerator(Searcher())
+    cpus = int(ray.cluster_resources()["CPU"])
+    assert cpus >= 2 and _get_max_pending_trials(search) == 1  # Tune's own, with a searcher
+
+    def ready(gpus=0.0, **opts):
+        opts = SimpleNamespace(**{"max_concurrent": None, "cpus_per_trial": 1, "workers_per_trial": 1, **opts})
+        with trials_kept_ready(opts, {}, gpus):
+            return _get_max_pending_trials(search)
+
+    assert ready() == cpus
+    assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ  # only while the sweep runs
+    assert ready(workers_per_trial=2) == cpus // 2  # a data-parallel trial's workers each take a CPU
+    assert ready(gpus=1.0) == 1  # no GPU here: nothing runs at once, one kept ready as Tune would
+    assert ready(max_concurrent=3) == 1  # Tune reads --max-concurrent from its own limiter (not wrapped here)
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "5")
+    assert ready() == 5  # the user's value stands
