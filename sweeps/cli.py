@@ -283,7 +283,6 @@ def optuna_command(args) -> int:
     until Ctrl-C."""
     import json
     import shutil
-    import socket
     import subprocess
     import time
     import webbrowser
@@ -292,7 +291,7 @@ def optuna_command(args) -> int:
     from sweeps.storage import STATE_FILE
     from workloads.core.errors import UserError
     from workloads.core.paths import emosweep_home, mask_uri
-    from workloads.core.mlflow_server import free_port
+    from workloads.core.mlflow_server import free_port, listens
 
     if args.tracking_uri:
         print("emosweep ui --optuna: --tracking-uri names an MLflow server; the Optuna studies are the sweep's own "
@@ -314,11 +313,9 @@ def optuna_command(args) -> int:
     proc = subprocess.Popen([exe, storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"])
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:  # the address is given once it answers
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        if listens("127.0.0.1", port, timeout=1):
             break
-        except OSError:
-            time.sleep(0.2)
+        time.sleep(0.2)
     if proc.poll() is not None:
         print(f"emosweep ui --optuna: optuna-dashboard exited ({proc.returncode}) on {mask_uri(storage)}", file=sys.stderr)
         return 2
@@ -418,7 +415,7 @@ def data_prepare(args) -> int:
             return 2
         stages[stage][key] = value
     print(manifest.summary())
-    from workloads.core.console import quiet_logs, restore_logs, when_ray_starts
+    from workloads.core.console import quiet_logs, restore_logs
     from workloads.core.paths import emosweep_home
 
     if not args.verbose:  # Ray, if it starts (a cache that holds everything never starts it), logs to a file
@@ -427,7 +424,6 @@ def data_prepare(args) -> int:
         if args.address:  # otherwise Ray starts only if something is left to compute
             from workloads.core.ray_start import start_ray
 
-            when_ray_starts()
             start_ray(address=args.address)
         try:
             result = prepare(manifest, stages, cache_dir=args.cache_dir, strict=args.strict,

@@ -26,7 +26,7 @@ _QUIET: dict = {}
 def quiet_logs(folder: Path, name: str, lazy: bool = False) -> Path | None:
     """Route the libraries' log records (and Python warnings) to `folder/name-<time>.log`, and
     stop what prints around logging (QUIET_ENV). Call after `import ray` (Ray sets its handlers on import);
-    with lazy=True, only note the wish: `when_ray_starts()`, called where Ray is first imported,
+    with lazy=True, only note the wish: `when_ray_starts()`, called by `ray_start.start_ray`,
     applies it and says where the log goes (a run that never needs Ray never imports it).
     Returns the log file's path (None while lazy); calling again returns the same file."""
     if "path" in _QUIET:

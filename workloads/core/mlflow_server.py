@@ -24,6 +24,15 @@ from pathlib import Path
 POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "40", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10"}
 
 
+def listens(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether something accepts connections at host:port."""
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

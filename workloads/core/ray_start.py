@@ -24,9 +24,13 @@ def start_ray(address: str | None = None, quiet: bool = True, **kwargs) -> None:
     turned back into the LAN address (`services.resolve_ip_for_localhost`) unless
     `ray_constants.ENABLE_RAY_CLUSTER` is off, as it is on macOS and Windows, where Ray runs
     one machine on 127.0.0.1. Turning it off here (and in the environment the raylet, workers
-    and agents inherit) gives a Linux laptop the same one-machine Ray; it is restored after."""
+    and agents inherit) gives a Linux laptop the same one-machine Ray; it is restored after.
+    A lazy `console.quiet_logs` waiting for Ray is applied first (`when_ray_starts`)."""
     import ray
 
+    from .console import when_ray_starts
+
+    when_ray_starts()
     if ray.is_initialized():
         return
     if address:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .mlflow_server import _file_lock, _write_json, drop_own_info, process_start, same_process, wait_until_idle
+from .mlflow_server import (_file_lock, _write_json, drop_own_info, listens, process_start, same_process,
+                           wait_until_idle)
 
 PROJECT = str(Path(__file__).resolve().parents[2])
 # what a sweep's workers take from the sweep (not the keeper) when it joins the shared Ray
@@ -77,7 +77,7 @@ class SharedRay:
         (self.root / "leases").mkdir(exist_ok=True)
         with _file_lock(self.root / ".ray.lock"):
             info = self.running()
-            if info is not None and "address" in info and not _listens(info["address"]):
+            if info is not None and "address" in info and not listens(*info["address"].rsplit(":", 1)):
                 # its Ray is gone (`ray stop`, a crash, the OOM killer) and the keeper lives on:
                 # a sweep that joined would wait on a dead GCS for good. A new keeper, a new Ray
                 self._retire(info)
@@ -150,16 +150,6 @@ class SharedRay:
                                                or same_process(info["keeper_pid"], info.get("keeper_start"))):
             time.sleep(0.2)
         return True
-
-
-def _listens(address: str, timeout: float = 2.0) -> bool:
-    """Whether something accepts connections at host:port (the GCS of a live Ray)."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def keep(root: str, idle_s: float) -> None:

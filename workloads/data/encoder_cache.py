@@ -87,10 +87,8 @@ def actor_plan(requested: int | None = None) -> tuple[int, int]:
         return int(requested or 1), 0
     import ray
 
-    from ..core.console import when_ray_starts
     from ..core.ray_start import start_ray
 
-    when_ray_starts()
     start_ray()
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))

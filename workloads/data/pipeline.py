@@ -487,10 +487,8 @@ def _on_ray_data(name: str, pending: pd.DataFrame, worker, fn_kwargs: dict, acto
     per call of an actor), and the one that kills its worker is reported."""
     import ray
 
-    from ..core.console import when_ray_starts
     from ..core.ray_start import start_ray
 
-    when_ray_starts()
     start_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
